@@ -1,0 +1,88 @@
+"""Protocols that the runtime's pluggable parts implement."""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol, Sequence
+
+from apc.types import Estimate, Plan, Sample, ValidatedInput, Write, WriteResult
+
+
+class Clock(Protocol):
+    """Time source: monotonic seconds for scheduling, UTC seconds for records."""
+
+    def monotonic(self) -> float:
+        """Seconds on a monotonic scale (scheduling only)."""
+        ...
+
+    def utc(self) -> float:
+        """POSIX seconds, UTC (records only)."""
+        ...
+
+    async def sleep_until(self, monotonic_s: float) -> None:
+        """Return once ``monotonic()`` has reached ``monotonic_s``."""
+        ...
+
+
+class PlantIO(Protocol):
+    """Access to one unit's plant tags (simulator, OPC UA or Modbus)."""
+
+    async def connect(self) -> None:
+        """Open the connection and verify the tag bindings."""
+        ...
+
+    async def read(self, tags: Sequence[str]) -> Mapping[str, Sample]:
+        """Read all ``tags`` in one batch, keeping quality and timestamps."""
+        ...
+
+    async def write(self, writes: Sequence[Write]) -> Sequence[WriteResult]:
+        """Write typed values without timestamps; one result per write."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+class Estimator(Protocol):
+    """Turns validated inputs into an estimate of the unit's state."""
+
+    def update(
+        self,
+        t_s: float,
+        inputs: Mapping[str, ValidatedInput],
+        applied: Mapping[str, float],
+    ) -> Estimate:
+        """Advance to time ``t_s`` (monotonic seconds) with this cycle's inputs.
+
+        ``applied`` holds the MV values in force during the last period
+        (DCS readback), so the estimator can predict with them.
+        """
+        ...
+
+    def reset(self) -> None:
+        """Forget all history (e.g. after a recipe reload)."""
+        ...
+
+
+class Controller(Protocol):
+    """Computes moves from an estimate."""
+
+    def step(
+        self,
+        t_s: float,
+        estimate: Estimate,
+        applied: Mapping[str, float],
+        enabled: Mapping[str, bool],
+        disturbances: Mapping[str, float],
+    ) -> Plan:
+        """Propose moves for this cycle.
+
+        ``applied`` is the DCS readback of each MV, ``enabled`` the per-MV
+        enable flags (a disabled MV must be held at ``applied``), and
+        ``disturbances`` the measured disturbances fed forward.
+        """
+        ...
+
+    def track(self, applied: Mapping[str, float]) -> None:
+        """Re-initialise internal memory from the DCS (STANDBY / disabled MV)."""
+        ...
