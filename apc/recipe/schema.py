@@ -181,9 +181,13 @@ class MvLimits:
     operator: tuple[float, float]
     """Operator limits, must lie inside the engineering limits."""
     rate_per_s: float
-    """Largest change per second of a setpoint (increments: largest step)."""
+    """Largest change per second of a setpoint (increments without ``max_step``:
+    largest step is ``rate_per_s`` × cycle time)."""
     min_interval_s: float = 0.0
     """Increments only: shortest time between two moves."""
+    max_step: float | None = None
+    """Increments/pulses only: largest single move (absolute, in MV units);
+    ``None`` falls back to ``rate_per_s`` × cycle time."""
 
     def __post_init__(self) -> None:
         elo, ehi = self.engineering
@@ -200,6 +204,8 @@ class MvLimits:
             raise ValueError("rate_per_s must be > 0")
         if self.min_interval_s < 0:
             raise ValueError("min_interval_s must be >= 0")
+        if self.max_step is not None and not self.max_step > 0:
+            raise ValueError("max_step must be > 0")
 
 
 @dataclass(frozen=True)

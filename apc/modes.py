@@ -1,0 +1,105 @@
+"""Requested vs actual controller mode of one unit, with latched sheds.
+
+The operator (through the HMI) *requests* a mode; the runtime *decides* the
+actual one every cycle from the conditions it sees. A shed drops the unit to
+STANDBY with a reason that stays latched until the mode is requested again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from apc.types import Mode
+
+
+@dataclass(frozen=True)
+class ModeConditions:
+    """What the unit saw this cycle, as far as modes are concerned."""
+
+    t_s: float
+    healthy: bool
+    """Required inputs valid and estimator healthy."""
+    health_reason: str
+    link_ok: bool
+    """Plant connection up and DCS heartbeat alive."""
+    link_reason: str
+    failure: str
+    """Non-empty when this cycle must hold (bad inputs, permissive, solver, readback)."""
+    immediate_shed: str
+    """Non-empty when the unit must shed at once (DCS took a loop away, link lost)."""
+
+
+@dataclass(frozen=True)
+class ModeDecision:
+    """Outcome of one cycle's mode decision."""
+
+    requested: Mode
+    actual: Mode
+    previous: Mode
+    shed_reason: str
+    """Latched shed reason ('' when none)."""
+    hold_reason: str
+    """Why ON writes are held this cycle ('' when writing)."""
+    new_shed: bool
+
+
+class ModeManager:
+    """Decides the actual mode; see module docstring."""
+
+    def __init__(self, warmup_s: float, shed_after_bad_cycles: int) -> None:
+        self.warmup_s = warmup_s
+        self.shed_after = shed_after_bad_cycles
+        self.requested = Mode.OFF
+        self.actual = Mode.OFF
+        self.shed_reason = ""
+        self._healthy_since: float | None = None
+        self._bad_cycles = 0
+
+    def request(self, mode: Mode) -> None:
+        """An operator request: clears a latched shed."""
+        self.requested = mode
+        self.shed_reason = ""
+        self._bad_cycles = 0
+
+    def warm_remaining_s(self, t_s: float) -> float:
+        """Seconds of healthy operation still needed before ON is granted."""
+        if self._healthy_since is None:
+            return self.warmup_s
+        return max(0.0, self.warmup_s - (t_s - self._healthy_since))
+
+    def decide(self, c: ModeConditions) -> ModeDecision:
+        """Decide this cycle's actual mode."""
+        previous = self.actual
+        if c.healthy and c.link_ok:
+            if self._healthy_since is None:
+                self._healthy_since = c.t_s
+        else:
+            self._healthy_since = None
+        self._bad_cycles = self._bad_cycles + 1 if c.failure else 0
+        new_shed = False
+        hold = ""
+        if self.requested is Mode.OFF:
+            actual = Mode.OFF
+        elif self.requested is Mode.STANDBY or self.shed_reason:
+            actual = Mode.STANDBY
+        elif previous is Mode.ON:
+            shed = c.immediate_shed or (not c.link_ok and c.link_reason)
+            if not shed and self._bad_cycles >= self.shed_after:
+                shed = f"{c.failure} for {self._bad_cycles} cycles"
+            if shed:
+                self.shed_reason = shed
+                new_shed = True
+                actual = Mode.STANDBY
+            else:
+                actual = Mode.ON
+                hold = c.failure
+        elif not c.link_ok:
+            actual = Mode.STANDBY
+            hold = c.link_reason
+        elif self.warm_remaining_s(c.t_s) > 0 or c.failure:
+            actual = Mode.STANDBY
+            hold = c.failure or f"warming up: {self.warm_remaining_s(c.t_s):.0f} s left"
+        else:
+            actual = Mode.ON
+        self.actual = actual
+        return ModeDecision(self.requested, actual, previous, self.shed_reason, hold, new_shed)

@@ -1,0 +1,1 @@
+"""Recipe and site files: schema, loading, validation."""

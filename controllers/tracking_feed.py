@@ -1,0 +1,102 @@
+"""The industrial baseline: tracking feed, resistance-driven electrode moves, current held.
+
+Reference §2: alternate underfeed (~70 % of nominal) and overfeed (~140 %);
+switch to overfeed when the pseudo-resistance slope fitted to 2-min means
+rises past a trigger (or the underfeed has lasted its maximum, or the cell is
+in anode effect); overfeed for a fixed time. The electrode moves toward a
+target resistance with a deadband and a minimum interval, only during
+overfeed when oxide is high and R reflects the gap. Line current is held.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+from apc.recipe.schema import TrackingFeedSection
+from apc.types import Estimate, Plan, SolverStatus
+
+
+class FeedPhase(enum.Enum):
+    """Phase of the tracking feed cycle."""
+
+    UNDERFEED = "underfeed"
+    OVERFEED = "overfeed"
+
+
+@dataclass(frozen=True)
+class MvNames:
+    """Which recipe MV plays which role."""
+
+    feed: str = "oxide_feed"
+    anode: str = "anode_move"
+    current: str = "line_current"
+
+
+class TrackingFeedController:
+    """Stateful baseline controller; see module docstring."""
+
+    def __init__(self, cfg: TrackingFeedSection, mvs: MvNames = MvNames()) -> None:
+        self.cfg = cfg
+        self.mvs = mvs
+        self.phase = FeedPhase.OVERFEED
+        self._phase_start: float | None = None
+        self._last_move_t: float | None = None
+
+    def track(self, applied: Mapping[str, float]) -> None:
+        """Nothing to re-initialise beyond the move timer: the feed cycle keeps running."""
+        self._last_move_t = None
+
+    def _switch(self, phase: FeedPhase, t_s: float) -> None:
+        self.phase = phase
+        self._phase_start = t_s
+
+    def step(self, t_s: float, estimate: Estimate, applied: Mapping[str, float],
+             enabled: Mapping[str, bool], disturbances: Mapping[str, float]) -> Plan:
+        """Feed by phase, move the electrode toward the target resistance, hold current."""
+        cfg = self.cfg
+        if self._phase_start is None:
+            self._phase_start = t_s
+        in_phase = t_s - self._phase_start
+        voltage = estimate.value("cell_voltage_V")
+        slope = estimate.value("resistance_slope_uohm_h")
+        r = estimate.value("pseudo_resistance_uohm")
+        reason = ""
+        if self.phase is FeedPhase.UNDERFEED:
+            if voltage > cfg.anode_effect_voltage_V:
+                self._switch(FeedPhase.OVERFEED, t_s)
+                reason = "anode effect: overfeed"
+            elif in_phase >= cfg.max_underfeed_s:
+                self._switch(FeedPhase.OVERFEED, t_s)
+                reason = "underfeed time limit"
+            elif in_phase >= cfg.min_underfeed_s and not math.isnan(slope) and slope > cfg.slope_trigger_uohm_per_h:
+                self._switch(FeedPhase.OVERFEED, t_s)
+                reason = f"slope {slope:.2f} uOhm/h > trigger"
+        elif in_phase >= cfg.overfeed_duration_s:
+            self._switch(FeedPhase.UNDERFEED, t_s)
+            reason = "overfeed done"
+        ratio = cfg.overfeed_ratio if self.phase is FeedPhase.OVERFEED else cfg.underfeed_ratio
+        moves: dict[str, float] = {}
+        if self.mvs.feed in applied:
+            moves[self.mvs.feed] = cfg.nominal_feed_kg_h * ratio
+        if self.mvs.current in applied:
+            moves[self.mvs.current] = applied[self.mvs.current]
+        if self.mvs.anode in applied:
+            moves[self.mvs.anode] = self._electrode_move(t_s, r)
+        return Plan(moves, {}, SolverStatus.OK, 0, 0.0, reason or self.phase.value)
+
+    def _electrode_move(self, t_s: float, r_uohm: float) -> float:
+        cfg = self.cfg
+        if self.phase is not FeedPhase.OVERFEED or math.isnan(r_uohm):
+            return 0.0
+        if self._last_move_t is not None and t_s - self._last_move_t < cfg.electrode_min_interval_s:
+            return 0.0
+        error = r_uohm - cfg.target_resistance_uohm
+        if abs(error) <= cfg.resistance_deadband_uohm:
+            return 0.0
+        # R above target → gap too wide → move the anode toward the cathode (positive).
+        delta = max(-cfg.electrode_step_cm, min(cfg.electrode_step_cm, error / cfg.electrode_uohm_per_cm))
+        self._last_move_t = t_s
+        return delta

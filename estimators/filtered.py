@@ -1,0 +1,102 @@
+"""Baseline estimate: filtered measurements, pseudo-resistance and its slope.
+
+What a plant's cell controller computes today (reference §2): the voltage is
+low-pass filtered, the pseudo-resistance R = (U − E0)/I is averaged over
+fixed intervals (2 min), and a straight line through the last means gives the
+slope that the tracking feed switches on. The last thermocouple dip is the
+bath temperature. No hidden state is inferred here (that is the Kalman
+filter's job).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Mapping
+
+import numpy as np
+
+from apc.recipe.schema import FilteredEstimatorSection
+from apc.types import Estimate, ValidatedInput
+
+NAMES = (
+    "cell_voltage_V",
+    "current_kA",
+    "pseudo_resistance_uohm",
+    "resistance_slope_uohm_h",
+    "bath_temp_dip_degC",
+)
+UNITS = ("V", "kA", "uOhm", "uOhm/h", "degC")
+
+
+class FilteredEstimator:
+    """Filtered voltage and current, 2-min mean pseudo-resistance and a least-squares slope."""
+
+    def __init__(self, cfg: FilteredEstimatorSection, *, voltage: str = "cell_voltage",
+                 current: str = "line_current", dip: str = "bath_temp_dip") -> None:
+        self.cfg = cfg
+        self._voltage, self._current, self._dip = voltage, current, dip
+        self._n_means = max(3, int(round(cfg.slope_window_s / cfg.mean_interval_s)))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all history."""
+        self._t_last: float | None = None
+        self._u_f = math.nan
+        self._i_f = math.nan
+        self._dip_degC = math.nan
+        self._acc_sum = 0.0
+        self._acc_n = 0
+        self._acc_start: float | None = None
+        self._means: deque[tuple[float, float]] = deque(maxlen=self._n_means)
+        self._r_mean = math.nan
+
+    def _slope_uohm_h(self) -> float:
+        if len(self._means) < self._n_means:
+            return math.nan
+        t = np.array([m[0] for m in self._means]) / 3600.0
+        r = np.array([m[1] for m in self._means])
+        t = t - t.mean()
+        return float(np.dot(t, r - r.mean()) / np.dot(t, t))
+
+    def update(self, t_s: float, inputs: Mapping[str, ValidatedInput], applied: Mapping[str, float]) -> Estimate:
+        """Filter this cycle's voltage and current; skip (and report) invalid ones."""
+        dt = 0.0 if self._t_last is None else t_s - self._t_last
+        self._t_last = t_s
+        a = 1.0 - math.exp(-dt / self.cfg.voltage_filter_tau_s) if dt > 0 else 1.0
+        problems = []
+        u_in, i_in = inputs.get(self._voltage), inputs.get(self._current)
+        if u_in is not None and u_in.ok and u_in.sample is not None:
+            u = u_in.sample.value
+            self._u_f = u if math.isnan(self._u_f) else self._u_f + a * (u - self._u_f)
+        else:
+            problems.append(f"{self._voltage} invalid")
+        if i_in is not None and i_in.ok and i_in.sample is not None:
+            i = i_in.sample.value
+            self._i_f = i if math.isnan(self._i_f) else self._i_f + a * (i - self._i_f)
+        else:
+            problems.append(f"{self._current} invalid")
+        dip = inputs.get(self._dip)
+        if dip is not None and dip.ok and dip.sample is not None:
+            self._dip_degC = dip.sample.value
+        if not problems and self._i_f > 0.1 and u_in is not None and u_in.sample is not None:
+            # R from the raw voltage: the mean is the filter for the slope.
+            r = (u_in.sample.value - self.cfg.back_emf_V) / (i_in.sample.value * 1e3) * 1e6  # type: ignore[union-attr]
+            if self._acc_start is None:
+                self._acc_start = t_s
+            self._acc_sum += r
+            self._acc_n += 1
+            if t_s - self._acc_start >= self.cfg.mean_interval_s - 1e-9:
+                mean = self._acc_sum / self._acc_n
+                self._means.append((t_s, mean))
+                self._r_mean = mean
+                self._acc_sum, self._acc_n, self._acc_start = 0.0, 0, None
+        slope = self._slope_uohm_h()
+        if problems:
+            health = "; ".join(problems)
+        elif math.isnan(slope):
+            health = f"warming up: {len(self._means)}/{self._n_means} resistance means"
+        else:
+            health = "ok"
+        x = (self._u_f, self._i_f, self._r_mean, slope, self._dip_degC)
+        return Estimate(NAMES, UNITS, x, None, health)

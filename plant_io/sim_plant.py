@@ -1,0 +1,205 @@
+"""In-process simulated plant behind :class:`apc.protocols.PlantIO`.
+
+Besides serving the simulator's measurements, this adapter plays the DCS:
+each loop is remote (accepting APC setpoints) only while the APC sets its
+``apc_active`` flag, keeps its heartbeat counting and (for setpoint loops)
+rewrites the setpoint within the shed timeout. Otherwise the loop sheds to
+its fallback: feed → the DCS's fixed local schedule, electrode → no moves,
+current → hold. Readbacks report what is in force.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+from apc.types import Quality, Sample, Write, WriteResult
+from sim.cell_plant import CellPlant
+
+# Signal tags served for an electrolysis cell.
+MEASURED = {
+    "cell.voltage_V": "cell_voltage_V",
+    "cell.current_kA": "current_kA",
+    "cell.bath_temp_dip_degC": "bath_temp_dip_degC",
+    "cell.oxide_lab_wtpct": "oxide_lab_wtpct",
+}
+
+
+@dataclass
+class _Loop:
+    """DCS-side state of one loop."""
+
+    name: str
+    kind: str  # "setpoint" | "increment"
+    fallback: str
+    remote: bool = False
+    apc_active: bool = False
+    last_sp_write_s: float = -1e18
+    last_seq: int = 0
+    pending_move: float = 0.0
+    sheds: int = 0
+
+
+@dataclass
+class DcsSide:
+    """The DCS functions the APC talks to, around one simulated cell."""
+
+    plant: CellPlant
+    shed_timeout_s: float
+    local_feed_kg_h: float
+    heartbeat_period_s: float
+    loops: dict[str, _Loop] = field(default_factory=dict)
+    apc_heartbeat: float = 0.0
+    apc_heartbeat_changed_s: float = -1e18
+
+    def __post_init__(self) -> None:
+        self.loops = {
+            "feed": _Loop("feed", "setpoint", "dcs_schedule"),
+            "anode": _Loop("anode", "increment", "no_moves"),
+            "current": _Loop("current", "setpoint", "hold"),
+        }
+        self.feed_sp_kg_h = self.local_feed_kg_h
+        self.plant.set_feed_rate(self.feed_sp_kg_h)
+
+    def _locked_local(self, loop: str) -> bool:
+        return any(ev.signal == loop for ev in self.plant.active_events("loop_local"))
+
+    def scan(self, now_s: float) -> None:
+        """One DCS scan: update remote status and apply fallbacks."""
+        hb_fresh = now_s - self.apc_heartbeat_changed_s <= self.shed_timeout_s
+        for loop in self.loops.values():
+            ok = loop.apc_active and hb_fresh and not self._locked_local(loop.name)
+            if loop.kind == "setpoint":
+                ok = ok and now_s - loop.last_sp_write_s <= self.shed_timeout_s
+            if loop.remote and not ok:
+                loop.remote = False
+                loop.sheds += 1
+                if loop.name == "feed":
+                    self.feed_sp_kg_h = self.local_feed_kg_h
+                    self.plant.set_feed_rate(self.feed_sp_kg_h)
+            elif not loop.remote and ok:
+                loop.remote = True
+
+    def dcs_heartbeat(self, now_s: float) -> float:
+        """DCS heartbeat counter (frozen during a scenario freeze)."""
+        frozen = self.plant.active_events("dcs_heartbeat_freeze")
+        if frozen:
+            now_s = min(ev.at_h * 3600.0 for ev in frozen)
+        return float(int(now_s / self.heartbeat_period_s))
+
+    def apply(self, tag: str, value: float, now_s: float) -> WriteResult:
+        """Apply one APC write as a DCS would."""
+        if tag == "apc.heartbeat":
+            if value != self.apc_heartbeat:
+                self.apc_heartbeat = value
+                self.apc_heartbeat_changed_s = now_s
+            return WriteResult(tag, True)
+        loop_name, _, attr = tag.partition(".")
+        loop = self.loops.get(loop_name)
+        if loop is None:
+            return WriteResult(tag, False, "BadNodeIdUnknown")
+        if attr == "apc_active":
+            loop.apc_active = value >= 0.5
+            self.scan(now_s)
+            return WriteResult(tag, True)
+        if loop.name == "feed" and attr == "sp_kg_h":
+            loop.last_sp_write_s = now_s
+            self.scan(now_s)
+            if loop.remote:
+                self.feed_sp_kg_h = max(0.0, value)
+                self.plant.set_feed_rate(self.feed_sp_kg_h)
+            return WriteResult(tag, True)
+        if loop.name == "current" and attr == "sp_kA":
+            loop.last_sp_write_s = now_s
+            self.scan(now_s)
+            if loop.remote:
+                self.plant.set_current_sp(value)
+            return WriteResult(tag, True)
+        if loop.name == "anode" and attr == "move_cm":
+            loop.pending_move = value
+            return WriteResult(tag, True)
+        if loop.name == "anode" and attr == "move_seq":
+            seq = int(value)
+            if loop.remote and seq != loop.last_seq:
+                loop.last_seq = seq
+                self.plant.move_anode(loop.pending_move)
+            return WriteResult(tag, True)
+        return WriteResult(tag, False, "BadNotWritable")
+
+    def readbacks(self, now_s: float) -> dict[str, float]:
+        """DCS-side tags: readbacks, remote status and heartbeat."""
+        loops = self.loops
+        return {
+            "feed.sp_readback_kg_h": self.feed_sp_kg_h,
+            "feed.remote": 1.0 if loops["feed"].remote else 0.0,
+            "current.sp_readback_kA": self.plant.current_sp_kA,
+            "current.remote": 1.0 if loops["current"].remote else 0.0,
+            "anode.position_cm": self.plant.anode_position_cm,
+            "anode.seq_readback": float(loops["anode"].last_seq),
+            "anode.remote": 1.0 if loops["anode"].remote else 0.0,
+            "dcs.heartbeat": self.dcs_heartbeat(now_s),
+        }
+
+
+WRITABLE = frozenset({
+    "apc.heartbeat", "feed.apc_active", "feed.sp_kg_h", "current.apc_active", "current.sp_kA",
+    "anode.apc_active", "anode.move_cm", "anode.move_seq",
+})
+
+
+class SimulatedCellIO:
+    """PlantIO for one simulated cell, advanced to the clock's time on every read."""
+
+    def __init__(self, plant: CellPlant, now_s: Callable[[], float], utc: Callable[[], float]) -> None:
+        sc = plant.scenario
+        self.plant = plant
+        self.dcs = DcsSide(plant, sc.dcs_shed_timeout_s, sc.dcs_local_feed_kg_h, sc.dcs_heartbeat_period_s)
+        self._now_s = now_s
+        self._utc = utc
+        self._connected = False
+
+    def tags(self) -> frozenset[str]:
+        """Every tag this adapter serves (readable or writable)."""
+        return frozenset(MEASURED) | frozenset(self.dcs.readbacks(0.0)) | WRITABLE
+
+    async def connect(self) -> None:
+        """Nothing to open; marks the adapter usable."""
+        self._connected = True
+
+    async def close(self) -> None:
+        """Marks the adapter closed."""
+        self._connected = False
+
+    def _sync(self) -> float:
+        now = self._now_s()
+        self.plant.advance_to(now)
+        self.dcs.scan(now)
+        return now
+
+    async def read(self, tags: Sequence[str]) -> Mapping[str, Sample]:
+        """Read ``tags``: measurements with quality and sample times, DCS tags good."""
+        now = self._sync()
+        utc = self._utc()
+        utc0 = utc - now
+        meas = self.plant.measurements()
+        dcs = self.dcs.readbacks(now)
+        out: dict[str, Sample] = {}
+        for tag in tags:
+            if tag in MEASURED:
+                r = meas.get(MEASURED[tag])
+                if r is None:
+                    continue  # no dip or lab result yet
+                sample_ts = None if r.sample_ts is None else utc0 + r.sample_ts
+                out[tag] = Sample(float(r.value), Quality(r.quality), utc, utc, sample_ts)
+            elif tag in dcs:
+                out[tag] = Sample(float(dcs[tag]), Quality.GOOD, utc, utc)
+        return out
+
+    async def write(self, writes: Sequence[Write]) -> Sequence[WriteResult]:
+        """Apply writes in order, as the DCS would accept or ignore them."""
+        now = self._sync()
+        return [self.dcs.apply(w.tag, w.value, now) for w in writes]
+
+    def truth(self) -> dict[str, float]:
+        """Simulator truth (KPIs only; never used for control)."""
+        return self.plant.truth()
