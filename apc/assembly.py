@@ -1,0 +1,148 @@
+"""Composition root: turns recipes and plant specs into running units.
+
+This is the one place in ``apc`` that knows the concrete estimators,
+controllers, models and plant adapters; the core modules see only protocols.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+from apc.kpi import KpiAccumulator, KpiConfig
+from apc.protocols import Clock, Controller, Estimator
+from apc.recipe.loader import LoadedRecipe, load_recipe, load_site, LoadedSite
+from apc.recipe.schema import Recipe
+from apc.recorder import FlightRecorder, NullRecorder, Recorder
+from apc.unit import Unit
+from controllers.tracking_feed import MvNames, TrackingFeedController
+from estimators.filtered import NAMES as FILTERED_NAMES
+from estimators.filtered import FilteredEstimator
+from plant_io.sim_plant import SimulatedCellIO
+from sim.cell_plant import CellPlant
+from sim.models import get_model, model_names
+from sim.scenario import Scenario
+
+ControllerKind = Literal["baseline", "mpc"]
+
+
+class AssemblyError(ValueError):
+    """A recipe asks for something this build cannot assemble."""
+
+
+def recipe_signal_names(recipe: Recipe) -> Iterable[str]:
+    """Names a permissive may use besides inputs and MVs: estimate signals.
+
+    Also checks the model name and parameter names (raising names the problem).
+    """
+    if recipe.model.name not in model_names():
+        raise ValueError(f"unknown model {recipe.model.name!r}; known: {list(model_names())}")
+    model = get_model(recipe.model.name)
+    unknown = sorted(set(recipe.model.parameters) - set(model.parameter_names))
+    if unknown:
+        raise ValueError(f"model {model.name!r} has no parameter(s) {unknown}")
+    inputs = set(model.input_names)
+    for name, mv in recipe.io.mvs.items():
+        if mv.model_input not in inputs:
+            raise ValueError(f"io.mvs.{name}.model_input {mv.model_input!r} is not an input of "
+                             f"{model.name!r} {sorted(inputs)}")
+    return FILTERED_NAMES
+
+
+def load(path: str | Path) -> LoadedRecipe:
+    """Load and fully validate one recipe."""
+    return load_recipe(path, provider=recipe_signal_names)
+
+
+def load_site_file(path: str | Path) -> LoadedSite:
+    """Load and fully validate a site and its recipes."""
+    return load_site(path, provider=recipe_signal_names)
+
+
+def _role_names(recipe: Recipe) -> MvNames:
+    by_input = {mv.model_input: name for name, mv in recipe.io.mvs.items()}
+    return MvNames(feed=by_input.get("feed_kg_h", ""), anode=by_input.get("anode_move_cm_h", ""),
+                   current=by_input.get("current_kA", ""))
+
+
+def _input_named(recipe: Recipe, unit: str, role: str | None = None) -> str:
+    for name, spec in recipe.io.inputs.items():
+        if spec.unit == unit and (role is None or spec.role == role):
+            return name
+    return ""
+
+
+def build_estimator(recipe: Recipe) -> Estimator:
+    """The recipe's estimator with its tuning."""
+    if recipe.estimator.kind == "filtered":
+        return FilteredEstimator(
+            recipe.estimator.filtered,
+            voltage=_input_named(recipe, "V"),
+            current=_input_named(recipe, "kA"),
+            dip=_input_named(recipe, "degC", "sample"),
+        )
+    raise AssemblyError(f"estimator kind {recipe.estimator.kind!r} is not available")
+
+
+def build_controller(recipe: Recipe, kind: ControllerKind | None = None) -> Controller:
+    """The recipe's controller (or ``kind`` when the command line overrides it)."""
+    kind = kind or recipe.controller.kind
+    if kind == "baseline":
+        if recipe.controller.baseline is None:
+            raise AssemblyError("controller.baseline section is missing")
+        return TrackingFeedController(recipe.controller.baseline, _role_names(recipe))
+    raise AssemblyError(f"controller {kind!r} is not available in this version")
+
+
+def kpi_config(recipe: Recipe, scenario: Scenario) -> KpiConfig:
+    """KPI window from the recipe's warm-up, oxide band from the scenario."""
+    return KpiConfig(warmup_s=recipe.kpi_warmup_h * 3600.0, oxide_band_wtpct=scenario.oxide_band_wtpct)
+
+
+def build_sim_unit(
+    name: str,
+    loaded: LoadedRecipe,
+    scenario: Scenario,
+    seed: int,
+    clock: Clock,
+    *,
+    audit: Any,
+    controller_kind: ControllerKind | None = None,
+    record_path: Path | None = None,
+    with_kpis: bool = True,
+    header_extra: dict[str, Any] | None = None,
+) -> tuple[Unit, SimulatedCellIO]:
+    """A unit controlling an in-process simulated cell."""
+    recipe = loaded.recipe
+    plant = CellPlant(scenario, seed)
+    io = SimulatedCellIO(plant, clock.monotonic, clock.utc)
+    missing = _unserved_tags(recipe, io.tags())
+    if missing:
+        raise AssemblyError(f"recipe {loaded.path.name} binds tags the simulator does not serve: {missing}")
+    kpis = kpi_config(recipe, scenario)
+    controller = build_controller(recipe, controller_kind)
+    recorder: Recorder = NullRecorder()
+    if record_path is not None:
+        header = {
+            "unit": name, "recipe": recipe.name, "recipe_sha256": loaded.sha256, "seed": seed,
+            "period_s": recipe.period_s, "started_utc": clock.utc(), "kpi": kpis.to_mapping(),
+            "scenario": scenario.name, "controller": controller_kind or recipe.controller.kind,
+            **(header_extra or {}),
+        }
+        recorder = FlightRecorder(record_path, header)
+    unit = Unit(
+        name, loaded, io, build_estimator(recipe), controller,
+        audit=audit, recorder=recorder, kpi=KpiAccumulator(kpis) if with_kpis else None, truth=io.truth,
+    )
+    return unit, io
+
+
+def _unserved_tags(recipe: Recipe, served: frozenset[str]) -> list[str]:
+    io_ = recipe.io
+    tags = [s.tag for s in io_.inputs.values()] + [io_.heartbeat.apc_tag, io_.heartbeat.dcs_tag]
+    for mv in io_.mvs.values():
+        tags += [t for t in (mv.tag, mv.readback, mv.remote_status, mv.active_flag, mv.sequence_tag) if t]
+    return sorted(t for t in set(tags) if t not in served)
+
+
+RecorderFactory = Callable[[str], Path | None]

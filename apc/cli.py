@@ -1,0 +1,148 @@
+"""The ``apc`` command line: check, sim, report, run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from apc.recipe.errors import RecipeError
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from apc.assembly import recipe_signal_names
+    from apc.recipe.loader import check_main
+
+    return check_main(list(args.files), provider=recipe_signal_names)
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from apc.assembly import AssemblyError, load
+    from apc.audit import make_logger
+    from apc.kpi import format_kpis
+    from apc.simulate import simulate
+    from sim.scenario import ScenarioError, load_scenario
+
+    try:
+        loaded = load(args.recipe)
+        scenario = load_scenario(args.scenario)
+    except (RecipeError, ScenarioError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    audit_file = open(args.audit, "a", encoding="utf-8") if args.audit else None
+    try:
+        audit = make_logger(audit_file) if audit_file else None
+        result = asyncio.run(simulate(
+            loaded, scenario, seed=args.seed, hours=args.hours, controller=args.controller,
+            record_path=Path(args.record) if args.record else None, audit=audit,
+        ))
+    except AssemblyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if audit_file:
+            audit_file.close()
+    if args.json:
+        out = {"kpis": result.kpis, **result.meta}
+        if args.timings:
+            out["timings"] = {"wall_s": result.wall_s, "speedup": result.speedup}
+        print(_json(out))
+    else:
+        m = result.meta
+        print(f"{m['recipe']} · scenario {m['scenario']} · seed {m['seed']} · {m['hours']:g} h · "
+              f"controller {m['controller']}")
+        print(format_kpis(result.kpis))
+        if args.timings:
+            print(f"wall {result.wall_s:.2f} s for {result.sim_s / 3600:g} simulated h "
+                  f"({result.speedup:.0f}x real time)")
+    return 0 if result.errors == 0 else 1
+
+
+def _json(obj: object) -> str:
+    def clean(v: object) -> object:
+        if isinstance(v, float) and v != v:
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return v
+    return json.dumps(clean(obj), sort_keys=True, indent=2)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from apc.kpi import format_kpis, report
+    from apc.recorder import RecordError
+
+    try:
+        kpis = report(args.file)
+    except (RecordError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(_json({"kpis": kpis}) if args.json else format_kpis(kpis))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from apc.assembly import AssemblyError, load_site_file
+    from apc.runtime import run_site
+
+    try:
+        site = load_site_file(args.site)
+    except RecipeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(run_site(site, speed=args.speed, hours=args.hours,
+                                    record_dir=Path(args.record_dir) if args.record_dir else None))
+    except AssemblyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the ``apc`` command."""
+    p = argparse.ArgumentParser(prog="apc", description="APC runtime for rare-earth pyrometallurgy")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    c = sub.add_parser("check", help="validate recipe and site files")
+    c.add_argument("files", nargs="+")
+    c.set_defaults(func=_cmd_check)
+
+    s = sub.add_parser("sim", help="run a recipe against the simulated plant in virtual time")
+    s.add_argument("recipe")
+    s.add_argument("--hours", type=float, default=None, help="simulated hours (default: the scenario's)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--controller", choices=("baseline", "mpc"), default=None)
+    s.add_argument("--scenario", default="nominal", help="name in sim/scenarios or a YAML path")
+    s.add_argument("--json", action="store_true", help="print KPIs as JSON (deterministic)")
+    s.add_argument("--timings", action="store_true", help="also print wall-clock figures")
+    s.add_argument("--record", help="write the flight record to this file")
+    s.add_argument("--audit", help="append audit events (JSON lines) to this file")
+    s.set_defaults(func=_cmd_sim)
+
+    r = sub.add_parser("report", help="recompute KPIs from a flight record")
+    r.add_argument("file")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_cmd_report)
+
+    u = sub.add_parser("run", help="run a site's units in real time")
+    u.add_argument("site")
+    u.add_argument("--speed", type=float, default=None, help="real-time multiple for simulated plants")
+    u.add_argument("--hours", type=float, default=None, help="stop after this many (plant) hours")
+    u.add_argument("--record-dir", default=None)
+    u.set_defaults(func=_cmd_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``apc`` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
