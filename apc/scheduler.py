@@ -36,10 +36,11 @@ async def run_periodic(
     *,
     t0_s: float | None = None,
     max_cycles: int | None = None,
+    end_s: float | None = None,
     stop: asyncio.Event | None = None,
     on_error: Callable[[int, BaseException], None] | None = None,
 ) -> ScheduleStats:
-    """Run ``cycle`` on its slots until ``max_cycles`` or ``stop`` is set.
+    """Run ``cycle`` on its slots until ``max_cycles``, slot time ``end_s`` or ``stop``.
 
     An exception in one cycle is counted and reported to ``on_error``; the
     schedule goes on (a unit's failure never stops the loop that runs it).
@@ -49,6 +50,8 @@ async def run_periodic(
     k = 0
     while (max_cycles is None or stats.cycles < max_cycles) and not (stop is not None and stop.is_set()):
         slot = t0 + k * period_s
+        if end_s is not None and slot >= end_s:
+            break
         await clock.sleep_until(slot)
         if stop is not None and stop.is_set():
             break
