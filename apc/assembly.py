@@ -80,6 +80,7 @@ def build_estimator(recipe: Recipe) -> Estimator:
             voltage=_input_named(recipe, "V"),
             current=_input_named(recipe, "kA"),
             dip=_input_named(recipe, "degC", "sample"),
+            electrode=_role_names(recipe).anode,
         )
     raise AssemblyError(f"estimator kind {recipe.estimator.kind!r} is not available")
 

@@ -84,5 +84,9 @@ class Controller(Protocol):
         ...
 
     def track(self, applied: Mapping[str, float]) -> None:
-        """Re-initialise internal memory from the DCS (STANDBY / disabled MV)."""
+        """Re-initialise the memory of the MVs in ``applied`` from their DCS readback.
+
+        Called every cycle for each MV that the APC does not drive (STANDBY,
+        disabled MV), so that the first ON move starts from the DCS value.
+        """
         ...

@@ -114,6 +114,7 @@ class Unit:
         }
         self._read_tags = self._tags_to_read()
         self._apc_heartbeat = 0
+        self._active_flags: dict[str, float] = {}
         self._last_t: float | None = None
         self._last_plan: Plan | None = None
         self.sheds = 0
@@ -247,13 +248,18 @@ class Unit:
     def _control(self, t_s: float, decision: ModeDecision, estimate: Estimate, applied: Mapping[str, float],
                  validated: Mapping[str, ValidatedInput]) -> Plan | None:
         if decision.actual is Mode.OFF:
+            for mv in self.mvs.values():  # an OFF -> ON start must be bumpless too
+                mv.release()
             return None
         enabled = {n: mv.enabled and decision.actual is Mode.ON for n, mv in self.mvs.items()}
+        tracking = {}
         for name, on in enabled.items():
             if not on:
                 self.mvs[name].release()
-        if not all(enabled.values()):
-            self.controller.track(applied)
+                if name in applied:
+                    tracking[name] = applied[name]
+        if tracking:
+            self.controller.track(tracking)
         disturbances = {n: v.sample.value for n, v in validated.items()
                         if n in self.disturbances and v.ok and v.sample is not None}
         if not estimate.healthy or any(n not in applied for n in self.mvs):
@@ -345,7 +351,14 @@ class Unit:
         for tag in dropped:
             self.audit.error("write_refused", utc=utc, cycle=k, what=tag, why="not on the write list")
         by_tag = {mv.spec.tag: (name, mv) for name, mv in self.mvs.items()}
+        flags = {mv.spec.active_flag: name for name, mv in self.mvs.items() if mv.spec.active_flag}
         for w, r in zip(writes, results):
+            if w.tag in flags and self._active_flags.get(w.tag) != w.value:
+                self.audit.info("write", utc=utc, cycle=k, who="apc", what=w.tag, mv=flags[w.tag],
+                                old=self._active_flags.get(w.tag), new=w.value, clamps=[],
+                                why="apc_active follows the MV's actual mode", mode=decision.actual.value,
+                                ok=r.ok, detail=r.detail)
+                self._active_flags[w.tag] = w.value
             if w.tag not in by_tag:
                 continue
             name, mv = by_tag[w.tag]
@@ -364,6 +377,7 @@ class Unit:
         P_diag = None if estimate.P is None else [estimate.P[i][i] for i in range(len(estimate.x))]
         rec: dict[str, Any] = {
             "k": k,
+            "t_s": t_s,
             "scheduled_mono_s": scheduled_s,
             "actual_mono_s": t_s,
             "utc": utc,

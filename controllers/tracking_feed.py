@@ -5,7 +5,9 @@ switch to overfeed when the pseudo-resistance slope fitted to 2-min means
 rises past a trigger (or the underfeed has lasted its maximum, or the cell is
 in anode effect); overfeed for a fixed time. The electrode moves toward a
 target resistance with a deadband and a minimum interval, only during
-overfeed when oxide is high and R reflects the gap. Line current is held.
+overfeed when oxide is high and R reflects the gap; after each thermocouple
+dip the target is corrected toward the bath-temperature target (the daily
+heat-balance correction plants make, done per dip). Line current is held.
 """
 
 from __future__ import annotations
@@ -44,10 +46,13 @@ class TrackingFeedController:
         self.phase = FeedPhase.OVERFEED
         self._phase_start: float | None = None
         self._last_move_t: float | None = None
+        self._last_dip: float | None = None
+        self.target_correction_uohm = 0.0
 
     def track(self, applied: Mapping[str, float]) -> None:
-        """Nothing to re-initialise beyond the move timer: the feed cycle keeps running."""
-        self._last_move_t = None
+        """Restart the electrode move timer when the electrode is not ours; the feed cycle runs on."""
+        if self.mvs.anode in applied:
+            self._last_move_t = None
 
     def _switch(self, phase: FeedPhase, t_s: float) -> None:
         self.phase = phase
@@ -63,6 +68,7 @@ class TrackingFeedController:
         voltage = estimate.value("cell_voltage_V")
         slope = estimate.value("resistance_slope_uohm_h")
         r = estimate.value("pseudo_resistance_uohm")
+        self._correct_target(estimate.value("bath_temp_dip_degC"))
         reason = ""
         if self.phase is FeedPhase.UNDERFEED:
             if voltage > cfg.anode_effect_voltage_V:
@@ -87,13 +93,23 @@ class TrackingFeedController:
             moves[self.mvs.anode] = self._electrode_move(t_s, r)
         return Plan(moves, {}, SolverStatus.OK, 0, 0.0, reason or self.phase.value)
 
+    def _correct_target(self, dip_degC: float) -> None:
+        """After a new dip, move the resistance target against the temperature error."""
+        cfg = self.cfg
+        if math.isnan(dip_degC) or dip_degC == self._last_dip:
+            return
+        self._last_dip = dip_degC
+        corr = self.target_correction_uohm - cfg.target_correction_uohm_per_K * (dip_degC - cfg.bath_temp_target_degC)
+        lim = cfg.target_correction_limit_uohm
+        self.target_correction_uohm = max(-lim, min(lim, corr))
+
     def _electrode_move(self, t_s: float, r_uohm: float) -> float:
         cfg = self.cfg
         if self.phase is not FeedPhase.OVERFEED or math.isnan(r_uohm):
             return 0.0
         if self._last_move_t is not None and t_s - self._last_move_t < cfg.electrode_min_interval_s:
             return 0.0
-        error = r_uohm - cfg.target_resistance_uohm
+        error = r_uohm - (cfg.target_resistance_uohm + self.target_correction_uohm)
         if abs(error) <= cfg.resistance_deadband_uohm:
             return 0.0
         # R above target → gap too wide → move the anode toward the cathode (positive).

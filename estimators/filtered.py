@@ -33,9 +33,10 @@ class FilteredEstimator:
     """Filtered voltage and current, 2-min mean pseudo-resistance and a least-squares slope."""
 
     def __init__(self, cfg: FilteredEstimatorSection, *, voltage: str = "cell_voltage",
-                 current: str = "line_current", dip: str = "bath_temp_dip") -> None:
+                 current: str = "line_current", dip: str = "bath_temp_dip", electrode: str = "") -> None:
         self.cfg = cfg
         self._voltage, self._current, self._dip = voltage, current, dip
+        self._electrode = electrode
         self._n_means = max(3, int(round(cfg.slope_window_s / cfg.mean_interval_s)))
         self.reset()
 
@@ -50,6 +51,8 @@ class FilteredEstimator:
         self._acc_start: float | None = None
         self._means: deque[tuple[float, float]] = deque(maxlen=self._n_means)
         self._r_mean = math.nan
+        self._electrode_pos: float | None = None
+        self._warmed = False
 
     def _slope_uohm_h(self) -> float:
         if len(self._means) < self._n_means:
@@ -76,6 +79,12 @@ class FilteredEstimator:
             self._i_f = i if math.isnan(self._i_f) else self._i_f + a * (i - self._i_f)
         else:
             problems.append(f"{self._current} invalid")
+        pos = applied.get(self._electrode) if self._electrode else None
+        if pos is not None and self._electrode_pos is not None and pos != self._electrode_pos:
+            # An electrode move steps R: restart the slope fit rather than read the step as a trend.
+            self._means.clear()
+            self._acc_sum, self._acc_n, self._acc_start = 0.0, 0, None
+        self._electrode_pos = pos
         dip = inputs.get(self._dip)
         if dip is not None and dip.ok and dip.sample is not None:
             self._dip_degC = dip.sample.value
@@ -92,9 +101,10 @@ class FilteredEstimator:
                 self._r_mean = mean
                 self._acc_sum, self._acc_n, self._acc_start = 0.0, 0, None
         slope = self._slope_uohm_h()
+        self._warmed = self._warmed or not math.isnan(slope)
         if problems:
             health = "; ".join(problems)
-        elif math.isnan(slope):
+        elif not self._warmed:
             health = f"warming up: {len(self._means)}/{self._n_means} resistance means"
         else:
             health = "ok"

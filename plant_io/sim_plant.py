@@ -22,6 +22,7 @@ MEASURED = {
     "cell.current_kA": "current_kA",
     "cell.bath_temp_dip_degC": "bath_temp_dip_degC",
     "cell.oxide_lab_wtpct": "oxide_lab_wtpct",
+    "cell.metal_tapped_kg": "metal_tapped_kg",
 }
 
 

@@ -65,6 +65,7 @@ def _plant_step_function(model: ProcessModel, dt_s: float) -> ca.Function:
     i_ksl = model.parameter_names.index("sludge_settling_1_s")
     i_mu = model.state_names.index("undissolved_oxide_kg")
     i_tb = model.state_names.index("bath_temp_degC")
+    i_tm = model.state_names.index("metal_temp_degC")
     aux_index = {n: i for i, n in enumerate(model.aux_names)}
 
     def rhs(z: ca.SX) -> ca.SX:
@@ -73,6 +74,10 @@ def _plant_step_function(model: ProcessModel, dt_s: float) -> ca.Function:
         p_bath = ca.vertcat(p[:i_rloss], wall[0], p[i_rloss + 1 :])
         d_bath = ca.vertcat(t_wall, d[1:])
         xdot = model.f(x, u, d_bath, p_bath)
+        # Only the bath loses heat through the wall node; the metal/crucible node keeps
+        # losing to the true ambient (as in the model), else the plant settles ~20 K hotter.
+        xdot_metal = model.f(x, u, d, p)[i_tm]
+        xdot = ca.vertcat(xdot[:i_tm], xdot_metal, xdot[i_tm + 1 :])
         a = model.aux(x, u, d_bath, p_bath)
         q_in = (x[i_tb] - t_wall) / wall[0]
         q_out = (t_wall - d[0]) / wall[1]
@@ -127,6 +132,7 @@ class CellPlant:
         self._pending_move_cm = 0.0
         self.anode_position_cm = 0.0
         self.anode_effect = False
+        self.metal_tapped_kg = 0.0
         self._ambient = scenario.ambient_temp_degC
         # Measurements.
         self._bubble_V = 0.0
@@ -228,7 +234,9 @@ class CellPlant:
         tap_kg_h = 0.0
         if self.t_s + dt > self._next_tap_t:
             pool = self._x[self.model.state_names.index("metal_pool_kg")]
-            tap_kg_h = max(0.0, pool - sc.tap_heel_kg) * 3600.0 / dt
+            tapped = max(0.0, pool - sc.tap_heel_kg)
+            tap_kg_h = tapped * 3600.0 / dt
+            self.metal_tapped_kg += tapped
             self._next_tap_t += sc.tap_interval_h * 3600.0
         u = [self.current_kA, feed_kg_h, move_cm_h]
         d = [self._ambient, tap_kg_h, 1.0 if self.anode_effect else 0.0]
@@ -292,6 +300,7 @@ class CellPlant:
             "cell_voltage_V": Reading(self._voltage_meas, "good"),
             "current_kA": Reading(self._current_meas if self.t_s > 0 else self.current_kA, "good"),
             "anode_position_cm": Reading(self.anode_position_cm, "good"),
+            "metal_tapped_kg": Reading(self.metal_tapped_kg, "good"),
         }
         if self._dip is not None:
             out["bath_temp_dip_degC"] = self._dip

@@ -158,6 +158,12 @@ class TrackingFeedSection:
     """Approximate ∂R/∂ACD, sizes a move."""
     anode_effect_voltage_V: float = 15.0
     """Voltage above which the baseline treats the cell as in anode effect."""
+    bath_temp_target_degC: float = 1050.0
+    """Bath temperature the resistance target is corrected toward after each dip."""
+    target_correction_uohm_per_K: float = 0.0
+    """Change of the resistance target per K of dip error (0 = no correction)."""
+    target_correction_limit_uohm: float = 100.0
+    """Largest total correction of the resistance target."""
 
 
 @dataclass(frozen=True)

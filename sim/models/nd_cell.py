@@ -76,6 +76,8 @@ PARAMETERS = (
     Parameter("reversible_slope_V_K", "V/K", 0.00035, "decrease of reversible voltage with T", "assumption"),
     Parameter("anode_exchange_cd_A_cm2", "A/cm2", 0.32, "anode exchange current density",
               "derived: 1.62 V interfacial at 4.01 kA (S6)"),
+    Parameter("anode_exchange_oxide_exponent", "1", 0.56, "i0 = i0_ref·(c/2 wt%)^n (oxide dependence)",
+              "S16 (Haupin: i_r = 0.0029·C^0.56)"),
     Parameter("anode_transfer_coeff", "1", 0.5, "anode charge-transfer coefficient alpha", "assumption"),
     Parameter("cathode_overvoltage_V", "V", 0.10, "cathode overvoltage", "assumption"),
     Parameter("conductivity_S_cm", "S/cm", 3.5, "bath conductivity at 1050 degC", "assumption (fluoride melt)"),
@@ -154,7 +156,8 @@ def build() -> ProcessModel:
 
     # Voltage breakdown: E_rev + anode surface + concentration + cathode + ohmic + external.
     e_rev = P["reversible_ref_V"] - P["reversible_slope_V_K"] * dT + RT_F / 6.0 * ca.log(c_sat / c_pos)
-    eta_surf = RT_F / P["anode_transfer_coeff"] * ca.asinh(i_a / (2.0 * P["anode_exchange_cd_A_cm2"]))
+    i0 = P["anode_exchange_cd_A_cm2"] * (c_pos / 2.0) ** P["anode_exchange_oxide_exponent"]
+    eta_surf = RT_F / P["anode_transfer_coeff"] * ca.asinh(i_a / (2.0 * i0))
     eta_conc = RT_F / 2.0 * ca.log(i_cr / smooth_pos(i_cr - i_a, 0.02))
     kappa = P["conductivity_S_cm"] * ca.exp(P["conductivity_temp_coeff_K"] * dT)
     d_eff = acd + P["bubble_layer_cm_per_A_cm2"] * i_a
@@ -182,8 +185,11 @@ def build() -> ProcessModel:
     feed_kg_s = feed_kg_h / 3600.0
     k_d = P["dissolution_rate_1_s"] * ca.exp(P["dissolution_temp_coeff_K"] * dT)
     dissolving = k_d * m_u * smooth_pos(1.0 - c / c_sat, 0.01)
-    dm_u = P["undissolved_fraction"] * feed_kg_s - dissolving - P["sludge_settling_1_s"] * m_u
-    dm_d = (1.0 - P["undissolved_fraction"]) * feed_kg_s + dissolving - oxide_kg_s
+    # The share that dissolves at once cannot dissolve into a saturated bath either:
+    # near saturation it joins the undissolved oxide (gate = 1 below c_sat - 0.2 wt%).
+    direct = (1.0 - P["undissolved_fraction"]) * feed_kg_s * 0.5 * (1.0 - ca.tanh((c - c_sat) / 0.05))
+    dm_u = feed_kg_s - direct - dissolving - P["sludge_settling_1_s"] * m_u
+    dm_d = direct + dissolving - oxide_kg_s
 
     # Heat balance (kW, kJ/K).
     power_kW = I_kA * voltage
