@@ -264,9 +264,12 @@ class ReadbackMonitor:
         return self._mismatches
 
     def reset(self) -> None:
-        """Forget expectations and the mismatch count (e.g. when tracking)."""
+        """Forget expectations and the mismatch count (e.g. when tracking).
+
+        The last observed position is kept: it is an observation, not an
+        expectation, and the first move after tracking is judged against it.
+        """
         self._expected = None
-        self._position = None
         self._mismatches = 0
 
     def _judge(self, expected: float, readback: float, what: str) -> tuple[bool, str]:

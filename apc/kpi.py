@@ -319,7 +319,7 @@ _DISPLAY: dict[str, tuple[str, str, str]] = {
     "pfc_kg_co2e": ("PFC emissions", "kg CO2e", ".2f"),
     "sludge_final_kg": ("Sludge at end", "kg", ".2f"),
     "guard_clamps": ("Guard clamps", "", "d"),
-    "sheds": ("Shed cycles", "", "d"),
+    "sheds": ("Sheds", "", "d"),
     "cycles": ("Cycles", "", "d"),
 }
 

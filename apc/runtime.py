@@ -46,11 +46,12 @@ async def run_site(
     speed: float | None = None,
     hours: float | None = None,
     record_dir: Path | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     status_every_s: float = 3600.0,
     stop: asyncio.Event | None = None,
 ) -> int:
     """Run all units of a site until ``hours`` of plant time pass or a stop signal."""
+    out = out if out is not None else sys.stdout  # looked up now: sys.stdout may have been redirected
     site = loaded.site
     clock = RealClock(speed if speed is not None else site.speed)
     rdir = record_dir or Path(site.record_dir)

@@ -203,10 +203,9 @@ class Unit:
         limit = self.recipe.modes.readback_fault_cycles
         for name, mv in self.mvs.items():
             written, mv.pending_check = mv.pending_check, None
-            if mv.engaged_cycles == 0:
-                continue
             if name not in applied:
-                faults.append(f"{name}: readback unreadable")
+                if mv.engaged_cycles:
+                    faults.append(f"{name}: readback unreadable")
                 continue
             ok, why = mv.readback.update(written, applied[name])
             if not ok and mv.readback.mismatches >= limit:

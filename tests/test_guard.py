@@ -267,3 +267,14 @@ def test_readback_negative_tolerance_rejected() -> None:
     """A negative tolerance is a configuration error."""
     with pytest.raises(ValueError):
         ReadbackMonitor(MvKind.SETPOINT, tolerance=-1.0)
+
+
+def test_first_move_after_tracking_is_judged_against_the_last_seen_position() -> None:
+    """reset() forgets expectations but keeps the observed position, so the first move after tracking is judged."""
+    mon = ReadbackMonitor(MvKind.INCREMENT, tolerance=0.01)
+    assert mon.update(None, 4.0) == (True, "")
+    mon.reset()
+    ok, why = mon.update(0.2, 4.2)
+    assert ok, why
+    ok, why = mon.update(0.2, 4.2)  # position did not move by the second move
+    assert not ok and mon.mismatches == 1

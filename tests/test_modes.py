@@ -176,7 +176,7 @@ def test_sim_on_granted_warmup_after_first_healthy_cycle() -> None:
 
 
 def test_sim_input_fault_during_warmup_restarts_it() -> None:
-    """A bad cell voltage during warm-up delays ON until warmup_s after the input is good again."""
+    """A bad cell voltage during warm-up delays ON until warmup_s after inputs and estimator are healthy again."""
     fault_from = 300  # estimator healthy at ~240 cycles, ON would come ~120 cycles later
     ev = {"kind": "input_fault", "signal": "cell_voltage_V", "fault": "bad",
           "at_h": event_from_cycle(fault_from), "duration_h": 0.05}
@@ -184,12 +184,18 @@ def test_sim_input_fault_during_warmup_restarts_it() -> None:
     su.request(Mode.ON)
     su.run_until(is_on, 2000)
     recs = su.records
+    on = len(recs) - 1
+
+    def healthy(r: dict) -> bool:  # type: ignore[type-arg]
+        return bool(r["estimate"]["health"] == "ok" and r["inputs"]["cell_voltage"][-1] == "ok")
+
+    assert first_index(recs, healthy) < fault_from < on  # the fault did interrupt a warm-up
     bad = [i for i, r in enumerate(recs) if r["inputs"]["cell_voltage"][-1] != "ok"]
-    assert bad and bad[0] == fault_from
-    first_good_after = bad[-1] + 1
-    assert all(r["estimate"]["health"] == "ok" for r in recs[first_good_after:])
+    assert bad[0] == fault_from
+    again = next(i for i in range(bad[-1] + 1, len(recs)) if healthy(recs[i]))
+    assert all(healthy(r) for r in recs[again:])
     warmup = su.recipe.estimator.warmup_s
-    assert recs[-1]["actual_mono_s"] - recs[first_good_after]["actual_mono_s"] == warmup
+    assert recs[on]["actual_mono_s"] - recs[again]["actual_mono_s"] == warmup
 
 
 def test_sim_off_writes_no_setpoint_and_no_active_flag() -> None:
