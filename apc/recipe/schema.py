@@ -129,11 +129,71 @@ class FilteredEstimatorSection:
 
 
 @dataclass(frozen=True)
+class EkfSection:
+    """Extended Kalman filter on the recipe's nominal process model.
+
+    Names are model state names plus the random-walk bias states
+    ``heat_loss_bias`` (relative change of the heat-loss resistance, 1) and
+    ``ce_bias`` (additive current-efficiency bias, 1).
+    """
+
+    initial: dict[str, float] = field(default_factory=dict)
+    """Initial state (model units); missing names use the model's nominal operating point."""
+    initial_std: dict[str, float] = field(default_factory=dict)
+    """Initial standard deviation per state."""
+    process_std_per_sqrt_h: dict[str, float] = field(default_factory=dict)
+    """Random-walk process noise per state, as standard deviation per sqrt(hour)."""
+    voltage_std_V: float = 0.04
+    """Cell-voltage measurement noise (bubble noise, inflated for its correlation)."""
+    dip_std_degC: float = 3.0
+    """Thermocouple dip noise including its lag bias."""
+    lab_oxide_std_wtpct: float = 0.08
+    """Oxide lab result noise."""
+    gate_sigma: float = 4.0
+    """Innovations beyond this many standard deviations are rejected and logged."""
+    history_h: float = 2.0
+    """Buffered history for fusing delayed samples at their sample time."""
+
+
+@dataclass(frozen=True)
+class SoftSensorSection:
+    """An ONNX soft sensor with a lab/thermocouple bias update."""
+
+    model_file: str
+    """ONNX file, relative to the recipe file."""
+    features: tuple[str, ...]
+    """Feature names in the model's input order (see estimators.features)."""
+    input_name: str
+    """Name of the model's input tensor, shape [1, len(features)] (or [N, len])."""
+    output_name: str
+    """Name of the model's output tensor, shape [1, 1]."""
+    target: str
+    """Signal it predicts, e.g. ``bath_temp_degC``."""
+    unit: str
+    sample_input: str
+    """Recipe input (role sample) whose results update the bias."""
+    bias_gain: float = 0.3
+    """b ← b + gain·(e − b) on each accepted sample."""
+    max_sample_age_s: float = 7200.0
+    """Samples older than this (sample time vs now) are rejected."""
+    valid_range: tuple[float, float] = (-1e9, 1e9)
+    """Samples and predictions outside this range are rejected."""
+    use_in_filter: bool = False
+    """Feed the bias-corrected prediction into the Kalman filter as a measurement."""
+    measurement_std: float = 5.0
+    """Standard deviation of the soft sensor as a filter measurement."""
+
+
+@dataclass(frozen=True)
 class EstimatorSection:
     """Estimator choice and tuning."""
 
-    kind: Literal["filtered"] = "filtered"
+    kind: Literal["filtered", "ekf"] = "filtered"
+    """``filtered``: baseline signals only; ``ekf``: baseline signals plus the
+    Kalman filter's hidden states with covariance."""
     filtered: FilteredEstimatorSection = field(default_factory=FilteredEstimatorSection)
+    ekf: EkfSection = field(default_factory=EkfSection)
+    soft_sensor: SoftSensorSection | None = None
     warmup_s: float = 600.0
     """Inputs and estimator must be healthy this long before ON is granted."""
 

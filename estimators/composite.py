@@ -1,0 +1,55 @@
+"""Baseline signals plus the Kalman filter's hidden states in one estimate.
+
+The baseline signals (filtered voltage, pseudo-resistance and slope, last
+dip) keep feeding the tracking-feed controller; the filter adds dissolved and
+undissolved oxide, bath and metal temperature, anode–cathode distance and
+slow biases, each with its covariance. Health is the worse of the two.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol
+
+from apc.types import Estimate, ValidatedInput
+
+
+class _StateFilter(Protocol):
+    def update(self, t_s: float, inputs: Mapping[str, ValidatedInput], applied: Mapping[str, float],
+               extra_measurements: Mapping[str, tuple[float, float, float | None]] | None = None) -> Estimate: ...
+
+    def reset(self) -> None: ...
+
+
+class _SignalEstimator(Protocol):
+    def update(self, t_s: float, inputs: Mapping[str, ValidatedInput], applied: Mapping[str, float]) -> Estimate: ...
+
+    def reset(self) -> None: ...
+
+
+class CompositeEstimator:
+    """Runs the baseline signal estimator and a state filter side by side."""
+
+    def __init__(self, signals: _SignalEstimator, state_filter: _StateFilter, soft_sensor: Any = None) -> None:
+        self.signals = signals
+        self.filter = state_filter
+        self.soft_sensor = soft_sensor
+
+    def reset(self) -> None:
+        """Forget all history."""
+        self.signals.reset()
+        self.filter.reset()
+
+    def update(self, t_s: float, inputs: Mapping[str, ValidatedInput], applied: Mapping[str, float]) -> Estimate:
+        """Update both; the filter's states and covariance, the signals as extras."""
+        base = self.signals.update(t_s, inputs, applied)
+        extra = None
+        soft_extras: dict[str, float] = {}
+        if self.soft_sensor is not None:
+            extra, soft_extras = self.soft_sensor.update(t_s, inputs, applied)
+        est = self.filter.update(t_s, inputs, applied, extra)
+        extras = dict(zip(base.names, base.x))
+        extras.update(base.extras)
+        extras.update(est.extras)
+        extras.update(soft_extras)
+        health = base.health if not base.healthy else est.health
+        return Estimate(est.names, est.units, est.x, est.P, health, extras)

@@ -1,0 +1,490 @@
+"""Extended Kalman filter on a :class:`~sim.models.base.ProcessModel` (filterpy based).
+
+Notation (filterpy / textbook): ``x`` state, ``P`` its covariance, ``F`` the
+Jacobian of the discrete state map, ``Q`` process noise, ``z`` a measurement,
+``H`` its Jacobian, ``R`` its noise variance, ``y`` the innovation, ``S`` its
+variance, ``K`` the gain.
+
+The filter state is the model state augmented with random-walk parameter
+biases that enter the model through its parameters (``log``:
+``p = p_nom·exp(b)``; ``add``: ``p = p_nom + b``). Propagation is one CasADi
+function, built once, returning an RK4 step over a symbolic ``dt`` and its
+Jacobian ``F = ∂x⁺/∂x`` (CasADi ``jacobian``); measurement functions are built
+the same way from ``model.h``, ``model.aux`` or a state.
+
+Delayed samples (lab results, dips) are fused at their sample time by
+re-filtering: every cycle's prior, inputs and accepted measurements are kept
+in a bounded history; a late sample rolls the filter back to the newest
+buffered time at or before its sample time, is fused there, and the buffered
+cycles are re-propagated and their measurements re-applied up to now.
+
+The filter is pure: no clocks, no I/O. Problems (held inputs, gated outliers,
+samples too old, covariance repairs) are appended to :attr:`ModelEkf.events`
+for the owner to log and drain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Sequence
+
+import casadi as ca
+import numpy as np
+from filterpy.kalman import ExtendedKalmanFilter
+
+from sim.models.base import ProcessModel
+
+_SPD_JITTER_REL = 1e-9
+"""Diagonal inflation (relative to the mean variance) tried first when P is not SPD."""
+
+
+@dataclass(frozen=True)
+class BiasState:
+    """A random-walk parameter bias appended to the model state.
+
+    ``kind="log"``: ``p = p_nom·exp(b)`` (relative bias, unit 1);
+    ``kind="add"``: ``p = p_nom + b`` (unit of the parameter).
+    """
+
+    name: str
+    parameter: str
+    kind: Literal["log", "add"]
+    unit: str = "1"
+
+
+@dataclass(frozen=True)
+class FilterEvent:
+    """Something the owner should log: a rejected sample, a held input, a repair.
+
+    ``kind`` is one of ``rejected_outlier``, ``rejected_too_old``,
+    ``rejected_not_finite``, ``input_held``, ``bad_dt``, ``covariance_repaired``.
+    ``sigma`` is the normalised innovation |y|/sqrt(S) (NaN when not computed).
+    """
+
+    kind: str
+    name: str
+    t_s: float
+    value: float = math.nan
+    sigma: float = math.nan
+    t_sample_s: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """Outcome of one measurement update."""
+
+    name: str
+    accepted: bool
+    z: float
+    innovation: float = math.nan
+    sigma: float = math.nan
+    reason: str = ""
+    delayed: bool = False
+
+
+@dataclass
+class _Step:
+    """One buffered cycle: prior at ``t_s`` after a step of ``dt_s`` with ``u``, ``d``."""
+
+    t_s: float
+    dt_s: float
+    u: np.ndarray
+    d: np.ndarray
+    x_prior: np.ndarray
+    P_prior: np.ndarray
+    meas: list[tuple[str, float, float]] = field(default_factory=list)  # (name, z, R) accepted
+
+
+class _Ekf(ExtendedKalmanFilter):  # type: ignore[misc]
+    """filterpy's EKF with the state propagation replaced by the model's discrete map."""
+
+    x_next: np.ndarray
+
+    def predict_x(self, u: object = 0) -> None:
+        """x = f(x, u, d, p; dt), evaluated before :meth:`predict` is called."""
+        self.x = self.x_next
+
+
+class ModelEkf:
+    """EKF whose state is ``model.states`` plus random-walk parameter biases.
+
+    Parameters
+    ----------
+    model : ProcessModel
+    p_nominal : np.ndarray(n_p)
+        Nominal parameter vector (biases act on it).
+    x0 : Mapping[str, float]
+        Initial state by name (every model state and bias).
+    std0 : Mapping[str, float]
+        Initial standard deviation by name (missing: 0).
+    process_std_per_sqrt_h : Mapping[str, float]
+        Random-walk process noise per state, std per sqrt(hour): ``Q = diag(q²·dt/3600)``.
+    biases : sequence of BiasState
+    gate_sigma : float
+        Innovations with |y|/sqrt(S) above this are rejected.
+    history_h : float
+        Length of the buffered history used for delayed samples.
+    max_step_s : float
+        Longest single RK4 step; longer ``dt`` are split.
+    bounds : Mapping[str, (lo, hi)]
+        Physical bounds; the posterior state is projected into them.
+    u0, d0 : np.ndarray, optional
+        Inputs held when the first inputs are not finite (default zeros).
+    t0_s : float
+        Time of ``x0``.
+    """
+
+    def __init__(
+        self,
+        model: ProcessModel,
+        p_nominal: np.ndarray,
+        x0: Mapping[str, float],
+        std0: Mapping[str, float],
+        process_std_per_sqrt_h: Mapping[str, float],
+        *,
+        biases: Sequence[BiasState] = (),
+        gate_sigma: float = 4.0,
+        history_h: float = 2.0,
+        max_step_s: float = 10.0,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
+        u0: np.ndarray | None = None,
+        d0: np.ndarray | None = None,
+        t0_s: float = 0.0,
+        max_events: int = 1000,
+    ) -> None:
+        self.model = model
+        self.biases = tuple(biases)
+        self.names: tuple[str, ...] = model.state_names + tuple(b.name for b in self.biases)
+        self.units: tuple[str, ...] = tuple(s.unit for s in model.states) + tuple(b.unit for b in self.biases)
+        unknown = (set(x0) | set(std0) | set(process_std_per_sqrt_h) | set(bounds or {})) - set(self.names)
+        if unknown:
+            raise KeyError(f"unknown state name(s) {sorted(unknown)}; states: {list(self.names)}")
+        missing = set(self.names) - set(x0)
+        if missing:
+            raise KeyError(f"x0 lacks state(s) {sorted(missing)}")
+        self.p = np.asarray(p_nominal, dtype=float).copy()
+        if self.p.shape != (len(model.parameters),):
+            raise ValueError(f"p_nominal must have {len(model.parameters)} entries")
+        n = len(self.names)
+        self.n = n
+        self.gate_sigma = float(gate_sigma)
+        self.history_s = float(history_h) * 3600.0
+        self.max_step_s = float(max_step_s)
+        self._q_var_per_s = np.array(
+            [float(process_std_per_sqrt_h.get(k, 0.0)) ** 2 / 3600.0 for k in self.names]
+        )
+        lo = np.full(n, -np.inf)
+        hi = np.full(n, np.inf)
+        for k, (a, b) in (bounds or {}).items():
+            lo[self.names.index(k)], hi[self.names.index(k)] = a, b
+        self._lo, self._hi = lo, hi
+        self._x0 = np.array([float(x0[k]) for k in self.names])
+        self._P0 = np.diag([float(std0.get(k, 0.0)) ** 2 for k in self.names])
+        nu, nd = len(model.inputs), len(model.disturbances)
+        self._u0 = np.zeros(nu) if u0 is None else np.asarray(u0, dtype=float).copy()
+        self._d0 = np.zeros(nd) if d0 is None else np.asarray(d0, dtype=float).copy()
+        self._t0 = float(t0_s)
+        self._max_events = int(max_events)
+        self._step_fn = self._build_step()
+        self._meas_fns: dict[str, ca.Function] = {}
+        self._aux_fn: ca.Function | None = None
+        self.reset()
+
+    # ------------------------------------------------------------------ build
+    def _effective_parameters(self, p: ca.SX, b: ca.SX) -> ca.SX:
+        """Parameters with the biases applied: p_i·exp(b) or p_i + b."""
+        parts = [p[i] for i in range(p.shape[0])]
+        for j, bias in enumerate(self.biases):
+            i = self.model.parameter_names.index(bias.parameter)
+            parts[i] = parts[i] * ca.exp(b[j]) if bias.kind == "log" else parts[i] + b[j]
+        return ca.vertcat(*parts)
+
+    def _symbols(self) -> tuple[ca.SX, ca.SX, ca.SX, ca.SX, ca.SX]:
+        m = self.model
+        xa = ca.SX.sym("xa", self.n)
+        u = ca.SX.sym("u", len(m.inputs))
+        d = ca.SX.sym("d", len(m.disturbances))
+        p = ca.SX.sym("p", len(m.parameters))
+        nx = len(m.states)
+        return xa, u, d, p, self._effective_parameters(p, xa[nx:])
+
+    def _build_step(self) -> ca.Function:
+        """F(xa, u, d, p, dt) -> (x_next, A = ∂x_next/∂xa), one classical RK4 step."""
+        xa, u, d, p, pe = self._symbols()
+        dt = ca.SX.sym("dt")
+        nx = len(self.model.states)
+        x = xa[:nx]
+        f = self.model.f
+        k1 = f(x, u, d, pe)
+        k2 = f(x + dt / 2 * k1, u, d, pe)
+        k3 = f(x + dt / 2 * k2, u, d, pe)
+        k4 = f(x + dt * k3, u, d, pe)
+        x_next = ca.vertcat(x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4), xa[nx:])  # biases: b⁺ = b
+        A = ca.jacobian(x_next, xa)
+        return ca.Function("ekf_step", [xa, u, d, p, dt], [x_next, A], {"cse": True})
+
+    def _measurement_fn(self, name: str) -> ca.Function:
+        """h(xa, u, d, p) -> (y, H) for an output, aux signal or state called ``name``."""
+        fn = self._meas_fns.get(name)
+        if fn is not None:
+            return fn
+        m = self.model
+        xa, u, d, p, pe = self._symbols()
+        nx = len(m.states)
+        if name in m.output_names:
+            y = m.h(xa[:nx], u, d, pe)[m.output_names.index(name)]
+        elif name in m.aux_names:
+            y = m.aux(xa[:nx], u, d, pe)[m.aux_names.index(name)]
+        elif name in self.names:
+            y = xa[self.names.index(name)]
+        else:
+            raise KeyError(f"{name!r} is neither an output, aux signal nor state of {m.name!r}")
+        fn = ca.Function(f"ekf_h_{name}", [xa, u, d, p], [y, ca.jacobian(y, xa)], {"cse": True})
+        self._meas_fns[name] = fn
+        return fn
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Back to ``x0``, ``P0`` at ``t0_s``; history and events cleared."""
+        self._kf = _Ekf(self.n, 1)
+        self._kf.x = self._x0.reshape(-1, 1).copy()
+        self._kf.P = self._P0.copy()
+        self.t_s = self._t0
+        self._u_last = self._u0.copy()
+        self._d_last = self._d0.copy()
+        self._hist: deque[_Step] = deque()
+        self._hist.append(_Step(self.t_s, 0.0, self._u_last.copy(), self._d_last.copy(),
+                                self.x.copy(), self.P.copy()))
+        self.events: list[FilterEvent] = []
+        self.repaired = False
+        self.n_rejected = 0
+
+    @property
+    def x(self) -> np.ndarray:
+        """Current state estimate, shape (n,)."""
+        return np.asarray(self._kf.x, dtype=float).reshape(-1)
+
+    @property
+    def P(self) -> np.ndarray:
+        """Current covariance, shape (n, n)."""
+        return np.asarray(self._kf.P, dtype=float)
+
+    @property
+    def u_last(self) -> np.ndarray:
+        """Inputs used in the last prediction (after holding non-finite ones)."""
+        return self._u_last.copy()
+
+    @property
+    def d_last(self) -> np.ndarray:
+        """Disturbances used in the last prediction (after holding non-finite ones)."""
+        return self._d_last.copy()
+
+    def index(self, name: str) -> int:
+        """Position of a state in ``x``."""
+        return self.names.index(name)
+
+    def _event(self, ev: FilterEvent) -> None:
+        self.events.append(ev)
+        if len(self.events) > self._max_events:
+            del self.events[: len(self.events) - self._max_events]
+
+    def drain_events(self) -> list[FilterEvent]:
+        """Return and forget the events recorded so far."""
+        out, self.events = self.events, []
+        return out
+
+    # --------------------------------------------------------------- predict
+    def _hold(self, v: np.ndarray, last: np.ndarray, what: str) -> np.ndarray:
+        """Replace non-finite entries by the last valid ones (reported)."""
+        v = np.asarray(v, dtype=float).reshape(-1)
+        if v.shape != last.shape:
+            raise ValueError(f"{what} must have {last.shape[0]} entries, got {v.shape[0]}")
+        bad = ~np.isfinite(v)
+        if bad.any():
+            v = np.where(bad, last, v)
+            names = self.model.input_names if what == "u" else self.model.disturbance_names
+            self._event(FilterEvent("input_held", ",".join(n for n, b in zip(names, bad) if b), self.t_s,
+                                    detail=f"non-finite {what} held at last valid value"))
+        return v
+
+    def _propagate(self, x: np.ndarray, P: np.ndarray, dt: float, u: np.ndarray,
+                   d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x⁺, F and Q over ``dt`` (split into steps of at most ``max_step_s``)."""
+        n_sub = max(1, math.ceil(dt / self.max_step_s - 1e-9))
+        h = dt / n_sub
+        F = np.eye(self.n)
+        xk = x
+        for _ in range(n_sub):
+            x_next, A = self._step_fn(xk, u, d, self.p, h)
+            xk = np.asarray(x_next).reshape(-1)
+            F = np.asarray(A) @ F
+        # Q = diag(q²·dt)
+        Q = np.diag(self._q_var_per_s * dt)
+        return xk, F, Q
+
+    def _predict_kf(self, dt: float, u: np.ndarray, d: np.ndarray) -> None:
+        kf = self._kf
+        x_next, F, Q = self._propagate(self.x, self.P, dt, u, d)
+        if not np.all(np.isfinite(x_next)) or not np.all(np.isfinite(F)):
+            # Never let a failed integration into the state: keep x, inflate P by Q.
+            self._event(FilterEvent("bad_dt", "predict", self.t_s, detail="non-finite model step; state held"))
+            x_next, F = self.x, np.eye(self.n)
+        kf.x_next = np.clip(x_next, self._lo, self._hi).reshape(-1, 1)
+        kf.F, kf.Q = F, Q
+        kf.predict()  # x = f(x); P = F P F' + Q
+        self._check_spd("predict")
+
+    def predict(self, dt: float, u: np.ndarray, d: np.ndarray) -> None:
+        """Advance ``dt`` seconds with inputs ``u`` and disturbances ``d``.
+
+        Non-finite entries of ``u``/``d`` are replaced by the last valid ones
+        (event ``input_held``); a non-finite or non-positive ``dt`` leaves the
+        filter unchanged (event ``bad_dt``).
+        """
+        if not (math.isfinite(dt) and dt > 0.0):
+            self._event(FilterEvent("bad_dt", "predict", self.t_s, value=float(dt), detail="dt not > 0; no predict"))
+            return
+        u = self._hold(u, self._u_last, "u")
+        d = self._hold(d, self._d_last, "d")
+        self._u_last, self._d_last = u, d
+        self._predict_kf(dt, u, d)
+        self.t_s += dt
+        self._hist.append(_Step(self.t_s, dt, u, d, self.x.copy(), self.P.copy()))
+        while len(self._hist) > 1 and self._hist[1].t_s <= self.t_s - self.history_s:
+            self._hist.popleft()
+
+    # ---------------------------------------------------------------- update
+    def _check_spd(self, where: str) -> None:
+        """P = (P + P')/2; if Cholesky fails, inflate the diagonal until it succeeds (logged)."""
+        kf = self._kf
+        P = 0.5 * (kf.P + kf.P.T)
+        try:
+            np.linalg.cholesky(P)
+        except np.linalg.LinAlgError:
+            scale = max(float(np.mean(np.abs(np.diag(P)))), 1e-300)
+            jitter = _SPD_JITTER_REL * scale
+            min_eig = float(np.linalg.eigvalsh(P)[0])
+            jitter = max(jitter, -min_eig + jitter)
+            for _ in range(60):
+                try:
+                    np.linalg.cholesky(P + jitter * np.eye(self.n))
+                    break
+                except np.linalg.LinAlgError:
+                    jitter *= 10.0
+            P = P + jitter * np.eye(self.n)
+            self.repaired = True
+            self._event(FilterEvent("covariance_repaired", where, self.t_s, value=jitter,
+                                    detail=f"P not SPD after {where}; diagonal inflated by {jitter:.3g}"))
+        kf.P = P
+
+    def _eval_h(self, name: str, u: np.ndarray, d: np.ndarray) -> tuple[float, np.ndarray]:
+        y, H = self._measurement_fn(name)(self.x, u, d, self.p)
+        return float(y), np.asarray(H).reshape(1, -1)
+
+    def _apply(self, name: str, z: float, R: float, u: np.ndarray, d: np.ndarray,
+               gate: bool) -> tuple[bool, float, float]:
+        """Gate, then fuse one scalar measurement with filterpy's Joseph-form update."""
+        hx, H = self._eval_h(name, u, d)
+        # y = z - h(x);  S = H P H' + R
+        y = z - hx
+        S = float(H @ self.P @ H.T) + R
+        sigma = abs(y) / math.sqrt(S) if S > 0 else math.inf
+        if gate and not sigma <= self.gate_sigma:
+            return False, y, sigma
+        x_prior = self._kf.x.copy()
+        P_prior = self._kf.P.copy()
+        # K = P H' S⁻¹;  x = x + K y;  P = (I - K H) P (I - K H)' + K R K'
+        self._kf.update(np.array([[z]]), lambda _x: H, lambda _x: np.array([[hx]]), R=np.array([[R]]))
+        x = self.x
+        if not np.all(np.isfinite(x)) or not np.all(np.isfinite(self._kf.P)):
+            self._kf.x, self._kf.P = x_prior, P_prior
+            return False, y, math.nan
+        self._kf.x = np.clip(x, self._lo, self._hi).reshape(-1, 1)
+        self._check_spd(f"update {name}")
+        return True, y, sigma
+
+    def update(self, name: str, z: float, R: float, t_sample_s: float | None = None) -> UpdateResult:
+        """Fuse the scalar measurement ``z`` of ``name`` with noise variance ``R``.
+
+        ``name`` is a model output, aux signal or state. With ``t_sample_s``
+        earlier than the filter time the sample is fused at its sample time by
+        re-filtering the buffered history; samples older than the history are
+        rejected (event ``rejected_too_old``). A non-finite ``z`` or ``R`` is
+        not fused (predict only). Innovations beyond ``gate_sigma`` are
+        rejected (event ``rejected_outlier``).
+        """
+        z, R = float(z), float(R)
+        if not (math.isfinite(z) and math.isfinite(R) and R > 0.0):
+            self._event(FilterEvent("rejected_not_finite", name, self.t_s, value=z, t_sample_s=t_sample_s,
+                                    detail="measurement or variance not finite/positive"))
+            return UpdateResult(name, False, z, reason="not finite")
+        if t_sample_s is None or t_sample_s >= self._hist[-1].t_s:
+            step = self._hist[-1]
+            ok, y, sigma = self._apply(name, z, R, step.u, step.d, gate=True)
+            if ok:
+                step.meas.append((name, z, R))
+            return self._result(name, z, ok, y, sigma, t_sample_s, delayed=False)
+        return self._update_delayed(name, z, R, float(t_sample_s))
+
+    def _result(self, name: str, z: float, ok: bool, y: float, sigma: float,
+                t_sample_s: float | None, delayed: bool) -> UpdateResult:
+        if ok:
+            return UpdateResult(name, True, z, y, sigma, delayed=delayed)
+        self.n_rejected += 1
+        reason = f"innovation {sigma:.1f} sigma > gate {self.gate_sigma:g}"
+        self._event(FilterEvent("rejected_outlier", name, self.t_s, value=z, sigma=sigma,
+                                t_sample_s=t_sample_s, detail=reason))
+        return UpdateResult(name, False, z, y, sigma, reason, delayed)
+
+    def _update_delayed(self, name: str, z: float, R: float, t_sample_s: float) -> UpdateResult:
+        """Roll back to the buffered step at or before ``t_sample_s``, fuse, re-filter to now."""
+        hist = self._hist
+        if t_sample_s < hist[0].t_s:
+            reason = (f"sample {self.t_s - t_sample_s:.0f} s old, history covers "
+                      f"{self.t_s - hist[0].t_s:.0f} s")
+            self._event(FilterEvent("rejected_too_old", name, self.t_s, value=z, t_sample_s=t_sample_s,
+                                    detail=reason))
+            return UpdateResult(name, False, z, reason=reason, delayed=True)
+        k = len(hist) - 1
+        while hist[k].t_s > t_sample_s:
+            k -= 1
+        kf = self._kf
+        x_now, P_now = kf.x.copy(), kf.P.copy()
+        step = hist[k]
+        kf.x, kf.P = step.x_prior.reshape(-1, 1).copy(), step.P_prior.copy()
+        for m_name, m_z, m_R in step.meas:
+            self._apply(m_name, m_z, m_R, step.u, step.d, gate=False)
+        ok, y, sigma = self._apply(name, z, R, step.u, step.d, gate=True)
+        if not ok:
+            kf.x, kf.P = x_now, P_now
+            return self._result(name, z, False, y, sigma, t_sample_s, delayed=True)
+        step.meas.append((name, z, R))
+        for j in range(k + 1, len(hist)):
+            s = hist[j]
+            self._predict_kf(s.dt_s, s.u, s.d)
+            s.x_prior, s.P_prior = self.x.copy(), self.P.copy()
+            for m_name, m_z, m_R in s.meas:
+                self._apply(m_name, m_z, m_R, s.u, s.d, gate=False)
+        return self._result(name, z, True, y, sigma, t_sample_s, delayed=True)
+
+    # ------------------------------------------------------------- read-outs
+    def output(self, name: str, u: np.ndarray | None = None, d: np.ndarray | None = None) -> tuple[float, float]:
+        """Predicted value of an output/aux/state and its standard deviation sqrt(H P H')."""
+        u = self._u_last if u is None else u
+        d = self._d_last if d is None else d
+        y, H = self._eval_h(name, u, d)
+        return y, math.sqrt(max(float(H @ self.P @ H.T), 0.0))
+
+    def aux(self, u: np.ndarray | None = None, d: np.ndarray | None = None) -> dict[str, float]:
+        """All aux signals at the current estimate (biases applied to the parameters)."""
+        if self._aux_fn is None:
+            xa, uu, dd, p, pe = self._symbols()
+            nx = len(self.model.states)
+            self._aux_fn = ca.Function("ekf_aux", [xa, uu, dd, p], [self.model.aux(xa[:nx], uu, dd, pe)])
+        u = self._u_last if u is None else u
+        d = self._d_last if d is None else d
+        a = np.asarray(self._aux_fn(self.x, u, d, self.p)).reshape(-1)
+        return dict(zip(self.model.aux_names, (float(v) for v in a)))
