@@ -226,24 +226,29 @@ class ModelEkf:
         A = ca.jacobian(x_next, xa)
         return ca.Function("ekf_step", [xa, u, d, p, dt], [x_next, A], {"cse": True})
 
-    def _measurement_fn(self, name: str) -> ca.Function:
-        """h(xa, u, d, p) -> (y, H) for an output, aux signal or state called ``name``."""
-        fn = self._meas_fns.get(name)
+    def _measurement_fn(self, *names: str) -> ca.Function:
+        """h(xa, u, d, p) -> (y, H) for outputs, aux signals or states called ``names``."""
+        key = ",".join(names)
+        fn = self._meas_fns.get(key)
         if fn is not None:
             return fn
         m = self.model
         xa, u, d, p, pe = self._symbols()
         nx = len(m.states)
-        if name in m.output_names:
-            y = m.h(xa[:nx], u, d, pe)[m.output_names.index(name)]
-        elif name in m.aux_names:
-            y = m.aux(xa[:nx], u, d, pe)[m.aux_names.index(name)]
-        elif name in self.names:
-            y = xa[self.names.index(name)]
-        else:
-            raise KeyError(f"{name!r} is neither an output, aux signal nor state of {m.name!r}")
-        fn = ca.Function(f"ekf_h_{name}", [xa, u, d, p], [y, ca.jacobian(y, xa)], {"cse": True})
-        self._meas_fns[name] = fn
+        h, a = m.h(xa[:nx], u, d, pe), m.aux(xa[:nx], u, d, pe)
+        ys = []
+        for name in names:
+            if name in m.output_names:
+                ys.append(h[m.output_names.index(name)])
+            elif name in m.aux_names:
+                ys.append(a[m.aux_names.index(name)])
+            elif name in self.names:
+                ys.append(xa[self.names.index(name)])
+            else:
+                raise KeyError(f"{name!r} is neither an output, aux signal nor state of {m.name!r}")
+        y = ca.vertcat(*ys)
+        fn = ca.Function(f"ekf_h_{len(self._meas_fns)}", [xa, u, d, p], [y, ca.jacobian(y, xa)], {"cse": True})
+        self._meas_fns[key] = fn
         return fn
 
     # ------------------------------------------------------------------ state
@@ -384,13 +389,18 @@ class ModelEkf:
         y, H = self._measurement_fn(name)(self.x, u, d, self.p)
         return float(y), np.asarray(H).reshape(1, -1)
 
+    def can_measure(self, name: str) -> bool:
+        """True when ``name`` can be measured (output, aux signal or state)."""
+        m = self.model
+        return name in m.output_names or name in m.aux_names or name in self.names
+
     def _apply(self, name: str, z: float, R: float, u: np.ndarray, d: np.ndarray,
                gate: bool) -> tuple[bool, float, float]:
         """Gate, then fuse one scalar measurement with filterpy's Joseph-form update."""
         hx, H = self._eval_h(name, u, d)
         # y = z - h(x);  S = H P H' + R
         y = z - hx
-        S = float(H @ self.P @ H.T) + R
+        S = (H @ self.P @ H.T).item() + R
         sigma = abs(y) / math.sqrt(S) if S > 0 else math.inf
         if gate and not sigma <= self.gate_sigma:
             return False, y, sigma
@@ -471,12 +481,18 @@ class ModelEkf:
         return self._result(name, z, True, y, sigma, t_sample_s, delayed=True)
 
     # ------------------------------------------------------------- read-outs
-    def output(self, name: str, u: np.ndarray | None = None, d: np.ndarray | None = None) -> tuple[float, float]:
-        """Predicted value of an output/aux/state and its standard deviation sqrt(H P H')."""
+    def outputs(self, names: Sequence[str], u: np.ndarray | None = None,
+                d: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Values of outputs/aux signals/states at the estimate and their std sqrt(diag(H P H')).
+
+        ``u``/``d`` default to the inputs of the last prediction.
+        """
         u = self._u_last if u is None else u
         d = self._d_last if d is None else d
-        y, H = self._eval_h(name, u, d)
-        return y, math.sqrt(max(float(H @ self.P @ H.T), 0.0))
+        y, H = self._measurement_fn(*names)(self.x, u, d, self.p)
+        H = np.asarray(H)
+        var = np.einsum("ij,jk,ik->i", H, self.P, H)
+        return np.asarray(y).reshape(-1), np.sqrt(np.maximum(var, 0.0))
 
     def aux(self, u: np.ndarray | None = None, d: np.ndarray | None = None) -> dict[str, float]:
         """All aux signals at the current estimate (biases applied to the parameters)."""

@@ -6,7 +6,7 @@ keeps the features of past cycles, so that the features *as they were* when a
 lab or dip sample was taken can be recomputed later (bias update, reference
 §4: e = y − f(x(t_s))).
 
-Features (``FEATURES`` holds name → unit and meaning):
+Features (``FEATURES`` holds name → unit, meaning and window):
 
 ======================== ======= ===============================================
 name                     unit    meaning
@@ -17,6 +17,7 @@ name                     unit    meaning
 ``feed_mean_1h_kg_h``    kg/h    time-weighted mean of the feed readback over the last hour
 ``feed_mean_4h_kg_h``    kg/h    the same over the last 4 h
 ``anode_moves_2h_cm``    cm      sum of anode position changes over the last 2 h (signed: net move)
+``anode_moves_8h_cm``    cm      the same over the last 8 h
 ``pseudo_resistance_uohm`` µΩ    (U − E0)/I from the filtered voltage and current
 ``power_kW``             kW      U·I from the filtered voltage and current
 ``power_mean_2h_kW``     kW      time-weighted mean of U·I (raw) over the last 2 h
@@ -56,39 +57,44 @@ NAN = math.nan
 
 @dataclass(frozen=True, slots=True)
 class FeatureInfo:
-    """Unit, meaning and the bound signals one feature needs."""
+    """Unit, meaning, window and the bound signals one feature needs."""
 
     unit: str
     description: str
     needs: tuple[str, ...]
     """Roles of :class:`FeatureBindings` it reads: ``voltage``, ``current``, ``feed``, ``anode``."""
+    series: str = ""
+    """Signal buffer a windowed feature reads (``voltage``, ``feed``, ``anode``, ``power``)."""
+    window_s: float = 0.0
+    """Trailing window; the feature is NaN until this much history exists (0: instantaneous)."""
 
 
 SLOPE_WINDOW_S = 600.0
 FEED_WINDOW_S = 3600.0
 FEED_LONG_WINDOW_S = 4 * 3600.0
 ANODE_WINDOW_S = 7200.0
+ANODE_LONG_WINDOW_S = 8 * 3600.0
 POWER_WINDOW_S = 7200.0
 
 FEATURES: dict[str, FeatureInfo] = {
     "voltage_V": FeatureInfo("V", "filtered cell voltage", ("voltage",)),
     "current_kA": FeatureInfo("kA", "filtered line current", ("current",)),
-    "dVdt_V_h": FeatureInfo("V/h", "least-squares slope of the raw voltage over the last 10 min", ("voltage",)),
-    "feed_mean_1h_kg_h": FeatureInfo("kg/h", "time-weighted mean feed readback over the last hour", ("feed",)),
-    "feed_mean_4h_kg_h": FeatureInfo("kg/h", "time-weighted mean feed readback over the last 4 h", ("feed",)),
-    "anode_moves_2h_cm": FeatureInfo("cm", "net anode position change over the last 2 h", ("anode",)),
+    "dVdt_V_h": FeatureInfo("V/h", "least-squares slope of the raw voltage over the last 10 min",
+                            ("voltage",), "voltage", SLOPE_WINDOW_S),
+    "feed_mean_1h_kg_h": FeatureInfo("kg/h", "time-weighted mean feed readback over the last hour",
+                                     ("feed",), "feed", FEED_WINDOW_S),
+    "feed_mean_4h_kg_h": FeatureInfo("kg/h", "time-weighted mean feed readback over the last 4 h",
+                                     ("feed",), "feed", FEED_LONG_WINDOW_S),
+    "anode_moves_2h_cm": FeatureInfo("cm", "net anode position change over the last 2 h",
+                                     ("anode",), "anode", ANODE_WINDOW_S),
+    "anode_moves_8h_cm": FeatureInfo("cm", "net anode position change over the last 8 h",
+                                     ("anode",), "anode", ANODE_LONG_WINDOW_S),
     "pseudo_resistance_uohm": FeatureInfo("uOhm", "(U - E0)/I from filtered U and I", ("voltage", "current")),
     "power_kW": FeatureInfo("kW", "U*I from filtered U and I", ("voltage", "current")),
-    "power_mean_2h_kW": FeatureInfo("kW", "time-weighted mean of U*I over the last 2 h", ("voltage", "current")),
+    "power_mean_2h_kW": FeatureInfo("kW", "time-weighted mean of U*I over the last 2 h",
+                                    ("voltage", "current"), "power", POWER_WINDOW_S),
 }
 """Every feature a soft sensor may use, by name."""
-
-_WINDOWS = {
-    "voltage": SLOPE_WINDOW_S,
-    "feed": FEED_LONG_WINDOW_S,
-    "anode": ANODE_WINDOW_S,
-    "power": POWER_WINDOW_S,
-}
 
 
 def check_feature_names(names: tuple[str, ...] | list[str]) -> None:
@@ -288,6 +294,11 @@ class FeatureBuilder:
             raise ValueError(f"feature(s) {[n for n in self.names if set(FEATURES[n].needs) & set(unbound)]} "
                              f"need signal(s) {unbound}, which the bindings leave empty")
         self._needs = needs
+        self._keep = {k: 0.0 for k in ("voltage", "feed", "anode", "power")}
+        for n in self.names:  # each buffer keeps the longest window asked of it
+            info = FEATURES[n]
+            if info.series:
+                self._keep[info.series] = max(self._keep[info.series], info.window_s)
         self._compute: list[Callable[[float], float]] = [self._computer(n) for n in self.names]
         self.reset()
 
@@ -300,10 +311,11 @@ class FeatureBuilder:
         self._i_f = NAN
         self._u_t = -math.inf
         self._i_t = -math.inf
-        self._voltage = _Series(_WINDOWS["voltage"], self.max_gap_s, cap)
-        self._power = _Series(_WINDOWS["power"], self.max_gap_s, cap)
-        self._feed = _Series(_WINDOWS["feed"], self.max_gap_s, cap)
-        self._anode = _Series(_WINDOWS["anode"], self.max_gap_s, cap)
+        keep = self._keep
+        self._voltage = _Series(keep["voltage"], self.max_gap_s, cap)
+        self._power = _Series(keep["power"], self.max_gap_s, cap)
+        self._feed = _Series(keep["feed"], self.max_gap_s, cap)
+        self._anode = _Series(keep["anode"], self.max_gap_s, cap)
         self._hist_t: list[float] = []
         self._hist_x: list[tuple[float, ...]] = []
         self._hist_start = 0
@@ -311,6 +323,17 @@ class FeatureBuilder:
     def __len__(self) -> int:
         """Number of buffered cycles."""
         return len(self._hist_t) - self._hist_start
+
+    def buffer_lengths(self) -> dict[str, int]:
+        """Entries held in memory per buffer (feature history and signal buffers, including
+        trimmed entries not yet compacted), to check that memory stays bounded."""
+        return {"history": len(self._hist_t), "voltage": len(self._voltage.t), "power": len(self._power.t),
+                "feed": len(self._feed.t), "anode": len(self._anode.t)}
+
+    @property
+    def warmup_s(self) -> float:
+        """History needed before every feature can be computed (longest window)."""
+        return max(FEATURES[n].window_s for n in self.names)
 
     @property
     def span_s(self) -> tuple[float, float] | None:
@@ -338,6 +361,7 @@ class FeatureBuilder:
             "feed_mean_1h_kg_h": lambda t: self._feed.mean(t - FEED_WINDOW_S, t),
             "feed_mean_4h_kg_h": lambda t: self._feed.mean(t - FEED_LONG_WINDOW_S, t),
             "anode_moves_2h_cm": lambda t: self._anode.delta(t - ANODE_WINDOW_S, t),
+            "anode_moves_8h_cm": lambda t: self._anode.delta(t - ANODE_LONG_WINDOW_S, t),
             "pseudo_resistance_uohm": resistance,
             "power_kW": power,
             "power_mean_2h_kW": lambda t: self._power.mean(t - POWER_WINDOW_S, t),
@@ -396,7 +420,7 @@ class FeatureBuilder:
         xs.append(row)
         start, n = self._hist_start, len(ts)
         horizon = t - self.history_s
-        while start < n - 1 and ts[start] < horizon:
+        while start + 1 < n and ts[start + 1] <= horizon:
             start += 1
         start = max(start, n - self.max_entries)
         if start > 256 and start > n // 2:

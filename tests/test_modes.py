@@ -177,7 +177,10 @@ def test_sim_on_granted_warmup_after_first_healthy_cycle() -> None:
 
 def test_sim_input_fault_during_warmup_restarts_it() -> None:
     """A bad cell voltage during warm-up delays ON until warmup_s after inputs and estimator are healthy again."""
-    fault_from = 300  # estimator healthy at ~240 cycles, ON would come ~120 cycles later
+    recipe = SimUnit(seed=11).recipe
+    f = recipe.estimator.filtered
+    healthy_at = round(f.slope_window_s / recipe.period_s) + 1  # one full slope window of means
+    fault_from = healthy_at + round(recipe.estimator.warmup_s / recipe.period_s / 2)  # mid warm-up
     ev = {"kind": "input_fault", "signal": "cell_voltage_V", "fault": "bad",
           "at_h": event_from_cycle(fault_from), "duration_h": 0.05}
     su = SimUnit(scen=scenario(events=[ev]), seed=11)
@@ -239,7 +242,7 @@ def test_sim_standby_computes_plan_but_writes_nothing() -> None:
 
 def test_sim_shed_latches_until_requested_again() -> None:
     """A bad-input shed latches STANDBY with its reason after the input recovers; a fresh ON request re-engages."""
-    fault_from = 450
+    fault_from = 900  # well after ON (slope window + warm-up)
     ev = {"kind": "input_fault", "signal": "cell_voltage_V", "fault": "bad",
           "at_h": event_from_cycle(fault_from), "duration_h": 0.1}
     su = SimUnit(scen=scenario(events=[ev]), seed=14)
@@ -264,7 +267,7 @@ def test_sim_shed_latches_until_requested_again() -> None:
 
 def test_sim_loop_taken_local_sheds_at_once_naming_the_loop() -> None:
     """The DCS taking the feed loop to local while ON sheds in that very cycle, naming the MV; no writes follow."""
-    ev_k = 500
+    ev_k = 700
     ev = {"kind": "loop_local", "signal": "feed", "at_h": event_from_cycle(ev_k), "duration_h": 0.2}
     su = SimUnit(scen=scenario(events=[ev]), seed=15)
     su.go_on()
@@ -283,7 +286,7 @@ def test_sim_loop_taken_local_sheds_at_once_naming_the_loop() -> None:
 
 def test_sim_dcs_heartbeat_freeze_goes_standby_without_writes() -> None:
     """A frozen DCS heartbeat takes the unit to STANDBY within the timeout; no setpoint is written during the freeze."""
-    ev_k = 500
+    ev_k = 700
     freeze_h = 0.25
     ev = {"kind": "dcs_heartbeat_freeze", "at_h": event_from_cycle(ev_k), "duration_h": freeze_h}
     su = SimUnit(scen=scenario(events=[ev]), seed=16)

@@ -47,7 +47,7 @@ def first_write(rec: dict[str, Any], tag: str) -> float:
 @pytest.mark.parametrize(("away", "away_cycles"), [(Mode.STANDBY, 2), (Mode.STANDBY, 40), (Mode.OFF, 2), (Mode.OFF, 40)])
 def test_first_on_write_is_within_one_rate_step_of_readback(away: Mode, away_cycles: int) -> None:
     """After STANDBY or OFF, the first ON write of oxide_feed and current_sp is within one rate step of the readback."""
-    back_k = 560  # ON at ~370; the feed ramps 0.05 kg/h a cycle towards the controller's wish meanwhile
+    back_k = 700  # ON at ~490; the feed ramps 0.05 kg/h a cycle towards the controller's wish meanwhile
     ev = {"kind": "current_order", "value": 5.5, "at_h": event_from_cycle(back_k)}  # DCS changes the current SP
     su = SimUnit(SLOW_FEED_RECIPE, scenario(events=[ev]), seed=21)
     su.go_on()
@@ -134,7 +134,7 @@ def test_disabled_mv_is_never_written_while_others_run(mv: str) -> None:
 @pytest.mark.parametrize("fault", ["bad", "nan", "frozen", "uncertain"])
 def test_bad_input_never_reaches_a_write_and_sheds(fault: str) -> None:
     """While cell_voltage is judged bad no move is written; after shed_after_bad_cycles the unit sheds naming it."""
-    fault_k = 500
+    fault_k = 700
     ev = {"kind": "input_fault", "signal": "cell_voltage_V", "fault": fault,
           "at_h": event_from_cycle(fault_k), "duration_h": 0.25}
     su = SimUnit(scen=scenario(events=[ev]), seed=24)
@@ -160,7 +160,7 @@ def test_bad_input_never_reaches_a_write_and_sheds(fault: str) -> None:
 
 def test_short_input_fault_holds_without_shed_then_resumes() -> None:
     """A bad input for fewer than shed_after_bad_cycles cycles holds the writes, keeps ON and resumes after."""
-    fault_k = 450
+    fault_k = 700
     ev = {"kind": "input_fault", "signal": "cell_voltage_V", "fault": "nan",
           "at_h": event_from_cycle(fault_k), "duration_h": 20.0 / 3600}  # visible for 3 cycles
     su = SimUnit(scen=scenario(events=[ev]), seed=30)
@@ -190,7 +190,7 @@ def test_bad_input_is_held_by_the_guard_even_if_the_estimator_says_ok() -> None:
         def reset(self) -> None:
             self.inner.reset()
 
-    fault_k = 450
+    fault_k = 700
     ev = {"kind": "input_fault", "signal": "cell_voltage_V", "fault": "bad",
           "at_h": event_from_cycle(fault_k), "duration_h": 0.1}
     su = SimUnit(scen=scenario(events=[ev]), seed=29)
@@ -331,10 +331,10 @@ def test_audit_events_for_writes_mode_changes_and_requests() -> None:
     """Each setpoint write is one audit 'write' event, each actual-mode change a 'mode_change', each request a 'mode_request'."""
     stream = io.StringIO()
     ev = {"kind": "input_fault", "signal": "cell_voltage_V", "fault": "bad",
-          "at_h": event_from_cycle(500), "duration_h": 0.05}
+          "at_h": event_from_cycle(700), "duration_h": 0.05}
     su = SimUnit(scen=scenario(events=[ev]), seed=27, audit=make_logger(stream))
     su.go_on()  # request at k=0
-    su.step(600 - su.k)  # shed at ~505, latched
+    su.step(800 - su.k)  # shed at ~705, latched
     su.request(Mode.ON, who="operator jane", where="HMI console 2")
     su.run_until(is_on, 200)  # after a fresh warm-up
     su.step(20)

@@ -153,6 +153,12 @@ class EkfSection:
     """Innovations beyond this many standard deviations are rejected and logged."""
     history_h: float = 2.0
     """Buffered history for fusing delayed samples at their sample time."""
+    dip_offset_degC: float = 0.0
+    """Known mean error of a dip reading (reading − bath temperature, e.g. the
+    thermocouple lag over the dip, negative); subtracted before fusing."""
+    anode_effect_voltage_V: float = 15.0
+    """Above this cell voltage the cell is taken to be in anode effect: the
+    voltage is not fused and the model runs with its anode-effect input on."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,9 @@ class SoftSensorSection:
     """Recipe input (role sample) whose results update the bias."""
     bias_gain: float = 0.3
     """b ← b + gain·(e − b) on each accepted sample."""
+    first_sample_sets_bias: bool = True
+    """The first accepted sample sets b = e outright (the starting bias 0 is no estimate);
+    later samples use ``bias_gain``."""
     max_sample_age_s: float = 7200.0
     """Samples older than this (sample time vs now) are rejected."""
     valid_range: tuple[float, float] = (-1e9, 1e9)

@@ -1,0 +1,388 @@
+"""Kalman filter of the Nd electrolysis cell (implements :class:`apc.protocols.Estimator`).
+
+State: the model states (dissolved and undissolved oxide, bath and metal
+temperature, anode–cathode distance, metal pool) plus two random-walk biases
+acting on the recipe's nominal parameters:
+
+* ``heat_loss_bias`` b_R: ``heat_loss_resistance = R_nom·exp(b_R)``;
+* ``ce_bias`` b_ce: ``ce_ref = ce_ref_nom + b_ce``.
+
+Inputs per cycle: measured line current, feed rate (feed MV readback), anode
+move rate (Δ anode position / dt), tap rate (Δ cumulative tapped mass / dt,
+optional). Measurements: cell voltage every cycle (not fused during an anode
+effect, which is fed to the model as a disturbance instead), thermocouple dips
+and oxide lab results at their sample times (delayed, fused by re-filtering
+the buffered history), and optional extra measurements (soft sensors).
+
+The filter only knows the recipe's nominal parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from apc.recipe.schema import EkfSection, Recipe
+from apc.types import Estimate, ValidatedInput, Verdict
+from estimators.ekf import BiasState, FilterEvent, ModelEkf
+from sim.models.base import ProcessModel
+
+BIASES = (
+    BiasState("heat_loss_bias", "heat_loss_resistance_K_kW", "log", "1"),
+    BiasState("ce_bias", "ce_ref", "add", "1"),
+)
+"""Biases reported in the estimate (names = model states + these)."""
+
+INTERNAL_BIASES = (
+    BiasState("conductivity_bias", "conductivity_S_cm", "log", "1"),
+    BiasState("saturation_bias", "oxide_saturation_wtpct", "add", "wt%"),
+    BiasState("wear_bias", "anode_wear_cm_kAh", "log", "1"),
+)
+"""Biases carried by the filter but reported only in ``extras`` (value and ``*_std``).
+
+* ``conductivity_bias``: bath conductivity (and conduction area) set most of
+  the ≈9 V cell voltage; without it every voltage mismatch they cause would be
+  read as a wrong gap, temperature or oxide, with far too small a covariance.
+  With it the voltage informs the gap/conductivity combination and the gap
+  keeps the uncertainty of its prior and of the anode wear.
+* ``saturation_bias``: oxide solubility; near saturation it, not the feed,
+  decides how much oxide dissolves, and lab results correct it there.
+* ``wear_bias``: anode consumption rate, the drift of the gap between moves.
+"""
+
+
+NOMINAL_OPERATING_POINT = {
+    "current_kA": 6.0,
+    "dissolved_oxide_wtpct": 2.0,
+    "undissolved_oxide_kg": 2.0,
+    "bath_temp_degC": 1050.0,
+    "metal_temp_degC": 1035.0,
+    "acd_cm": 8.0,
+    "metal_pool_kg": 40.0,
+}
+"""Initial state used for names missing from ``EkfSection.initial``."""
+
+DEFAULT_INITIAL_STD = {
+    "dissolved_oxide_kg": 1.5,  # 0.3 wt% in 500 kg
+    "undissolved_oxide_kg": 1.0,
+    "bath_temp_degC": 5.0,
+    "metal_temp_degC": 8.0,
+    "acd_cm": 0.3,
+    "metal_pool_kg": 10.0,
+    "heat_loss_bias": 0.03,
+    "ce_bias": 0.02,
+    "conductivity_bias": 0.05,
+    "saturation_bias": 0.2,
+    "wear_bias": 0.15,
+}
+"""Initial standard deviation for names missing from ``EkfSection.initial_std``."""
+
+DEFAULT_PROCESS_STD_PER_SQRT_H = {
+    "dissolved_oxide_kg": 0.25,
+    "undissolved_oxide_kg": 0.3,
+    "bath_temp_degC": 1.0,
+    "metal_temp_degC": 15.0,
+    "acd_cm": 0.03,
+    "metal_pool_kg": 1.0,
+    "heat_loss_bias": 0.003,
+    "ce_bias": 0.003,
+    "conductivity_bias": 0.003,
+    "saturation_bias": 0.01,
+    "wear_bias": 0.0,
+}
+"""Process noise for names missing from ``EkfSection.process_std_per_sqrt_h``.
+
+The metal node settles within minutes on the bath temperature; its large
+white noise stands for the uncertain bath-to-metal and metal-to-ambient heat
+transfer (a steady offset of a few K), not for real wandering."""
+
+BOUNDS = {
+    "dissolved_oxide_kg": (0.05, 50.0),
+    "undissolved_oxide_kg": (0.0, 200.0),
+    "bath_temp_degC": (800.0, 1300.0),
+    "metal_temp_degC": (800.0, 1300.0),
+    "acd_cm": (0.5, 30.0),
+    "metal_pool_kg": (0.0, 1000.0),
+    "heat_loss_bias": (-1.0, 1.0),
+    "ce_bias": (-0.5, 0.5),
+    "conductivity_bias": (-1.0, 1.0),
+    "saturation_bias": (-2.0, 2.0),
+    "wear_bias": (-2.0, 2.0),
+}
+
+_HEALTH_GAP_PERIODS = 12
+"""Cycles without a usable voltage (or current) before health reports it."""
+
+
+@dataclass(frozen=True)
+class EkfBindings:
+    """Recipe names the cell filter reads.
+
+    ``voltage``/``current``: inputs (V, kA); ``dip``/``lab_oxide``: sample
+    inputs (degC, wt%); ``feed_mv``: MV whose readback is the feed rate
+    (kg/h); ``anode_mv``: MV whose readback is the anode position (cm, move
+    rate = Δposition/dt); ``tapped``: input of the cumulative tapped metal (kg,
+    tap rate = Δ/dt).
+    """
+
+    voltage: str
+    current: str
+    dip: str | None
+    lab_oxide: str | None
+    feed_mv: str
+    anode_mv: str | None = None
+    tapped: str | None = None
+
+
+def bindings_for(recipe: Recipe) -> EkfBindings:
+    """Bindings found in a recipe by unit, role and model input.
+
+    Voltage: the input in V; current: in kA; dip: the sample input in degC;
+    lab oxide: the sample input in wt%; tapped: an input in kg; feed/anode:
+    the MVs driving ``feed_kg_h``/``anode_move_cm_h``. Raises ``KeyError``
+    when voltage, current or the feed MV are missing.
+    """
+
+    def named(unit: str, role: str | None = None) -> str | None:
+        for name, spec in recipe.io.inputs.items():
+            if spec.unit == unit and (role is None or spec.role == role):
+                return name
+        return None
+
+    by_input = {mv.model_input: name for name, mv in recipe.io.mvs.items()}
+    voltage, current, feed = named("V"), named("kA"), by_input.get("feed_kg_h")
+    if voltage is None or current is None or feed is None:
+        raise KeyError("the cell filter needs a voltage input (V), a current input (kA) and a feed MV")
+    return EkfBindings(voltage=voltage, current=current, dip=named("degC", "sample"),
+                       lab_oxide=named("wt%", "sample"), feed_mv=feed,
+                       anode_mv=by_input.get("anode_move_cm_h"), tapped=named("kg"))
+
+
+def _usable(v: ValidatedInput | None) -> float:
+    """The value of an OK input, else NaN."""
+    if v is None or v.verdict is not Verdict.OK or v.sample is None:
+        return math.nan
+    return float(v.sample.value)
+
+
+class CellEkf:
+    """EKF of the electrolysis cell on the recipe's nominal model.
+
+    Parameters
+    ----------
+    model : ProcessModel
+        The registered cell model.
+    p_nominal : np.ndarray
+        Recipe parameters (``model.parameter_vector(recipe.model.parameters)``).
+    cfg : EkfSection
+        Tuning.
+    bindings : EkfBindings
+    period_s : float
+        Nominal cycle time (health timeouts).
+    ambient_degC : float
+        Heat-sink temperature (not measured).
+    """
+
+    def __init__(self, model: ProcessModel, p_nominal: np.ndarray, cfg: EkfSection, bindings: EkfBindings,
+                 period_s: float, ambient_degC: float = 30.0) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.bindings = bindings
+        self.period_s = float(period_s)
+        self.ambient_degC = float(ambient_degC)
+        p = np.asarray(p_nominal, dtype=float)
+        self._bath_kg = float(p[model.parameter_names.index("bath_mass_kg")])
+        op = NOMINAL_OPERATING_POINT
+        x0 = {
+            "dissolved_oxide_kg": op["dissolved_oxide_wtpct"] * self._bath_kg / 100.0,
+            "undissolved_oxide_kg": op["undissolved_oxide_kg"],
+            "bath_temp_degC": op["bath_temp_degC"],
+            "metal_temp_degC": op["metal_temp_degC"],
+            "acd_cm": op["acd_cm"],
+            "metal_pool_kg": op["metal_pool_kg"],
+            "heat_loss_bias": 0.0,
+            "ce_bias": 0.0,
+            "conductivity_bias": 0.0,
+            "saturation_bias": 0.0,
+            "wear_bias": 0.0,
+        }
+        x0.update(cfg.initial)
+        self._u0 = np.array([op["current_kA"], 0.0, 0.0])
+        self._d0 = np.array([self.ambient_degC, 0.0, 0.0])
+        self.filter = ModelEkf(
+            model, p, x0, {**DEFAULT_INITIAL_STD, **cfg.initial_std},
+            {**DEFAULT_PROCESS_STD_PER_SQRT_H, **cfg.process_std_per_sqrt_h},
+            biases=BIASES + INTERNAL_BIASES, gate_sigma=cfg.gate_sigma, history_h=cfg.history_h,
+            bounds=BOUNDS, u0=self._u0, d0=self._d0,
+        )
+        self._n_pub = len(model.states) + len(BIASES)
+        self.names = self.filter.names[: self._n_pub]
+        self.units = self.filter.units[: self._n_pub]
+        self._internal = {b.name: self.filter.index(b.name) for b in INTERNAL_BIASES}
+        self._i_tb = self.names.index("bath_temp_degC")
+        self._i_tm = self.names.index("metal_temp_degC")
+        self._readout = ("dissolved_oxide_wtpct", "ae_margin_A_cm2", "current_efficiency",
+                         "oxide_saturation_wtpct", "cell_voltage_V")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all history: back to the initial state and covariance."""
+        self.filter.reset()
+        self._t_origin: float | None = None
+        self._t_last: float | None = None
+        self._anode_pos: float | None = None
+        self._tapped: float | None = None
+        self._seen: dict[str, float] = {}
+        self._t_voltage: float | None = None
+        self._t_current: float | None = None
+        self.events: list[FilterEvent] = []
+        """Every filter event (held inputs, rejected samples, repairs), newest last, bounded."""
+        self.rejected: list[FilterEvent] = []
+        """Rejected outliers and too-old samples, newest last, bounded (for the runtime to log)."""
+        self.counts = {"rejected_outliers": 0, "rejected_too_old": 0, "inputs_held": 0,
+                       "covariance_repairs": 0, "samples_fused": 0}
+        self._last_innov_V = math.nan
+
+    # ----------------------------------------------------------------- inputs
+    def _rate(self, value: float, prev: float | None, dt: float) -> tuple[float, float | None]:
+        """(Δvalue/dt per hour, new memory); a missing value gives rate 0 and keeps the memory."""
+        if not math.isfinite(value):
+            return 0.0, prev
+        if prev is None or dt <= 0.0:
+            return 0.0, value
+        return (value - prev) * 3600.0 / dt, value
+
+    def _sample_time(self, v: ValidatedInput, t_s: float) -> float | None:
+        """Monotonic sample time (filter scale) of a lab/dip sample; ``None`` = now."""
+        s = v.sample
+        if s is None or s.sample_ts is None or self._t_origin is None:
+            return None
+        offset = s.receive_ts - t_s  # UTC − monotonic
+        return s.sample_ts - offset - self._t_origin
+
+    def _fuse_sample(self, name: str | None, signal: str, std: float, t_s: float,
+                     inputs: Mapping[str, ValidatedInput], offset: float = 0.0) -> None:
+        if name is None:
+            return
+        v = inputs.get(name)
+        if v is None or v.verdict is not Verdict.OK or v.sample is None:
+            return
+        key = v.sample.sample_ts if v.sample.sample_ts is not None else v.sample.receive_ts
+        if self._seen.get(name) == key:
+            return  # same sample again (validation should already say NO_NEW_SAMPLE)
+        self._seen[name] = key
+        res = self.filter.update(signal, v.sample.value - offset, std * std, self._sample_time(v, t_s))
+        if res.accepted:
+            self.counts["samples_fused"] += 1
+
+    # ----------------------------------------------------------------- update
+    def update(
+        self,
+        t_s: float,
+        inputs: Mapping[str, ValidatedInput],
+        applied: Mapping[str, float],
+        extra_measurements: Mapping[str, tuple[float, float, float | None]] | None = None,
+    ) -> Estimate:
+        """Predict to ``t_s`` with the last period's inputs, then fuse this cycle's measurements.
+
+        ``extra_measurements`` maps a model output/aux/state name to
+        ``(value, std, sample_time_monotonic_s or None)``.
+        """
+        b, cfg, f = self.bindings, self.cfg, self.filter
+        if self._t_origin is None:
+            self._t_origin = t_s
+        dt = 0.0 if self._t_last is None else t_s - self._t_last
+        self._t_last = t_s
+        voltage = _usable(inputs.get(b.voltage))
+        current = _usable(inputs.get(b.current))
+        feed = float(applied.get(b.feed_mv, math.nan))
+        move_cm_h, self._anode_pos = self._rate(
+            float(applied.get(b.anode_mv, math.nan)) if b.anode_mv else math.nan, self._anode_pos, dt)
+        tap_kg_h, self._tapped = self._rate(
+            _usable(inputs.get(b.tapped)) if b.tapped else math.nan, self._tapped, dt)
+        in_ae = math.isfinite(voltage) and voltage > cfg.anode_effect_voltage_V
+        u = np.array([current, feed, move_cm_h])
+        d = np.array([self.ambient_degC, max(tap_kg_h, 0.0), 1.0 if in_ae else 0.0])
+        if math.isfinite(current):
+            self._t_current = t_s
+        if dt > 0.0:
+            f.predict(dt, u, d)
+        # Voltage: every cycle unless in anode effect (then its noise is several times larger).
+        self._last_innov_V = math.nan
+        if math.isfinite(voltage) and not in_ae:
+            res = f.update("cell_voltage_V", voltage, cfg.voltage_std_V ** 2)
+            self._last_innov_V = res.innovation
+            if res.accepted:
+                self._t_voltage = t_s
+        self._fuse_sample(b.dip, "bath_temp_degC", cfg.dip_std_degC, t_s, inputs, cfg.dip_offset_degC)
+        self._fuse_sample(b.lab_oxide, "dissolved_oxide_wtpct", cfg.lab_oxide_std_wtpct, t_s, inputs)
+        for name, (value, std, t_sample) in (extra_measurements or {}).items():
+            t_f = None if t_sample is None or self._t_origin is None else t_sample - self._t_origin
+            f.update(name, value, std * std, t_f)
+        return self._estimate(t_s)
+
+    # --------------------------------------------------------------- estimate
+    def _collect_events(self) -> bool:
+        repaired = False
+        for ev in self.filter.drain_events():
+            self.events.append(ev)
+            if ev.kind == "rejected_outlier":
+                self.counts["rejected_outliers"] += 1
+                self.rejected.append(ev)
+            elif ev.kind == "rejected_too_old":
+                self.counts["rejected_too_old"] += 1
+                self.rejected.append(ev)
+            elif ev.kind == "input_held":
+                self.counts["inputs_held"] += 1
+            elif ev.kind == "covariance_repaired":
+                self.counts["covariance_repairs"] += 1
+                repaired = True
+        del self.events[:-1000]
+        del self.rejected[:-1000]
+        return repaired
+
+    def _health(self, t_s: float, repaired: bool) -> str:
+        gap = _HEALTH_GAP_PERIODS * self.period_s
+        if repaired:
+            return "covariance repaired"
+        if self._t_current is None or t_s - self._t_current > gap:
+            return "no valid line current"
+        if self._t_voltage is None or t_s - self._t_voltage > gap:
+            return "no voltage fused"
+        return "ok"
+
+    def _estimate(self, t_s: float) -> Estimate:
+        f = self.filter
+        repaired = self._collect_events()
+        x, P = f.x, f.P
+        y, std = f.outputs(self._readout)
+        c, margin, ce, c_sat, v_model = y
+        extras = {
+            "dissolved_oxide_wtpct": c,
+            "dissolved_oxide_std_wtpct": std[0],
+            "oxide_saturation_wtpct": c_sat,
+            "bath_temp_std_degC": math.sqrt(P[self._i_tb, self._i_tb]),
+            "metal_temp_std_degC": math.sqrt(P[self._i_tm, self._i_tm]),
+            "ae_margin_A_cm2": margin,
+            "ae_margin_std_A_cm2": std[1],
+            "current_efficiency": ce,
+            "current_efficiency_std": std[2],
+            "cell_voltage_model_V": v_model,
+            "voltage_innovation_V": self._last_innov_V,
+            **{k: float(v) for k, v in self.counts.items()},
+        }
+        for name, i in self._internal.items():
+            extras[name] = float(x[i])
+            extras[f"{name}_std"] = math.sqrt(P[i, i])
+        n = self._n_pub
+        return Estimate(
+            names=self.names,
+            units=self.units,
+            x=tuple(float(v) for v in x[:n]),
+            P=tuple(tuple(float(v) for v in row[:n]) for row in P[:n]),
+            health=self._health(t_s, repaired),
+            extras=extras,
+        )

@@ -1,0 +1,1 @@
+"""Offline training of soft sensors on simulated flight records (not imported by the runtime)."""
