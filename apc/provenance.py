@@ -31,6 +31,14 @@ def simulator_sha256() -> str:
     return tree_sha256(SIMULATOR_FILES, SIMULATOR_DIRS)
 
 
-def baseline_sha256() -> str:
-    """Hash of the industrial baseline: tracking-feed controller and its estimate."""
-    return tree_sha256(BASELINE_FILES)
+def baseline_sha256(tuning: object = None) -> str:
+    """Hash of the industrial baseline: tracking-feed controller, its estimate and its tuning.
+
+    ``tuning`` is the recipe's baseline tuning (e.g. the ``controller.baseline``
+    and ``estimator.filtered`` sections); its ``repr`` (frozen dataclasses)
+    enters the hash, so other recipe edits leave the baseline hash unchanged.
+    """
+    h = hashlib.sha256(tree_sha256(BASELINE_FILES).encode())
+    if tuning is not None:
+        h.update(repr(tuning).encode())
+    return h.hexdigest()

@@ -61,7 +61,7 @@ async def simulate(
         "hours": hours,
         "controller": kind,
         "simulator_sha256": simulator_sha256(),
-        "baseline_sha256": baseline_sha256(),
+        "baseline_sha256": baseline_sha256((loaded.recipe.controller.baseline, loaded.recipe.estimator.filtered)),
     }
     unit, _ = build_sim_unit(
         "sim", loaded, scenario, seed, clock, audit=audit, controller_kind=controller,
