@@ -17,13 +17,21 @@ from apc.recorder import FlightRecorder, NullRecorder, Recorder
 from apc.unit import Unit
 from controllers.tracking_feed import MvNames, TrackingFeedController
 from estimators.filtered import NAMES as FILTERED_NAMES
+from estimators.cell_ekf import BIASES, CellEkf, bindings_for
+from estimators.composite import CompositeEstimator
+from estimators.features import FeatureBindings
 from estimators.filtered import FilteredEstimator
+from estimators.soft_sensor import SoftSensorError, load_soft_sensor
 from plant_io.sim_plant import SimulatedCellIO
 from sim.cell_plant import CellPlant
 from sim.models import get_model, model_names
 from sim.scenario import Scenario
 
 ControllerKind = Literal["baseline", "mpc"]
+
+EKF_EXTRAS = ("dissolved_oxide_wtpct", "dissolved_oxide_std_wtpct", "oxide_saturation_wtpct", "ae_margin_A_cm2",
+              "current_efficiency", "bath_temp_std_degC", "metal_temp_std_degC")
+"""Estimate signals of the cell filter that permissives may name."""
 
 
 class AssemblyError(ValueError):
@@ -46,6 +54,8 @@ def recipe_signal_names(recipe: Recipe) -> Iterable[str]:
         if mv.model_input not in inputs:
             raise ValueError(f"io.mvs.{name}.model_input {mv.model_input!r} is not an input of "
                              f"{model.name!r} {sorted(inputs)}")
+    if recipe.estimator.kind == "ekf":
+        return FILTERED_NAMES + model.state_names + tuple(b.name for b in BIASES) + EKF_EXTRAS
     return FILTERED_NAMES
 
 
@@ -72,16 +82,37 @@ def _input_named(recipe: Recipe, unit: str, role: str | None = None) -> str:
     return ""
 
 
-def build_estimator(recipe: Recipe) -> Estimator:
-    """The recipe's estimator with its tuning."""
+def build_estimator(recipe: Recipe, recipe_dir: Path | None = None) -> Estimator:
+    """The recipe's estimator with its tuning.
+
+    ``filtered``: the baseline signals; ``ekf``: those plus the cell's
+    Kalman filter (and the ONNX soft sensor when the recipe names one).
+    """
+    signals = FilteredEstimator(
+        recipe.estimator.filtered,
+        voltage=_input_named(recipe, "V"),
+        current=_input_named(recipe, "kA"),
+        dip=_input_named(recipe, "degC", "sample"),
+        electrode=_role_names(recipe).anode,
+    )
     if recipe.estimator.kind == "filtered":
-        return FilteredEstimator(
-            recipe.estimator.filtered,
-            voltage=_input_named(recipe, "V"),
-            current=_input_named(recipe, "kA"),
-            dip=_input_named(recipe, "degC", "sample"),
-            electrode=_role_names(recipe).anode,
-        )
+        return signals
+    if recipe.estimator.kind == "ekf":
+        model = get_model(recipe.model.name)
+        try:
+            bindings = bindings_for(recipe)
+        except KeyError as exc:
+            raise AssemblyError(str(exc)) from None
+        ekf = CellEkf(model, model.parameter_vector(recipe.model.parameters), recipe.estimator.ekf, bindings,
+                      recipe.period_s)
+        soft = None
+        if recipe.estimator.soft_sensor is not None:
+            try:
+                soft = load_soft_sensor(recipe.estimator.soft_sensor, recipe_dir or Path("."),
+                                        bindings=FeatureBindings.from_recipe(recipe))
+            except (SoftSensorError, ValueError) as exc:
+                raise AssemblyError(f"estimator.soft_sensor: {exc}") from None
+        return CompositeEstimator(signals, ekf, soft)
     raise AssemblyError(f"estimator kind {recipe.estimator.kind!r} is not available")
 
 
@@ -132,7 +163,7 @@ def build_sim_unit(
         }
         recorder = FlightRecorder(record_path, header)
     unit = Unit(
-        name, loaded, io, build_estimator(recipe), controller,
+        name, loaded, io, build_estimator(recipe, loaded.path.parent), controller,
         audit=audit, recorder=recorder, kpi=KpiAccumulator(kpis) if with_kpis else None, truth=io.truth,
     )
     return unit, io
