@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -66,12 +67,13 @@ async def run_site(
         except (NotImplementedError, RuntimeError):  # not on the main thread / platform
             pass
     units: list[Unit] = []
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock.utc()))
     try:
         for su in site.units:
             scenario = load_scenario(su.plant.scenario)
             unit, _ = build_sim_unit(
                 su.name, loaded.recipes[su.name], scenario, su.plant.seed, clock, audit=audit,
-                record_path=rdir / f"{su.name}.apcrec",
+                record_path=rdir / f"{su.name}-{stamp}.apcrec",
             )
             unit.request_mode(Mode(su.requested_mode), who="site file", where=str(loaded.path), utc=clock.utc())
             units.append(unit)
