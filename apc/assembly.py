@@ -19,7 +19,7 @@ from controllers.tracking_feed import MvNames, TrackingFeedController
 from estimators.filtered import NAMES as FILTERED_NAMES
 from estimators.cell_ekf import BIASES, CellEkf, bindings_for
 from estimators.composite import CompositeEstimator
-from estimators.features import FeatureBindings
+from estimators.features import FeatureBindings, check_feature_names
 from estimators.filtered import FilteredEstimator
 from estimators.soft_sensor import SoftSensorError, load_soft_sensor
 from plant_io.sim_plant import SimulatedCellIO
@@ -54,8 +54,19 @@ def recipe_signal_names(recipe: Recipe) -> Iterable[str]:
         if mv.model_input not in inputs:
             raise ValueError(f"io.mvs.{name}.model_input {mv.model_input!r} is not an input of "
                              f"{model.name!r} {sorted(inputs)}")
+    soft = recipe.estimator.soft_sensor
+    soft_names: tuple[str, ...] = ()
+    if soft is not None:
+        check_feature_names(soft.features)
+        spec = recipe.io.inputs.get(soft.sample_input)
+        if spec is None or spec.role != "sample":
+            raise ValueError(f"estimator.soft_sensor.sample_input {soft.sample_input!r} must name an input "
+                             "with role 'sample'")
+        if recipe.estimator.kind != "ekf":
+            raise ValueError("estimator.soft_sensor needs estimator.kind 'ekf'")
+        soft_names = tuple(f"{soft.target}_soft{s}" for s in ("", "_raw", "_bias"))
     if recipe.estimator.kind == "ekf":
-        return FILTERED_NAMES + model.state_names + tuple(b.name for b in BIASES) + EKF_EXTRAS
+        return FILTERED_NAMES + model.state_names + tuple(b.name for b in BIASES) + EKF_EXTRAS + soft_names
     return FILTERED_NAMES
 
 

@@ -38,6 +38,8 @@ class CompositeEstimator:
         """Forget all history."""
         self.signals.reset()
         self.filter.reset()
+        if self.soft_sensor is not None:
+            self.soft_sensor.reset()
 
     def update(self, t_s: float, inputs: Mapping[str, ValidatedInput], applied: Mapping[str, float]) -> Estimate:
         """Update both; the filter's states and covariance, the signals as extras."""
