@@ -15,6 +15,7 @@ from apc.recipe.loader import LoadedRecipe, load_recipe, load_site, LoadedSite
 from apc.recipe.schema import Recipe
 from apc.recorder import FlightRecorder, NullRecorder, Recorder
 from apc.unit import Unit
+from controllers.cell_mpc import CellMpc
 from controllers.tracking_feed import MvNames, TrackingFeedController
 from estimators.filtered import NAMES as FILTERED_NAMES
 from estimators.cell_ekf import BIASES, CellEkf, bindings_for
@@ -134,7 +135,31 @@ def build_controller(recipe: Recipe, kind: ControllerKind | None = None) -> Cont
         if recipe.controller.baseline is None:
             raise AssemblyError("controller.baseline section is missing")
         return TrackingFeedController(recipe.controller.baseline, _role_names(recipe))
+    if kind == "mpc":
+        return _build_mpc(recipe)
     raise AssemblyError(f"controller {kind!r} is not available in this version")
+
+
+def _build_mpc(recipe: Recipe) -> Controller:
+    """The cell MPC on the recipe's nominal model; it predicts from the Kalman filter's states."""
+    section = recipe.controller
+    if section.mpc is None:
+        raise AssemblyError("controller 'mpc' is not available for this recipe: "
+                            "the controller.mpc section is missing")
+    if recipe.estimator.kind != "ekf":
+        raise AssemblyError(f"controller 'mpc' is not available for this recipe: it needs estimator.kind 'ekf' "
+                            f"(model states with covariance), the recipe has {recipe.estimator.kind!r}")
+    bad_inputs = {d: n for d, n in section.mpc.disturbance_inputs.items()
+                  if n not in recipe.io.inputs or recipe.io.inputs[n].role != "disturbance"}
+    if bad_inputs:
+        raise AssemblyError(f"controller.mpc.disturbance_inputs: {bad_inputs} must name inputs with role "
+                            "'disturbance'")
+    model = get_model(recipe.model.name)
+    try:
+        return CellMpc(model, model.parameter_vector(recipe.model.parameters), section.mpc, recipe.io.mvs,
+                       recipe.limits, recipe.period_s, section.period_multiple, section.hold_cycles)
+    except ValueError as exc:
+        raise AssemblyError(str(exc)) from None
 
 
 def kpi_config(recipe: Recipe, scenario: Scenario) -> KpiConfig:

@@ -7,7 +7,8 @@ variance, ``K`` the gain.
 
 The filter state is the model state augmented with random-walk parameter
 biases that enter the model through its parameters (``log``:
-``p = p_nom·exp(b)``; ``add``: ``p = p_nom + b``). Propagation is one CasADi
+``p = p_nom·exp(b)``; ``add``: ``p = p_nom + b``) and, optionally, coloured
+measurement-noise states (first-order Gauss–Markov, added to one measurement). Propagation is one CasADi
 function, built once, returning an RK4 step over a symbolic ``dt`` and its
 Jacobian ``F = ∂x⁺/∂x`` (CasADi ``jacobian``); measurement functions are built
 the same way from ``model.h``, ``model.aux`` or a state.
@@ -52,6 +53,23 @@ class BiasState:
     parameter: str
     kind: Literal["log", "add"]
     unit: str = "1"
+
+
+@dataclass(frozen=True)
+class NoiseState:
+    """Coloured (first-order Gauss–Markov) noise on one measurement, carried as a state.
+
+    ``b⁺ = e^(−dt/τ)·b + w`` with stationary std ``std``; the measurement
+    ``measurement`` is modelled as ``h(x) + b`` (plus its white noise ``R``).
+    Without it, noise correlated over several samples is read as signal, and
+    in closed loop (moves made on the noisy signal) it biases the estimate.
+    """
+
+    name: str
+    measurement: str
+    tau_s: float
+    std: float
+    unit: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,9 @@ class ModelEkf:
     process_std_per_sqrt_h : Mapping[str, float]
         Random-walk process noise per state, std per sqrt(hour): ``Q = diag(q²·dt/3600)``.
     biases : sequence of BiasState
+    noise_states : sequence of NoiseState
+        Coloured measurement noise; initial value 0 and std its stationary std
+        unless ``x0``/``std0`` say otherwise.
     gate_sigma : float
         Innovations with |y|/sqrt(S) above this are rejected.
     history_h : float
@@ -146,6 +167,7 @@ class ModelEkf:
         process_std_per_sqrt_h: Mapping[str, float],
         *,
         biases: Sequence[BiasState] = (),
+        noise_states: Sequence[NoiseState] = (),
         gate_sigma: float = 4.0,
         history_h: float = 2.0,
         max_step_s: float = 10.0,
@@ -157,8 +179,15 @@ class ModelEkf:
     ) -> None:
         self.model = model
         self.biases = tuple(biases)
-        self.names: tuple[str, ...] = model.state_names + tuple(b.name for b in self.biases)
-        self.units: tuple[str, ...] = tuple(s.unit for s in model.states) + tuple(b.unit for b in self.biases)
+        self.noise_states = tuple(noise_states)
+        if any(not c.tau_s > 0.0 or not c.std >= 0.0 for c in self.noise_states):
+            raise ValueError("noise states need tau_s > 0 and std >= 0")
+        self.names: tuple[str, ...] = (model.state_names + tuple(b.name for b in self.biases)
+                                       + tuple(c.name for c in self.noise_states))
+        self.units: tuple[str, ...] = (tuple(s.unit for s in model.states) + tuple(b.unit for b in self.biases)
+                                       + tuple(c.unit for c in self.noise_states))
+        x0 = {**{c.name: 0.0 for c in self.noise_states}, **x0}
+        std0 = {**{c.name: c.std for c in self.noise_states}, **std0}
         unknown = (set(x0) | set(std0) | set(process_std_per_sqrt_h) | set(bounds or {})) - set(self.names)
         if unknown:
             raise KeyError(f"unknown state name(s) {sorted(unknown)}; states: {list(self.names)}")
@@ -181,6 +210,9 @@ class ModelEkf:
         for k, (a, b) in (bounds or {}).items():
             lo[self.names.index(k)], hi[self.names.index(k)] = a, b
         self._lo, self._hi = lo, hi
+        self._noise_idx = np.array([self.names.index(c.name) for c in self.noise_states], dtype=int)
+        self._noise_tau = np.array([c.tau_s for c in self.noise_states])
+        self._noise_var = np.array([c.std**2 for c in self.noise_states])
         self._x0 = np.array([float(x0[k]) for k in self.names])
         self._P0 = np.diag([float(std0.get(k, 0.0)) ** 2 for k in self.names])
         nu, nd = len(model.inputs), len(model.disturbances)
@@ -216,13 +248,15 @@ class ModelEkf:
         xa, u, d, p, pe = self._symbols()
         dt = ca.SX.sym("dt")
         nx = len(self.model.states)
+        nb = nx + len(self.biases)
         x = xa[:nx]
         f = self.model.f
         k1 = f(x, u, d, pe)
         k2 = f(x + dt / 2 * k1, u, d, pe)
         k3 = f(x + dt / 2 * k2, u, d, pe)
         k4 = f(x + dt * k3, u, d, pe)
-        x_next = ca.vertcat(x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4), xa[nx:])  # biases: b⁺ = b
+        decay = [ca.exp(-dt / c.tau_s) * xa[nb + j] for j, c in enumerate(self.noise_states)]  # b⁺ = e^(−dt/τ) b
+        x_next = ca.vertcat(x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4), xa[nx:nb], *decay)  # biases: b⁺ = b
         A = ca.jacobian(x_next, xa)
         return ca.Function("ekf_step", [xa, u, d, p, dt], [x_next, A], {"cse": True})
 
@@ -246,6 +280,10 @@ class ModelEkf:
                 ys.append(xa[self.names.index(name)])
             else:
                 raise KeyError(f"{name!r} is neither an output, aux signal nor state of {m.name!r}")
+        for j, name in enumerate(names):
+            for c in self.noise_states:
+                if c.measurement == name:
+                    ys[j] = ys[j] + xa[self.names.index(c.name)]  # y = h(x) + b
         y = ca.vertcat(*ys)
         fn = ca.Function(f"ekf_h_{len(self._meas_fns)}", [xa, u, d, p], [y, ca.jacobian(y, xa)], {"cse": True})
         self._meas_fns[key] = fn
@@ -315,24 +353,29 @@ class ModelEkf:
                                     detail=f"non-finite {what} held at last valid value"))
         return v
 
-    def _propagate(self, x: np.ndarray, P: np.ndarray, dt: float, u: np.ndarray,
+    def _propagate(self, x: np.ndarray, dt: float, u: np.ndarray,
                    d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """x⁺, F and Q over ``dt`` (split into steps of at most ``max_step_s``)."""
         n_sub = max(1, math.ceil(dt / self.max_step_s - 1e-9))
         h = dt / n_sub
+        q = self._q_var_per_s * h
+        q[self._noise_idx] = self._noise_var * (1.0 - np.exp(-2.0 * h / self._noise_tau))
+        Qh = np.diag(q)
         F = np.eye(self.n)
+        Q = np.zeros((self.n, self.n))
         xk = x
         for _ in range(n_sub):
             x_next, A = self._step_fn(xk, u, d, self.p, h)
             xk = np.asarray(x_next).reshape(-1)
-            F = np.asarray(A) @ F
-        # Q = diag(q²·dt)
-        Q = np.diag(self._q_var_per_s * dt)
+            A = np.asarray(A)
+            F = A @ F
+            # Q = A Q A' + diag(q²·h): the noise of every sub-step, carried to the end
+            Q = A @ Q @ A.T + Qh
         return xk, F, Q
 
     def _predict_kf(self, dt: float, u: np.ndarray, d: np.ndarray) -> None:
         kf = self._kf
-        x_next, F, Q = self._propagate(self.x, self.P, dt, u, d)
+        x_next, F, Q = self._propagate(self.x, dt, u, d)
         if not np.all(np.isfinite(x_next)) or not np.all(np.isfinite(F)):
             # Never let a failed integration into the state: keep x, inflate P by Q.
             self._event(FilterEvent("bad_dt", "predict", self.t_s, detail="non-finite model step; state held"))
@@ -389,10 +432,6 @@ class ModelEkf:
         y, H = self._measurement_fn(name)(self.x, u, d, self.p)
         return float(y), np.asarray(H).reshape(1, -1)
 
-    def can_measure(self, name: str) -> bool:
-        """True when ``name`` can be measured (output, aux signal or state)."""
-        m = self.model
-        return name in m.output_names or name in m.aux_names or name in self.names
 
     def _apply(self, name: str, z: float, R: float, u: np.ndarray, d: np.ndarray,
                gate: bool) -> tuple[bool, float, float]:
@@ -416,7 +455,8 @@ class ModelEkf:
         self._check_spd(f"update {name}")
         return True, y, sigma
 
-    def update(self, name: str, z: float, R: float, t_sample_s: float | None = None) -> UpdateResult:
+    def update(self, name: str, z: float, R: float, t_sample_s: float | None = None, *,
+               gate: bool = True) -> UpdateResult:
         """Fuse the scalar measurement ``z`` of ``name`` with noise variance ``R``.
 
         ``name`` is a model output, aux signal or state. With ``t_sample_s``
@@ -424,7 +464,7 @@ class ModelEkf:
         re-filtering the buffered history; samples older than the history are
         rejected (event ``rejected_too_old``). A non-finite ``z`` or ``R`` is
         not fused (predict only). Innovations beyond ``gate_sigma`` are
-        rejected (event ``rejected_outlier``).
+        rejected (event ``rejected_outlier``) unless ``gate`` is false.
         """
         z, R = float(z), float(R)
         if not (math.isfinite(z) and math.isfinite(R) and R > 0.0):
@@ -433,11 +473,11 @@ class ModelEkf:
             return UpdateResult(name, False, z, reason="not finite")
         if t_sample_s is None or t_sample_s >= self._hist[-1].t_s:
             step = self._hist[-1]
-            ok, y, sigma = self._apply(name, z, R, step.u, step.d, gate=True)
+            ok, y, sigma = self._apply(name, z, R, step.u, step.d, gate=gate)
             if ok:
                 step.meas.append((name, z, R))
             return self._result(name, z, ok, y, sigma, t_sample_s, delayed=False)
-        return self._update_delayed(name, z, R, float(t_sample_s))
+        return self._update_delayed(name, z, R, float(t_sample_s), gate)
 
     def _result(self, name: str, z: float, ok: bool, y: float, sigma: float,
                 t_sample_s: float | None, delayed: bool) -> UpdateResult:
@@ -449,7 +489,7 @@ class ModelEkf:
                                 t_sample_s=t_sample_s, detail=reason))
         return UpdateResult(name, False, z, y, sigma, reason, delayed)
 
-    def _update_delayed(self, name: str, z: float, R: float, t_sample_s: float) -> UpdateResult:
+    def _update_delayed(self, name: str, z: float, R: float, t_sample_s: float, gate: bool) -> UpdateResult:
         """Roll back to the buffered step at or before ``t_sample_s``, fuse, re-filter to now."""
         hist = self._hist
         if t_sample_s < hist[0].t_s:
@@ -467,7 +507,7 @@ class ModelEkf:
         kf.x, kf.P = step.x_prior.reshape(-1, 1).copy(), step.P_prior.copy()
         for m_name, m_z, m_R in step.meas:
             self._apply(m_name, m_z, m_R, step.u, step.d, gate=False)
-        ok, y, sigma = self._apply(name, z, R, step.u, step.d, gate=True)
+        ok, y, sigma = self._apply(name, z, R, step.u, step.d, gate=gate)
         if not ok:
             kf.x, kf.P = x_now, P_now
             return self._result(name, z, False, y, sigma, t_sample_s, delayed=True)
@@ -481,6 +521,26 @@ class ModelEkf:
         return self._result(name, z, True, y, sigma, t_sample_s, delayed=True)
 
     # ------------------------------------------------------------- read-outs
+    def state_at(self, t_s: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """Filtered (x, P) at the newest buffered time at or before ``t_s``, with the
+        measurements fused there (including late ones); ``None`` before the history."""
+        hist = self._hist
+        if t_s < hist[0].t_s:
+            return None
+        k = len(hist) - 1
+        while hist[k].t_s > t_s:
+            k -= 1
+        step, kf, n_events = hist[k], self._kf, len(self.events)
+        x_now, P_now = kf.x.copy(), kf.P.copy()
+        try:
+            kf.x, kf.P = step.x_prior.reshape(-1, 1).copy(), step.P_prior.copy()
+            for m_name, m_z, m_R in step.meas:
+                self._apply(m_name, m_z, m_R, step.u, step.d, gate=False)
+            return self.x.copy(), self.P.copy()
+        finally:
+            kf.x, kf.P = x_now, P_now
+            del self.events[n_events:]
+
     def outputs(self, names: Sequence[str], u: np.ndarray | None = None,
                 d: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Values of outputs/aux signals/states at the estimate and their std sqrt(diag(H P H')).

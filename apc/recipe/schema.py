@@ -143,19 +143,30 @@ class EkfSection:
     """Initial standard deviation per state."""
     process_std_per_sqrt_h: dict[str, float] = field(default_factory=dict)
     """Random-walk process noise per state, as standard deviation per sqrt(hour)."""
-    voltage_std_V: float = 0.04
-    """Cell-voltage measurement noise (bubble noise, inflated for its correlation)."""
-    dip_std_degC: float = 3.0
-    """Thermocouple dip noise including its lag bias."""
-    lab_oxide_std_wtpct: float = 0.08
-    """Oxide lab result noise."""
+    voltage_std_V: float = 0.03
+    """Cell-voltage noise from gas bubbles. With ``voltage_noise_tau_s > 0`` the
+    std of that coloured noise; with ``voltage_noise_tau_s = 0`` the white
+    noise assumed instead (then inflate it for the correlation: σ·sqrt((1+a)/(1−a)),
+    a = exp(−period/τ), ≈ 0.085 V for σ = 0.03 V, τ = 20 s, 5 s period)."""
+    voltage_noise_tau_s: float = 20.0
+    """Correlation time of the bubble noise. ``> 0``: carried as a first-order
+    Gauss–Markov state and the voltage fused with ``voltage_white_std_V``;
+    ``0``: treated as white noise of ``voltage_std_V``."""
+    voltage_white_std_V: float = 0.008
+    """White part of the voltage noise (instrument, and the line-current noise
+    seen through the voltage), used when ``voltage_noise_tau_s > 0``."""
+    dip_std_degC: float = 1.2
+    """Thermocouple dip noise (after removing ``dip_offset_degC``)."""
+    dip_offset_degC: float = -2.5
+    """Mean error of a dip reading (reading − bath temperature), subtracted
+    before fusing: a thermocouple of time constant τ_tc dipped for t_dip from
+    ambient reads low by (T − T_amb)·exp(−t_dip/τ_tc), ≈ 2.5 K for 120 s and 20 s."""
+    lab_oxide_std_wtpct: float = 0.05
+    """Oxide lab result noise (repeatability of the analysis)."""
     gate_sigma: float = 4.0
     """Innovations beyond this many standard deviations are rejected and logged."""
     history_h: float = 2.0
     """Buffered history for fusing delayed samples at their sample time."""
-    dip_offset_degC: float = 0.0
-    """Known mean error of a dip reading (reading − bath temperature, e.g. the
-    thermocouple lag over the dip, negative); subtracted before fusing."""
     anode_effect_voltage_V: float = 15.0
     """Above this cell voltage the cell is taken to be in anode effect: the
     voltage is not fused and the model runs with its anode-effect input on."""
@@ -235,12 +246,101 @@ class TrackingFeedSection:
     """Largest total correction of the resistance target."""
 
 
+MPC_CV_RANKS = ("ae_margin", "metal_melting", "oxide_band", "bath_temp_band")
+"""Soft constraints of the cell MPC, highest rank first (the order of ``MpcSection.rank_penalties``)."""
+
+
+@dataclass(frozen=True)
+class MpcSection:
+    """Nonlinear MPC of the electrolysis cell on the recipe's nominal model (``controllers.cell_mpc``).
+
+    Ranked objectives: anode-effect margin > metal above its melting point >
+    oxide band > bath-temperature band (soft constraints, exact L1 penalties
+    separated by orders of magnitude, averaged over the horizon) > production
+    > energy per kg. Needs ``estimator.kind: ekf``.
+    """
+
+    horizon_steps: int = 36
+    """Prediction steps N (horizon = N × step length)."""
+    step_multiple: int = 60
+    """Length of one prediction step as a multiple of the recipe's ``period_s``."""
+    rk4_substeps: int = 2
+    """RK4 substeps per prediction step (the metal node settles in ~100 s)."""
+    oxide_band_wtpct: tuple[float, float] = (1.8, 2.7)
+    """Dissolved-oxide band, wt% (soft)."""
+    bath_temp_band_degC: tuple[float, float] = (1040.0, 1060.0)
+    """Bath-temperature band, degC (soft)."""
+    min_ae_margin_A_cm2: float = 0.3
+    """Smallest critical-minus-actual anode current density, A/cm² (soft)."""
+    metal_melting_margin_K: float = 10.0
+    """Metal temperature kept this far above the model's ``metal_melting_degC``, K (soft)."""
+    rank_penalties: tuple[float, float, float, float] = (1.0e6, 1.0e5, 1.0e4, 1.0e3)
+    """Linear penalty per violation unit for ae_margin, metal_melting, oxide_band, bath_temp_band (strictly decreasing)."""
+    violation_units: tuple[float, float, float, float] = (0.02, 1.0, 0.1, 1.0)
+    """Size of one violation unit for the same four: A/cm², K, wt%, K."""
+    quadratic_penalty_ratio: float = 0.1
+    """Quadratic slack penalty as a share of the linear one (per squared violation unit); keeps the NLP smooth."""
+    production_weight: float = 1.0
+    """Reward per kg/h of predicted metal production."""
+    energy_weight: float = 0.2
+    """Cost per kWh/kg of predicted specific energy."""
+    move_weights: dict[str, float] = field(default_factory=dict)
+    """Move suppression per MV name: cost per (Δ per step / MV range)²; missing MVs use 1.0.
+    For increment MVs the planned rate is penalised: cost per (rate / largest rate)²."""
+    undissolved_weight: float = 0.3
+    """Cost per kg of predicted undissolved (suspended) oxide, a sludge guard."""
+    terminal_temp_rate_weight: float = 0.0
+    """Cost per (K/h)² of the bath-temperature rate at the end of the horizon (turnpike guard)."""
+    min_increment: float = 0.02
+    """Increment MVs: planned moves smaller than this (MV unit) are rounded to zero."""
+    disturbance_values: dict[str, float] = field(default_factory=dict)
+    """Model disturbances not measured: value used in the prediction (every model disturbance
+    needs a value here or a binding in ``disturbance_inputs``)."""
+    disturbance_inputs: dict[str, str] = field(default_factory=dict)
+    """Model disturbance → recipe input (role disturbance) fed forward; falls back to
+    ``disturbance_values`` when the input is not valid this cycle."""
+    max_iter: int = 60
+    """IPOPT iteration cap per solve (the real-time budget; deterministic in virtual time)."""
+    tol: float = 1.0e-6
+    """IPOPT convergence tolerance."""
+    acceptable_tol: float = 1.0e-4
+    """IPOPT acceptable tolerance (accepted after a few iterations at this level)."""
+
+    def __post_init__(self) -> None:
+        if self.horizon_steps < 2:
+            raise ValueError("horizon_steps must be >= 2")
+        if self.step_multiple < 1 or self.rk4_substeps < 1:
+            raise ValueError("step_multiple and rk4_substeps must be >= 1")
+        for name in ("oxide_band_wtpct", "bath_temp_band_degC"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise ValueError(f"{name} must be [low, high] with low < high")
+        if not all(p > 0 for p in self.rank_penalties):
+            raise ValueError("rank_penalties must be > 0")
+        if any(a <= b for a, b in zip(self.rank_penalties, self.rank_penalties[1:])):
+            raise ValueError("rank_penalties must be strictly decreasing (highest rank first)")
+        if not all(v > 0 for v in self.violation_units):
+            raise ValueError("violation_units must be > 0")
+        for name in ("quadratic_penalty_ratio", "production_weight", "energy_weight", "undissolved_weight",
+                     "terminal_temp_rate_weight", "min_increment"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if any(w < 0 for w in self.move_weights.values()):
+            raise ValueError("move_weights must be >= 0")
+        if self.max_iter < 1:
+            raise ValueError("max_iter must be >= 1")
+        if not (0 < self.tol <= self.acceptable_tol):
+            raise ValueError("need 0 < tol <= acceptable_tol")
+
+
 @dataclass(frozen=True)
 class ControllerSection:
     """Controller choice and tuning."""
 
     kind: Literal["baseline", "mpc"] = "baseline"
     baseline: TrackingFeedSection | None = None
+    mpc: MpcSection | None = None
+    """Cell MPC tuning; required when ``kind`` is ``mpc``."""
     period_multiple: int = 1
     """Controller runs every N base periods; guard and recorder every period."""
     hold_cycles: int = 6

@@ -1,0 +1,636 @@
+"""Nonlinear MPC of the Nd electrolysis cell (implements :class:`apc.protocols.Controller`).
+
+One NLP, built once with CasADi: multiple shooting over ``horizon_steps``
+steps of ``step_multiple × period_s``, RK4 of the shared model ``f(x, u, d, p)``
+with the recipe's nominal parameters (never the plant's), solved by IPOPT with
+an iteration cap so that virtual-time runs stay deterministic.
+
+Decision variables per step: the states (as scaled deviations from the
+estimate), the model inputs (line current, feed rate, anode move rate) and
+one slack per soft constraint. Every model input is a decision variable; its
+bounds say what may move: an MV's operator ∩ engineering limits and rate, a
+disabled MV or an input without an MV is fixed at its current value. The
+anode is an increment MV: the NLP plans a move *rate* within the average
+rate its step size and minimum interval allow (steps during which the next
+move is still blocked get rate 0) and keeps the position inside its limits;
+the move written is the displacement planned over the next minimum interval.
+
+Objective, ranked: anode-effect margin > metal above its melting point >
+oxide band > bath-temperature band (soft constraints with L1 + small L2
+penalties, separated by orders of magnitude, so the lowest rank gives way
+first) > production (metal kg/h) > energy per kg, plus move suppression.
+
+Runtime behaviour: solve every ``period_multiple`` cycles (and at once when
+the enable flags change); in between return the current move of the plan,
+rate-limited per cycle so the guard never clamps. Warm start from the
+shifted last solution. A failed solve (IPOPT failure, iteration cap, bad
+numbers) follows the still-valid remainder of the last plan for up to
+``hold_cycles`` failed solves (status HELD), then returns FAILED.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+import casadi as ca
+import numpy as np
+
+from apc.recipe.schema import MPC_CV_RANKS, MpcSection, MvLimits, MvSpec
+from apc.types import Estimate, MvKind, Plan, SolverStatus
+from sim.models.base import ProcessModel
+
+BIAS_PARAMETERS = (
+    ("heat_loss_bias", "heat_loss_resistance_K_kW", "log"),
+    ("ce_bias", "ce_ref", "add"),
+    ("conductivity_bias", "conductivity_S_cm", "log"),
+    ("saturation_bias", "oxide_saturation_wtpct", "add"),
+    ("wear_bias", "anode_wear_cm_kAh", "log"),
+)
+"""Estimator biases applied to the nominal parameters as the cell filter applies them
+(``log``: p·exp(b), ``add``: p + b). A bias missing from the estimate is taken as 0."""
+
+PREDICTED = ("bath_temp_degC", "dissolved_oxide_wtpct", "metal_temp_degC", "ae_margin_A_cm2")
+"""CV trajectories reported in :attr:`Plan.predicted` (N + 1 points, one per step)."""
+
+_SOFT_RANK = (0, 1, 2, 2, 3, 3)
+"""Rank (index in ``MPC_CV_RANKS``) of each soft-constraint residual at one point."""
+
+_SLACK_START = 0.1
+"""Cold initial guess: each slack this far (violation units) above what its soft constraint
+needs, so the interior-point start is feasible and off the slack bounds."""
+
+_REL_MARGIN = 1e-6
+"""Moves stay this share inside rate and step limits (float rounding vs the guard)."""
+
+
+@dataclass(frozen=True)
+class MvBinding:
+    """One recipe MV as the MPC sees it."""
+
+    name: str
+    kind: MvKind
+    input_index: int
+    lo: float
+    """Operator ∩ engineering low limit (increments: position)."""
+    hi: float
+    rate_per_s: float
+    max_step: float | None
+    min_interval_s: float
+
+    def step_cap(self, period_s: float) -> float:
+        """Increments: largest single move."""
+        return self.max_step if self.max_step is not None else self.rate_per_s * period_s
+
+    def max_rate_h(self, period_s: float) -> float:
+        """Increments: largest average move rate per hour (step cap over the minimum interval)."""
+        return self.step_cap(period_s) / max(self.min_interval_s, period_s) * 3600.0
+
+
+@dataclass
+class _Solution:
+    """A converged solve: the plan and what the warm start needs."""
+
+    t_s: float
+    x0: np.ndarray
+    xs: np.ndarray
+    w: np.ndarray
+    lam_x: np.ndarray
+    lam_g: np.ndarray
+    U: np.ndarray  # nu × N, absolute inputs
+    predicted: dict[str, tuple[float, ...]]
+
+
+class CellMpc:
+    """Nonlinear MPC of the cell; see the module docstring.
+
+    ``ipopt_options`` (class attribute) adds or overrides IPOPT/nlpsol options
+    (benchmarks only; recipes tune through :class:`MpcSection`).
+
+    Parameters
+    ----------
+    model : ProcessModel
+        The registered cell model (shared with the estimator and simulator).
+    p_nominal : np.ndarray
+        Recipe parameters (``model.parameter_vector(recipe.model.parameters)``).
+    cfg : MpcSection
+        Tuning.
+    mvs, limits : Mapping
+        The recipe's MV specs and limits, by MV name.
+    period_s : float
+        Base period of the unit loop.
+    period_multiple : int
+        Solve every this many base periods.
+    hold_cycles : int
+        Failed solves during which the last plan is followed before FAILED.
+    """
+
+    ipopt_options: dict[str, object] = {}
+
+    def __init__(self, model: ProcessModel, p_nominal: np.ndarray, cfg: MpcSection, mvs: Mapping[str, MvSpec],
+                 limits: Mapping[str, MvLimits], period_s: float, period_multiple: int = 1,
+                 hold_cycles: int = 6) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.period_s = float(period_s)
+        self.solve_every_s = float(period_multiple) * self.period_s
+        self.hold_cycles = int(hold_cycles)
+        self.N = cfg.horizon_steps
+        self.step_s = cfg.step_multiple * self.period_s
+        self.p_nominal = np.asarray(p_nominal, dtype=float)
+        self._check_model()
+        self.bindings = self._bind(mvs, limits)
+        missing = [d for d in model.disturbance_names
+                   if d not in cfg.disturbance_values and d not in cfg.disturbance_inputs]
+        if missing:
+            raise ValueError(f"controller.mpc: model disturbance(s) {missing} need a value in disturbance_values "
+                             "or an input in disturbance_inputs")
+        unknown = [n for n in sorted(set(cfg.disturbance_values) | set(cfg.disturbance_inputs))
+                   if n not in model.disturbance_names]
+        if unknown:
+            raise ValueError(f"controller.mpc: {unknown} are not disturbances of model {model.name!r}")
+        unknown_mv = sorted(set(cfg.move_weights) - set(self.bindings))
+        if unknown_mv:
+            raise ValueError(f"controller.mpc.move_weights: unknown MV(s) {unknown_mv}")
+        self._build()
+        self.solve_times: list[float] = []
+        """Wall time of every solve, seconds (for benchmarks)."""
+        self.reset()
+
+    # ------------------------------------------------------------- set-up
+    def _check_model(self) -> None:
+        m = self.model
+        need = {"state": ("dissolved_oxide_kg", "undissolved_oxide_kg", "bath_temp_degC", "metal_temp_degC"),
+                "aux": ("ae_margin_A_cm2", "metal_rate_kg_h", "power_kW", "dissolved_oxide_wtpct"),
+                "parameter": ("metal_melting_degC",)}
+        have = {"state": m.state_names, "aux": m.aux_names, "parameter": m.parameter_names}
+        for group, names in need.items():
+            absent = [n for n in names if n not in have[group]]
+            if absent:
+                raise ValueError(f"model {m.name!r} has no {group}(s) {absent} the cell MPC needs")
+
+    def _bind(self, mvs: Mapping[str, MvSpec], limits: Mapping[str, MvLimits]) -> dict[str, MvBinding]:
+        out: dict[str, MvBinding] = {}
+        inputs = self.model.input_names
+        for name, spec in mvs.items():
+            if spec.model_input not in inputs:
+                raise ValueError(f"MV {name!r}: model input {spec.model_input!r} unknown")
+            if spec.kind is MvKind.PULSE:
+                raise ValueError(f"MV {name!r}: pulse MVs are not supported by the cell MPC")
+            if spec.kind is MvKind.INCREMENT:
+                rate_unit = self.model.unit_of(spec.model_input)
+                if rate_unit != f"{spec.unit}/h":
+                    raise ValueError(f"increment MV {name!r} ({spec.unit}) must drive a rate input in "
+                                     f"{spec.unit}/h; {spec.model_input!r} is in {rate_unit}")
+            lim = limits[name]
+            lo = max(lim.operator[0], lim.engineering[0])
+            hi = min(lim.operator[1], lim.engineering[1])
+            out[name] = MvBinding(name, spec.kind, inputs.index(spec.model_input), lo, hi, lim.rate_per_s,
+                                  lim.max_step, lim.min_interval_s)
+        return out
+
+    def _build(self) -> None:
+        """The NLP (once) and the function that reads trajectories out of a solution."""
+        m, cfg, N = self.model, self.cfg, self.N
+        nx, nu, nd, npar = len(m.states), len(m.inputs), len(m.disturbances), len(m.parameters)
+        self.nx, self.nu = nx, nu
+        h = self.step_s / cfg.rk4_substeps
+        si = {n: i for i, n in enumerate(m.state_names)}
+        ai = {n: i for i, n in enumerate(m.aux_names)}
+        i_melt = m.parameter_names.index("metal_melting_degC")
+
+        x0 = ca.SX.sym("x0", nx)
+        xs = ca.SX.sym("xs", nx)
+        u_prev = ca.SX.sym("u_prev", nu)
+        d = ca.SX.sym("d", nd)
+        p = ca.SX.sym("p", npar)
+        u_range = ca.SX.sym("u_range", nu)  # scale of move suppression per input
+        P = ca.vertcat(x0, xs, u_prev, d, p, u_range)
+
+        DZ = ca.SX.sym("dz", nx, N)  # x_{k+1} = x0 + xs·dz_k, k = 0..N-1
+        U = ca.SX.sym("u", nu, N)
+        n_pts = N + 1
+        S = ca.SX.sym("s", len(MPC_CV_RANKS), n_pts)  # slacks, scaled by violation_units
+        w = ca.vertcat(ca.vec(DZ), ca.vec(U), ca.vec(S))
+        self._n_dz, self._n_u, self._n_s = nx * N, nu * N, len(MPC_CV_RANKS) * n_pts
+
+        X = [x0] + [x0 + xs * DZ[:, k] for k in range(N)]
+
+        def rk4(x: ca.SX, u: ca.SX) -> ca.SX:
+            for _ in range(cfg.rk4_substeps):
+                k1 = m.f(x, u, d, p)
+                k2 = m.f(x + h / 2 * k1, u, d, p)
+                k3 = m.f(x + h / 2 * k2, u, d, p)
+                k4 = m.f(x + h * k3, u, d, p)
+                x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+            return x
+
+        g_dyn = [(rk4(X[k], U[:, k]) - X[k + 1]) / xs for k in range(N)]
+        g_du = [U[:, k] - (u_prev if k == 0 else U[:, k - 1]) for k in range(N)]
+        # Increment MVs: position after each step (their input is a rate per hour).
+        self._inc = [b for b in self.bindings.values() if b.kind is MvKind.INCREMENT]
+        g_pos = []
+        for b in self._inc:
+            cum = 0
+            for k in range(N):
+                cum = cum + U[b.input_index, k] * self.step_s / 3600.0
+                g_pos.append(cum)
+
+        units = cfg.violation_units
+        (ox_lo, ox_hi), (tb_lo, tb_hi) = cfg.oxide_band_wtpct, cfg.bath_temp_band_degC
+
+        def soft(xk: ca.SX, uk: ca.SX) -> tuple[ca.SX, list[ca.SX], ca.SX]:
+            """CVs (4), soft-constraint residuals without slack (>= 0 when met, in violation
+            units; rank of each = ``_SOFT_RANK``) and the aux vector at one point."""
+            a = m.aux(xk, uk, d, p)
+            margin, c = a[ai["ae_margin_A_cm2"]], a[ai["dissolved_oxide_wtpct"]]
+            t_b, t_m = xk[si["bath_temp_degC"]], xk[si["metal_temp_degC"]]
+            res = [
+                (margin - cfg.min_ae_margin_A_cm2) / units[0],
+                (t_m - p[i_melt] - cfg.metal_melting_margin_K) / units[1],
+                (c - ox_lo) / units[2],
+                (ox_hi - c) / units[2],
+                (t_b - tb_lo) / units[3],
+                (tb_hi - t_b) / units[3],
+            ]
+            return ca.vertcat(t_b, c, t_m, margin), res, a
+
+        g_soft = []
+        cv_rows = []
+        J_soft = 0
+        J_econ = 0
+        for k in range(n_pts):
+            cv, res, a = soft(X[k], U[:, min(k, N - 1)])
+            cv_rows.append(cv)
+            g_soft += [r + S[_SOFT_RANK[j], k] for j, r in enumerate(res)]
+            for r in range(4):
+                pen = cfg.rank_penalties[r]
+                J_soft += pen * (S[r, k] + cfg.quadratic_penalty_ratio * S[r, k] ** 2)
+            if k < N:
+                metal = a[ai["metal_rate_kg_h"]]
+                J_econ += -cfg.production_weight * metal + cfg.energy_weight * a[ai["power_kW"]] / metal
+                J_econ += cfg.undissolved_weight * X[k][si["undissolved_oxide_kg"]]
+        # Cold initial guess for given inputs: states simulated from x0 (dynamics met) and the
+        # slacks the soft constraints need (met too).
+        Xr = [x0]
+        for k in range(N):
+            Xr.append(rk4(Xr[k], U[:, k]))
+        need = []
+        for k in range(n_pts):
+            _, res, _ = soft(Xr[k], U[:, min(k, N - 1)])
+            col = []
+            for r in range(4):
+                worst = ca.mmin(ca.vertcat(*[v for j, v in enumerate(res) if _SOFT_RANK[j] == r]))
+                col.append(ca.fmax(0.0, -worst) + _SLACK_START)
+            need.append(ca.vertcat(*col))
+        DZr = ca.horzcat(*[(Xr[k + 1] - x0) / xs for k in range(N)])
+        self._guess = ca.Function("cell_mpc_guess", [U, P], [DZr, ca.horzcat(*need)])
+        J_move = 0
+        for b in self.bindings.values():
+            wgt = cfg.move_weights.get(b.name, 1.0)
+            i = b.input_index
+            for k in range(N):
+                if b.kind is MvKind.INCREMENT:
+                    J_move += wgt * (U[i, k] / u_range[i]) ** 2
+                else:
+                    J_move += wgt * (g_du[k][i] / u_range[i]) ** 2
+        J_term = 0
+        if cfg.terminal_temp_rate_weight > 0:
+            dT_h = m.f(X[N], U[:, N - 1], d, p)[si["bath_temp_degC"]] * 3600.0
+            J_term = cfg.terminal_temp_rate_weight * dT_h ** 2
+        J = (J_soft + J_econ + J_move) / N + J_term
+
+        g = ca.vertcat(*g_dyn, *g_du, *g_pos, *g_soft)
+        self._n_gdyn, self._n_gdu, self._n_gpos, self._n_gsoft = nx * N, nu * N, len(g_pos), len(g_soft)
+        common = {
+            "ipopt.print_level": 0, "print_time": False, "ipopt.sb": "yes",
+            "ipopt.max_iter": cfg.max_iter, "ipopt.tol": cfg.tol, "ipopt.acceptable_tol": cfg.acceptable_tol,
+            "ipopt.acceptable_iter": 5,
+        }
+        # Warm: from the shifted last solution. Gradient-based scaling would shrink the objective
+        # by the soft penalties and drown the economic terms in the barrier; unscaled with a small
+        # initial barrier a warm solve takes a few iterations.
+        warm = {**common, "ipopt.warm_start_init_point": "yes", "ipopt.warm_start_bound_push": 1e-6,
+                "ipopt.warm_start_mult_bound_push": 1e-6, "ipopt.nlp_scaling_method": "none",
+                "ipopt.obj_scaling_factor": 0.1, "ipopt.mu_init": 1e-6, **self.ipopt_options}
+        # Cold: first solve, and retry when the warm one fails (far from the last solution a small
+        # barrier crawls); IPOPT's robust defaults from a simulated initial guess.
+        cold = {**common, "ipopt.mu_init": 0.1, **self.ipopt_options}
+        nlp = ca.Function("cell_mpc_nlp", [w, P], [J, g], ["x", "p"], ["f", "g"])
+        self._warm = ca.nlpsol("cell_mpc_warm", "ipopt", nlp, warm)
+        shared = {name: self._warm.get_function(f"nlp_{fn}")  # derivatives built once, for both
+                  for name, fn in (("hess_lag", "hess_l"), ("jac_g", "jac_g"), ("grad_f", "grad_f"))}
+        self._cold = ca.nlpsol("cell_mpc_cold", "ipopt", nlp, {**cold, **shared})
+        cv = ca.horzcat(*cv_rows)  # 4 × (N+1)
+        Xm = ca.horzcat(*X)
+        self._readout = ca.Function("cell_mpc_readout", [w, P], [Xm, U, cv, S])
+
+    # ------------------------------------------------------------ protocol
+    def reset(self) -> None:
+        """Forget plans, warm start, failure count and move memory."""
+        self._sol: _Solution | None = None
+        self._fails = 0
+        self._next_solve_t: float | None = None
+        self._last_enabled: dict[str, bool] | None = None
+        self._t_prev: float | None = None
+        self._last_out: dict[str, float] = {}
+        self._last_move_t: dict[str, float] = {}
+
+    def track(self, applied: Mapping[str, float]) -> None:
+        """MVs the APC does not drive: forget the last value sent and the last move time."""
+        for name in applied:
+            self._last_out.pop(name, None)
+            self._last_move_t.pop(name, None)
+
+    def step(self, t_s: float, estimate: Estimate, applied: Mapping[str, float],
+             enabled: Mapping[str, bool], disturbances: Mapping[str, float]) -> Plan:
+        """Solve when due (or when the enable flags changed), else follow the plan; see module docstring."""
+        dt = self.period_s if self._t_prev is None else t_s - self._t_prev
+        self._t_prev = t_s
+        en = {n: bool(enabled.get(n, False)) and n in applied for n in self.bindings}
+        flags_changed = en != self._last_enabled
+        due = flags_changed or self._next_solve_t is None or t_s >= self._next_solve_t - 1e-9 * self.period_s
+        iterations, solve_time, reason = 0, 0.0, ""
+        if due:
+            self._next_solve_t = t_s + self.solve_every_s
+            self._last_enabled = dict(en)
+            # New enable flags make the last plan a poor start (e.g. STANDBY -> ON): solve cold.
+            sol, iterations, solve_time, reason = self._solve(t_s, estimate, applied, en, disturbances,
+                                                              warm=not flags_changed)
+            if sol is not None:
+                self._sol, self._fails = sol, 0
+            else:
+                self._fails += 1
+        plan = self._valid_plan(t_s)
+        if self._fails == 0 and plan is not None:
+            status = SolverStatus.OK if due else SolverStatus.NOT_RUN
+        elif plan is not None and self._fails <= self.hold_cycles:
+            status = SolverStatus.HELD
+            reason = f"following last plan ({self._fails}/{self.hold_cycles} failed): {reason or 'last solve failed'}"
+        else:
+            status = SolverStatus.FAILED
+            reason = (f"{reason}; " if reason else "") + (
+                f"{self._fails} failed solve(s), hold_cycles {self.hold_cycles} used up" if plan is not None
+                else "no valid plan to follow")
+            plan = None
+        moves = self._emit(t_s, dt, applied, en, plan)
+        return Plan(moves, plan.predicted if plan is not None else {}, status, iterations, solve_time, reason)
+
+    # ------------------------------------------------------------- solving
+    def _valid_plan(self, t_s: float) -> _Solution | None:
+        """The last converged plan while its remainder covers ``t_s``."""
+        sol = self._sol
+        if sol is None or t_s - sol.t_s >= self.N * self.step_s:
+            return None
+        return sol
+
+    def _parameters(self, estimate: Estimate) -> np.ndarray:
+        p = self.p_nominal.copy()
+        names = self.model.parameter_names
+        values = estimate.as_dict()
+        for bias, par, how in BIAS_PARAMETERS:
+            if par not in names or bias not in values:
+                continue
+            i, b = names.index(par), float(values[bias])
+            p[i] = p[i] * math.exp(b) if how == "log" else p[i] + b
+        return p
+
+    def _inputs_now(self, estimate: Estimate, applied: Mapping[str, float]) -> np.ndarray:
+        """Current model inputs: MV readbacks (rates of increment MVs are 0), else estimate signals."""
+        u = np.zeros(self.nu)
+        values = estimate.as_dict()
+        for i, name in enumerate(self.model.input_names):
+            u[i] = float(values.get(name, 0.0))
+        for b in self.bindings.values():
+            if b.kind is MvKind.SETPOINT:
+                u[b.input_index] = float(applied[b.name])
+            else:
+                u[b.input_index] = 0.0
+        return u
+
+    def _disturbances(self, measured: Mapping[str, float]) -> np.ndarray:
+        cfg = self.cfg
+        out = []
+        for name in self.model.disturbance_names:
+            src = cfg.disturbance_inputs.get(name)
+            v = measured.get(src, math.nan) if src else math.nan
+            if not math.isfinite(v):
+                v = cfg.disturbance_values.get(name, math.nan)
+            out.append(float(v))
+        return np.array(out)
+
+    def _bounds(self, t_s: float, u_now: np.ndarray, applied: Mapping[str, float],
+                en: Mapping[str, bool]) -> tuple[np.ndarray, ...]:
+        """Bounds of the decision variables and constraints for this solve."""
+        N, nu = self.N, self.nu
+        lbu = np.repeat(u_now[:, None], N, axis=1)
+        ubu = lbu.copy()
+        lbdu = np.zeros((nu, N))
+        ubdu = np.zeros((nu, N))
+        lbpos, ubpos = [], []
+        for b in self.bindings.values():
+            i = b.input_index
+            if b.kind is MvKind.SETPOINT:
+                if not en[b.name]:
+                    continue
+                r = b.rate_per_s * self.step_s
+                a = u_now[i]
+                for k in range(N):
+                    lo, hi = max(b.lo, a - r * (k + 1)), min(b.hi, a + r * (k + 1))
+                    if lo > hi:  # readback outside the limits: come back at full rate
+                        lo = hi = (a - r * (k + 1)) if a > b.hi else (a + r * (k + 1))
+                    lbu[i, k], ubu[i, k] = lo, hi
+                lbdu[i, :], ubdu[i, :] = -r, r
+            else:
+                pos = float(applied[b.name])
+                lo, hi = min(b.lo, pos), max(b.hi, pos)
+                lbpos += [lo - pos] * N
+                ubpos += [hi - pos] * N
+                if not en[b.name]:
+                    continue
+                vmax = b.max_rate_h(self.period_s)
+                last = self._last_move_t.get(b.name)
+                blocked_s = 0.0 if last is None else max(0.0, last + b.min_interval_s - t_s)
+                for k in range(N):
+                    if (k + 1) * self.step_s > blocked_s:
+                        lbu[i, k], ubu[i, k] = -vmax, vmax
+                lbdu[i, :], ubdu[i, :] = -np.inf, np.inf
+        n_s = self._n_s
+        lbx = np.concatenate([np.full(self._n_dz, -np.inf), lbu.ravel(order="F"), np.zeros(n_s)])
+        ubx = np.concatenate([np.full(self._n_dz, np.inf), ubu.ravel(order="F"), np.full(n_s, np.inf)])
+        lbg = np.concatenate([np.zeros(self._n_gdyn), lbdu.ravel(order="F"), lbpos, np.zeros(self._n_gsoft)])
+        ubg = np.concatenate([np.zeros(self._n_gdyn), ubdu.ravel(order="F"), ubpos,
+                              np.full(self._n_gsoft, np.inf)])
+        return lbx, ubx, lbg, ubg
+
+    def _cold_guess(self, P: np.ndarray, u_now: np.ndarray, lbx: np.ndarray, ubx: np.ndarray) -> np.ndarray:
+        """Inputs of the last plan (else held), states simulated from the estimate with them and
+        the slacks they need (plus a margin): feasible, away from the bounds."""
+        N, nu = self.N, self.nu
+        i1, i2 = self._n_dz, self._n_dz + self._n_u
+        prev = self._sol
+        U = np.repeat(u_now[:, None], N, axis=1) if prev is None else prev.U
+        U = np.clip(U.ravel(order="F"), lbx[i1:i2], ubx[i1:i2]).reshape((nu, N), order="F")
+        dz, S = (np.asarray(v) for v in self._guess(U, P))
+        w = np.concatenate([dz.ravel(order="F"), U.ravel(order="F"), S.ravel(order="F")])
+        return np.clip(np.nan_to_num(w), lbx, ubx)
+
+    def _warm_guess(self, t_s: float, x0: np.ndarray, xs: np.ndarray, lbx: np.ndarray,
+                    ubx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The last solution shifted by the steps elapsed (states re-expressed around the new
+        estimate), with its multipliers when not shifted (shifted ones measured worse than none)."""
+        prev = self._sol
+        assert prev is not None
+        N, nx, nu = self.N, self.nx, self.nu
+        i1, i2 = self._n_dz, self._n_dz + self._n_u
+        shift = int(round((t_s - prev.t_s) / self.step_s))
+
+        def take(block: np.ndarray, rows: int, cols: int) -> np.ndarray:
+            return block.reshape((rows, cols), order="F")[:, np.minimum(np.arange(cols) + shift, cols - 1)]
+
+        X = prev.x0[:, None] + prev.xs[:, None] * take(prev.w[:i1], nx, N)
+        dz = (X - x0[:, None]) / xs[:, None]
+        U = take(prev.w[i1:i2], nu, N)
+        S = take(prev.w[i2:], len(MPC_CV_RANKS), N + 1)
+        w = np.clip(np.concatenate([dz.ravel(order="F"), U.ravel(order="F"), S.ravel(order="F")]), lbx, ubx)
+        if shift != 0:
+            return w, None, None
+        return w, prev.lam_x, prev.lam_g
+
+    def _run(self, solver: ca.Function, args: dict[str, object]) -> tuple[dict[str, object] | None, int, float,
+                                                                          str]:
+        """One IPOPT attempt: (result or None, iterations, wall seconds, IPOPT status)."""
+        t0 = time.perf_counter()
+        try:
+            res = solver(**args)
+        except RuntimeError as exc:  # CasADi raises on evaluation errors (NaN in functions)
+            return None, 0, time.perf_counter() - t0, f"solver error: {exc}"
+        elapsed = time.perf_counter() - t0
+        stats = solver.stats()
+        iters = int(stats.get("iter_count", 0))
+        status = str(stats.get("return_status", "unknown"))
+        ok = status in ("Solve_Succeeded", "Solved_To_Acceptable_Level") and bool(
+            np.all(np.isfinite(np.asarray(res["x"]))))
+        return (res if ok else None), iters, elapsed, status
+
+    def _solve(self, t_s: float, estimate: Estimate, applied: Mapping[str, float], en: Mapping[str, bool],
+               measured: Mapping[str, float], warm: bool = True) -> tuple[_Solution | None, int, float, str]:
+        """Warm attempt from the last solution (when there is one and ``warm``), else or when it
+        fails a cold attempt; returns (solution or None, iterations, wall seconds, reason)."""
+        try:
+            x0 = np.array([float(estimate.value(n)) for n in self.model.state_names])
+        except (ValueError, KeyError) as exc:
+            return None, 0, 0.0, f"estimate lacks model states ({exc})"
+        p = self._parameters(estimate)
+        u_now = self._inputs_now(estimate, applied)
+        d = self._disturbances(measured)
+        pos = [float(applied[b.name]) for b in self._inc]
+        numbers = np.concatenate([x0, p, u_now, d, pos])
+        if not np.all(np.isfinite(numbers)):
+            return None, 0, 0.0, "non-finite estimate, parameter, readback or disturbance"
+        xs = np.maximum(0.1 * np.abs(x0), 1.0)
+        u_range = np.ones(self.nu)
+        for b in self.bindings.values():
+            u_range[b.input_index] = (max(b.hi - b.lo, 1e-9) if b.kind is MvKind.SETPOINT
+                                      else max(b.max_rate_h(self.period_s), 1e-9))
+        P = np.concatenate([x0, xs, u_now, d, p, u_range])
+        lbx, ubx, lbg, ubg = self._bounds(t_s, u_now, applied, en)
+        bounds = dict(p=P, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
+        res, iters, elapsed, status, how = None, 0, 0.0, "", "cold"
+        if warm and self._sol is not None:
+            w0, lam_x0, lam_g0 = self._warm_guess(t_s, x0, xs, lbx, ubx)
+            args: dict[str, object] = dict(x0=w0, **bounds)
+            if lam_x0 is not None:
+                args.update(lam_x0=lam_x0, lam_g0=lam_g0)
+            res, iters, elapsed, status = self._run(self._warm, args)
+            how = "warm"
+        if res is None:
+            first = f"warm {status} after {iters} it, " if how == "warm" else ""
+            res, it2, t2, status = self._run(self._cold, dict(x0=self._cold_guess(P, u_now, lbx, ubx), **bounds))
+            iters, elapsed = iters + it2, elapsed + t2
+            how = f"{first}cold"
+        self.solve_times.append(elapsed)
+        if res is None:
+            return None, iters, elapsed, f"IPOPT {status} ({how}, {iters} iterations in all)"
+        w = np.asarray(res["x"]).ravel()
+        _, U, cv, S = (np.asarray(v) for v in self._readout(w, P))
+        predicted = {name: tuple(float(v) for v in cv[r]) for r, name in enumerate(PREDICTED)}
+        sol = _Solution(t_s, x0, xs, w, np.asarray(res["lam_x"]).ravel(), np.asarray(res["lam_g"]).ravel(),
+                        np.array(U), predicted)
+        active = [f"{name} {S[r].max():.2g}u" for r, name in enumerate(MPC_CV_RANKS) if S[r].max() > 1e-3]
+        reason = f"ok ({how}, {iters} it)" + (f"; soft: {', '.join(active)}" if active else "")
+        return sol, iters, elapsed, reason
+
+    # ------------------------------------------------------------- moves
+    def _emit(self, t_s: float, dt: float, applied: Mapping[str, float], en: Mapping[str, bool],
+              sol: _Solution | None) -> dict[str, float]:
+        """This cycle's move of each MV from the plan; held (readback / no move) without one."""
+        moves: dict[str, float] = {}
+        rate_dt = min(max(dt, 0.0), self.period_s) if dt > 0 else self.period_s
+        for b in self.bindings.values():
+            if b.name not in applied:
+                continue
+            a = float(applied[b.name])
+            if b.kind is MvKind.SETPOINT:
+                if not en[b.name] or sol is None:
+                    moves[b.name] = a
+                    self._last_out.pop(b.name, None)
+                    continue
+                j = min(max(int((t_s - sol.t_s) / self.step_s + 1e-9), 0), self.N - 1)
+                target = min(max(float(sol.U[b.input_index, j]), b.lo), b.hi)
+                r = b.rate_per_s * rate_dt * (1.0 - _REL_MARGIN)
+                lo, hi = a - r, a + r
+                last = self._last_out.get(b.name)
+                if last is not None and max(lo, last - r) <= min(hi, last + r):
+                    lo, hi = max(lo, last - r), min(hi, last + r)
+                value = min(max(target, lo), hi)
+                moves[b.name] = value
+                self._last_out[b.name] = value
+            else:
+                moves[b.name] = 0.0
+                if not en[b.name] or sol is None:
+                    continue
+                last = self._last_move_t.get(b.name)
+                if last is not None and not t_s - last >= b.min_interval_s:
+                    continue
+                window = max(b.min_interval_s, self.period_s)
+                delta = self._planned_displacement(sol, b.input_index, t_s, window)
+                cap = b.step_cap(rate_dt) * (1.0 - _REL_MARGIN)
+                lo = max(-cap, min(0.0, b.lo - a))
+                hi = min(cap, max(0.0, b.hi - a))
+                delta = min(max(delta, lo), hi)
+                while delta > 0 and a + delta > b.hi:
+                    delta = math.nextafter(delta, 0.0)
+                while delta < 0 and a + delta < b.lo:
+                    delta = math.nextafter(delta, 0.0)
+                if abs(delta) < self.cfg.min_increment:
+                    continue
+                moves[b.name] = delta
+                self._last_move_t[b.name] = t_s
+        return moves
+
+    def _planned_displacement(self, sol: _Solution, i: int, t_s: float, window_s: float) -> float:
+        """Integral of the planned rate (per hour) of input ``i`` over [t_s, t_s + window_s]."""
+        total = 0.0
+        t_a, t_b = t_s - sol.t_s, t_s - sol.t_s + window_s
+        for k in range(self.N):
+            lo, hi = max(t_a, k * self.step_s), min(t_b, (k + 1) * self.step_s)
+            if hi > lo:
+                total += float(sol.U[i, k]) * (hi - lo) / 3600.0
+        return total
+
+    def planned(self, mv: str) -> tuple[float, ...]:
+        """The last converged plan of one MV per step: setpoint values, or rates per hour for
+        increment MVs; empty without a plan."""
+        if self._sol is None:
+            return ()
+        return tuple(float(v) for v in self._sol.U[self.bindings[mv].input_index])
+
+    def solve_time_stats(self) -> dict[str, float]:
+        """Median and 99th percentile of the solve wall times so far, seconds."""
+        if not self.solve_times:
+            return {"n": 0, "median_s": math.nan, "p99_s": math.nan}
+        a = np.array(self.solve_times)
+        return {"n": float(len(a)), "median_s": float(np.median(a)), "p99_s": float(np.percentile(a, 99))}

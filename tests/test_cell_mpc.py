@@ -1,0 +1,222 @@
+"""Nonlinear MPC of the Nd cell: holds, failures, limits, determinism and a closed-loop run."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apc.assembly import AssemblyError, build_controller, load
+from apc.recipe.loader import LoadedRecipe
+from apc.recipe.schema import MpcSection, Recipe
+from apc.recorder import iter_record
+from apc.simulate import simulate
+from apc.types import Estimate, MvKind, SolverStatus
+from controllers.cell_mpc import PREDICTED, CellMpc
+from sim.models import get_model
+from sim.scenario import load_scenario
+
+MPC_RECIPE = Path(__file__).parent / "fixtures" / "mpc" / "nd_cell_mpc.yaml"
+STATES = ("dissolved_oxide_kg", "undissolved_oxide_kg", "bath_temp_degC", "metal_temp_degC", "acd_cm",
+          "metal_pool_kg", "heat_loss_bias", "ce_bias")
+APPLIED = {"oxide_feed": 9.2, "anode_move": 0.0, "current_sp": 6.0}
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedRecipe:
+    return load(MPC_RECIPE)
+
+
+def make(recipe: Recipe, period_multiple: int = 1, **tuning: Any) -> CellMpc:
+    """A cell MPC on the fixture recipe, solving every call unless told otherwise."""
+    assert recipe.controller.mpc is not None
+    cfg = dataclasses.replace(recipe.controller.mpc, **tuning)
+    model = get_model(recipe.model.name)
+    return CellMpc(model, model.parameter_vector(recipe.model.parameters), cfg, recipe.io.mvs, recipe.limits,
+                   recipe.period_s, period_multiple, recipe.controller.hold_cycles)
+
+
+def est(oxide_kg: float = 11.0, bath: float = 1050.0, metal: float = 1035.0, acd: float = 8.0) -> Estimate:
+    x = (oxide_kg, 2.0, bath, metal, acd, 40.0, 0.0, 0.0)
+    return Estimate(STATES, ("kg", "kg", "degC", "degC", "cm", "kg", "1", "1"), x, None, "ok", {"current_kA": 6.0})
+
+
+def all_on() -> dict[str, bool]:
+    return {n: True for n in APPLIED}
+
+
+def test_disabled_mv_is_held_in_prediction_and_moves(loaded: LoadedRecipe) -> None:
+    """A disabled current and anode stay at their readback in every move and every planned step."""
+    c = make(loaded.recipe)
+    enabled = {"oxide_feed": True, "anode_move": False, "current_sp": False}
+    for k, e in enumerate((est(), est(oxide_kg=8.0, bath=1060.0), est(oxide_kg=14.0, bath=1038.0))):
+        plan = c.step(60.0 * k, e, APPLIED, enabled, {})
+        assert plan.status is SolverStatus.OK
+        assert plan.moves["current_sp"] == APPLIED["current_sp"]
+        assert plan.moves["anode_move"] == 0.0
+        assert set(c.planned("current_sp")) == {APPLIED["current_sp"]}
+        assert set(c.planned("anode_move")) == {0.0}
+    assert len(set(c.planned("oxide_feed"))) > 1  # the enabled feed does move
+
+
+def test_production_gives_way_to_anode_effect_margin(loaded: LoadedRecipe) -> None:
+    """Low oxide (AE margin below its minimum): the plan cuts the current and feeds hard, restoring the margin."""
+    c = make(loaded.recipe)
+    plan = c.step(0.0, est(oxide_kg=5.5), APPLIED, all_on(), {})  # 1.1 wt%
+    margin = plan.predicted["ae_margin_A_cm2"]
+    assert plan.status is SolverStatus.OK
+    assert margin[0] < loaded.recipe.controller.mpc.min_ae_margin_A_cm2  # type: ignore[union-attr]
+    assert c.planned("current_sp")[0] < APPLIED["current_sp"] and plan.moves["current_sp"] < APPLIED["current_sp"]
+    assert plan.moves["oxide_feed"] > 15.0
+    assert min(margin[3:]) >= loaded.recipe.controller.mpc.min_ae_margin_A_cm2 - 0.01  # type: ignore[union-attr]
+
+
+def test_iteration_cap_without_plan_fails_at_once(loaded: LoadedRecipe) -> None:
+    """With max_iter 1 the first solve runs out of iterations: FAILED with a reason, every MV held."""
+    c = make(loaded.recipe, max_iter=1)
+    plan = c.step(0.0, est(), APPLIED, all_on(), {})
+    assert plan.status is SolverStatus.FAILED
+    assert plan.iterations == 1 and "Maximum_Iterations_Exceeded" in plan.reason
+    assert plan.moves == {"oxide_feed": 9.2, "anode_move": 0.0, "current_sp": 6.0}
+
+
+def test_failed_solves_follow_last_plan_for_hold_cycles_then_fail(loaded: LoadedRecipe) -> None:
+    """After a good solve, NaN estimates give HELD (moves from the old plan) hold_cycles times, then FAILED."""
+    hold = loaded.recipe.controller.hold_cycles
+    c = make(loaded.recipe)
+    ok = c.step(0.0, est(), APPLIED, all_on(), {})
+    assert ok.status is SolverStatus.OK
+    feed_plan = c.planned("oxide_feed")
+    bad = est(oxide_kg=math.nan)
+    for k in range(1, hold + 1):
+        plan = c.step(5.0 * k, bad, APPLIED, all_on(), {})
+        assert plan.status is SolverStatus.HELD, plan.reason
+        assert "non-finite" in plan.reason
+        assert plan.predicted == ok.predicted
+        assert plan.moves["oxide_feed"] == pytest.approx(feed_plan[0])  # the feed rate limit is not binding
+    plan = c.step(5.0 * (hold + 1), bad, APPLIED, all_on(), {})
+    assert plan.status is SolverStatus.FAILED and "hold_cycles" in plan.reason
+    assert plan.moves["oxide_feed"] == APPLIED["oxide_feed"] and plan.moves["anode_move"] == 0.0
+    assert c.step(5.0 * (hold + 2), est(), APPLIED, all_on(), {}).status is SolverStatus.OK  # recovers
+
+
+def test_runs_at_period_multiple_and_follows_plan_in_between(loaded: LoadedRecipe) -> None:
+    """With period_multiple 12 the NLP is solved every 12th call; in between NOT_RUN with the plan's move."""
+    c = make(loaded.recipe, period_multiple=12)
+    statuses = [c.step(5.0 * k, est(), APPLIED, all_on(), {}).status for k in range(25)]
+    assert [k for k, s in enumerate(statuses) if s is SolverStatus.OK] == [0, 12, 24]
+    assert all(s is SolverStatus.NOT_RUN for k, s in enumerate(statuses) if k % 12)
+    # A change of the enable flags is solved at once.
+    assert c.step(130.0, est(), APPLIED, {**all_on(), "current_sp": False}, {}).status is SolverStatus.OK
+
+
+def test_measured_disturbance_is_fed_forward(loaded: LoadedRecipe) -> None:
+    """With every MV disabled the prediction is open loop: a hotter measured ambient predicts a hotter bath."""
+    c = make(loaded.recipe, disturbance_inputs={"ambient_temp_degC": "ambient"})
+    off = {n: False for n in APPLIED}
+    cold = c.step(0.0, est(), APPLIED, off, {"ambient": 30.0}).predicted["bath_temp_degC"]
+    hot = c.step(5.0, est(), APPLIED, off, {"ambient": 130.0}).predicted["bath_temp_degC"]
+    assert cold[0] == hot[0] and hot[-1] > cold[-1] + 1.0
+    missing = c.step(10.0, est(), APPLIED, off, {}).predicted["bath_temp_degC"]  # falls back to the recipe value
+    assert missing == pytest.approx(cold)
+
+
+def test_mpc_needs_ekf_estimator_and_its_section(loaded: LoadedRecipe) -> None:
+    """build_controller refuses the MPC with the filtered estimator or without a controller.mpc section."""
+    r = loaded.recipe
+    filtered = dataclasses.replace(r, estimator=dataclasses.replace(r.estimator, kind="filtered"))
+    with pytest.raises(AssemblyError, match="estimator.kind 'ekf'"):
+        build_controller(filtered, "mpc")
+    no_section = dataclasses.replace(r, controller=dataclasses.replace(r.controller, mpc=None))
+    with pytest.raises(AssemblyError, match="controller.mpc section is missing"):
+        build_controller(no_section, "mpc")
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        MpcSection(rank_penalties=(1.0, 10.0, 1.0e-1, 1.0e-2))
+
+
+def _plans(path: Path) -> list[tuple[Any, ...]]:
+    out = []
+    for e in iter_record(path):
+        if e.kind == "cycle" and e.data["plan"] is not None:
+            p = e.data["plan"]
+            out.append((p["status"], p["iterations"], p["moves"], p["predicted"], p["reason"]))
+    return out
+
+
+@pytest.mark.slow
+def test_deterministic_with_iteration_cap(loaded: LoadedRecipe, tmp_path: Path) -> None:
+    """Two 1-h closed-loop runs with the same seed give identical plans, moves and KPIs."""
+    sc = load_scenario("nominal")
+    runs = []
+    for i in range(2):
+        rec = tmp_path / f"run{i}.jsonl"
+        res = asyncio.run(simulate(loaded, sc, seed=17, hours=1.0, controller="mpc", record_path=rec))
+        runs.append((res.kpis, _plans(rec)))
+    assert any(p[0] == "ok" for p in runs[0][1])
+    assert runs[0][1] == runs[1][1]
+    assert runs[0][0] == runs[1][0]
+
+
+@pytest.fixture(scope="module")
+def closed_loop(loaded: LoadedRecipe, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    rec = tmp_path_factory.mktemp("mpc") / "mpc_12h.jsonl"
+    res = asyncio.run(simulate(loaded, load_scenario("nominal"), seed=31, hours=12.0, controller="mpc",
+                               record_path=rec))
+    return res.kpis, rec
+
+
+@pytest.mark.slow
+def test_closed_loop_12h_no_anode_effect_metal_liquid(closed_loop: tuple[dict[str, Any], Path]) -> None:
+    """12 h on the simulated plant (seed 31): no anode effect, metal always above its melting point, no shed."""
+    kpis, rec = closed_loop
+    truths = [e.data["truth"] for e in iter_record(rec) if e.kind == "cycle"]
+    assert kpis["anode_effects"] == 0 and kpis["sheds"] == 0
+    assert max(t["anode_effect"] for t in truths) == 0.0
+    assert max(t["metal_below_melting"] for t in truths) == 0.0
+    assert kpis["oxide_in_band_pct"] == 100.0
+
+
+@pytest.mark.slow
+def test_closed_loop_moves_within_limits_and_rates(loaded: LoadedRecipe,
+                                                   closed_loop: tuple[dict[str, Any], Path]) -> None:
+    """Every proposed move respects limits, rate, step size and interval: the guard never clamps."""
+    kpis, rec = closed_loop
+    recipe = loaded.recipe
+    assert kpis["guard_clamps"] == 0
+    last_move: float | None = None
+    n_moves = {n: 0 for n in recipe.io.mvs}
+    for e in iter_record(rec):
+        if e.kind != "cycle" or e.data["mode"]["actual"] != "ON":
+            continue
+        c = e.data
+        for name, d in c["guard"]["decisions"].items():
+            assert d["clamps"] == [], (c["k"], name, d)
+            lim = recipe.limits[name]
+            lo, hi = max(lim.operator[0], lim.engineering[0]), min(lim.operator[1], lim.engineering[1])
+            proposed, readback = d["proposed"], c["readback"][name]
+            if recipe.io.mvs[name].kind is MvKind.SETPOINT:
+                assert lo <= proposed <= hi
+                assert abs(proposed - readback) <= lim.rate_per_s * recipe.period_s
+                n_moves[name] += proposed != readback
+            elif proposed != 0.0:
+                assert lim.max_step is not None and abs(proposed) <= lim.max_step
+                assert lo <= readback + proposed <= hi
+                assert last_move is None or c["t_s"] - last_move >= lim.min_interval_s
+                last_move = c["t_s"]
+                n_moves[name] += 1
+    assert all(n > 0 for n in n_moves.values()), n_moves  # every MV was actually used
+
+
+def test_predicted_trajectories_cover_the_horizon(loaded: LoadedRecipe) -> None:
+    """Plan.predicted holds the four CVs with horizon + 1 finite points, starting at the estimate."""
+    c = make(loaded.recipe)
+    plan = c.step(0.0, est(bath=1052.0), APPLIED, all_on(), {})
+    assert set(plan.predicted) == set(PREDICTED)
+    n = loaded.recipe.controller.mpc.horizon_steps + 1  # type: ignore[union-attr]
+    assert all(len(v) == n and all(math.isfinite(x) for x in v) for v in plan.predicted.values())
+    assert plan.predicted["bath_temp_degC"][0] == 1052.0
+    assert plan.iterations > 0 and plan.solve_time_s > 0.0
