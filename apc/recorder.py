@@ -236,7 +236,8 @@ class FlightRecorder:
     def _write(self, data: bytes) -> None:
         """One ``write(2)`` per line (looping only on a short write)."""
         fd = self._fd
-        assert fd is not None
+        if fd is None:
+            raise RecordError(self._path, "recorder is closed")
         view = memoryview(data)
         try:
             while view:

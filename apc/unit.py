@@ -65,9 +65,8 @@ class HeartbeatWatch:
         """Feed this cycle's heartbeat sample; return (alive, reason)."""
         if sample is None or not sample.usable:
             return False, "DCS heartbeat unreadable"
-        if sample.value != self._value:
+        if sample.value != self._value or self._changed_utc is None:
             self._value, self._changed_utc = sample.value, utc
-        assert self._changed_utc is not None
         frozen_s = utc - self._changed_utc
         if frozen_s > self.timeout_s:
             return False, f"DCS heartbeat frozen for {frozen_s:.0f} s"

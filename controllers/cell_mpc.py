@@ -482,7 +482,8 @@ class CellMpc:
         """The last solution shifted by the steps elapsed (states re-expressed around the new
         estimate), with its multipliers when not shifted (shifted ones measured worse than none)."""
         prev = self._sol
-        assert prev is not None
+        if prev is None:
+            raise ValueError("no previous solution to warm-start from")
         N, nx, nu = self.N, self.nx, self.nu
         i1, i2 = self._n_dz, self._n_dz + self._n_u
         shift = int(round((t_s - prev.t_s) / self.step_s))
