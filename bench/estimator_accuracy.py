@@ -62,7 +62,7 @@ TARGET_COVERAGE = (0.90, 0.98)
 TARGET_STEP_MS = 2.0
 
 FALLBACK_EKF = EkfSection()
-"""Tuning used when the bench drives the filter itself: the schema defaults (tuned on seeds 3–6)."""
+"""Tuning used when the bench drives the filter itself: the schema defaults (tuned on seeds 1–6)."""
 
 # (label, truth key, estimate name or extra, std: extra name or None = sqrt(P_diag) of the state)
 STATES = (

@@ -21,7 +21,7 @@ PERIOD_S = 5.0
 FEED_KG_H = 9.2  # ≈ consumption at 6 kA and nominal current efficiency
 MONO0, UTC0 = 500.0, 1_767_225_600.0  # monotonic and UTC clocks start apart
 CFG = EkfSection()
-"""Default tuning (coloured bubble noise, dip lag offset; tuned on seeds 3–6)."""
+"""Default tuning (coloured bubble noise, dip lag offset; tuned on seeds 1–6)."""
 BINDINGS = EkfBindings(voltage="cell_voltage", current="line_current", dip="bath_temp_dip",
                        lab_oxide="oxide_lab", feed_mv="oxide_feed", anode_mv="anode_move")
 
