@@ -82,16 +82,9 @@ def load_site_file(path: str | Path) -> LoadedSite:
 
 
 def _role_names(recipe: Recipe) -> MvNames:
-    by_input = {mv.model_input: name for name, mv in recipe.io.mvs.items()}
-    return MvNames(feed=by_input.get("feed_kg_h", ""), anode=by_input.get("anode_move_cm_h", ""),
-                   current=by_input.get("current_kA", ""))
-
-
-def _input_named(recipe: Recipe, unit: str, role: str | None = None) -> str:
-    for name, spec in recipe.io.inputs.items():
-        if spec.unit == unit and (role is None or spec.role == role):
-            return name
-    return ""
+    io_ = recipe.io
+    return MvNames(feed=io_.mv_driving("feed_kg_h") or "", anode=io_.mv_driving("anode_move_cm_h") or "",
+                   current=io_.mv_driving("current_kA") or "")
 
 
 def build_estimator(recipe: Recipe, recipe_dir: Path | None = None) -> Estimator:
@@ -102,9 +95,9 @@ def build_estimator(recipe: Recipe, recipe_dir: Path | None = None) -> Estimator
     """
     signals = FilteredEstimator(
         recipe.estimator.filtered,
-        voltage=_input_named(recipe, "V"),
-        current=_input_named(recipe, "kA"),
-        dip=_input_named(recipe, "degC", "sample"),
+        voltage=recipe.io.input_with_unit("V") or "",
+        current=recipe.io.input_with_unit("kA") or "",
+        dip=recipe.io.input_with_unit("degC", ("sample",)) or "",
         electrode=_role_names(recipe).anode,
     )
     if recipe.estimator.kind == "filtered":

@@ -160,19 +160,13 @@ def bindings_for(recipe: Recipe) -> EkfBindings:
     when voltage, current or the feed MV are missing.
     """
 
-    def named(unit: str, role: str | None = None) -> str | None:
-        for name, spec in recipe.io.inputs.items():
-            if spec.unit == unit and (role is None or spec.role == role):
-                return name
-        return None
-
-    by_input = {mv.model_input: name for name, mv in recipe.io.mvs.items()}
-    voltage, current, feed = named("V"), named("kA"), by_input.get("feed_kg_h")
+    io_ = recipe.io
+    voltage, current, feed = io_.input_with_unit("V"), io_.input_with_unit("kA"), io_.mv_driving("feed_kg_h")
     if voltage is None or current is None or feed is None:
         raise KeyError("the cell filter needs a voltage input (V), a current input (kA) and a feed MV")
-    return EkfBindings(voltage=voltage, current=current, dip=named("degC", "sample"),
-                       lab_oxide=named("wt%", "sample"), feed_mv=feed,
-                       anode_mv=by_input.get("anode_move_cm_h"), tapped=named("kg"))
+    return EkfBindings(voltage=voltage, current=current, dip=io_.input_with_unit("degC", ("sample",)),
+                       lab_oxide=io_.input_with_unit("wt%", ("sample",)), feed_mv=feed,
+                       anode_mv=io_.mv_driving("anode_move_cm_h"), tapped=io_.input_with_unit("kg"))
 
 
 def _usable(v: ValidatedInput | None) -> float:

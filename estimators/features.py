@@ -142,19 +142,14 @@ class FeatureBindings:
         ``""`` (features needing it are then refused by :class:`FeatureBuilder`).
         """
 
-        def input_with(unit: str) -> str:
-            for name, spec in recipe.io.inputs.items():
-                if spec.unit == unit and spec.role != "sample":
-                    return str(name)
-            return ""
-
-        by_model_input = {mv.model_input: str(name) for name, mv in recipe.io.mvs.items()}
+        io_ = recipe.io
+        continuous = ("measurement", "disturbance")
         filt = recipe.estimator.filtered
         return cls(
-            voltage=input_with("V"),
-            current=input_with("kA"),
-            feed=by_model_input.get("feed_kg_h", ""),
-            anode=by_model_input.get("anode_move_cm_h", ""),
+            voltage=io_.input_with_unit("V", continuous) or "",
+            current=io_.input_with_unit("kA", continuous) or "",
+            feed=io_.mv_driving("feed_kg_h") or "",
+            anode=io_.mv_driving("anode_move_cm_h") or "",
             back_emf_V=float(filt.back_emf_V),
             voltage_filter_tau_s=float(filt.voltage_filter_tau_s),
         )

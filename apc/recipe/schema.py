@@ -104,6 +104,20 @@ class IoSection:
     mvs: dict[str, MvSpec]
     heartbeat: HeartbeatSpec
 
+    def input_with_unit(self, unit: str, roles: tuple[str, ...] | None = None) -> str | None:
+        """Name of the first input in ``unit`` (and one of ``roles``, if given), else None."""
+        for name, spec in self.inputs.items():
+            if spec.unit == unit and (roles is None or spec.role in roles):
+                return name
+        return None
+
+    def mv_driving(self, model_input: str) -> str | None:
+        """Name of the MV that drives ``model_input``, else None."""
+        for name, mv in self.mvs.items():
+            if mv.model_input == model_input:
+                return name
+        return None
+
 
 @dataclass(frozen=True)
 class ModelSection:
