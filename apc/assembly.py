@@ -87,11 +87,14 @@ def _role_names(recipe: Recipe) -> MvNames:
                    current=io_.mv_driving("current_kA") or "")
 
 
-def build_estimator(recipe: Recipe, recipe_dir: Path | None = None) -> Estimator:
+def build_estimator(recipe: Recipe, recipe_dir: Path | None = None,
+                    controller_kind: ControllerKind | None = None) -> Estimator:
     """The recipe's estimator with its tuning.
 
     ``filtered``: the baseline signals; ``ekf``: those plus the cell's
-    Kalman filter (and the ONNX soft sensor when the recipe names one).
+    Kalman filter (and the ONNX soft sensor when the recipe names one). The
+    filter's health gates the unit only for a controller that uses its
+    states (``mpc``); the baseline is gated by the signals it reads.
     """
     signals = FilteredEstimator(
         recipe.estimator.filtered,
@@ -117,7 +120,8 @@ def build_estimator(recipe: Recipe, recipe_dir: Path | None = None) -> Estimator
                                         bindings=FeatureBindings.from_recipe(recipe))
             except (SoftSensorError, ValueError) as exc:
                 raise AssemblyError(f"estimator.soft_sensor: {exc}") from None
-        return CompositeEstimator(signals, ekf, soft)
+        kind = controller_kind or recipe.controller.kind
+        return CompositeEstimator(signals, ekf, soft, gate_on_filter=kind != "baseline")
     raise AssemblyError(f"estimator kind {recipe.estimator.kind!r} is not available")
 
 
@@ -192,7 +196,7 @@ def build_sim_unit(
         }
         recorder = FlightRecorder(record_path, header)
     unit = Unit(
-        name, loaded, io, build_estimator(recipe, loaded.path.parent), controller,
+        name, loaded, io, build_estimator(recipe, loaded.path.parent, controller_kind), controller,
         audit=audit, recorder=recorder, kpi=KpiAccumulator(kpis) if with_kpis else None, truth=io.truth,
     )
     return unit, io

@@ -102,7 +102,7 @@ class Unit:
         self.truth = truth
         io_ = recipe.io
         self.validator = InputValidator(io_.inputs)
-        self.required_inputs = tuple(n for n, s in io_.inputs.items() if s.role != "sample")
+        self.required_inputs = tuple(n for n, s in io_.inputs.items() if s.role in ("measurement", "disturbance"))
         self.disturbances = tuple(n for n, s in io_.inputs.items() if s.role == "disturbance")
         self.mvs = {n: MvState(n, spec, recipe.limits[n]) for n, spec in io_.mvs.items()}
         self.guard = OutputGuard.from_mvs(io_.mvs, extra_tags=(io_.heartbeat.apc_tag,))

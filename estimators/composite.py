@@ -3,7 +3,14 @@
 The baseline signals (filtered voltage, pseudo-resistance and slope, last
 dip) keep feeding the tracking-feed controller; the filter adds dissolved and
 undissolved oxide, bath and metal temperature, anode–cathode distance and
-slow biases, each with its covariance. Health is the worse of the two.
+slow biases, each with its covariance.
+
+Health gates the unit (no writes while unhealthy). With ``gate_on_filter``
+(a controller that acts on the filter's states) it is the worse of the two;
+without it (the baseline controller, which reads only the signals) it is the
+signals' health, so adding the filter never changes when the baseline may
+act. The filter's own health is always reported as the extra
+``filter_healthy`` (1 or 0).
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ class _SignalEstimator(Protocol):
 class CompositeEstimator:
     """Runs the baseline signal estimator and a state filter side by side."""
 
-    def __init__(self, signals: _SignalEstimator, state_filter: _StateFilter, soft_sensor: Any = None) -> None:
+    def __init__(self, signals: _SignalEstimator, state_filter: _StateFilter, soft_sensor: Any = None,
+                 gate_on_filter: bool = True) -> None:
         self.signals = signals
         self.filter = state_filter
         self.soft_sensor = soft_sensor
+        self.gate_on_filter = gate_on_filter
 
     def reset(self) -> None:
         """Forget all history."""
@@ -53,5 +62,6 @@ class CompositeEstimator:
         extras.update(base.extras)
         extras.update(est.extras)
         extras.update(soft_extras)
-        health = base.health if not base.healthy else est.health
+        extras["filter_healthy"] = 1.0 if est.healthy else 0.0
+        health = base.health if not base.healthy or not self.gate_on_filter else est.health
         return Estimate(est.names, est.units, est.x, est.P, health, extras)

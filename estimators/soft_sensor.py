@@ -137,6 +137,7 @@ class SoftSensor:
         self._events.clear()
         self._seen_sample_ts: float | None = None
         self._refused_key: tuple[float, Verdict] | None = None
+        self._t_fused: float | None = None
 
     @property
     def last_events(self) -> tuple[BiasEvent, ...]:
@@ -242,15 +243,18 @@ class SoftSensor:
 
         Returns (filter measurements, extras). The measurements are
         ``{target: (value, measurement_std, None)}`` when ``use_in_filter`` is
-        set and the value is healthy, else ``None``; extras are
+        set, the value is healthy and ``filter_interval_s`` has passed since
+        the last one, else ``None``; extras are
         ``<target>_soft`` (value), ``<target>_soft_raw`` and ``<target>_soft_bias``.
         """
         r = self.step(t_s, inputs, applied)
         tgt = self.cfg.target
         extras = {f"{tgt}_soft": r.value, f"{tgt}_soft_raw": r.raw, f"{tgt}_soft_bias": r.bias}
         meas = None
-        if self.cfg.use_in_filter and r.healthy:
+        due = self._t_fused is None or t_s - self._t_fused >= self.cfg.filter_interval_s
+        if self.cfg.use_in_filter and r.healthy and due:
             meas = {tgt: (r.value, self.cfg.measurement_std, None)}
+            self._t_fused = t_s
         return meas, extras
 
 

@@ -16,6 +16,7 @@ from apc.simulate import simulate
 from sim.scenario import load_scenario
 from tests.helpers.sim_harness import ND_RECIPE, SITE_DEMO, same_kpis
 
+SLOW_FEED_RECIPE = Path(__file__).parent / "fixtures" / "unit" / "nd_cell_slow_feed.yaml"
 HOURS = "6.5"  # KPI warm-up is 6 h: half an hour of windowed KPIs
 
 
@@ -59,13 +60,22 @@ def test_check_good_and_bad_together_exits_1(tmp_path: Path, capsys: pytest.Capt
     assert err.startswith(f"{bad}:") and "Traceback" not in err
 
 
-def test_sim_mpc_is_refused_clearly(capsys: pytest.CaptureFixture[str]) -> None:
-    """apc sim --controller mpc exits non-zero with a one-line message naming mpc, and no traceback."""
-    code = main(["sim", str(ND_RECIPE), "--controller", "mpc", "--hours", "0.1"])
+def test_sim_mpc_without_mpc_section_is_refused_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+    """apc sim --controller mpc on a recipe without an MPC section exits non-zero naming it, no traceback."""
+    code = main(["sim", str(SLOW_FEED_RECIPE), "--controller", "mpc", "--hours", "0.1"])
     out, err = capsys.readouterr()
     assert code != 0
     assert "mpc" in err and "not available" in err
     assert "Traceback" not in err and out == ""
+
+
+def test_sim_shipped_recipe_runs_either_controller(capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped recipe runs under --controller baseline and --controller mpc, each named in the JSON."""
+    for kind in ("baseline", "mpc"):
+        assert main(["sim", str(ND_RECIPE), "--controller", kind, "--hours", "0.5", "--seed", "3", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["controller"] == kind
+        assert result["kpis"]["sheds"] == 0
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -156,7 +166,7 @@ def test_run_site_for_a_short_time(tmp_path: Path, capsys: pytest.CaptureFixture
         f"  - {{name: b, recipe: {ND_RECIPE}, plant: {{kind: sim, seed: 2}}}}\n"
     )
     rdir = tmp_path / "rec"
-    assert main(["run", str(site), "--hours", "0.05", "--speed", "2000", "--record-dir", str(rdir)]) == 0
+    assert main(["run", str(site), "--hours", "0.5", "--speed", "1000", "--record-dir", str(rdir)]) == 0
     out, _ = capsys.readouterr()
     for name in ("a", "b"):
         rec = read_record(next(rdir.glob(f"{name}-*.apcrec")))

@@ -297,3 +297,12 @@ def test_composite_interface_returns_filter_measurement_and_extras(tmp_path: Pat
     ss = load_soft_sensor(section(use_in_filter=True, measurement_std=4.0), tmp_path)
     meas, _ = ss.update(0.0, {"cell_voltage": voltage(8.5, 0.0)}, {})
     assert meas == {"bath_temp_degC": (pytest.approx(1050.0), 4.0, None)}
+
+
+def test_filter_measurement_at_most_once_per_interval(tmp_path: Path) -> None:
+    """With use_in_filter the prediction reaches the filter once per filter_interval_s, not every cycle."""
+    write_model(tmp_path / "model.onnx")
+    ss = load_soft_sensor(section(use_in_filter=True, measurement_std=4.0, filter_interval_s=600.0), tmp_path)
+    fused = [t for t in range(0, 1800, 60)
+             if ss.update(float(t), {"cell_voltage": voltage(8.5, float(t))}, {})[0] is not None]
+    assert fused == [0, 600, 1200]

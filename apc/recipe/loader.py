@@ -469,6 +469,12 @@ def _cross_check(
     controller = parts.get("controller")
     if controller is not None and controller.kind == "baseline" and controller.baseline is None:
         add(_at(root, "controller"), "controller.baseline", "required when controller.kind is 'baseline'")
+    if controller is not None and controller.kind == "mpc" and controller.mpc is None:
+        add(_at(root, "controller"), "controller.mpc", "required when controller.kind is 'mpc'")
+    estimator = parts.get("estimator")
+    if controller is not None and controller.mpc is not None and estimator is not None and estimator.kind != "ekf":
+        add(_at(root, "controller", "mpc", key_line=True), "controller.mpc",
+            f"the MPC predicts from the Kalman filter's states: needs estimator.kind 'ekf', not {estimator.kind!r}")
 
 
 def _check_tags(conv: Converter, root: Node, io: IoSection) -> None:

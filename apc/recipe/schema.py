@@ -45,9 +45,11 @@ class InputSpec:
     max_age_s: float
     """Oldest acceptable sample, judged by local receive time (or sample time
     for lab/dip samples)."""
-    role: Literal["measurement", "disturbance", "sample"] = "measurement"
+    role: Literal["measurement", "disturbance", "sample", "auxiliary"] = "measurement"
     """``disturbance`` is fed forward to the controller; ``sample`` is a lab or
-    dip result that arrives now and then and never blocks control."""
+    dip result that arrives now and then and never blocks control;
+    ``auxiliary`` is a continuous signal the estimator uses when it is good
+    (e.g. the cumulative tapped metal) that never blocks control either."""
     frozen: FrozenCheck | None = None
     """Frozen-value detection; only for normally noisy signals."""
     accept_uncertain: bool = False
@@ -214,9 +216,18 @@ class SoftSensorSection:
     valid_range: tuple[float, float] = (-1e9, 1e9)
     """Samples and predictions outside this range are rejected."""
     use_in_filter: bool = False
-    """Feed the bias-corrected prediction into the Kalman filter as a measurement."""
+    """Feed the bias-corrected prediction into the Kalman filter as a measurement.
+
+    Its error is slow (a level that the dip bias update moves), not white, and
+    its bias is learnt from the same dips the filter fuses: fused every cycle
+    it would make the filter far more confident than it is. It is therefore
+    fused at most once per ``filter_interval_s``, with ``measurement_std``."""
     measurement_std: float = 5.0
-    """Standard deviation of the soft sensor as a filter measurement."""
+    """Standard deviation of the soft sensor as a filter measurement (its
+    bias-corrected RMSE, not its noise)."""
+    filter_interval_s: float = 1800.0
+    """Shortest time between two fusions into the filter (≈ the correlation
+    time of its error)."""
 
 
 @dataclass(frozen=True)
