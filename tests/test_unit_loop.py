@@ -141,7 +141,7 @@ def test_bad_input_never_reaches_a_write_and_sheds(fault: str) -> None:
     su.go_on()
     su.step(fault_k + 300 - su.k)
     recs = su.records
-    required = [n for n, s in su.recipe.io.inputs.items() if s.role != "sample"]
+    required = list(su.unit.required_inputs)
     flagged = [i for i, r in enumerate(recs) if any(verdict(r, n) not in BENIGN for n in required)]
     assert flagged, "the fault was never detected"
     first = flagged[0]
@@ -381,3 +381,18 @@ def test_setpoint_tags_cover_recipe() -> None:
     """The helper's notion of move tags matches the recipe (guards the other tests' assertions)."""
     recipe = load(ND_RECIPE).recipe
     assert setpoint_tags(recipe) == {"feed.sp_kg_h", "anode.move_cm", "anode.move_seq", "current.sp_kA"}
+
+
+def test_bad_auxiliary_input_never_holds_the_unit() -> None:
+    """A bad tapped-metal counter (role auxiliary) is flagged but neither holds the writes nor sheds."""
+    fault_k = 700
+    ev = {"kind": "input_fault", "signal": "metal_tapped_kg", "fault": "bad",
+          "at_h": event_from_cycle(fault_k), "duration_h": 0.25}
+    su = SimUnit(scen=scenario(events=[ev]), seed=24)
+    assert su.recipe.io.inputs["metal_tapped"].role == "auxiliary"
+    su.go_on()
+    su.step(fault_k + 120 - su.k)
+    recs = su.records[fault_k + 1:]
+    assert all(verdict(r, "metal_tapped") == "bad_quality" for r in recs)
+    assert all(is_on(r) and not r["shed"] and r["mode"]["hold"] == "" for r in recs)
+    assert all(len(written(r, "feed.sp_kg_h")) == 1 for r in recs)
