@@ -30,9 +30,16 @@ numbers) follows the still-valid remainder of the last plan for up to
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import casadi as ca
@@ -64,6 +71,72 @@ needs, so the interior-point start is feasible and off the slack bounds."""
 
 _REL_MARGIN = 1e-6
 """Moves stay this share inside rate and step limits (float rounding vs the guard)."""
+
+_log = logging.getLogger(__name__)
+
+
+COMPILE_FLAGS = ("-O1", "-fPIC", "-shared")
+"""Flags of the compiled NLP functions (part of the cache key)."""
+
+_COMPILE_TIMEOUT_S = 600.0
+"""A compiler that has not finished by then counts as missing."""
+
+
+def cache_dir(configured: str) -> Path:
+    """Directory of compiled NLP libraries: ``configured``, else ``$XDG_CACHE_HOME/apc/cell_mpc``
+    (``~/.cache/apc/cell_mpc``)."""
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "apc" / "cell_mpc"
+
+
+def generate_c(funcs: Mapping[str, ca.Function]) -> str:
+    """C source of ``funcs`` in one translation unit (deterministic for the same functions)."""
+    cg = ca.CodeGenerator("cell_mpc_nlp.c", {"with_header": False})
+    for f in funcs.values():
+        cg.add(f)
+    return str(cg.dump())
+
+
+def compile_functions(funcs: Mapping[str, ca.Function], compiler: str,
+                      directory: Path) -> dict[str, ca.Function] | None:
+    """``funcs`` as compiled C, built once per generated source and cached in ``directory`` by the
+    hash of source, compiler and flags; None (logged) when the compiler is missing or fails."""
+    src = generate_c(funcs)
+    key = hashlib.sha256("\0".join((src, compiler, *COMPILE_FLAGS, ca.__version__)).encode()).hexdigest()
+    lib = directory / f"cell_mpc_{key[:24]}.so"
+    if not lib.exists():
+        exe = shutil.which(compiler)
+        if exe is None:
+            _log.warning("cell MPC: C compiler %r not found; NLP functions stay interpreted (slower)", compiler)
+            return None
+        try:
+            _compile(exe, src, lib)
+        except (OSError, subprocess.SubprocessError) as exc:
+            _log.warning("cell MPC: compiling the NLP functions failed (%s); they stay interpreted (slower)",
+                         exc)
+            return None
+        _log.info("cell MPC: compiled NLP functions to %s", lib)
+    try:
+        return {k: ca.external(f.name(), str(lib)) for k, f in funcs.items()}
+    except RuntimeError as exc:
+        _log.warning("cell MPC: loading %s failed (%s); NLP functions stay interpreted (slower)", lib, exc)
+        return None
+
+
+def _compile(exe: str, src: str, lib: Path) -> None:
+    """Compile ``src`` into ``lib`` atomically (a temporary name, then a rename)."""
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=lib.parent, prefix=".build_") as tmp:
+        c_file = Path(tmp) / "cell_mpc_nlp.c"
+        c_file.write_text(src)
+        out = Path(tmp) / lib.name
+        proc = subprocess.run([exe, *COMPILE_FLAGS, str(c_file), "-o", str(out), "-lm"],
+                              capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S, check=False)
+        if proc.returncode != 0:
+            raise subprocess.SubprocessError(f"{exe} exited {proc.returncode}: {proc.stderr.strip()[:500]}")
+        os.replace(out, lib)
 
 
 @dataclass(frozen=True)
@@ -191,124 +264,148 @@ class CellMpc:
                                   lim.max_step, lim.min_interval_s)
         return out
 
-    def _build(self) -> None:
-        """The NLP (once) and the function that reads trajectories out of a solution."""
-        m, cfg, N = self.model, self.cfg, self.N
-        nx, nu, nd, npar = len(m.states), len(m.inputs), len(m.disturbances), len(m.parameters)
-        self.nx, self.nu = nx, nu
+    def _stage_functions(self) -> tuple[ca.Function, ca.Function]:
+        """One prediction step (RK4) and one point (soft residuals, CVs, economic cost), both SX;
+        the NLP maps them over the horizon, so derivatives and generated code stay per step."""
+        m, cfg = self.model, self.cfg
+        x, u = ca.SX.sym("x", len(m.states)), ca.SX.sym("u", len(m.inputs))
+        d, p = ca.SX.sym("d", len(m.disturbances)), ca.SX.sym("p", len(m.parameters))
         h = self.step_s / cfg.rk4_substeps
+        xk = x
+        for _ in range(cfg.rk4_substeps):
+            k1 = m.f(xk, u, d, p)
+            k2 = m.f(xk + h / 2 * k1, u, d, p)
+            k3 = m.f(xk + h / 2 * k2, u, d, p)
+            k4 = m.f(xk + h * k3, u, d, p)
+            xk = xk + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        nondiff = {"is_diff_in": [True, True, False, False]}  # no derivatives for d, p (not decided)
+        step = ca.Function("cell_mpc_step", [x, u, d, p], [xk], ["x", "u", "d", "p"], ["x_next"], nondiff)
         si = {n: i for i, n in enumerate(m.state_names)}
         ai = {n: i for i, n in enumerate(m.aux_names)}
         i_melt = m.parameter_names.index("metal_melting_degC")
-
-        x0 = ca.SX.sym("x0", nx)
-        xs = ca.SX.sym("xs", nx)
-        u_prev = ca.SX.sym("u_prev", nu)
-        d = ca.SX.sym("d", nd)
-        p = ca.SX.sym("p", npar)
-        u_range = ca.SX.sym("u_range", nu)  # scale of move suppression per input
-        P = ca.vertcat(x0, xs, u_prev, d, p, u_range)
-
-        DZ = ca.SX.sym("dz", nx, N)  # x_{k+1} = x0 + xs·dz_k, k = 0..N-1
-        U = ca.SX.sym("u", nu, N)
-        n_pts = N + 1
-        S = ca.SX.sym("s", len(MPC_CV_RANKS), n_pts)  # slacks, scaled by violation_units
-        w = ca.vertcat(ca.vec(DZ), ca.vec(U), ca.vec(S))
-        self._n_dz, self._n_u, self._n_s = nx * N, nu * N, len(MPC_CV_RANKS) * n_pts
-
-        X = [x0] + [x0 + xs * DZ[:, k] for k in range(N)]
-
-        def rk4(x: ca.SX, u: ca.SX) -> ca.SX:
-            for _ in range(cfg.rk4_substeps):
-                k1 = m.f(x, u, d, p)
-                k2 = m.f(x + h / 2 * k1, u, d, p)
-                k3 = m.f(x + h / 2 * k2, u, d, p)
-                k4 = m.f(x + h * k3, u, d, p)
-                x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-            return x
-
-        g_dyn = [(rk4(X[k], U[:, k]) - X[k + 1]) / xs for k in range(N)]
-        g_du = [U[:, k] - (u_prev if k == 0 else U[:, k - 1]) for k in range(N)]
-        # Increment MVs: position after each step (their input is a rate per hour).
-        self._inc = [b for b in self.bindings.values() if b.kind is MvKind.INCREMENT]
-        g_pos = []
-        for b in self._inc:
-            cum = 0
-            for k in range(N):
-                cum = cum + U[b.input_index, k] * self.step_s / 3600.0
-                g_pos.append(cum)
-
         units = cfg.violation_units
         (ox_lo, ox_hi), (tb_lo, tb_hi) = cfg.oxide_band_wtpct, cfg.bath_temp_band_degC
+        a = m.aux(x, u, d, p)
+        margin, c = a[ai["ae_margin_A_cm2"]], a[ai["dissolved_oxide_wtpct"]]
+        t_b, t_m = x[si["bath_temp_degC"]], x[si["metal_temp_degC"]]
+        res = ca.vertcat(  # >= 0 when met, in violation units; rank of each: _SOFT_RANK
+            (margin - cfg.min_ae_margin_A_cm2) / units[0],
+            (t_m - p[i_melt] - cfg.metal_melting_margin_K) / units[1],
+            (c - ox_lo) / units[2],
+            (ox_hi - c) / units[2],
+            (t_b - tb_lo) / units[3],
+            (tb_hi - t_b) / units[3],
+        )
+        metal = a[ai["metal_rate_kg_h"]]
+        econ = (-cfg.production_weight * metal + cfg.energy_weight * a[ai["power_kW"]] / metal
+                + cfg.undissolved_weight * x[si["undissolved_oxide_kg"]])
+        point = ca.Function("cell_mpc_point", [x, u, d, p], [res, ca.vertcat(t_b, c, t_m, margin), econ],
+                            ["x", "u", "d", "p"], ["res", "cv", "econ"], nondiff)
+        return step, point
 
-        def soft(xk: ca.SX, uk: ca.SX) -> tuple[ca.SX, list[ca.SX], ca.SX]:
-            """CVs (4), soft-constraint residuals without slack (>= 0 when met, in violation
-            units; rank of each = ``_SOFT_RANK``) and the aux vector at one point."""
-            a = m.aux(xk, uk, d, p)
-            margin, c = a[ai["ae_margin_A_cm2"]], a[ai["dissolved_oxide_wtpct"]]
-            t_b, t_m = xk[si["bath_temp_degC"]], xk[si["metal_temp_degC"]]
-            res = [
-                (margin - cfg.min_ae_margin_A_cm2) / units[0],
-                (t_m - p[i_melt] - cfg.metal_melting_margin_K) / units[1],
-                (c - ox_lo) / units[2],
-                (ox_hi - c) / units[2],
-                (t_b - tb_lo) / units[3],
-                (tb_hi - t_b) / units[3],
-            ]
-            return ca.vertcat(t_b, c, t_m, margin), res, a
+    def _build(self) -> None:
+        """The NLP (once, compiled when configured) and the functions that make cold guesses and
+        read trajectories out of a solution."""
+        m, cfg, N = self.model, self.cfg, self.N
+        nx, nu, nd, npar = len(m.states), len(m.inputs), len(m.disturbances), len(m.parameters)
+        nr = len(MPC_CV_RANKS)
+        self.nx, self.nu = nx, nu
+        step, point = self._stage_functions()
 
-        g_soft = []
-        cv_rows = []
-        J_soft = 0
-        J_econ = 0
-        for k in range(n_pts):
-            cv, res, a = soft(X[k], U[:, min(k, N - 1)])
-            cv_rows.append(cv)
-            g_soft += [r + S[_SOFT_RANK[j], k] for j, r in enumerate(res)]
-            for r in range(4):
-                pen = cfg.rank_penalties[r]
-                J_soft += pen * (S[r, k] + cfg.quadratic_penalty_ratio * S[r, k] ** 2)
-            if k < N:
-                metal = a[ai["metal_rate_kg_h"]]
-                J_econ += -cfg.production_weight * metal + cfg.energy_weight * a[ai["power_kW"]] / metal
-                J_econ += cfg.undissolved_weight * X[k][si["undissolved_oxide_kg"]]
-        # Cold initial guess for given inputs: states simulated from x0 (dynamics met) and the
-        # slacks the soft constraints need (met too).
-        Xr = [x0]
-        for k in range(N):
-            Xr.append(rk4(Xr[k], U[:, k]))
-        need = []
-        for k in range(n_pts):
-            _, res, _ = soft(Xr[k], U[:, min(k, N - 1)])
-            col = []
-            for r in range(4):
-                worst = ca.mmin(ca.vertcat(*[v for j, v in enumerate(res) if _SOFT_RANK[j] == r]))
-                col.append(ca.fmax(0.0, -worst) + _SLACK_START)
-            need.append(ca.vertcat(*col))
-        DZr = ca.horzcat(*[(Xr[k + 1] - x0) / xs for k in range(N)])
-        self._guess = ca.Function("cell_mpc_guess", [U, P], [DZr, ca.horzcat(*need)])
-        J_move = 0
-        for b in self.bindings.values():
-            wgt = cfg.move_weights.get(b.name, 1.0)
-            i = b.input_index
-            for k in range(N):
-                if b.kind is MvKind.INCREMENT:
-                    J_move += wgt * (U[i, k] / u_range[i]) ** 2
-                else:
-                    J_move += wgt * (g_du[k][i] / u_range[i]) ** 2
-        J_term = 0
+        x0, xs = ca.MX.sym("x0", nx), ca.MX.sym("xs", nx)
+        u_prev, d, p = ca.MX.sym("u_prev", nu), ca.MX.sym("d", nd), ca.MX.sym("p", npar)
+        u_range = ca.MX.sym("u_range", nu)  # scale of move suppression per input
+        P = ca.vertcat(x0, xs, u_prev, d, p, u_range)
+        DZ = ca.MX.sym("dz", nx, N)  # x_{k+1} = x0 + xs·dz_k, k = 0..N-1
+        U = ca.MX.sym("u", nu, N)
+        S = ca.MX.sym("s", nr, N + 1)  # slacks, scaled by violation_units
+        w = ca.vertcat(ca.vec(DZ), ca.vec(U), ca.vec(S))
+        self._n_dz, self._n_u, self._n_s = nx * N, nu * N, nr * (N + 1)
+
+        xs_n = ca.repmat(xs, 1, N)
+        X = ca.horzcat(x0, ca.repmat(x0, 1, N) + xs_n * DZ)  # nx × (N+1)
+        U_pts = ca.horzcat(U, U[:, N - 1])  # input at each point
+        F_scaled = step.map(N)(X[:, :N], U, d, p) / xs_n
+        X_scaled = X[:, 1:] / xs_n
+        g_du = U - ca.horzcat(u_prev, U[:, :N - 1])
+        # Increment MVs: position after each step (their input is a rate per hour).
+        self._inc = [b for b in self.bindings.values() if b.kind is MvKind.INCREMENT]
+        cum = ca.DM(np.triu(np.ones((N, N)))) * (self.step_s / 3600.0)
+        g_pos = ca.vertcat(*[ca.transpose(ca.mtimes(U[b.input_index, :], cum)) for b in self._inc])
+        res, cv, econ = point.map(N + 1)(X, U_pts, d, p)
+        S_res = S[list(_SOFT_RANK), :]  # the slack of each residual
+
+        pen = ca.DM(list(cfg.rank_penalties))
+        J_quad = ca.dot(pen, ca.sum2(S + cfg.quadratic_penalty_ratio * S ** 2))  # soft penalties
+        for b in self.bindings.values():  # move suppression
+            wgt, i = cfg.move_weights.get(b.name, 1.0), b.input_index
+            moved = U[i, :] if b.kind is MvKind.INCREMENT else g_du[i, :]
+            J_quad += wgt * ca.sumsqr(moved / u_range[i])
+        J_nl = ca.sum2(econ[:, :N]) / N
         if cfg.terminal_temp_rate_weight > 0:
-            dT_h = m.f(X[N], U[:, N - 1], d, p)[si["bath_temp_degC"]] * 3600.0
-            J_term = cfg.terminal_temp_rate_weight * dT_h ** 2
-        J = (J_soft + J_econ + J_move) / N + J_term
+            dT_h = m.f(X[:, N], U[:, N - 1], d, p)[m.state_names.index("bath_temp_degC")] * 3600.0
+            J_nl += cfg.terminal_temp_rate_weight * dT_h ** 2
+        J = J_quad / N + J_nl
 
-        g = ca.vertcat(*g_dyn, *g_du, *g_pos, *g_soft)
-        self._n_gdyn, self._n_gdu, self._n_gpos, self._n_gsoft = nx * N, nu * N, len(g_pos), len(g_soft)
+        # Constraints: nonlinear (per step) and linear parts, kept apart for the derivatives.
+        g_nl = ca.vertcat(ca.vec(F_scaled), ca.MX(nu * N + g_pos.numel(), 1), ca.vec(res))
+        g_lin = ca.vertcat(-ca.vec(X_scaled), ca.vec(g_du), g_pos, ca.vec(S_res))
+        self._n_gdyn, self._n_gdu, self._n_gsoft = nx * N, nu * N, len(_SOFT_RANK) * (N + 1)
+        self._n_gpos = g_pos.numel()
+        g = ca.vertcat(ca.vec(F_scaled - X_scaled), ca.vec(g_du), g_pos, ca.vec(res + S_res))
+        self._make_solvers(self._nlp_functions(w, P, (J_nl, J_quad / N), (g_nl, g_lin), g))
+        self._guess = self._guess_function(step, point, P, U)
+        self._readout = ca.Function("cell_mpc_readout", [w, P], [X, U, cv, S])
+
+    @staticmethod
+    def _nlp_functions(w: ca.MX, P: ca.MX, J_parts: tuple[ca.MX, ca.MX], g_parts: tuple[ca.MX, ca.MX],
+                       g: ca.MX) -> dict[str, ca.Function]:
+        """Objective, constraints and their derivatives as IPOPT needs them. Derivatives of the
+        nonlinear (per-step) and the linear/quadratic parts are taken apart, so that their
+        sparsity colours stay those of one step (few AD directions)."""
+        J = J_parts[0] + J_parts[1]
+        lam_f, lam_g = ca.MX.sym("lam_f"), ca.MX.sym("lam_g", g.numel())
+        jac = ca.jacobian(g_parts[0], w) + ca.jacobian(g_parts[1], w)
+        lag_nl = lam_f * J_parts[0] + ca.dot(lam_g, g_parts[0])
+        hess = ca.hessian(lag_nl, w)[0] + ca.hessian(lam_f * J_parts[1], w)[0]
+        return {
+            "nlp": ca.Function("cell_mpc_nlp", [w, P], [J, g], ["x", "p"], ["f", "g"]),
+            "grad_f": ca.Function("nlp_grad_f", [w, P], [J, ca.gradient(J, w)], ["x", "p"], ["f", "grad_f_x"]),
+            "jac_g": ca.Function("nlp_jac_g", [w, P], [g, jac], ["x", "p"], ["g", "jac_g_x"]),
+            "hess_lag": ca.Function("nlp_hess_l", [w, P, lam_f, lam_g], [ca.triu(hess)],
+                                    ["x", "p", "lam_f", "lam_g"], ["triu_hess_gamma_x_x"]),
+        }
+
+    def _guess_function(self, step: ca.Function, point: ca.Function, P: ca.MX, U: ca.MX) -> ca.Function:
+        """Cold initial guess for given inputs: states simulated from x0 (dynamics met) and the
+        slacks the soft constraints need plus ``_SLACK_START`` (met too)."""
+        N, nx, nu, nd = self.N, self.nx, self.nu, len(self.model.disturbances)
+        x0, xs = P[:nx], P[nx:2 * nx]
+        d = P[2 * nx + nu:2 * nx + nu + nd]
+        p = P[2 * nx + nu + nd:-nu]
+        Xr = step.mapaccum("cell_mpc_sim", N)(x0, U, d, p)  # nx × N
+        res = point.map(N + 1)(ca.horzcat(x0, Xr), ca.horzcat(U, U[:, N - 1]), d, p)[0]
+        r_sym = ca.SX.sym("r", len(_SOFT_RANK))
+        need = []
+        for r in range(len(MPC_CV_RANKS)):
+            worst = ca.mmin(ca.vertcat(*[r_sym[j] for j, rank in enumerate(_SOFT_RANK) if rank == r]))
+            need.append(ca.fmax(0.0, -worst) + _SLACK_START)
+        need_fn = ca.Function("cell_mpc_need", [r_sym], [ca.vertcat(*need)])
+        DZr = (Xr - ca.repmat(x0, 1, N)) / ca.repmat(xs, 1, N)
+        return ca.Function("cell_mpc_guess", [U, P], [DZr, need_fn.map(N + 1)(res)])
+
+    def _make_solvers(self, funcs: dict[str, ca.Function]) -> None:
+        """Warm and cold IPOPT solvers sharing one set of NLP functions: compiled C when configured
+        and a compiler works, else expanded to CasADi's SX interpreter."""
+        cfg = self.cfg
         common = {
             "ipopt.print_level": 0, "print_time": False, "ipopt.sb": "yes",
+            "calc_lam_p": False, "no_nlp_grad": True,  # no parameter multipliers: nothing to derive
             "ipopt.max_iter": cfg.max_iter, "ipopt.tol": cfg.tol, "ipopt.acceptable_tol": cfg.acceptable_tol,
             "ipopt.acceptable_iter": 5,
         }
+        if not cfg.mumps_scaling:
+            common.update({"ipopt.mumps_scaling": 0, "ipopt.mumps_permuting_scaling": 0})
         # Warm: from the shifted last solution. Gradient-based scaling would shrink the objective
         # by the soft penalties and drown the economic terms in the barrier; unscaled with a small
         # initial barrier a warm solve takes a few iterations.
@@ -318,14 +415,15 @@ class CellMpc:
         # Cold: first solve, and retry when the warm one fails (far from the last solution a small
         # barrier crawls); IPOPT's robust defaults from a simulated initial guess.
         cold = {**common, "ipopt.mu_init": 0.1, **self.ipopt_options}
-        nlp = ca.Function("cell_mpc_nlp", [w, P], [J, g], ["x", "p"], ["f", "g"])
-        self._warm = ca.nlpsol("cell_mpc_warm", "ipopt", nlp, warm)
-        shared = {name: self._warm.get_function(f"nlp_{fn}")  # derivatives built once, for both
-                  for name, fn in (("hess_lag", "hess_l"), ("jac_g", "jac_g"), ("grad_f", "grad_f"))}
-        self._cold = ca.nlpsol("cell_mpc_cold", "ipopt", nlp, {**cold, **shared})
-        cv = ca.horzcat(*cv_rows)  # 4 × (N+1)
-        Xm = ca.horzcat(*X)
-        self._readout = ca.Function("cell_mpc_readout", [w, P], [Xm, U, cv, S])
+        compiled = None
+        if cfg.compile_nlp:
+            compiled = compile_functions(funcs, cfg.compiler, cache_dir(cfg.compile_cache_dir))
+        self.compiled = compiled is not None
+        """True when the NLP functions run as compiled C (see ``MpcSection.compile_nlp``)."""
+        funcs = compiled if compiled is not None else {k: f.expand() for k, f in funcs.items()}
+        shared = {k: v for k, v in funcs.items() if k != "nlp"}
+        self._warm = ca.nlpsol("cell_mpc_warm", "ipopt", funcs["nlp"], {**warm, **shared})
+        self._cold = ca.nlpsol("cell_mpc_cold", "ipopt", funcs["nlp"], {**cold, **shared})
 
     # ------------------------------------------------------------ protocol
     def reset(self) -> None:

@@ -331,6 +331,19 @@ class MpcSection:
     """IPOPT convergence tolerance."""
     acceptable_tol: float = 1.0e-4
     """IPOPT acceptable tolerance (accepted after a few iterations at this level)."""
+    mumps_scaling: bool = False
+    """Let MUMPS scale (and permute for scaling) the KKT system of every IPOPT iteration. Off by
+    default: the NLP is scaled by construction (state deviations, violation units), and the
+    scaling analysis is a large share of a warm solve's linear algebra."""
+    compile_nlp: bool = True
+    """Compile the NLP functions (model, derivatives) to C with ``compiler``, once per generated
+    source (cached by its hash in ``compile_cache_dir``); without a working compiler they stay
+    interpreted (same results, slower), with a log message."""
+    compiler: str = "gcc"
+    """C compiler command for ``compile_nlp``."""
+    compile_cache_dir: str = ""
+    """Directory of the compiled NLP libraries; empty: ``$XDG_CACHE_HOME/apc/cell_mpc``
+    (``~/.cache/apc/cell_mpc``)."""
 
     def __post_init__(self) -> None:
         if self.horizon_steps < 2:
