@@ -90,14 +90,14 @@ DEFAULT_INITIAL_STD = {
 
 DEFAULT_PROCESS_STD_PER_SQRT_H = {
     "dissolved_oxide_kg": 0.02,
-    "undissolved_oxide_kg": 0.08,
+    "undissolved_oxide_kg": 0.2,
     "bath_temp_degC": 0.1,
     "metal_temp_degC": 8.0,
-    "acd_cm": 0.005,
+    "acd_cm": 0.01,
     "metal_pool_kg": 0.3,
     "heat_loss_bias": 0.001,
     "ce_bias": 0.0005,
-    "conductivity_bias": 0.0005,
+    "conductivity_bias": 0.002,
     "saturation_bias": 0.001,
     "wear_bias": 0.0,
     "dissolution_bias": 0.0,
@@ -109,9 +109,10 @@ controller, 3–7 days, with the tapped-metal counter bound; seeds 11+ are
 for evaluation). The metal node settles within minutes on the bath
 temperature; its large white noise stands for the uncertain bath-to-metal and
 metal-to-ambient heat transfer (a steady offset of a few K), not for real
-wandering. The gap and the conductivity bias move little: the voltage only
-sees their product, and a random walk on both lets the estimate drift along
-the unobservable direction."""
+wandering. The voltage sees only the product of gap and conductivity: the
+random walks on both let the uncertainty grow along that unobservable
+direction (between gap measurements the split is not known), as the reported
+gap σ must show."""
 
 BOUNDS = {
     "dissolved_oxide_kg": (0.05, 50.0),
