@@ -125,19 +125,24 @@ def build_estimator(recipe: Recipe, recipe_dir: Path | None = None,
     raise AssemblyError(f"estimator kind {recipe.estimator.kind!r} is not available")
 
 
-def build_controller(recipe: Recipe, kind: ControllerKind | None = None) -> Controller:
-    """The recipe's controller (or ``kind`` when the command line overrides it)."""
+def build_controller(recipe: Recipe, kind: ControllerKind | None = None, *, real_time: bool = False) -> Controller:
+    """The recipe's controller (or ``kind`` when the command line overrides it).
+
+    ``real_time``: the unit runs on the wall clock (``apc run``); solvers then
+    also honour their wall-time budget. Virtual-time runs cap iterations only,
+    so they stay deterministic.
+    """
     kind = kind or recipe.controller.kind
     if kind == "baseline":
         if recipe.controller.baseline is None:
             raise AssemblyError("controller.baseline section is missing")
         return TrackingFeedController(recipe.controller.baseline, _role_names(recipe))
     if kind == "mpc":
-        return _build_mpc(recipe)
+        return _build_mpc(recipe, real_time)
     raise AssemblyError(f"controller {kind!r} is not available in this version")
 
 
-def _build_mpc(recipe: Recipe) -> Controller:
+def _build_mpc(recipe: Recipe, real_time: bool) -> Controller:
     """The cell MPC on the recipe's nominal model; it predicts from the Kalman filter's states."""
     section = recipe.controller
     if section.mpc is None:
@@ -154,7 +159,8 @@ def _build_mpc(recipe: Recipe) -> Controller:
     model = get_model(recipe.model.name)
     try:
         return CellMpc(model, model.parameter_vector(recipe.model.parameters), section.mpc, recipe.io.mvs,
-                       recipe.limits, recipe.period_s, section.period_multiple, section.hold_cycles)
+                       recipe.limits, recipe.period_s, section.period_multiple, section.hold_cycles,
+                       real_time=real_time)
     except ValueError as exc:
         raise AssemblyError(str(exc)) from None
 
@@ -176,8 +182,9 @@ def build_sim_unit(
     record_path: Path | None = None,
     with_kpis: bool = True,
     header_extra: dict[str, Any] | None = None,
+    real_time: bool = False,
 ) -> tuple[Unit, SimulatedCellIO]:
-    """A unit controlling an in-process simulated cell."""
+    """A unit controlling an in-process simulated cell (``real_time``: see :func:`build_controller`)."""
     recipe = loaded.recipe
     plant = CellPlant(scenario, seed)
     io = SimulatedCellIO(plant, clock.monotonic, clock.utc)
@@ -185,7 +192,7 @@ def build_sim_unit(
     if missing:
         raise AssemblyError(f"recipe {loaded.path.name} binds tags the simulator does not serve: {missing}")
     kpis = kpi_config(recipe, scenario)
-    controller = build_controller(recipe, controller_kind)
+    controller = build_controller(recipe, controller_kind, real_time=real_time)
     recorder: Recorder = NullRecorder()
     if record_path is not None:
         header = {

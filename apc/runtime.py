@@ -73,7 +73,7 @@ async def run_site(
             scenario = load_scenario(su.plant.scenario)
             unit, _ = build_sim_unit(
                 su.name, loaded.recipes[su.name], scenario, su.plant.seed, clock, audit=audit,
-                record_path=rdir / f"{su.name}-{stamp}.apcrec",
+                record_path=rdir / f"{su.name}-{stamp}.apcrec", real_time=True,
             )
             unit.request_mode(Mode(su.requested_mode), who="site file", where=str(loaded.path), utc=clock.utc())
             units.append(unit)

@@ -20,6 +20,16 @@ oxide band > bath-temperature band (soft constraints with L1 + small L2
 penalties, separated by orders of magnitude, so the lowest rank gives way
 first) > production (metal kg/h) > energy per kg, plus move suppression.
 
+Speed: one RK4 step and one CV point are small SX functions mapped over the
+horizon, so the constraint Jacobian and the Lagrangian Hessian are built per
+step (derivatives of the nonlinear parts taken apart from the linear and
+quadratic ones keep AD at one step's 9 directions). Those NLP functions are
+compiled to C once per generated source with the system compiler and cached
+by its hash (``MpcSection.compile_nlp``, ``compiler``, ``compile_cache_dir``);
+without a working compiler they are expanded to SX and interpreted, with a
+log message (same optimum, slower). ``max_solve_wall_s`` caps an IPOPT
+attempt in real time only (``real_time=True``); offline only ``max_iter`` does.
+
 Runtime behaviour: solve every ``period_multiple`` cycles (and at once when
 the enable flags change); in between return the current move of the plan,
 rate-limited per cycle so the guard never clamps. Warm start from the
@@ -71,6 +81,9 @@ needs, so the interior-point start is feasible and off the slack bounds."""
 
 _REL_MARGIN = 1e-6
 """Moves stay this share inside rate and step limits (float rounding vs the guard)."""
+
+_TIMED_OUT = "Maximum_WallTime_Exceeded"
+"""IPOPT's status when ``max_solve_wall_s`` ran out."""
 
 _log = logging.getLogger(__name__)
 
@@ -198,18 +211,22 @@ class CellMpc:
         Solve every this many base periods.
     hold_cycles : int
         Failed solves during which the last plan is followed before FAILED.
+    real_time : bool
+        Running against the wall clock (the runtime): applies ``cfg.max_solve_wall_s``. Offline
+        simulation leaves it False, so that only the iteration cap limits a solve (deterministic).
     """
 
     ipopt_options: dict[str, object] = {}
 
     def __init__(self, model: ProcessModel, p_nominal: np.ndarray, cfg: MpcSection, mvs: Mapping[str, MvSpec],
                  limits: Mapping[str, MvLimits], period_s: float, period_multiple: int = 1,
-                 hold_cycles: int = 6) -> None:
+                 hold_cycles: int = 6, real_time: bool = False) -> None:
         self.model = model
         self.cfg = cfg
         self.period_s = float(period_s)
         self.solve_every_s = float(period_multiple) * self.period_s
         self.hold_cycles = int(hold_cycles)
+        self.real_time = bool(real_time)
         self.N = cfg.horizon_steps
         self.step_s = cfg.step_multiple * self.period_s
         self.p_nominal = np.asarray(p_nominal, dtype=float)
@@ -406,6 +423,8 @@ class CellMpc:
         }
         if not cfg.mumps_scaling:
             common.update({"ipopt.mumps_scaling": 0, "ipopt.mumps_permuting_scaling": 0})
+        if self.real_time and cfg.max_solve_wall_s > 0:
+            common["ipopt.max_wall_time"] = cfg.max_solve_wall_s
         # Warm: from the shifted last solution. Gradient-based scaling would shrink the objective
         # by the soft penalties and drown the economic terms in the barrier; unscaled with a small
         # initial barrier a warm solve takes a few iterations.
@@ -645,7 +664,7 @@ class CellMpc:
                 args.update(lam_x0=lam_x0, lam_g0=lam_g0)
             res, iters, elapsed, status = self._run(self._warm, args)
             how = "warm"
-        if res is None:
+        if res is None and status != _TIMED_OUT:  # a timed-out attempt used the solve's budget
             first = f"warm {status} after {iters} it, " if how == "warm" else ""
             res, it2, t2, status = self._run(self._cold, dict(x0=self._cold_guess(P, u_now, lbx, ubx), **bounds))
             iters, elapsed = iters + it2, elapsed + t2

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
+import casadi as ca
 import pytest
 
 from apc.assembly import AssemblyError, build_controller, load
@@ -16,7 +19,8 @@ from apc.recipe.schema import MpcSection, Recipe
 from apc.recorder import iter_record
 from apc.simulate import simulate
 from apc.types import Estimate, MvKind, SolverStatus
-from controllers.cell_mpc import PREDICTED, CellMpc
+from controllers import cell_mpc
+from controllers.cell_mpc import PREDICTED, CellMpc, cache_dir, compile_functions
 from sim.models import get_model
 from sim.scenario import load_scenario
 
@@ -220,3 +224,91 @@ def test_predicted_trajectories_cover_the_horizon(loaded: LoadedRecipe) -> None:
     assert all(len(v) == n and all(math.isfinite(x) for x in v) for v in plan.predicted.values())
     assert plan.predicted["bath_temp_degC"][0] == 1052.0
     assert plan.iterations > 0 and plan.solve_time_s > 0.0
+
+
+def test_compiled_and_interpreted_nlp_give_the_same_plan(loaded: LoadedRecipe) -> None:
+    """The compiled NLP functions and the interpreted fallback plan the same moves and trajectories."""
+    compiled, interpreted = make(loaded.recipe), make(loaded.recipe, compile_nlp=False)
+    assert compiled.compiled and not interpreted.compiled
+    for k, e in enumerate((est(), est(oxide_kg=8.0, bath=1058.0))):
+        a = compiled.step(60.0 * k, e, APPLIED, all_on(), {})
+        b = interpreted.step(60.0 * k, e, APPLIED, all_on(), {})
+        assert a.status is b.status is SolverStatus.OK and a.iterations == b.iterations
+        assert a.moves == pytest.approx(b.moves, rel=1e-7, abs=1e-9)
+        for name in PREDICTED:
+            assert a.predicted[name] == pytest.approx(b.predicted[name], rel=1e-7, abs=1e-9)
+
+
+def test_missing_compiler_falls_back_to_interpreter_with_log(loaded: LoadedRecipe, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A compiler that is not installed: a warning names it, nothing is cached, the MPC still solves."""
+    with caplog.at_level(logging.WARNING, logger="controllers.cell_mpc"):
+        c = make(loaded.recipe, compiler="no-such-cc-3f9a", compile_cache_dir=str(tmp_path))
+    assert not c.compiled
+    assert any("no-such-cc-3f9a" in r.getMessage() and "interpreted" in r.getMessage() for r in caplog.records)
+    assert list(tmp_path.iterdir()) == []
+    assert c.step(0.0, est(), APPLIED, all_on(), {}).status is SolverStatus.OK
+
+
+def _square() -> dict[str, ca.Function]:
+    x = ca.SX.sym("x", 2)
+    return {"f": ca.Function("bench_square", [x], [ca.sumsqr(x)], ["x"], ["y"])}
+
+
+def test_compile_cache_keyed_by_source_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One library per generated source, loaded again without compiling; a failing compiler gives None."""
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc on this machine")
+    first = compile_functions(_square(), "gcc", tmp_path)
+    assert first is not None and float(first["f"]([1.0, 2.0])) == 5.0
+    libs = list(tmp_path.glob("cell_mpc_*.so"))
+    assert len(libs) == 1
+
+    def no_compiler(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("compiled again although cached")
+
+    monkeypatch.setattr(cell_mpc.subprocess, "run", no_compiler)
+    again = compile_functions(_square(), "gcc", tmp_path)
+    assert again is not None and float(again["f"]([3.0, 0.0])) == 9.0
+    monkeypatch.undo()
+    assert list(tmp_path.glob("cell_mpc_*.so")) == libs
+    assert compile_functions(_square(), "false", tmp_path / "other") is None  # compiler exits non-zero
+    assert cache_dir("").name == "cell_mpc" and cache_dir(str(tmp_path)) == tmp_path
+
+
+def test_new_tuning_fields_have_working_defaults() -> None:
+    """Compilation is on by default with gcc, MUMPS scaling off; an empty compiler is refused."""
+    cfg = MpcSection()
+    assert cfg.compile_nlp and cfg.compiler == "gcc" and cfg.compile_cache_dir == "" and not cfg.mumps_scaling
+    with pytest.raises(ValueError, match="compiler"):
+        MpcSection(compiler="")
+
+
+def test_wall_time_budget_applies_in_real_time_only(loaded: LoadedRecipe) -> None:
+    """A tiny max_solve_wall_s fails a real-time solve (one attempt, reason given); offline it is ignored."""
+    offline = make(loaded.recipe, max_solve_wall_s=1e-9)
+    assert offline.step(0.0, est(), APPLIED, all_on(), {}).status is SolverStatus.OK
+    r = loaded.recipe
+    cfg = dataclasses.replace(r.controller.mpc, max_solve_wall_s=1e-9)  # type: ignore[arg-type]
+    model = get_model(r.model.name)
+    online = CellMpc(model, model.parameter_vector(r.model.parameters), cfg, r.io.mvs, r.limits, r.period_s,
+                     real_time=True)
+    plan = online.step(0.0, est(), APPLIED, all_on(), {})
+    assert plan.status is SolverStatus.FAILED and "Maximum_WallTime_Exceeded" in plan.reason
+    assert "cold" in plan.reason and "warm" not in plan.reason  # first solve: one cold attempt only
+    with pytest.raises(ValueError, match="max_solve_wall_s"):
+        MpcSection(max_solve_wall_s=-1.0)
+
+
+def test_runtime_builds_the_mpc_for_wall_clock_and_sim_for_virtual_time(tmp_path: Path) -> None:
+    """apc run's units get real_time=True (wall-time budget applies); apc sim's get False (deterministic)."""
+    from apc.assembly import build_sim_unit
+    from apc.audit import null_logger
+    from apc.clock import VirtualClock
+    from tests.helpers.sim_harness import ND_RECIPE
+
+    loaded = load(ND_RECIPE)
+    for real_time in (True, False):
+        unit, _ = build_sim_unit("u", loaded, load_scenario("nominal"), 1, VirtualClock(), audit=null_logger(),
+                                 controller_kind="mpc", real_time=real_time)
+        assert isinstance(unit.controller, CellMpc) and unit.controller.real_time is real_time

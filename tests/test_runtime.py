@@ -19,7 +19,7 @@ from apc.recorder import read_record
 from apc.unit import Unit
 from tests.helpers.sim_harness import ND_RECIPE
 
-SPEED = 2000.0  # 5 s cycles every 2.5 ms of real time
+SPEED = 500.0  # 5 s cycles every 10 ms of real time (room for the filter on a loaded machine)
 
 
 class EstimatorDown:
@@ -95,7 +95,7 @@ def test_failing_unit_does_not_stop_the_other(tmp_path: Path, built: dict[str, U
     site = load_site_file(write_site(tmp_path))
     out = io.StringIO()
     rdir = tmp_path / "rec"
-    code = asyncio.run(runtime.run_site(site, speed=SPEED, hours=0.75, record_dir=rdir, out=out))
+    code = asyncio.run(runtime.run_site(site, speed=SPEED, hours=1.0, record_dir=rdir, out=out))
     text = out.getvalue()
     assert code == 1  # errors happened
     good_cycles, _, good_errors = summary(text, "good")

@@ -331,6 +331,11 @@ class MpcSection:
     """IPOPT convergence tolerance."""
     acceptable_tol: float = 1.0e-4
     """IPOPT acceptable tolerance (accepted after a few iterations at this level)."""
+    max_solve_wall_s: float = 0.0
+    """Wall-time budget of one IPOPT attempt in real-time operation, s (0: none). A warm attempt
+    that runs out is not retried cold (the last plan is held). Applied only by a controller built
+    for real time; offline simulation (``apc sim``) is capped by ``max_iter`` alone and stays
+    deterministic."""
     mumps_scaling: bool = False
     """Let MUMPS scale (and permute for scaling) the KKT system of every IPOPT iteration. Off by
     default: the NLP is scaled by construction (state deviations, violation units), and the
@@ -370,6 +375,10 @@ class MpcSection:
             raise ValueError("max_iter must be >= 1")
         if not (0 < self.tol <= self.acceptable_tol):
             raise ValueError("need 0 < tol <= acceptable_tol")
+        if not 0 <= self.max_solve_wall_s < float("inf"):
+            raise ValueError("max_solve_wall_s must be a finite number >= 0 (0: no wall-time budget)")
+        if self.compile_nlp and not self.compiler.strip():
+            raise ValueError("compiler must name a C compiler when compile_nlp is on")
 
 
 @dataclass(frozen=True)
