@@ -286,10 +286,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--analyse-only", action="store_true",
                     help="re-read the records already in --record-dir instead of running")
+    ap.add_argument("--time-only", action="store_true",
+                    help="only time the estimator on the first seed's record already in --record-dir")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     record_dir = args.record_dir or tempfile.mkdtemp(prefix="estimator_accuracy_")
     Path(record_dir).mkdir(parents=True, exist_ok=True)
+    if args.time_only:
+        _print_step_time(Path(record_dir), seeds[0])
+        return
     print(f"estimator accuracy: {RECIPE.name}, nominal scenario, seeds {seeds}, {args.days:g} days, "
           f"baseline controller, burn-in {BURN_IN_H:g} h\nrecords: {record_dir}")
     jobs = [(s, args.days * 24.0, record_dir, not args.analyse_only) for s in seeds]
@@ -298,9 +303,12 @@ def main() -> None:
     for variant in VARIANTS:
         verdicts = _print_variant(variant, results)
         print(f"{variant}: {sum(verdicts)}/{len(verdicts)} targets met")
-    # Timed alone: the parallel replays share the cores.
-    seed = seeds[0]
-    record = Path(record_dir) / f"estimator_accuracy_seed{seed}.jsonl"
+    _print_step_time(Path(record_dir), seeds[0])
+
+
+def _print_step_time(record_dir: Path, seed: int) -> None:
+    """Time the shipped estimator on one record, alone (the parallel replays share the cores)."""
+    record = record_dir / f"estimator_accuracy_seed{seed}.jsonl"
     initial = load_scenario("nominal").initial.get("dissolved_oxide_wtpct", 2.0)
     t_ms = np.asarray(replay(record, load(RECIPE).recipe, "ekf", initial).step_s) * 1e3
     med, p99 = float(np.median(t_ms)), float(np.percentile(t_ms, 99))

@@ -1,7 +1,7 @@
 """Solve time of the cell MPC against a plain do-mpc set-up of the same problem.
 
 1. Records one closed-loop sequence (estimates, readbacks, enable flags) from
-   an MPC run of the recipe (default: the MPC fixture, 24 h, seed 11), or
+   an MPC run of the recipe (default: the shipped recipe with --controller mpc, 24 h, seed 11), or
    takes an existing flight record (``--record``).
 2. Replays that sequence, single-threaded (pinned to one CPU, BLAS/OpenMP
    threads 1), through a fresh ``CellMpc`` and through ``DoMpcPlain``
@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dompc_plain import DoMpcPlain  # noqa: E402  (bench-only module beside this script)
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE = ROOT / "tests" / "fixtures" / "mpc" / "nd_cell_mpc.yaml"
+RECIPE = ROOT / "recipes" / "nd_cell_6ka.yaml"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +185,7 @@ def print_kpis(ours: dict[str, Any], plain: dict[str, Any]) -> None:
 def main() -> None:
     """Record (or read) the sequence, time both controllers on it, print the comparison."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("recipe", nargs="?", type=Path, default=FIXTURE)
+    ap.add_argument("recipe", nargs="?", type=Path, default=RECIPE)
     ap.add_argument("--hours", type=float, default=24.0)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--record", type=Path, help="flight record of an MPC run to replay (else one is made)")

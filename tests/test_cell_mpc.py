@@ -312,3 +312,22 @@ def test_runtime_builds_the_mpc_for_wall_clock_and_sim_for_virtual_time(tmp_path
         unit, _ = build_sim_unit("u", loaded, load_scenario("nominal"), 1, VirtualClock(), audit=null_logger(),
                                  controller_kind="mpc", real_time=real_time)
         assert isinstance(unit.controller, CellMpc) and unit.controller.real_time is real_time
+
+
+def test_bath_band_gives_way_to_metal_above_melting(loaded: LoadedRecipe) -> None:
+    """When metal above melting (rank 2) and the bath band (rank 4) conflict, the bath band is the one violated."""
+    cfg = loaded.recipe.controller.mpc
+    assert cfg is not None
+    band = (1045.0, 1050.0)
+    # Metal must be 40 K above its melting point (>= 1061 degC): only a bath above its band can get it there.
+    conflict = make(loaded.recipe, bath_temp_band_degC=band, metal_melting_margin_K=40.0)
+    plan = conflict.step(0.0, est(bath=1050.0, metal=1035.0), APPLIED, all_on(), {})
+    assert plan.status in (SolverStatus.OK, SolverStatus.HELD)
+    bath, metal = plan.predicted["bath_temp_degC"], plan.predicted["metal_temp_degC"]
+    assert max(bath) > band[1] + 2.0  # the lower rank gives way ...
+    assert metal[-1] > metal[0] + 2.0  # ... to push the metal toward its margin
+    assert conflict.planned("current_sp")[0] >= APPLIED["current_sp"]  # heats with more current
+    # Without the conflict the same start keeps the bath inside its band.
+    relaxed = make(loaded.recipe, bath_temp_band_degC=band, metal_melting_margin_K=10.0)
+    plan = relaxed.step(0.0, est(bath=1050.0, metal=1035.0), APPLIED, all_on(), {})
+    assert max(plan.predicted["bath_temp_degC"]) <= band[1] + 0.5
