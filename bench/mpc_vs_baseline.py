@@ -27,7 +27,7 @@ import argparse
 import asyncio
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,10 +124,17 @@ def main() -> None:
     print(f"MPC vs baseline: {RECIPE.name} (sha256 {loaded.sha256[:12]}), scenario {args.scenario}, "
           f"seeds {seeds}, {args.days:g} days each\n"
           f"simulator_sha256 {simulator_sha256()}\n"
-          f"baseline_sha256  {baseline_sha256((loaded.recipe.controller.baseline, loaded.recipe.estimator.filtered))}")
+          f"baseline_sha256  {baseline_sha256((loaded.recipe.controller.baseline, loaded.recipe.estimator.filtered))}",
+          flush=True)
     jobs = [(s, c, args.days * 24.0, args.scenario) for s in seeds for c in CONTROLLERS]
+    runs: dict[tuple[int, str], Run] = {}
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        runs = {(r.seed, r.controller): r for r in pool.map(_job, jobs)}
+        for fut in as_completed([pool.submit(_job, j) for j in jobs]):
+            r = fut.result()
+            runs[(r.seed, r.controller)] = r
+            print(f"done seed {r.seed} {r.controller:8s} in {r.wall_s:5.0f} s: "
+                  + ", ".join(f"{k} {float(r.kpis[k]):.3f}" for k in SHOWN)
+                  + f", metal min {r.metal_temp_min_degC:.1f} degC", flush=True)
     head = " ".join(f"{k[:14]:>14s}" for k in SHOWN)
     print(f"\n{'seed':>4s} {'ctrl':8s} {head} {'Tmetal min':>10s} {'solve med/p99 ms':>17s}")
     all_checks: dict[str, list[bool]] = {}
