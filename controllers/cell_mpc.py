@@ -119,6 +119,11 @@ def compile_functions(funcs: Mapping[str, ca.Function], compiler: str,
     src = generate_c(funcs)
     key = hashlib.sha256("\0".join((src, compiler, *COMPILE_FLAGS, ca.__version__)).encode()).hexdigest()
     lib = directory / f"cell_mpc_{key[:24]}.so"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not _private(directory) or (lib.exists() and not _private(lib)):
+        _log.warning("cell MPC: %s is not private to this user (owner or group/other write); compiled code "
+                     "is not loaded from it, NLP functions stay interpreted (slower)", directory)
+        return None
     if not lib.exists():
         exe = shutil.which(compiler)
         if exe is None:
@@ -138,9 +143,15 @@ def compile_functions(funcs: Mapping[str, ca.Function], compiler: str,
         return None
 
 
+def _private(path: Path) -> bool:
+    """Owned by this user and writable by nobody else: a shared library loaded from it runs in
+    the control process."""
+    st = path.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def _compile(exe: str, src: str, lib: Path) -> None:
     """Compile ``src`` into ``lib`` atomically (a temporary name, then a rename)."""
-    lib.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=lib.parent, prefix=".build_") as tmp:
         c_file = Path(tmp) / "cell_mpc_nlp.c"
         c_file.write_text(src)

@@ -276,6 +276,22 @@ def test_compile_cache_keyed_by_source_and_reused(tmp_path: Path, monkeypatch: p
     assert cache_dir("").name == "cell_mpc" and cache_dir(str(tmp_path)) == tmp_path
 
 
+def test_compiled_code_is_not_loaded_from_a_shared_directory(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A cache directory others may write to is refused (interpreted fallback, logged), never loaded from."""
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc on this machine")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with caplog.at_level(logging.WARNING, logger=cell_mpc.__name__):
+        assert compile_functions(_square(), "gcc", shared) is None
+    assert "not private" in caplog.text and not list(shared.glob("*.so"))
+    private = tmp_path / "private"
+    assert compile_functions(_square(), "gcc", private) is not None
+    assert private.stat().st_mode & 0o777 == 0o700
+
+
 def test_new_tuning_fields_have_working_defaults() -> None:
     """Compilation is on by default with gcc, MUMPS scaling off; an empty compiler is refused."""
     cfg = MpcSection()
