@@ -157,6 +157,7 @@ class SimulatedCellIO:
         self.dcs = DcsSide(plant, sc.dcs_shed_timeout_s, sc.dcs_local_feed_kg_h, sc.dcs_heartbeat_period_s)
         self._now_s = now_s
         self._utc = utc
+        self._utc0: float | None = None
         self._connected = False
 
     def tags(self) -> frozenset[str]:
@@ -181,7 +182,11 @@ class SimulatedCellIO:
         """Read ``tags``: measurements with quality and sample times, DCS tags good."""
         now = self._sync()
         utc = self._utc()
-        utc0 = utc - now
+        if self._utc0 is None:
+            # Fixed once: recomputed per read on a real clock it would jitter, and a lab or dip
+            # sample would come back with a new sample time (a "new" sample) every cycle.
+            self._utc0 = utc - now
+        utc0 = self._utc0
         meas = self.plant.measurements()
         dcs = self.dcs.readbacks(now)
         out: dict[str, Sample] = {}
