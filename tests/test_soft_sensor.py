@@ -306,3 +306,11 @@ def test_filter_measurement_at_most_once_per_interval(tmp_path: Path) -> None:
     fused = [t for t in range(0, 1800, 60)
              if ss.update(float(t), {"cell_voltage": voltage(8.5, float(t))}, {})[0] is not None]
     assert fused == [0, 600, 1200]
+
+
+def test_bad_filter_settings_are_refused() -> None:
+    """A non-positive measurement_std or a negative filter_interval_s is refused with the field named."""
+    with pytest.raises(ValueError, match="measurement_std"):
+        section(measurement_std=0.0)
+    with pytest.raises(ValueError, match="filter_interval_s"):
+        section(filter_interval_s=-1.0)

@@ -229,6 +229,12 @@ class SoftSensorSection:
     """Shortest time between two fusions into the filter (≈ the correlation
     time of its error)."""
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.measurement_std < float("inf"):
+            raise ValueError("measurement_std must be a finite number > 0")
+        if not 0.0 <= self.filter_interval_s < float("inf"):
+            raise ValueError("filter_interval_s must be a finite number >= 0")
+
 
 @dataclass(frozen=True)
 class EstimatorSection:
