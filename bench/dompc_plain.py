@@ -119,15 +119,10 @@ class DoMpcPlain(CellMpc):
     def _solve(self, t_s: float, estimate: Estimate, applied: Mapping[str, float], en: Mapping[str, bool],
                measured: Mapping[str, float], warm: bool = True) -> tuple[_Solution | None, int, float, str]:
         """One do-mpc ``make_step`` with this cycle's parameters and input bounds."""
-        try:
-            x0 = np.array([float(estimate.value(n)) for n in self.model.state_names])
-        except (ValueError, KeyError) as exc:
-            return None, 0, 0.0, f"estimate lacks model states ({exc})"
-        p = self._parameters(estimate)
-        u_now = self._inputs_now(estimate, applied)
-        d = self._disturbances(measured)
-        if not np.all(np.isfinite(np.concatenate([x0, p, u_now, d]))):
-            return None, 0, 0.0, "non-finite estimate, parameter, readback or disturbance"
+        data = self._problem_data(estimate, applied, measured)
+        if isinstance(data, str):
+            return None, 0, 0.0, data
+        x0, p, u_now, d = data
         mpc = self._mpc
         lbx, ubx, _, _ = self._bounds(t_s, u_now, applied, en)
         i1 = self._n_dz

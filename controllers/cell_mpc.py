@@ -644,21 +644,30 @@ class CellMpc:
             np.all(np.isfinite(np.asarray(res["x"]))))
         return (res if ok else None), iters, elapsed, status
 
-    def _solve(self, t_s: float, estimate: Estimate, applied: Mapping[str, float], en: Mapping[str, bool],
-               measured: Mapping[str, float], warm: bool = True) -> tuple[_Solution | None, int, float, str]:
-        """Warm attempt from the last solution (when there is one and ``warm``), else or when it
-        fails a cold attempt; returns (solution or None, iterations, wall seconds, reason)."""
+    def _problem_data(self, estimate: Estimate, applied: Mapping[str, float], measured: Mapping[str, float]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | str:
+        """(x0, parameters, inputs now, disturbances) of this solve, or why there is none (missing
+        states; a non-finite number, increment positions included)."""
         try:
             x0 = np.array([float(estimate.value(n)) for n in self.model.state_names])
         except (ValueError, KeyError) as exc:
-            return None, 0, 0.0, f"estimate lacks model states ({exc})"
+            return f"estimate lacks model states ({exc})"
         p = self._parameters(estimate)
         u_now = self._inputs_now(estimate, applied)
         d = self._disturbances(measured)
         pos = [float(applied[b.name]) for b in self._inc]
-        numbers = np.concatenate([x0, p, u_now, d, pos])
-        if not np.all(np.isfinite(numbers)):
-            return None, 0, 0.0, "non-finite estimate, parameter, readback or disturbance"
+        if not np.all(np.isfinite(np.concatenate([x0, p, u_now, d, pos]))):
+            return "non-finite estimate, parameter, readback or disturbance"
+        return x0, p, u_now, d
+
+    def _solve(self, t_s: float, estimate: Estimate, applied: Mapping[str, float], en: Mapping[str, bool],
+               measured: Mapping[str, float], warm: bool = True) -> tuple[_Solution | None, int, float, str]:
+        """Warm attempt from the last solution (when there is one and ``warm``), else or when it
+        fails a cold attempt; returns (solution or None, iterations, wall seconds, reason)."""
+        data = self._problem_data(estimate, applied, measured)
+        if isinstance(data, str):
+            return None, 0, 0.0, data
+        x0, p, u_now, d = data
         xs = np.maximum(0.1 * np.abs(x0), 1.0)
         u_range = np.ones(self.nu)
         for b in self.bindings.values():
