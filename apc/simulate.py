@@ -9,15 +9,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from apc.assembly import ControllerKind, build_sim_unit
 from apc.audit import null_logger
 from apc.clock import VirtualClock
 from apc.provenance import baseline_sha256, simulator_sha256
 from apc.recipe.loader import LoadedRecipe
-from apc.scheduler import run_periodic
+from apc.scheduler import ScheduleStats, run_periodic
 from apc.types import Mode
+from apc.unit import Unit
 from sim.scenario import Scenario
 
 
@@ -67,18 +68,27 @@ async def simulate(
         "sim", loaded, scenario, seed, clock, audit=audit, controller_kind=controller,
         record_path=record_path, header_extra={"simulator_sha256": meta["simulator_sha256"]},
     )
-    period = loaded.recipe.period_s
-    n = int(round(hours * 3600.0 / period))
-    unit.request_mode(Mode.ON, who="apc sim", where="command line", utc=clock.utc())
-
-    async def cycle(k: int, slot: float) -> None:
-        await unit.cycle(k, slot, clock.monotonic(), clock.utc())
-
     t0 = time.perf_counter()
     try:
-        stats = await run_periodic(cycle, clock, period, t0_s=0.0, max_cycles=n)
+        stats = await run_on(unit, clock, hours, who="apc sim", where="command line")
     finally:
         unit.recorder.close()
     wall = time.perf_counter() - t0
     assert unit.kpi is not None
-    return SimResult(unit.kpi.result(), meta, wall, n * period, stats.overruns, stats.errors)
+    n = int(round(hours * 3600.0 / loaded.recipe.period_s))
+    return SimResult(unit.kpi.result(), meta, wall, n * loaded.recipe.period_s, stats.overruns, stats.errors)
+
+
+async def run_on(unit: Unit, clock: VirtualClock, hours: float, *, who: str, where: str,
+                 after_cycle: Callable[[], None] | None = None) -> ScheduleStats:
+    """Request ON for ``unit`` and run its cycles for ``hours`` of virtual time from 0;
+    ``after_cycle`` is called after each cycle (benchmarks observe the plant there)."""
+    period = unit.recipe.period_s
+    unit.request_mode(Mode.ON, who=who, where=where, utc=clock.utc())
+
+    async def cycle(k: int, slot: float) -> None:
+        await unit.cycle(k, slot, clock.monotonic(), clock.utc())
+        if after_cycle is not None:
+            after_cycle()
+
+    return await run_periodic(cycle, clock, period, t0_s=0.0, max_cycles=int(round(hours * 3600.0 / period)))

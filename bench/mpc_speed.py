@@ -48,8 +48,7 @@ from apc.clock import VirtualClock
 from apc.kpi import KPI_KEYS
 from apc.recipe.loader import LoadedRecipe
 from apc.recorder import iter_record
-from apc.scheduler import run_periodic
-from apc.simulate import simulate
+from apc.simulate import run_on, simulate
 from apc.types import Estimate, Mode, SolverStatus
 from controllers.cell_mpc import CellMpc
 from sim.models import get_model
@@ -140,13 +139,7 @@ async def closed_loop(loaded: LoadedRecipe, factory: Callable[[], CellMpc], seed
     unit, _ = build_sim_unit("bench", loaded, load_scenario("nominal"), seed, clock, audit=null_logger(),
                              controller_kind="mpc")
     unit.controller = factory()
-    unit.request_mode(Mode.ON, who="bench", where="mpc_speed", utc=clock.utc())
-
-    async def cycle(k: int, slot: float) -> None:
-        await unit.cycle(k, slot, clock.monotonic(), clock.utc())
-
-    n = int(round(hours * 3600.0 / loaded.recipe.period_s))
-    await run_periodic(cycle, clock, loaded.recipe.period_s, t0_s=0.0, max_cycles=n)
+    await run_on(unit, clock, hours, who="bench", where="mpc_speed")
     assert unit.kpi is not None
     return unit.kpi.result()
 

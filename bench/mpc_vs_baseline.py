@@ -36,8 +36,7 @@ from apc.assembly import build_sim_unit, load
 from apc.audit import null_logger
 from apc.clock import VirtualClock
 from apc.provenance import baseline_sha256, simulator_sha256
-from apc.scheduler import run_periodic
-from apc.types import Mode
+from apc.simulate import run_on
 from sim.models import get_model
 from sim.scenario import load_scenario
 
@@ -67,16 +66,13 @@ async def _run(seed: int, controller: str, hours: float, scenario_name: str) -> 
     clock = VirtualClock()
     unit, io = build_sim_unit("bench", loaded, load_scenario(scenario_name), seed, clock, audit=null_logger(),
                               controller_kind=controller)  # type: ignore[arg-type]
-    unit.request_mode(Mode.ON, who="bench", where="mpc_vs_baseline", utc=clock.utc())
     lowest = [math.inf]
 
-    async def cycle(k: int, slot: float) -> None:
-        await unit.cycle(k, slot, clock.monotonic(), clock.utc())
+    def observe() -> None:
         lowest[0] = min(lowest[0], float(io.truth()["metal_temp_degC"]))
 
     t0 = time.perf_counter()
-    await run_periodic(cycle, clock, loaded.recipe.period_s, t0_s=0.0,
-                       max_cycles=int(round(hours * 3600.0 / loaded.recipe.period_s)))
+    await run_on(unit, clock, hours, who="bench", where="mpc_vs_baseline", after_cycle=observe)
     wall = time.perf_counter() - t0
     stats = getattr(unit.controller, "solve_time_stats", lambda: {"n": 0, "median_s": math.nan,
                                                                    "p99_s": math.nan})()
