@@ -213,7 +213,8 @@ def _unserved_tags(recipe: Recipe, served: frozenset[str]) -> list[str]:
     io_ = recipe.io
     tags = [s.tag for s in io_.inputs.values()] + [io_.heartbeat.apc_tag, io_.heartbeat.dcs_tag]
     for mv in io_.mvs.values():
-        tags += [t for t in (mv.tag, mv.readback, mv.remote_status, mv.active_flag, mv.sequence_tag) if t]
+        tags += [t for t in (mv.tag, mv.readback, mv.remote_status, mv.active_flag, mv.sequence_tag,
+                                 mv.high_limit_status, mv.low_limit_status) if t]
     return sorted(t for t in set(tags) if t not in served)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping, Protocol, Sequence
 
-from apc.types import Estimate, Plan, Sample, ValidatedInput, Write, WriteResult
+from apc.types import Estimate, MvConstraint, Plan, Sample, ValidatedInput, Write, WriteResult
 
 
 class Clock(Protocol):
@@ -74,12 +74,15 @@ class Controller(Protocol):
         applied: Mapping[str, float],
         enabled: Mapping[str, bool],
         disturbances: Mapping[str, float],
+        constraints: Mapping[str, MvConstraint],
     ) -> Plan:
         """Propose moves for this cycle.
 
         ``applied`` is the DCS readback of each MV, ``enabled`` the per-MV
-        enable flags (a disabled MV must be held at ``applied``), and
-        ``disturbances`` the measured disturbances fed forward.
+        enable flags (a disabled MV must be held at ``applied``),
+        ``disturbances`` the measured disturbances fed forward and
+        ``constraints`` each MV's limits in force (the HMI may move operator
+        limits) and the DCS's at-limit status (do not push into it).
         """
         ...
 

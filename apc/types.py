@@ -151,6 +151,21 @@ class MvKind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class MvConstraint:
+    """What bounds one MV this cycle, beyond its rate: the limits in force and the DCS's word.
+
+    ``low``/``high`` are operator ∩ engineering limits (setpoints: the value; increments: the
+    position). ``hold_up``/``hold_down`` are set while the DCS reports the loop's output at its
+    high/low limit: pushing the MV further that way would only wind the loop up.
+    """
+
+    low: float
+    high: float
+    hold_up: bool = False
+    hold_down: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Write:
     """One value to write to one plant tag."""
 

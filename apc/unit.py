@@ -19,7 +19,7 @@ from apc.recipe.loader import LoadedRecipe
 from apc.recipe.permissive import PermissiveExpr, parse_permissive
 from apc.recipe.schema import MvLimits, MvSpec
 from apc.recorder import NullRecorder, Recorder
-from apc.types import Estimate, Mode, MvKind, Plan, Sample, SolverStatus, ValidatedInput, Write, WriteResult
+from apc.types import Estimate, Mode, MvConstraint, MvKind, Plan, Sample, SolverStatus, ValidatedInput, Write, WriteResult
 from apc.validation import InputValidator, cycle_ok
 
 
@@ -138,8 +138,7 @@ class Unit:
         tags = [s.tag for s in io_.inputs.values()]
         for spec in io_.mvs.values():
             tags.append(spec.readback)
-            if spec.remote_status:
-                tags.append(spec.remote_status)
+            tags += [t for t in (spec.remote_status, spec.high_limit_status, spec.low_limit_status) if t]
         tags.append(io_.heartbeat.dcs_tag)
         return tuple(dict.fromkeys(tags))
 
@@ -162,7 +161,8 @@ class Unit:
         decision = self._decide(t_s, inputs_ok, inputs_reason, estimate, link_error, hb_ok, hb_reason,
                                 readback_faults, remote, applied)
         # 5. control (STANDBY computes everything too)
-        plan = self._control(t_s, decision, estimate, applied, validated)
+        constraints = self._constraints(snapshot)
+        plan = self._control(t_s, decision, estimate, applied, validated, constraints)
         if plan is not None and plan.status is SolverStatus.FAILED and decision.actual is Mode.ON:
             decision = self._shed_now(f"controller failed: {plan.reason}", decision)
         # 6. guard
@@ -174,7 +174,7 @@ class Unit:
         self._audit_writes(utc, k, decision, decisions, writes, results, applied, dropped)
         # 9. record
         return self._record(k, scheduled_s, t_s, utc, snapshot, validated, estimate, decision,
-                            plan, decisions, writes, results, applied)
+                            plan, decisions, writes, results, applied, constraints)
 
     async def _read(self) -> tuple[dict[str, Sample], str]:
         try:
@@ -195,6 +195,21 @@ class Unit:
             else:
                 remote[name] = True
         return applied, remote
+
+    def _constraints(self, snapshot: Mapping[str, Sample]) -> dict[str, MvConstraint]:
+        """Limits in force (operator ∩ engineering) and the DCS's at-limit status of every MV."""
+        def at_limit(tag: str | None) -> bool:
+            if tag is None:
+                return False
+            s = snapshot.get(tag)
+            return s is None or not s.usable or s.value >= 0.5  # unreadable: assume at the limit
+
+        out = {}
+        for name, mv in self.mvs.items():
+            lim = mv.limits
+            out[name] = MvConstraint(max(lim.operator[0], lim.engineering[0]), min(lim.operator[1], lim.engineering[1]),
+                                     at_limit(mv.spec.high_limit_status), at_limit(mv.spec.low_limit_status))
+        return out
 
     def _check_readbacks(self, applied: Mapping[str, float]) -> str:
         """Judge last cycle's writes against this cycle's readbacks."""
@@ -244,7 +259,7 @@ class Unit:
         return ModeDecision(decision.requested, Mode.STANDBY, decision.previous, reason, reason, True)
 
     def _control(self, t_s: float, decision: ModeDecision, estimate: Estimate, applied: Mapping[str, float],
-                 validated: Mapping[str, ValidatedInput]) -> Plan | None:
+                 validated: Mapping[str, ValidatedInput], constraints: Mapping[str, MvConstraint]) -> Plan | None:
         if decision.actual is Mode.OFF:
             for mv in self.mvs.values():  # an OFF -> ON start must be bumpless too
                 mv.release()
@@ -263,7 +278,7 @@ class Unit:
         if not estimate.healthy or any(n not in applied for n in self.mvs):
             return Plan({}, {}, SolverStatus.NOT_RUN, 0, 0.0, "estimate or readback not usable")
         try:
-            plan = self.controller.step(t_s, estimate, applied, enabled, disturbances)
+            plan = self.controller.step(t_s, estimate, applied, enabled, disturbances, constraints)
         except Exception as exc:  # a controller bug holds the unit, it never crashes the process
             plan = Plan({}, {}, SolverStatus.FAILED, 0, 0.0, f"{type(exc).__name__}: {exc}")
         self._last_plan = plan
@@ -369,7 +384,8 @@ class Unit:
     def _record(self, k: int, scheduled_s: float, t_s: float, utc: float, snapshot: Mapping[str, Sample],
                 validated: Mapping[str, ValidatedInput], estimate: Estimate, decision: ModeDecision,
                 plan: Plan | None, decisions: Mapping[str, GuardDecision], writes: list[Write],
-                results: list[WriteResult], applied: Mapping[str, float]) -> dict[str, Any]:
+                results: list[WriteResult], applied: Mapping[str, float],
+                constraints: Mapping[str, MvConstraint]) -> dict[str, Any]:
         clamps = sum(1 for d in decisions.values() if d.clamps)
         self.guard_clamps += clamps
         P_diag = None if estimate.P is None else [estimate.P[i][i] for i in range(len(estimate.x))]
@@ -399,6 +415,8 @@ class Unit:
             "writes": [{"tag": w.tag, "value": w.value, "ok": r.ok, "detail": r.detail}
                        for w, r in zip(writes, results)],
             "readback": dict(applied),
+            "dcs_at_limit": {n: ("high" if c.hold_up else "") + ("low" if c.hold_down else "")
+                             for n, c in constraints.items() if c.hold_up or c.hold_down},
             "shed": decision.new_shed,
             "shed_reason": decision.shed_reason,
         }

@@ -8,8 +8,11 @@ an iteration cap so that virtual-time runs stay deterministic.
 Decision variables per step: the states (as scaled deviations from the
 estimate), the model inputs (line current, feed rate, anode move rate) and
 one slack per soft constraint. Every model input is a decision variable; its
-bounds say what may move: an MV's operator ∩ engineering limits and rate, a
-disabled MV or an input without an MV is fixed at its current value. The
+bounds say what may move: an MV's operator ∩ engineering limits in force
+(the unit passes them every cycle, so an operator's change applies at once)
+and rate, a disabled MV or an input without an MV is fixed at its current
+value, and an MV whose DCS loop reports its output at a limit may only move
+away from that limit (``MvConstraint.hold_up``/``hold_down``). The
 anode is an increment MV: the NLP plans a move *rate* within the average
 rate its step size and minimum interval allow (steps during which the next
 move is still blocked get rate 0) and keeps the position inside its limits;
@@ -31,7 +34,7 @@ log message (same optimum, slower). ``max_solve_wall_s`` caps an IPOPT
 attempt in real time only (``real_time=True``); offline only ``max_iter`` does.
 
 Runtime behaviour: solve every ``period_multiple`` cycles (and at once when
-the enable flags change); in between return the current move of the plan,
+the enable flags, the limits in force or the DCS at-limit status change); in between return the current move of the plan,
 rate-limited per cycle so the guard never clamps. Warm start from the
 shifted last solution. A failed solve (IPOPT failure, iteration cap, bad
 numbers) follows the still-valid remainder of the last plan for up to
@@ -56,7 +59,7 @@ import casadi as ca
 import numpy as np
 
 from apc.recipe.schema import MPC_CV_RANKS, MpcSection, MvLimits, MvSpec
-from apc.types import Estimate, MvKind, Plan, SolverStatus
+from apc.types import Estimate, MvConstraint, MvKind, Plan, SolverStatus
 from sim.models.base import ProcessModel
 
 BIAS_PARAMETERS = (
@@ -81,6 +84,8 @@ needs, so the interior-point start is feasible and off the slack bounds."""
 
 _REL_MARGIN = 1e-6
 """Moves stay this share inside rate and step limits (float rounding vs the guard)."""
+_HOLD_DEADBAND = 0.01
+"""At a DCS-reported limit, moves away from it smaller than this share of a cycle's rate are not made."""
 
 _TIMED_OUT = "Maximum_WallTime_Exceeded"
 """IPOPT's status when ``max_solve_wall_s`` ran out."""
@@ -462,6 +467,7 @@ class CellMpc:
         self._fails = 0
         self._next_solve_t: float | None = None
         self._last_enabled: dict[str, bool] | None = None
+        self._last_limits: dict[str, MvConstraint] | None = None
         self._t_prev: float | None = None
         self._last_out: dict[str, float] = {}
         self._last_move_t: dict[str, float] = {}
@@ -473,19 +479,24 @@ class CellMpc:
             self._last_move_t.pop(name, None)
 
     def step(self, t_s: float, estimate: Estimate, applied: Mapping[str, float],
-             enabled: Mapping[str, bool], disturbances: Mapping[str, float]) -> Plan:
-        """Solve when due (or when the enable flags changed), else follow the plan; see module docstring."""
+             enabled: Mapping[str, bool], disturbances: Mapping[str, float],
+             constraints: Mapping[str, MvConstraint] | None = None) -> Plan:
+        """Solve when due (or when the enable flags, limits or DCS at-limit status changed), else
+        follow the plan; see module docstring. Without ``constraints`` the recipe limits hold."""
         dt = self.period_s if self._t_prev is None else t_s - self._t_prev
         self._t_prev = t_s
         en = {n: bool(enabled.get(n, False)) and n in applied for n in self.bindings}
+        lim = {n: (constraints or {}).get(n) or MvConstraint(b.lo, b.hi) for n, b in self.bindings.items()}
         flags_changed = en != self._last_enabled
-        due = flags_changed or self._next_solve_t is None or t_s >= self._next_solve_t - 1e-9 * self.period_s
+        due = (flags_changed or lim != self._last_limits or self._next_solve_t is None
+               or t_s >= self._next_solve_t - 1e-9 * self.period_s)
         iterations, solve_time, reason = 0, 0.0, ""
         if due:
             self._next_solve_t = t_s + self.solve_every_s
             self._last_enabled = dict(en)
+            self._last_limits = lim
             # New enable flags make the last plan a poor start (e.g. STANDBY -> ON): solve cold.
-            sol, iterations, solve_time, reason = self._solve(t_s, estimate, applied, en, disturbances,
+            sol, iterations, solve_time, reason = self._solve(t_s, estimate, applied, en, lim, disturbances,
                                                               warm=not flags_changed)
             if sol is not None:
                 self._sol, self._fails = sol, 0
@@ -503,7 +514,7 @@ class CellMpc:
                 f"{self._fails} failed solve(s), hold_cycles {self.hold_cycles} used up" if plan is not None
                 else "no valid plan to follow")
             plan = None
-        moves = self._emit(t_s, dt, applied, en, plan)
+        moves = self._emit(t_s, dt, applied, en, lim, plan)
         return Plan(moves, plan.predicted if plan is not None else {}, status, iterations, solve_time, reason)
 
     # ------------------------------------------------------------- solving
@@ -550,8 +561,9 @@ class CellMpc:
         return np.array(out)
 
     def _bounds(self, t_s: float, u_now: np.ndarray, applied: Mapping[str, float],
-                en: Mapping[str, bool]) -> tuple[np.ndarray, ...]:
-        """Bounds of the decision variables and constraints for this solve."""
+                en: Mapping[str, bool], lim: Mapping[str, MvConstraint]) -> tuple[np.ndarray, ...]:
+        """Bounds of the decision variables and constraints for this solve: limits in force, rates,
+        and no push into a limit the DCS reports its output at."""
         N, nu = self.N, self.nu
         lbu = np.repeat(u_now[:, None], N, axis=1)
         ubu = lbu.copy()
@@ -559,21 +571,25 @@ class CellMpc:
         ubdu = np.zeros((nu, N))
         lbpos, ubpos = [], []
         for b in self.bindings.values():
-            i = b.input_index
+            i, c = b.input_index, lim[b.name]
             if b.kind is MvKind.SETPOINT:
                 if not en[b.name]:
                     continue
                 r = b.rate_per_s * self.step_s
                 a = u_now[i]
+                # At a DCS limit the MV may only move away from it; above/below the limits in force
+                # it comes back at full rate.
+                top = min(c.high, a) if c.hold_up else c.high
+                bottom = max(c.low, a) if c.hold_down else c.low
                 for k in range(N):
-                    lo, hi = max(b.lo, a - r * (k + 1)), min(b.hi, a + r * (k + 1))
-                    if lo > hi:  # readback outside the limits: come back at full rate
-                        lo = hi = (a - r * (k + 1)) if a > b.hi else (a + r * (k + 1))
+                    lo, hi = max(bottom, a - r * (k + 1)), min(top, a + r * (k + 1))
+                    if lo > hi:
+                        lo = hi = (a - r * (k + 1)) if a > top else (a + r * (k + 1)) if a < bottom else a
                     lbu[i, k], ubu[i, k] = lo, hi
                 lbdu[i, :], ubdu[i, :] = -r, r
             else:
                 pos = float(applied[b.name])
-                lo, hi = min(b.lo, pos), max(b.hi, pos)
+                lo, hi = min(c.low, pos), max(c.high, pos)
                 lbpos += [lo - pos] * N
                 ubpos += [hi - pos] * N
                 if not en[b.name]:
@@ -583,7 +599,7 @@ class CellMpc:
                 blocked_s = 0.0 if last is None else max(0.0, last + b.min_interval_s - t_s)
                 for k in range(N):
                     if (k + 1) * self.step_s > blocked_s:
-                        lbu[i, k], ubu[i, k] = -vmax, vmax
+                        lbu[i, k], ubu[i, k] = (0.0 if c.hold_down else -vmax), (0.0 if c.hold_up else vmax)
                 lbdu[i, :], ubdu[i, :] = -np.inf, np.inf
         n_s = self._n_s
         lbx = np.concatenate([np.full(self._n_dz, -np.inf), lbu.ravel(order="F"), np.zeros(n_s)])
@@ -661,7 +677,7 @@ class CellMpc:
         return x0, p, u_now, d
 
     def _solve(self, t_s: float, estimate: Estimate, applied: Mapping[str, float], en: Mapping[str, bool],
-               measured: Mapping[str, float], warm: bool = True) -> tuple[_Solution | None, int, float, str]:
+               lim: Mapping[str, MvConstraint], measured: Mapping[str, float], warm: bool = True) -> tuple[_Solution | None, int, float, str]:
         """Warm attempt from the last solution (when there is one and ``warm``), else or when it
         fails a cold attempt; returns (solution or None, iterations, wall seconds, reason)."""
         data = self._problem_data(estimate, applied, measured)
@@ -674,7 +690,7 @@ class CellMpc:
             u_range[b.input_index] = (max(b.hi - b.lo, 1e-9) if b.kind is MvKind.SETPOINT
                                       else max(b.max_rate_h(self.period_s), 1e-9))
         P = np.concatenate([x0, xs, u_now, d, p, u_range])
-        lbx, ubx, lbg, ubg = self._bounds(t_s, u_now, applied, en)
+        lbx, ubx, lbg, ubg = self._bounds(t_s, u_now, applied, en, lim)
         bounds = dict(p=P, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
         res, iters, elapsed, status, how = None, 0, 0.0, "", "cold"
         if warm and self._sol is not None:
@@ -703,22 +719,29 @@ class CellMpc:
 
     # ------------------------------------------------------------- moves
     def _emit(self, t_s: float, dt: float, applied: Mapping[str, float], en: Mapping[str, bool],
-              sol: _Solution | None) -> dict[str, float]:
-        """This cycle's move of each MV from the plan; held (readback / no move) without one."""
+              lim: Mapping[str, MvConstraint], sol: _Solution | None) -> dict[str, float]:
+        """This cycle's move of each MV from the plan, inside the limits in force and never into a
+        limit the DCS reports; held (readback / no move) without a plan."""
         moves: dict[str, float] = {}
         rate_dt = min(max(dt, 0.0), self.period_s) if dt > 0 else self.period_s
         for b in self.bindings.values():
             if b.name not in applied:
                 continue
-            a = float(applied[b.name])
+            a, c = float(applied[b.name]), lim[b.name]
             if b.kind is MvKind.SETPOINT:
                 if not en[b.name] or sol is None:
                     moves[b.name] = a
                     self._last_out.pop(b.name, None)
                     continue
                 j = min(max(int((t_s - sol.t_s) / self.step_s + 1e-9), 0), self.N - 1)
-                target = min(max(float(sol.U[b.input_index, j]), b.lo), b.hi)
+                target = min(max(float(sol.U[b.input_index, j]), c.low), c.high)
                 r = b.rate_per_s * rate_dt * (1.0 - _REL_MARGIN)
+                # At a DCS limit: never toward it, and no creeping off it by the solver's interior
+                # tolerance (that would clear the DCS status and start a push-clamp chatter).
+                if c.hold_up:
+                    target = a if target > a - _HOLD_DEADBAND * r else target
+                if c.hold_down:
+                    target = a if target < a + _HOLD_DEADBAND * r else target
                 lo, hi = a - r, a + r
                 last = self._last_out.get(b.name)
                 if last is not None and max(lo, last - r) <= min(hi, last + r):
@@ -736,12 +759,12 @@ class CellMpc:
                 window = max(b.min_interval_s, self.period_s)
                 delta = self._planned_displacement(sol, b.input_index, t_s, window)
                 cap = b.step_cap(rate_dt) * (1.0 - _REL_MARGIN)
-                lo = max(-cap, min(0.0, b.lo - a))
-                hi = min(cap, max(0.0, b.hi - a))
+                lo = 0.0 if c.hold_down else max(-cap, min(0.0, c.low - a))
+                hi = 0.0 if c.hold_up else min(cap, max(0.0, c.high - a))
                 delta = min(max(delta, lo), hi)
-                while delta > 0 and a + delta > b.hi:
+                while delta > 0 and a + delta > c.high:
                     delta = math.nextafter(delta, 0.0)
-                while delta < 0 and a + delta < b.lo:
+                while delta < 0 and a + delta < c.low:
                     delta = math.nextafter(delta, 0.0)
                 if abs(delta) < self.cfg.min_increment:
                     continue

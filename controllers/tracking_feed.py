@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from apc.recipe.schema import TrackingFeedSection
-from apc.types import Estimate, Plan, SolverStatus
+from apc.types import Estimate, MvConstraint, Plan, SolverStatus
 
 
 class FeedPhase(enum.Enum):
@@ -59,8 +59,13 @@ class TrackingFeedController:
         self._phase_start = t_s
 
     def step(self, t_s: float, estimate: Estimate, applied: Mapping[str, float],
-             enabled: Mapping[str, bool], disturbances: Mapping[str, float]) -> Plan:
-        """Feed by phase, move the electrode toward the target resistance, hold current."""
+             enabled: Mapping[str, bool], disturbances: Mapping[str, float],
+             constraints: Mapping[str, MvConstraint] | None = None) -> Plan:
+        """Feed by phase, move the electrode toward the target resistance, hold current.
+
+        ``constraints`` are not read: like the plant logic it stands for, the baseline leaves
+        limits to the output guard and knows nothing of the DCS's windup status.
+        """
         cfg = self.cfg
         if self._phase_start is None:
             self._phase_start = t_s

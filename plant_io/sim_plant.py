@@ -5,11 +5,14 @@ each loop is remote (accepting APC setpoints) only while the APC sets its
 ``apc_active`` flag, keeps its heartbeat counting and (for setpoint loops)
 rewrites the setpoint within the shed timeout. Otherwise the loop sheds to
 its fallback: feed → the DCS's fixed local schedule, electrode → no moves,
-current → hold. Readbacks report what is in force.
+current → hold. Readbacks report what is in force. While a scenario caps a
+loop's output (``output_limit``), the DCS holds it at the cap and reports
+``<loop>.at_high_limit``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -65,8 +68,23 @@ class DcsSide:
     def _locked_local(self, loop: str) -> bool:
         return any(ev.signal == loop for ev in self.plant.active_events("loop_local"))
 
+    def output_cap(self, loop: str) -> float:
+        """High limit of a loop's output in force now (inf without an ``output_limit`` event)."""
+        return min((ev.value for ev in self.plant.active_events("output_limit") if ev.signal == loop),
+                   default=math.inf)
+
+    def _apply_caps(self) -> None:
+        cap = self.output_cap("feed")
+        if self.feed_sp_kg_h > cap:
+            self.feed_sp_kg_h = cap
+            self.plant.set_feed_rate(cap)
+        cap = self.output_cap("current")
+        if self.plant.current_sp_kA > cap:
+            self.plant.set_current_sp(cap)
+
     def scan(self, now_s: float) -> None:
-        """One DCS scan: update remote status and apply fallbacks."""
+        """One DCS scan: hold capped outputs at their cap, update remote status, apply fallbacks."""
+        self._apply_caps()
         hb_fresh = now_s - self.apc_heartbeat_changed_s <= self.shed_timeout_s
         for loop in self.loops.values():
             ok = loop.apc_active and hb_fresh and not self._locked_local(loop.name)
@@ -76,7 +94,7 @@ class DcsSide:
                 loop.remote = False
                 loop.sheds += 1
                 if loop.name == "feed":
-                    self.feed_sp_kg_h = self.local_feed_kg_h
+                    self.feed_sp_kg_h = min(self.local_feed_kg_h, self.output_cap("feed"))
                     self.plant.set_feed_rate(self.feed_sp_kg_h)
             elif not loop.remote and ok:
                 loop.remote = True
@@ -107,14 +125,14 @@ class DcsSide:
             loop.last_sp_write_s = now_s
             self.scan(now_s)
             if loop.remote:
-                self.feed_sp_kg_h = max(0.0, value)
+                self.feed_sp_kg_h = min(max(0.0, value), self.output_cap("feed"))
                 self.plant.set_feed_rate(self.feed_sp_kg_h)
             return WriteResult(tag, True)
         if loop.name == "current" and attr == "sp_kA":
             loop.last_sp_write_s = now_s
             self.scan(now_s)
             if loop.remote:
-                self.plant.set_current_sp(value)
+                self.plant.set_current_sp(min(value, self.output_cap("current")))
             return WriteResult(tag, True)
         if loop.name == "anode" and attr == "move_cm":
             loop.pending_move = value
@@ -123,13 +141,15 @@ class DcsSide:
             seq = int(value)
             if loop.remote and seq != loop.last_seq:
                 loop.last_seq = seq
-                self.plant.move_anode(loop.pending_move)
+                room = self.output_cap("anode") - self.plant.anode_position_cm
+                self.plant.move_anode(min(loop.pending_move, max(room, 0.0)))
             return WriteResult(tag, True)
         return WriteResult(tag, False, "BadNotWritable")
 
     def readbacks(self, now_s: float) -> dict[str, float]:
         """DCS-side tags: readbacks, remote status and heartbeat."""
         loops = self.loops
+        plant = self.plant
         return {
             "feed.sp_readback_kg_h": self.feed_sp_kg_h,
             "feed.remote": 1.0 if loops["feed"].remote else 0.0,
@@ -138,6 +158,9 @@ class DcsSide:
             "anode.position_cm": self.plant.anode_position_cm,
             "anode.seq_readback": float(loops["anode"].last_seq),
             "anode.remote": 1.0 if loops["anode"].remote else 0.0,
+            "feed.at_high_limit": 1.0 if self.feed_sp_kg_h >= self.output_cap("feed") else 0.0,
+            "current.at_high_limit": 1.0 if plant.current_sp_kA >= self.output_cap("current") else 0.0,
+            "anode.at_high_limit": 1.0 if plant.anode_position_cm >= self.output_cap("anode") else 0.0,
             "dcs.heartbeat": self.dcs_heartbeat(now_s),
         }
 

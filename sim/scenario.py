@@ -22,6 +22,7 @@ EVENT_KINDS = (
     "anode_change",  # an anode is replaced: gap jumps, cold mass enters
     "loop_local",  # DCS operator takes a loop to local for a while
     "dcs_heartbeat_freeze",  # DCS heartbeat stops counting for a while
+    "output_limit",  # a DCS loop's output is capped for a while (rectifier, feeder, anode travel)
 )
 
 
@@ -37,11 +38,12 @@ class Event:
     kind: str
     duration_h: float = 0.0
     signal: str = ""
-    """input_fault: plant signal; loop_local: loop name."""
+    """input_fault: plant signal; loop_local, output_limit: loop name."""
     fault: str = "bad"
     """input_fault: ``bad`` | ``frozen`` | ``nan`` | ``uncertain``."""
     value: float = 0.0
-    """current_order: kA; ambient_step: degC; anode_change: gap jump in cm."""
+    """current_order: kA; ambient_step: degC; anode_change: gap jump in cm; output_limit: the
+    loop's high limit (current kA, feed kg/h, anode position cm)."""
 
 
 @dataclass(frozen=True)

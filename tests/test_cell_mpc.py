@@ -18,11 +18,11 @@ from apc.recipe.loader import LoadedRecipe
 from apc.recipe.schema import MpcSection, Recipe
 from apc.recorder import iter_record
 from apc.simulate import simulate
-from apc.types import Estimate, MvKind, SolverStatus
+from apc.types import Estimate, MvConstraint, MvKind, SolverStatus
 from controllers import cell_mpc
 from controllers.cell_mpc import PREDICTED, CellMpc, cache_dir, compile_functions
 from sim.models import get_model
-from sim.scenario import load_scenario
+from sim.scenario import Event, load_scenario
 
 MPC_RECIPE = Path(__file__).parent / "fixtures" / "mpc" / "nd_cell_mpc.yaml"
 STATES = ("dissolved_oxide_kg", "undissolved_oxide_kg", "bath_temp_degC", "metal_temp_degC", "acd_cm",
@@ -347,3 +347,62 @@ def test_bath_band_gives_way_to_metal_above_melting(loaded: LoadedRecipe) -> Non
     relaxed = make(loaded.recipe, bath_temp_band_degC=band, metal_melting_margin_K=10.0)
     plan = relaxed.step(0.0, est(bath=1050.0, metal=1035.0), APPLIED, all_on(), {})
     assert max(plan.predicted["bath_temp_degC"]) <= band[1] + 0.5
+
+
+def test_dcs_high_limit_stops_pushing_that_way(loaded: LoadedRecipe) -> None:
+    """With the current loop at its DCS high limit the plan never raises current; it still may lower it."""
+    free = make(loaded.recipe)
+    free.step(0.0, est(), APPLIED, all_on(), {})
+    assert max(free.planned("current_sp")) > APPLIED["current_sp"]  # left alone it pushes current up
+    c = make(loaded.recipe)
+    lim = {n: MvConstraint(b.lo, b.hi) for n, b in c.bindings.items()}
+    lim["current_sp"] = dataclasses.replace(lim["current_sp"], hold_up=True)
+    for k, e in enumerate((est(), est(oxide_kg=14.0, bath=1040.0))):
+        plan = c.step(60.0 * k, e, APPLIED, all_on(), {}, lim)
+        assert plan.status is SolverStatus.OK
+        assert plan.moves["current_sp"] <= APPLIED["current_sp"]
+        assert max(c.planned("current_sp")) <= APPLIED["current_sp"] + 1e-6  # IPOPT's bound relaxation
+    plan = c.step(120.0, est(oxide_kg=5.5), APPLIED, all_on(), {}, lim)  # AE margin short: cut current
+    assert plan.moves["current_sp"] < APPLIED["current_sp"]
+
+
+def test_limits_in_force_reach_the_plan_and_trigger_a_solve(loaded: LoadedRecipe) -> None:
+    """An operator high limit below the readback (passed per cycle) brings the setpoint down at once."""
+    c = make(loaded.recipe, period_multiple=12)
+    c.step(0.0, est(), APPLIED, all_on(), {})
+    lim = {n: MvConstraint(b.lo, b.hi) for n, b in c.bindings.items()}
+    lim["current_sp"] = MvConstraint(5.0, 5.8)
+    plan = c.step(10.0, est(), APPLIED, all_on(), {}, lim)  # not due by the period: due by the new limits
+    assert plan.status is SolverStatus.OK and plan.iterations > 0
+    assert plan.moves["current_sp"] < APPLIED["current_sp"]
+    assert c.planned("current_sp")[-1] <= 5.8 + 1e-6
+
+
+def _current_cap_run(loaded: LoadedRecipe, path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    sc = dataclasses.replace(load_scenario("nominal"), events=(
+        Event(at_h=1.0, kind="output_limit", signal="current", value=5.95, duration_h=1.5),))
+    res = asyncio.run(simulate(loaded, sc, seed=31, hours=3.0, controller="mpc", record_path=path))
+    return res.kpis, [e.data for e in iter_record(path) if e.kind == "cycle"]
+
+
+@pytest.mark.slow
+def test_rectifier_limit_reported_by_dcs_is_respected_in_closed_loop(loaded: LoadedRecipe, tmp_path: Path) -> None:
+    """A DCS-capped current (at_high_limit bound): while reported, no current write above the readback;
+    no shed, no clamp. Without the status bound the MPC winds up against the cap and the readback
+    check sheds the unit."""
+    kpis, cycles = _current_cap_run(loaded, tmp_path / "bound.jsonl")
+    held = [c for c in cycles if c["dcs_at_limit"].get("current_sp") == "high"]
+    assert len(held) > 60 and all(3600.0 <= c["t_s"] <= 2.5 * 3600.0 + 5.0 for c in held)
+    for c in held:
+        written = [w["value"] for w in c["writes"] if w["tag"] == "current.sp_kA"]
+        assert written == [c["readback"]["current_sp"]] or written[0] < c["readback"]["current_sp"], c["k"]
+    assert kpis["sheds"] == 0 and kpis["guard_clamps"] == 0
+    assert max(c["plan"]["moves"]["current_sp"] for c in cycles if c["t_s"] > 2.6 * 3600.0) > 5.95  # cap lifted
+
+    io_ = loaded.recipe.io
+    mvs = {n: dataclasses.replace(m, high_limit_status=None) for n, m in io_.mvs.items()}
+    blind = dataclasses.replace(loaded, recipe=dataclasses.replace(loaded.recipe,
+                                                                   io=dataclasses.replace(io_, mvs=mvs)))
+    kpis, cycles = _current_cap_run(blind, tmp_path / "blind.jsonl")
+    assert kpis["sheds"] >= 1
+    assert any("current_sp" in (c["shed_reason"] or "") for c in cycles if c["shed"])

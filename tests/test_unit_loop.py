@@ -16,7 +16,7 @@ from apc.assembly import load
 from apc.audit import make_logger
 from apc.recorder import read_record
 from apc.simulate import SimResult, simulate
-from apc.types import Estimate, Mode, Plan, WriteResult
+from apc.types import Estimate, Mode, MvConstraint, Plan, WriteResult
 from sim.scenario import load_scenario
 from tests.helpers.sim_harness import (
     ND_RECIPE,
@@ -217,7 +217,8 @@ def test_controller_exception_sheds_at_once_and_cycle_survives() -> None:
             self.inner = inner
 
         def step(self, t_s: float, estimate: Estimate, applied: Mapping[str, float],
-                 enabled: Mapping[str, bool], disturbances: Mapping[str, float]) -> Plan:
+                 enabled: Mapping[str, bool], disturbances: Mapping[str, float],
+                 constraints: Mapping[str, MvConstraint]) -> Plan:
             raise RuntimeError("solver exploded")
 
         def track(self, applied: Mapping[str, float]) -> None:
@@ -396,3 +397,43 @@ def test_bad_auxiliary_input_never_holds_the_unit() -> None:
     assert all(verdict(r, "metal_tapped") == "bad_quality" for r in recs)
     assert all(is_on(r) and not r["shed"] and r["mode"]["hold"] == "" for r in recs)
     assert all(len(written(r, "feed.sp_kg_h")) == 1 for r in recs)
+
+
+def test_controller_gets_limits_in_force_and_dcs_limit_status() -> None:
+    """Each cycle the controller sees operator ∩ engineering limits and the DCS at-limit status;
+    an unreadable status counts as at the limit and is recorded."""
+    seen: list[Mapping[str, MvConstraint]] = []
+
+    class Spy:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def step(self, t_s: float, estimate: Estimate, applied: Mapping[str, float],
+                 enabled: Mapping[str, bool], disturbances: Mapping[str, float],
+                 constraints: Mapping[str, MvConstraint]) -> Plan:
+            seen.append(dict(constraints))
+            return self.inner.step(t_s, estimate, applied, enabled, disturbances, constraints)
+
+        def track(self, applied: Mapping[str, float]) -> None:
+            self.inner.track(applied)
+
+    su = SimUnit(seed=26)
+    su.unit.controller = Spy(su.unit.controller)
+    su.go_on()
+    rec = su.step(1)[0]
+    assert rec["dcs_at_limit"] == {}
+    c = seen[-1]["current_sp"]
+    assert (c.low, c.high, c.hold_up, c.hold_down) == (5.0, 6.5, False, False)
+    mv = su.unit.mvs["current_sp"]
+    mv.limits = dataclasses.replace(mv.limits, operator=(5.2, 6.1))
+    inner_read = su.io.read
+
+    async def read_without_status(tags: Any) -> Any:
+        return {t: s for t, s in (await inner_read(tags)).items() if t != "current.at_high_limit"}
+
+    su.io.read = read_without_status  # type: ignore[method-assign]
+    rec = su.step(1)[0]
+    c = seen[-1]["current_sp"]
+    assert (c.low, c.high, c.hold_up, c.hold_down) == (5.2, 6.1, True, False)
+    assert rec["dcs_at_limit"] == {"current_sp": "high"}
+    assert not seen[-1]["oxide_feed"].hold_up

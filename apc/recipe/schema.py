@@ -85,6 +85,11 @@ class MvSpec:
     """Increment MVs only: sequence number written with each move."""
     readback_tolerance: float = 0.0
     """Largest |written − readback| accepted on the next cycle."""
+    high_limit_status: str | None = None
+    """Tag that reads 1 while the DCS loop's output is at its high limit (windup): the APC does
+    not push this MV up meanwhile. An unreadable status counts as at the limit."""
+    low_limit_status: str | None = None
+    """As ``high_limit_status``, for the low limit."""
 
 
 @dataclass(frozen=True)
