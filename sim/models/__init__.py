@@ -10,9 +10,13 @@ from sim.models.base import ProcessModel
 
 
 def _register() -> dict[str, Callable[[], ProcessModel]]:
-    from sim.models import nd_cell
+    from sim.models import annealing_furnace, nd_cell, vim_furnace
 
-    return {"nd_electrolysis_cell": nd_cell.build}
+    return {
+        "nd_electrolysis_cell": nd_cell.build,
+        "vim_furnace": vim_furnace.build,
+        "annealing_furnace": annealing_furnace.build,
+    }
 
 
 @lru_cache(maxsize=None)
