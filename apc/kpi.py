@@ -225,8 +225,9 @@ class KpiAccumulator:
         """The configuration in use."""
         return self._cfg
 
-    def add(self, t_s: float, truth: Mapping[str, float], guard_clamps: int, shed: bool) -> None:
-        """Account for one cycle (must be called in time order)."""
+    def add(self, t_s: float, truth: Mapping[str, float], guard_clamps: int, shed: bool,
+            batch: Mapping[str, Any] | None = None) -> None:
+        """Account for one cycle (must be called in time order); ``batch`` is for furnaces only."""
         t = float(t_s)
         prev_t = self._prev_t
         if prev_t is not None and t < prev_t:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
+
+from apc.curve_preview import CurvePreview
 
 from apc.types import Estimate, MvConstraint, Plan, Sample, ValidatedInput, Write, WriteResult
 
@@ -92,4 +94,16 @@ class Controller(Protocol):
         Called every cycle for each MV that the APC does not drive (STANDBY,
         disabled MV), so that the first ON move starts from the DCS value.
         """
+        ...
+
+
+class BatchRunner(Protocol):
+    """A furnace batch following its heating curve (see :mod:`apc.batch`)."""
+
+    def update(self, t_s: float, values: Mapping[str, float]) -> CurvePreview:
+        """Advance the batch to ``t_s`` with this cycle's signal values; the reference in force."""
+        ...
+
+    def status(self) -> Mapping[str, Any]:
+        """State, segment and soak progress, for the HMI and the record."""
         ...

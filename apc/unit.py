@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 from apc.guard import GuardDecision, GuardRequest, OutputGuard, ReadbackMonitor
 from apc.kpi import KpiAccumulator
 from apc.modes import ModeConditions, ModeDecision, ModeManager
-from apc.protocols import Controller, Estimator, PlantIO
+from apc.protocols import BatchRunner, Controller, Estimator, PlantIO
 from apc.recipe.loader import LoadedRecipe
 from apc.recipe.permissive import PermissiveExpr, parse_permissive
 from apc.recipe.schema import MvLimits, MvSpec
@@ -88,6 +88,7 @@ class Unit:
         recorder: Recorder | None = None,
         kpi: KpiAccumulator | None = None,
         truth: Callable[[], Mapping[str, float]] | None = None,
+        batch: BatchRunner | None = None,
     ) -> None:
         recipe = loaded.recipe
         self.name = name
@@ -100,6 +101,8 @@ class Unit:
         self.recorder: Recorder = recorder or NullRecorder()
         self.kpi = kpi
         self.truth = truth
+        self.batch = batch
+        """Furnaces: the batch whose curve the controller follows (updated before each control step)."""
         io_ = recipe.io
         self.validator = InputValidator(io_.inputs)
         self.required_inputs = tuple(n for n, s in io_.inputs.items() if s.role in ("measurement", "disturbance"))
@@ -155,8 +158,10 @@ class Unit:
         hb_ok, hb_reason = self.heartbeat.update(utc, snapshot.get(self.recipe.io.heartbeat.dcs_tag))
         applied, remote = self._readbacks(snapshot)
         readback_faults = self._check_readbacks(applied)
-        # 3. estimate
+        # 3. estimate (furnaces: then the batch, whose reference the controller reads)
         estimate = self.estimator.update(t_s, validated, applied)
+        values = self._signal_values(validated, estimate, applied)
+        batch = self._batch_reference(t_s, values)
         # 4. decide mode
         decision = self._decide(t_s, inputs_ok, inputs_reason, estimate, link_error, hb_ok, hb_reason,
                                 readback_faults, remote, applied)
@@ -166,7 +171,6 @@ class Unit:
         if plan is not None and plan.status is SolverStatus.FAILED and decision.actual is Mode.ON:
             decision = self._shed_now(f"controller failed: {plan.reason}", decision)
         # 6. guard
-        values = self._signal_values(validated, estimate, applied)
         decisions = self._guard(t_s, dt_s, decision, plan, applied, values, inputs_ok, inputs_reason)
         # 7. write + 8. heartbeat
         writes, dropped = self._compose_writes(t_s, decision, decisions, applied)
@@ -174,7 +178,7 @@ class Unit:
         self._audit_writes(utc, k, decision, decisions, writes, results, applied, dropped)
         # 9. record
         return self._record(k, scheduled_s, t_s, utc, snapshot, validated, estimate, decision,
-                            plan, decisions, writes, results, applied, constraints)
+                            plan, decisions, writes, results, applied, constraints, batch)
 
     async def _read(self) -> tuple[dict[str, Sample], str]:
         try:
@@ -284,6 +288,15 @@ class Unit:
         self._last_plan = plan
         return plan
 
+    def _batch_reference(self, t_s: float, values: Mapping[str, float]) -> dict[str, Any] | None:
+        """Advance the batch (if any); its reference in force now, as recorded."""
+        if self.batch is None:
+            return None
+        p = self.batch.update(t_s, values)
+        return {"state": p.state.value, "segment": p.segment, "kind": p.segment_kind,
+                "target_degC": p.target_degC[0], "upper_degC": p.upper_degC[0], "lower_degC": p.lower_degC[0],
+                "hold_degC": p.hold_degC, "soak_done_s": p.soak_done_s}
+
     def _signal_values(self, validated: Mapping[str, ValidatedInput], estimate: Estimate,
                        applied: Mapping[str, float]) -> dict[str, float]:
         values = {n: (v.sample.value if v.ok and v.sample is not None else math.nan) for n, v in validated.items()}
@@ -385,7 +398,7 @@ class Unit:
                 validated: Mapping[str, ValidatedInput], estimate: Estimate, decision: ModeDecision,
                 plan: Plan | None, decisions: Mapping[str, GuardDecision], writes: list[Write],
                 results: list[WriteResult], applied: Mapping[str, float],
-                constraints: Mapping[str, MvConstraint]) -> dict[str, Any]:
+                constraints: Mapping[str, MvConstraint], batch: dict[str, Any] | None) -> dict[str, Any]:
         clamps = sum(1 for d in decisions.values() if d.clamps)
         self.guard_clamps += clamps
         P_diag = None if estimate.P is None else [estimate.P[i][i] for i in range(len(estimate.x))]
@@ -420,10 +433,12 @@ class Unit:
             "shed": decision.new_shed,
             "shed_reason": decision.shed_reason,
         }
+        if batch is not None:
+            rec["batch"] = batch
         if self.truth is not None:
             truth = dict(self.truth())
             rec["truth"] = truth
             if self.kpi is not None:
-                self.kpi.add(t_s, truth, clamps, decision.new_shed)
+                self.kpi.add(t_s, truth, clamps, decision.new_shed, batch)
         self.recorder.append(rec)
         return rec

@@ -1,0 +1,182 @@
+"""In-process simulated furnace behind :class:`apc.protocols.PlantIO`, with its DCS side.
+
+Tags: ``furnace.<output>`` for every measured model output; per model input
+``<input>.sp`` (written by the APC), ``<input>.sp_readback``, ``<input>.remote``,
+``<input>.apc_active`` and ``<input>.at_high_limit``; ``apc.heartbeat`` and
+``dcs.heartbeat``. A loop is remote (takes APC setpoints) while the APC sets
+``apc_active``, keeps its heartbeat counting and rewrites the setpoint within
+the shed timeout. Otherwise the DCS holds the furnace itself: a local PI keeps
+the loop's temperature at its value when the APC let go (or the MV is held).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from apc.types import Quality, Sample, Write, WriteResult
+from sim.furnace_plant import FurnacePlant
+
+
+@dataclass
+class _FurnaceLoop:
+    """DCS-side state of one furnace loop."""
+
+    name: str
+    low: float
+    high: float
+    remote: bool = False
+    apc_active: bool = False
+    last_sp_write_s: float = -1e18
+    sheds: int = 0
+    hold_degC: float | None = None
+    integral: float = 0.0
+    last_scan_s: float | None = None
+
+
+class FurnaceDcs:
+    """The DCS functions the APC talks to, around one simulated furnace."""
+
+    def __init__(self, plant: FurnacePlant) -> None:
+        sc = plant.scenario
+        self.plant = plant
+        self.shed_timeout_s = sc.dcs_shed_timeout_s
+        self.heartbeat_period_s = sc.dcs_heartbeat_period_s
+        self.loops = {n: _FurnaceLoop(n, *sc.output_limits.get(n, (-math.inf, math.inf)))
+                      for n in plant.model.input_names}
+        self.apc_heartbeat = 0.0
+        self.apc_heartbeat_changed_s = -1e18
+
+    def scan(self, now_s: float) -> None:
+        """One DCS scan: remote status, then the local fallback of loops that are not remote."""
+        hb_fresh = now_s - self.apc_heartbeat_changed_s <= self.shed_timeout_s
+        local = {ev.signal for ev in self.plant.active_events("loop_local")}
+        for loop in self.loops.values():
+            ok = (loop.apc_active and hb_fresh and loop.name not in local
+                  and now_s - loop.last_sp_write_s <= self.shed_timeout_s)
+            if loop.remote and not ok:
+                loop.sheds += 1
+                self._take_over(loop)
+            loop.remote = ok
+            if not ok:
+                self._local_control(loop, now_s)
+            loop.last_scan_s = now_s
+
+    def _take_over(self, loop: _FurnaceLoop) -> None:
+        pi = self.plant.scenario.local_pi.get(loop.name)
+        if pi is None:
+            return
+        meas = self.plant.measurements()[pi.measurement].value
+        loop.hold_degC = meas if math.isfinite(meas) else None
+        loop.integral = self.plant.setpoints[loop.name]
+
+    def _local_control(self, loop: _FurnaceLoop, now_s: float) -> None:
+        pi = self.plant.scenario.local_pi.get(loop.name)
+        if pi is None or loop.hold_degC is None or loop.last_scan_s is None:
+            return
+        dt = max(0.0, now_s - loop.last_scan_s)
+        meas = self.plant.measurements()[pi.measurement].value
+        if not math.isfinite(meas):
+            return
+        err = loop.hold_degC - meas
+        unclamped = loop.integral + pi.kp * dt / pi.ti_s * err
+        loop.integral = min(max(unclamped, loop.low), loop.high)  # no windup
+        self.plant.set_input(loop.name, min(max(loop.integral + pi.kp * err, loop.low), loop.high))
+
+    def dcs_heartbeat(self, now_s: float) -> float:
+        """DCS heartbeat counter (frozen during a scenario freeze)."""
+        frozen = self.plant.active_events("dcs_heartbeat_freeze")
+        if frozen:
+            now_s = min(ev.at_h * 3600.0 for ev in frozen)
+        return float(int(now_s / self.heartbeat_period_s))
+
+    def apply(self, tag: str, value: float, now_s: float) -> WriteResult:
+        """Apply one APC write as a DCS would."""
+        if tag == "apc.heartbeat":
+            if value != self.apc_heartbeat:
+                self.apc_heartbeat, self.apc_heartbeat_changed_s = value, now_s
+            return WriteResult(tag, True)
+        name, _, attr = tag.rpartition(".")
+        loop = self.loops.get(name)
+        if loop is None:
+            return WriteResult(tag, False, "BadNodeIdUnknown")
+        if attr == "apc_active":
+            loop.apc_active = value >= 0.5
+            self.scan(now_s)
+            return WriteResult(tag, True)
+        if attr == "sp":
+            loop.last_sp_write_s = now_s
+            self.scan(now_s)
+            if loop.remote:
+                self.plant.set_input(name, min(max(value, loop.low), loop.high))
+            return WriteResult(tag, True)
+        return WriteResult(tag, False, "BadNotWritable")
+
+    def readbacks(self, now_s: float) -> dict[str, float]:
+        """DCS-side tags: setpoints in force, remote and limit status, heartbeat."""
+        out = {"dcs.heartbeat": self.dcs_heartbeat(now_s)}
+        for name, loop in self.loops.items():
+            sp = self.plant.setpoints[name]
+            out[f"{name}.sp_readback"] = sp
+            out[f"{name}.remote"] = 1.0 if loop.remote else 0.0
+            out[f"{name}.at_high_limit"] = 1.0 if sp >= loop.high else 0.0
+        return out
+
+    def writable(self) -> frozenset[str]:
+        """Tags the APC may write."""
+        tags = {"apc.heartbeat"}
+        for name in self.loops:
+            tags |= {f"{name}.sp", f"{name}.apc_active"}
+        return frozenset(tags)
+
+
+class SimulatedFurnaceIO:
+    """PlantIO for one simulated furnace, advanced to the clock's time on every read."""
+
+    def __init__(self, plant: FurnacePlant, now_s: Callable[[], float], utc: Callable[[], float]) -> None:
+        self.plant = plant
+        self.dcs = FurnaceDcs(plant)
+        self._now_s = now_s
+        self._utc = utc
+
+    def tags(self) -> frozenset[str]:
+        """Every tag this adapter serves (readable or writable)."""
+        measured = {f"furnace.{n}" for n in self.plant.model.output_names}
+        return frozenset(measured) | frozenset(self.dcs.readbacks(0.0)) | self.dcs.writable()
+
+    async def connect(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def _sync(self) -> float:
+        now = self._now_s()
+        self.plant.advance_to(now)
+        self.dcs.scan(now)
+        return now
+
+    async def read(self, tags: Sequence[str]) -> Mapping[str, Sample]:
+        """Read ``tags``: measurements with their quality, DCS tags good."""
+        now = self._sync()
+        utc = self._utc()
+        meas = self.plant.measurements()
+        dcs = self.dcs.readbacks(now)
+        out: dict[str, Sample] = {}
+        for tag in tags:
+            if tag.startswith("furnace.") and tag[8:] in meas:
+                r = meas[tag[8:]]
+                out[tag] = Sample(float(r.value), Quality(r.quality), utc, utc)
+            elif tag in dcs:
+                out[tag] = Sample(float(dcs[tag]), Quality.GOOD, utc, utc)
+        return out
+
+    async def write(self, writes: Sequence[Write]) -> Sequence[WriteResult]:
+        """Apply writes in order, as the DCS would accept or ignore them."""
+        now = self._sync()
+        return [self.dcs.apply(w.tag, w.value, now) for w in writes]
+
+    def truth(self) -> dict[str, float]:
+        """Simulator truth (KPIs only; never used for control)."""
+        return self.plant.truth()
