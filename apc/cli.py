@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import json
 import sys
+
+import structlog
 from pathlib import Path
 from typing import Sequence
 
@@ -28,7 +30,13 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
     try:
         loaded = load(args.recipe)
-        scenario = load_scenario(args.scenario)
+        if loaded.recipe.is_furnace:
+            from apc.furnace_assembly import DEFAULT_SCENARIOS
+            from sim.furnace_plant import load_furnace_scenario
+
+            scenario = load_furnace_scenario(args.scenario or DEFAULT_SCENARIOS[loaded.recipe.unit_kind])
+        else:
+            scenario = load_scenario(args.scenario or "nominal")
     except (RecipeError, ScenarioError) as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -114,10 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sim", help="run a recipe against the simulated plant in virtual time")
     s.add_argument("recipe")
-    s.add_argument("--hours", type=float, default=None, help="simulated hours (default: the scenario's)")
+    s.add_argument("--hours", type=float, default=None,
+                   help="simulated hours (default: the scenario's; a furnace: one whole batch)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--controller", choices=("baseline", "mpc"), default=None)
-    s.add_argument("--scenario", default="nominal", help="name in sim/scenarios or a YAML path")
+    s.add_argument("--scenario", default=None,
+                   help="name in sim/scenarios (furnaces: sim/scenarios/furnace) or a YAML path "
+                        "(default: nominal; furnaces: the unit kind's)")
     s.add_argument("--json", action="store_true", help="print KPIs as JSON (deterministic)")
     s.add_argument("--timings", action="store_true", help="also print wall-clock figures")
     s.add_argument("--record", help="write the flight record to this file")
@@ -135,12 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--hours", type=float, default=None, help="stop after this many (plant) hours")
     u.add_argument("--record-dir", default=None)
     u.set_defaults(func=_cmd_run)
+    from apc.hmi.cli import add_subcommands
+
+    add_subcommands(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``apc`` console script."""
     args = build_parser().parse_args(argv)
+    # Diagnostics of the library modules go to stderr: stdout carries results (e.g. --json).
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     try:
         return int(args.func(args))
     except BrokenPipeError:  # output piped into e.g. `head`
