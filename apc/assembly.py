@@ -46,6 +46,10 @@ def recipe_signal_names(recipe: Recipe) -> Iterable[str]:
     """
     if recipe.model.name not in model_names():
         raise ValueError(f"unknown model {recipe.model.name!r}; known: {list(model_names())}")
+    if recipe.is_furnace:
+        from apc.furnace_assembly import furnace_signal_names
+
+        return furnace_signal_names(recipe)
     model = get_model(recipe.model.name)
     unknown = sorted(set(recipe.model.parameters) - set(model.parameter_names))
     if unknown:

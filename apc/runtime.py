@@ -16,13 +16,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from apc.assembly import build_sim_unit
+from apc.furnace_assembly import DEFAULT_SCENARIOS, build_furnace_sim_unit
+from apc.hmi.server import HmiServer
+from apc.hmi.users import load_users
 from apc.audit import make_logger
 from apc.clock import RealClock
 from apc.kpi import format_kpis
 from apc.recipe.loader import LoadedSite
+from apc.recipe.schema import SiteUnit
 from apc.scheduler import ScheduleStats, run_periodic
 from apc.types import Mode
 from apc.unit import Unit
+from sim.furnace_plant import load_furnace_scenario
 from sim.scenario import load_scenario
 
 
@@ -30,9 +35,17 @@ def _status_line(unit: Unit, rec: dict[str, Any]) -> str:
     truth = rec.get("truth") or {}
     est = rec["estimate"]
     values = dict(zip(est["names"], est["x"]))
+    values.update(est["extras"])
     mode = rec["mode"]
     shed = f" shed: {rec['shed_reason']}" if rec["shed_reason"] else ""
     hold = f" hold: {mode['hold']}" if mode["hold"] and not shed else ""
+    batch = rec.get("batch")
+    if batch is not None:
+        controlled = unit.recipe.curve.controlled if unit.recipe.curve else ""
+        return (f"{unit.name:10s} {mode['requested']:>7s}/{mode['actual']:<7s} batch {batch['state']} "
+                f"segment {batch['segment']} {batch['kind'] or '-'}  target={batch['target_degC']:7.1f} degC  "
+                f"{controlled}={values.get(controlled, float('nan')):7.1f} (est) "
+                f"{truth.get(controlled, float('nan')):7.1f} (sim) degC{shed}{hold}")
     return (
         f"{unit.name:10s} {mode['requested']:>7s}/{mode['actual']:<7s} "
         f"U={values.get('cell_voltage_V', float('nan')):6.3f} V  "
@@ -68,25 +81,29 @@ async def run_site(
         except (NotImplementedError, RuntimeError):  # not on the main thread / platform
             pass
     units: list[Unit] = []
+    hmi: HmiServer | None = None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock.utc()))
     try:
         for su in site.units:
-            scenario = load_scenario(su.plant.scenario)
-            unit, _ = build_sim_unit(
-                su.name, loaded.recipes[su.name], scenario, su.plant.seed, clock, audit=audit,
-                record_path=rdir / f"{su.name}-{stamp}.apcrec", real_time=True,
-            )
-            unit.request_mode(Mode(su.requested_mode), who="site file", where=str(loaded.path), utc=clock.utc())
+            unit = _build_unit(loaded, su, clock, audit, rdir / f"{su.name}-{stamp}.apcrec")
+            unit.request_mode(Mode(_first_mode(unit, su.requested_mode)), who="site file", where=str(loaded.path),
+                              utc=clock.utc())
             units.append(unit)
+        if site.hmi is not None:
+            hmi = _hmi_server(loaded, units, audit, clock)
+            await hmi.start()
         # Models, solvers and sessions built above live as long as the process: keep them out of
         # every later collection, so a full collection scans only what the cycles allocate.
         gc.collect()
         gc.freeze()
         print(f"site {site.site}: {len(units)} unit(s), {clock_speed(clock)}x real time, "
               f"records and audit log in {rdir}", file=out, flush=True)
-        tasks = [asyncio.create_task(_run_unit(u, clock, hours, stop, audit, out, status_every_s)) for u in units]
+        tasks = [asyncio.create_task(_run_unit(u, clock, hours, stop, audit, out, status_every_s, hmi))
+                 for u in units]
         results: list[ScheduleStats] = await asyncio.gather(*tasks)
     finally:
+        if hmi is not None:
+            await hmi.stop()
         for u in units:
             u.recorder.close()
         audit_file.close()
@@ -103,8 +120,41 @@ def clock_speed(clock: RealClock) -> float:
     return clock._speed  # noqa: SLF001 - read-only view for the banner
 
 
+def _build_unit(loaded: LoadedSite, su: SiteUnit, clock: RealClock, audit: Any, record: Path) -> Unit:
+    """One unit of the site against its simulated plant (a cell, or a furnace with its batch)."""
+    recipe = loaded.recipes[su.name]
+    if recipe.recipe.is_furnace:
+        scenario = load_furnace_scenario(su.plant.scenario if su.plant.scenario != "nominal"
+                                         else DEFAULT_SCENARIOS[recipe.recipe.unit_kind])
+        state_dir = loaded.path.parent / loaded.site.state_dir / su.name
+        unit, _, _ = build_furnace_sim_unit(su.name, recipe, scenario, su.plant.seed, clock, audit=audit,
+                                            record_path=record, real_time=True, state_dir=state_dir)
+        return unit
+    unit, _ = build_sim_unit(su.name, recipe, load_scenario(su.plant.scenario), su.plant.seed, clock, audit=audit,
+                             record_path=record, real_time=True)
+    return unit
+
+
+def _first_mode(unit: Unit, requested: str) -> str:
+    """The site file's mode, except that a batch restored after a restart starts no higher than
+    STANDBY: the DCS keeps holding the furnace until an operator asks for more."""
+    if unit.batch is not None and unit.batch.status().get("state") == "held" and requested == "ON":
+        return "STANDBY"
+    return requested
+
+
+def _hmi_server(loaded: LoadedSite, units: list[Unit], audit: Any, clock: RealClock) -> HmiServer:
+    hs = loaded.site.hmi
+    assert hs is not None
+    base = loaded.path.parent
+    return HmiServer({u.name: u for u in units}, load_users(base / hs.users), endpoint_url=hs.endpoint_url,
+                     cert_path=base / hs.certificate, key_path=base / hs.private_key,
+                     allow_insecure_loopback=hs.allow_insecure_loopback, audit=audit, clock_utc=clock.utc,
+                     trusted_clients=None if hs.trusted_clients is None else base / hs.trusted_clients)
+
+
 async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asyncio.Event, audit: Any,
-                    out: TextIO, status_every_s: float) -> ScheduleStats:
+                    out: TextIO, status_every_s: float, hmi: HmiServer | None = None) -> ScheduleStats:
     period = unit.recipe.period_s
     every = max(1, int(round(status_every_s / period)))
     end_s = None if hours is None else hours * 3600.0
@@ -112,6 +162,10 @@ async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asy
 
     async def cycle(k: int, slot: float) -> None:
         rec = await unit.cycle(k, slot, clock.monotonic(), clock.utc())
+        if hmi is not None:
+            await hmi.publish(unit.name, rec)
+            if unit.batch is not None:
+                await hmi.update_batch(unit.name, unit.batch.status())
         if k % every == 0 or rec["shed"]:
             print(f"{slot / 3600.0:6.2f} h  {_status_line(unit, rec)}", file=out, flush=True)
 

@@ -165,10 +165,19 @@ class CurveSection:
     ramp_lag_limit_degC: float | None = None
     """Guaranteed ramp: while the controlled temperature lags the ramp/cool
     reference by more than this, the reference waits (None: it never waits)."""
+    pressure_limit_Pa: float | None = None
+    """Vacuum furnaces: chamber pressure the batch must never exceed (the process limit that
+    KPIs judge; a controller may keep its own margin below it)."""
+    core_surface_dT_max_K: float | None = None
+    """Annealing: largest |surface − core| the load may see (process limit, judged by KPIs)."""
 
     def __post_init__(self) -> None:
         if not self.controlled.strip():
             raise ValueError("controlled must name a signal")
+        for name in ("pressure_limit_Pa", "core_surface_dT_max_K"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ValueError(f"{name} must be > 0 (or left out)")
         for name in ("max_heating_rate_degC_min", "max_cooling_rate_degC_min"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
@@ -240,6 +249,11 @@ class BatchSection:
     curve's controlled signal)."""
     soak_extension_min: float = 0.0
     """Fixed time added to every soak (the plant's baseline practice, sized for the worst-case load)."""
+    baseline_soak_signal: str | None = None
+    """The PID baseline's batch: the measured signal its soak clock (and ramp wait) runs on (plants
+    cannot see the core); default ``soak_signal``."""
+    baseline_soak_extension_min: float = 0.0
+    """The PID baseline's batch: fixed extension of every soak, sized for the worst-case load."""
     preview_points: int = 60
     """Points of the preview handed to the controller each cycle."""
     preview_step_s: float = 60.0
@@ -257,6 +271,8 @@ class BatchSection:
             raise ValueError("soak_signal must name a signal (or be left out)")
         if not self.soak_extension_min >= 0:
             raise ValueError("soak_extension_min must be >= 0")
+        if not self.baseline_soak_extension_min >= 0:
+            raise ValueError("baseline_soak_extension_min must be >= 0")
         if self.preview_points < 1:
             raise ValueError("preview_points must be >= 1")
         if not self.preview_step_s > 0:

@@ -29,6 +29,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from apc.recipe.errors import Problem, RecipeError
 from apc.recipe.permissive import PermissiveSyntaxError, parse_permissive
+from apc.recipe.curve_schema import check_against_model
 from apc.recipe.schema import IoSection, Recipe, Site
 from apc.types import MvKind
 
@@ -455,6 +456,15 @@ def _cross_check(
             add(_at(root, "model", "name"), "model.name", f"cannot list the model's signal names: {exc}")
     elif io is not None and provider is None:
         known = frozenset(io.inputs) | frozenset(io.mvs) | extra_names
+    curve, batch = parts.get("curve"), parts.get("batch")
+    if known is not None and curve is not None:
+        for unknown in sorted(curve.signal_names() - known):
+            add(_at(root, "curve", key_line=True), "curve", f"unknown signal '{unknown}'" + _suggest(unknown, known))
+    if known is not None and batch is not None:
+        for key in ("soak_signal", "baseline_soak_signal"):
+            name = getattr(batch, key)
+            if name is not None and name not in known:
+                add(_at(root, "batch", key), f"batch.{key}", f"unknown signal '{name}'" + _suggest(name, known))
     for name, p in permissives.items():
         line = _at(root, "permissives", name, "expr")
         try:
@@ -467,14 +477,50 @@ def _cross_check(
                 add(line, f"permissives.{name}.expr", f"unknown signal '{unknown}'" + _suggest(unknown, known))
 
     controller = parts.get("controller")
-    if controller is not None and controller.kind == "baseline" and controller.baseline is None:
+    furnace = parts.get("unit_kind") in ("vacuum_furnace", "annealing_furnace")
+    if furnace:
+        _check_furnace(conv, root, parts)
+    elif controller is not None and controller.kind == "baseline" and controller.baseline is None:
         add(_at(root, "controller"), "controller.baseline", "required when controller.kind is 'baseline'")
-    if controller is not None and controller.kind == "mpc" and controller.mpc is None:
+    if not furnace and controller is not None and controller.kind == "mpc" and controller.mpc is None:
         add(_at(root, "controller"), "controller.mpc", "required when controller.kind is 'mpc'")
     estimator = parts.get("estimator")
     if controller is not None and controller.mpc is not None and estimator is not None and estimator.kind != "ekf":
         add(_at(root, "controller", "mpc", key_line=True), "controller.mpc",
             f"the MPC predicts from the Kalman filter's states: needs estimator.kind 'ekf', not {estimator.kind!r}")
+
+
+def _check_furnace(conv: Converter, root: Node, parts: dict[str, Any]) -> None:
+    """A furnace needs its curve, batch and the controller section of its kind; the curve must be
+    one the model can heat at the power MV's engineering high limit."""
+    add = conv.problem
+    controller, curve, io = parts.get("controller"), parts.get("curve"), parts.get("io")
+    for key in ("curve", "batch"):
+        if key in parts and parts[key] is None or key not in parts and _child(root, key)[1] is None:
+            add(_at(root, "unit_kind"), key, "a furnace recipe needs this section")
+    if controller is not None:
+        if controller.kind == "baseline" and controller.pid is None:
+            add(_at(root, "controller"), "controller.pid", "required when a furnace's controller.kind is 'baseline'")
+        if controller.kind == "mpc" and controller.furnace_mpc is None:
+            add(_at(root, "controller"), "controller.furnace_mpc",
+                "required when a furnace's controller.kind is 'mpc'")
+    model_sec, limits = parts.get("model"), parts.get("limits")
+    if curve is None or model_sec is None or io is None or limits is None:
+        return
+    from sim.models import get_model  # the model check needs the registry (imported lazily)
+
+    try:
+        model = get_model(model_sec.name)
+    except KeyError:
+        return  # reported by the model-name check
+    heat = [n for n, mv in io.mvs.items() if mv.model_input.endswith("_kW") and n in limits]
+    if not heat:
+        add(_at(root, "io", "mvs"), "io.mvs", "a furnace needs an MV driving a power input (…_kW)")
+        return
+    mv = io.mvs[heat[0]]
+    for message in check_against_model(curve, model, model_sec.parameters, limits[heat[0]].engineering[1],
+                                       power_input=mv.model_input):
+        add(_at(root, "curve", "segments"), "curve.segments", message)
 
 
 def _check_tags(conv: Converter, root: Node, io: IoSection) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from apc.recipe.curve_schema import BatchSection, CurveSection
+from apc.recipe.furnace_tuning import FurnaceMpcSection, FurnacePidSection
 from apc.types import MvKind
 
 SCHEMA_VERSION = 1
@@ -54,6 +56,8 @@ class InputSpec:
     """Frozen-value detection; only for normally noisy signals."""
     accept_uncertain: bool = False
     """Treat Uncertain quality as usable."""
+    model_output: str | None = None
+    """Furnaces: the model output this input measures (fused by the furnace filter)."""
 
     def __post_init__(self) -> None:
         lo, hi = self.range
@@ -399,7 +403,11 @@ class ControllerSection:
     kind: Literal["baseline", "mpc"] = "baseline"
     baseline: TrackingFeedSection | None = None
     mpc: MpcSection | None = None
-    """Cell MPC tuning; required when ``kind`` is ``mpc``."""
+    """Cell MPC tuning; required when ``kind`` is ``mpc`` on a cell."""
+    pid: FurnacePidSection | None = None
+    """Furnaces: the industrial PID baseline; required when ``kind`` is ``baseline`` on a furnace."""
+    furnace_mpc: FurnaceMpcSection | None = None
+    """Furnaces: the curve-tracking MPC; required when ``kind`` is ``mpc`` on a furnace."""
     period_multiple: int = 1
     """Controller runs every N base periods; guard and recorder every period."""
     hold_cycles: int = 6
@@ -480,6 +488,15 @@ class Recipe:
     kpi_warmup_h: float = 6.0
     """KPIs are computed from the simulator's truth after this warm-up."""
     description: str = ""
+    curve: CurveSection | None = None
+    """Furnaces: the heating curve (see ``docs/heating_curves.md``)."""
+    batch: BatchSection | None = None
+    """Furnaces: how a batch runs the curve (state file, restart, soak extension, preview)."""
+
+    @property
+    def is_furnace(self) -> bool:
+        """True for the furnace unit kinds (batch, curve, furnace controllers)."""
+        return self.unit_kind in ("vacuum_furnace", "annealing_furnace")
 
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
@@ -509,6 +526,24 @@ class SiteUnit:
 
 
 @dataclass(frozen=True)
+class HmiSection:
+    """The runtime's own OPC UA server for the HMI (see ``docs/hmi.md``); paths relative to the site file."""
+
+    endpoint_url: str
+    """e.g. ``opc.tcp://0.0.0.0:4850/apc/hmi``."""
+    certificate: str
+    """Server certificate (``apc hmi-cert``)."""
+    private_key: str
+    """Its private key (``.pem``, mode 0600)."""
+    users: str
+    """Users file (``apc hmi-user``; mode 0600), never the recipe."""
+    allow_insecure_loopback: bool = False
+    """Also offer an unsecured endpoint; refused unless the endpoint host is loopback."""
+    trusted_clients: str | None = None
+    """Directory of trusted client certificates (recommended in production)."""
+
+
+@dataclass(frozen=True)
 class Site:
     """The units of one runtime process."""
 
@@ -518,6 +553,10 @@ class Site:
     record_dir: str = "records"
     speed: float = 1.0
     """Real-time multiple for simulated plants (1 = real time)."""
+    hmi: HmiSection | None = None
+    """The HMI server; none: operators use the site file's requested modes only."""
+    state_dir: str = "state"
+    """Where furnace batches keep their state files (relative to the site file)."""
 
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:

@@ -1,0 +1,107 @@
+"""Furnace curve MPC against the industrial PID baseline, one whole batch per seed, KPIs side by side.
+
+Runs each shipped furnace recipe (``recipes/vim_furnace.yaml``,
+``recipes/annealing_furnace.yaml``) once with ``--controller baseline`` and
+once with ``--controller mpc`` per seed on the furnace's nominal scenario,
+whose seeds vary the load (charge / coil mass) and the plant parameters
+around the recipe's nominal model. Same plant, same seed, same noise for
+both. KPIs are judged on the simulator's truth (the true load core or
+charge), with the fixed keys of :mod:`apc.furnace_kpi`; a batch whose true
+core did not complete its soak fails, whatever the estimate said.
+
+Targets checked per seed for the MPC: tracking RMSE at most half the
+baseline's, zero overshoot beyond the band, zero pressure-limit violations,
+complete soak, batch time no longer than the baseline's.
+
+    python bench/furnace_vs_baseline.py [--seeds 41-46] [--furnace vim|annealing|both] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from apc.assembly import load
+from apc.furnace_assembly import DEFAULT_SCENARIOS
+from apc.furnace_kpi import FURNACE_KPI_KEYS
+from apc.provenance import furnace_simulator_sha256
+from apc.simulate import SimResult, simulate
+from sim.furnace_plant import load_furnace_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = {"vim": ROOT / "recipes" / "vim_furnace.yaml", "annealing": ROOT / "recipes" / "annealing_furnace.yaml"}
+CONTROLLERS = ("baseline", "mpc")
+
+
+def _job(args: tuple[str, int, str]) -> tuple[str, int, str, dict[str, Any], float]:
+    furnace, seed, controller = args
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))  # quiet workers
+    loaded = load(RECIPES[furnace])
+    scenario = load_furnace_scenario(DEFAULT_SCENARIOS[loaded.recipe.unit_kind])
+    res: SimResult = asyncio.run(simulate(loaded, scenario, seed=seed, controller=controller))  # type: ignore[arg-type]
+    return furnace, seed, controller, res.kpis, res.wall_s
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = (int(v) for v in text.split("-"))
+        return list(range(lo, hi + 1))
+    return [int(v) for v in text.split(",")]
+
+
+def _checks(b: dict[str, Any], m: dict[str, Any]) -> dict[str, bool]:
+    return {
+        "rmse<=½": m["tracking_rmse_degC"] <= 0.5 * b["tracking_rmse_degC"],
+        "no overshoot": m["overshoot_max_degC"] <= 0.0,
+        "no p-viol": m["pressure_violations"] == 0,
+        "soak done": m["soak_complete"] == 1,
+        "time<=": not math.isnan(m["batch_time_min"]) and (
+            math.isnan(b["batch_time_min"]) or m["batch_time_min"] <= b["batch_time_min"]),
+    }
+
+
+def main() -> None:
+    """Run both controllers on every seed of the chosen furnaces and print the comparison."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="41-46")
+    ap.add_argument("--furnace", choices=("vim", "annealing", "both"), default="both")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    seeds = _seeds(args.seeds)
+    furnaces = list(RECIPES) if args.furnace == "both" else [args.furnace]
+    print(f"Furnace MPC vs PID baseline, seeds {seeds}\nfurnace simulator_sha256 {furnace_simulator_sha256()}",
+          flush=True)
+    jobs = [(f, s, c) for f in furnaces for s in seeds for c in CONTROLLERS]
+    runs: dict[tuple[str, int, str], dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        for fut in as_completed([pool.submit(_job, j) for j in jobs]):
+            furnace, seed, controller, kpis, wall = fut.result()
+            runs[(furnace, seed, controller)] = kpis
+            print(f"done {furnace} seed {seed} {controller:8s} in {wall:5.0f} s", flush=True)
+    keys = FURNACE_KPI_KEYS[:8]
+    for furnace in furnaces:
+        loaded = load(RECIPES[furnace])
+        print(f"\n{furnace}: {RECIPES[furnace].name} (sha256 {loaded.sha256[:12]})")
+        print(f"{'seed':>4s} {'ctrl':8s} " + " ".join(f"{k[:13]:>13s}" for k in keys))
+        totals: dict[str, list[bool]] = {}
+        for s in seeds:
+            for c in CONTROLLERS:
+                k = runs[(furnace, s, c)]
+                print(f"{s:4d} {c:8s} " + " ".join(f"{float(k[x]):13.2f}" for x in keys))
+            checks = _checks(runs[(furnace, s, "baseline")], runs[(furnace, s, "mpc")])
+            for name, ok in checks.items():
+                totals.setdefault(name, []).append(ok)
+            print(f"{'':13s} targets: " + ", ".join(f"{n} {'ok' if ok else 'MISSED'}" for n, ok in checks.items()))
+        print("targets met on every seed: " + ", ".join(
+            f"{n} {sum(v)}/{len(v)}" for n, v in totals.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,637 @@
+"""Nonlinear MPC of a furnace following its heating curve (implements :class:`apc.protocols.Controller`).
+
+One NLP per controller, built once with CasADi: multiple shooting over ``horizon_steps`` steps
+of ``step_multiple × period_s``, RK4 (``rk4_substeps`` per step) of the shared model
+``f(x, u, d, p)`` with the recipe's nominal parameters corrected by the estimator's biases
+(:func:`estimators.furnace_ekf.biased_parameters`; offset-free), solved by IPOPT with an
+iteration cap (deterministic in virtual time) and, only when ``real_time``, a wall-time cap. The
+NLP is expanded to SX and interpreted (no C compilation: a solve takes milliseconds).
+
+Decision variables: the scaled state at each step, every model input at each step and one slack
+per soft constraint and step. Inputs that no enabled MV drives are fixed by their bounds (a
+disabled MV at its readback, an input without an MV at ``fixed_inputs``); an enabled MV lies in
+the limits in force (``MvConstraint.low/high``), never moves further toward a limit the DCS
+reports its output at (``hold_up``/``hold_down``) and changes at most its rate per step.
+
+Objective per point k = 1 … N of the horizon (the preview ``CurvePreview`` interpolated onto the
+prediction grid):
+
+* ``tracking_weight·(cv_k − target_k)²``, cv = ``controlled`` (state or aux signal);
+* ``move_weight·(Δu_k / range)²`` per MV, ``energy_weight·u_k / range`` per power input (kW);
+* soft constraints, penalty ``pen·(s + quadratic_penalty_ratio·s²)`` on slacks s ≥ 0:
+  cv ≤ upper (no overshoot beyond the band; ``band_signals`` too), cv ≥ lower (soak band),
+  |cv_k − cv_{k−1}| ≤ ramp rate, chamber pressure ≤ ``pressure_limit_Pa`` (VIM),
+  |surface − core| ≤ ``core_surface_dT_max_K`` (annealer). The upper, pressure and ΔT limits are
+  tightened by ``backoff_sigmas`` standard deviations of the estimate where it reports one
+  (``charge_temp_degC_std``, ``chamber_pressure_Pa_std``, ``core_surface_dT_K_std``).
+
+Runtime: solve every ``period_multiple`` cycles, and at once when the enable flags, the limits in
+force or the batch state change; in between follow the plan. Warm start from the shifted last
+solution, a cold retry when it fails. A failed solve (IPOPT failure, iteration cap, bad numbers)
+follows the still-valid rest of the last plan for up to ``hold_cycles`` failed solves (HELD),
+then FAILED with the reason. Moves are rate-limited per cycle from the readback and the last
+output and kept inside the limits in force, so the output guard never clamps. Outside RUNNING
+the MPC holds ``preview.hold_degC``; with no hold temperature it makes no heat: power inputs go
+to their low limit (rate-limited), other MVs are held.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import casadi as ca
+import numpy as np
+import structlog
+
+from apc.curve_preview import CurvePreview
+from apc.recipe.furnace_tuning import FurnaceMpcSection
+from apc.recipe.schema import MvLimits, MvSpec
+from apc.types import Estimate, MvConstraint, MvKind, Plan, SolverStatus
+from estimators.furnace_ekf import biased_parameters
+from sim.models.base import ProcessModel
+
+PRESSURE = "chamber_pressure_Pa"
+"""Model state limited by ``pressure_limit_Pa``."""
+CORE_SURFACE_DT = "core_surface_dT_K"
+"""Model aux signal limited by ``core_surface_dT_max_K``."""
+
+_BIG = 1.0e4
+"""Stands for an infinite limit in the NLP parameters (K, K per step)."""
+_REL_MARGIN = 1e-6
+"""Moves stay this share inside rate limits (float rounding vs the guard)."""
+_HOLD_DEADBAND = 0.01
+"""At a DCS-reported limit, moves away from it smaller than this share of a cycle's rate are not made."""
+_TIMED_OUT = "Maximum_WallTime_Exceeded"
+_SLACK_START = 0.1
+
+
+@dataclass(frozen=True)
+class MvBinding:
+    """One recipe MV as the MPC sees it."""
+
+    name: str
+    input_index: int
+    lo: float
+    hi: float
+    rate_per_s: float
+
+
+@dataclass
+class _Solution:
+    """A converged solve: the plan and what the warm start needs."""
+
+    t_s: float
+    x0: np.ndarray
+    xs: np.ndarray
+    w: np.ndarray
+    U: np.ndarray  # nu × N, absolute inputs
+    predicted: dict[str, tuple[float, ...]]
+
+
+class FurnaceMpc:
+    """Nonlinear MPC of a furnace; see the module docstring.
+
+    ``ipopt_options`` (class attribute) adds or overrides IPOPT/nlpsol options (benchmarks only).
+
+    Parameters
+    ----------
+    model : ProcessModel
+        The registered furnace model (shared with the estimator and simulator).
+    p_nominal : np.ndarray
+        Recipe parameters (``model.parameter_vector(recipe.model.parameters)``).
+    cfg : FurnaceMpcSection
+        Tuning.
+    mvs, limits : Mapping
+        The recipe's MV specs and limits by MV name (setpoint MVs only).
+    period_s : float
+        Base period of the unit loop.
+    preview_source : Callable[[], CurvePreview]
+        The batch's curve preview, updated by the unit before each step.
+    period_multiple : int
+        Solve every this many base periods.
+    hold_cycles : int
+        Failed solves during which the last plan is followed before FAILED.
+    real_time : bool
+        Running against the wall clock: applies ``cfg.max_solve_wall_s``; offline only
+        ``cfg.max_iter`` limits a solve (deterministic).
+    """
+
+    ipopt_options: dict[str, object] = {}
+
+    def __init__(self, model: ProcessModel, p_nominal: np.ndarray, cfg: FurnaceMpcSection,
+                 mvs: Mapping[str, MvSpec], limits: Mapping[str, MvLimits], period_s: float,
+                 preview_source: Callable[[], CurvePreview], period_multiple: int = 1, hold_cycles: int = 6,
+                 real_time: bool = False) -> None:
+        if not period_s > 0 or period_multiple < 1:
+            raise ValueError("period_s must be > 0 and period_multiple >= 1")
+        self.model = model
+        self.cfg = cfg
+        self.p_nominal = np.asarray(p_nominal, dtype=float)
+        self.period_s = float(period_s)
+        self.solve_every_s = float(period_multiple) * self.period_s
+        self.preview_source = preview_source
+        self.hold_cycles = int(hold_cycles)
+        self.real_time = bool(real_time)
+        self.N = cfg.horizon_steps
+        self.step_s = cfg.step_multiple * self.period_s
+        self.nx, self.nu = len(model.states), len(model.inputs)
+        self._check_model()
+        self.bindings = self._bind(mvs, limits)
+        driven = {b.input_index for b in self.bindings.values()}
+        free = [n for i, n in enumerate(model.input_names) if i not in driven and n not in cfg.fixed_inputs]
+        if free:
+            raise ValueError(f"controller.mpc: model input(s) {free} need an MV or a value in fixed_inputs")
+        unknown = sorted(set(cfg.fixed_inputs) - set(model.input_names))
+        if unknown:
+            raise ValueError(f"controller.mpc.fixed_inputs: {unknown} are not inputs of model {model.name!r}")
+        missing = [n for n in model.disturbance_names
+                   if n not in cfg.disturbance_values and n not in cfg.disturbance_inputs]
+        if missing:
+            raise ValueError(f"controller.mpc: model disturbance(s) {missing} need a value in disturbance_values "
+                             "or an input in disturbance_inputs")
+        unknown = sorted((set(cfg.disturbance_values) | set(cfg.disturbance_inputs)) - set(model.disturbance_names))
+        if unknown:
+            raise ValueError(f"controller.mpc: {unknown} are not disturbances of model {model.name!r}")
+        unknown = sorted(set(cfg.move_weights) - set(self.bindings))
+        if unknown:
+            raise ValueError(f"controller.mpc.move_weights: unknown MV(s) {unknown}")
+        self._heat = [i for i, s in enumerate(model.inputs) if s.unit == "kW"]
+        self._log = structlog.get_logger(__name__).bind(model=model.name)
+        self._build()
+        self.solve_times: list[float] = []
+        """Wall time of every solve, s."""
+        self.reset()
+
+    # ------------------------------------------------------------- set-up
+    def _signal_kind(self, name: str) -> str | None:
+        m = self.model
+        if name in m.state_names:
+            return "state"
+        if name in m.aux_names:
+            return "aux"
+        if name in m.output_names:
+            return "output"
+        return None
+
+    def _check_model(self) -> None:
+        cfg, m = self.cfg, self.model
+        for name in (cfg.controlled, *cfg.band_signals):
+            if self._signal_kind(name) is None:
+                raise ValueError(f"controller.mpc: {name!r} is no state, aux signal or output of {m.name!r}")
+        if cfg.pressure_limit_Pa is not None and PRESSURE not in m.state_names:
+            raise ValueError(f"controller.mpc.pressure_limit_Pa: model {m.name!r} has no state {PRESSURE!r}")
+        if cfg.core_surface_dT_max_K is not None and CORE_SURFACE_DT not in m.aux_names:
+            raise ValueError(f"controller.mpc.core_surface_dT_max_K: model {m.name!r} has no aux {CORE_SURFACE_DT!r}")
+
+    def _bind(self, mvs: Mapping[str, MvSpec], limits: Mapping[str, MvLimits]) -> dict[str, MvBinding]:
+        out: dict[str, MvBinding] = {}
+        for name, spec in mvs.items():
+            if spec.model_input not in self.model.input_names:
+                raise ValueError(f"MV {name!r}: model input {spec.model_input!r} unknown")
+            if spec.kind is not MvKind.SETPOINT:
+                raise ValueError(f"MV {name!r}: the furnace MPC drives setpoint MVs only, not {spec.kind.value}")
+            if name not in limits:
+                raise ValueError(f"MV {name!r}: no limits")
+            lim = limits[name]
+            lo = max(lim.operator[0], lim.engineering[0])
+            hi = min(lim.operator[1], lim.engineering[1])
+            out[name] = MvBinding(name, self.model.input_names.index(spec.model_input), lo, hi, lim.rate_per_s)
+        return out
+
+    def _sym_signal(self, name: str, x: ca.SX, u: ca.SX, d: ca.SX, p: ca.SX) -> ca.SX:
+        m = self.model
+        kind = self._signal_kind(name)
+        if kind == "state":
+            return x[m.state_names.index(name)]
+        if kind == "aux":
+            return m.aux(x, u, d, p)[m.aux_names.index(name)]
+        return m.h(x, u, d, p)[m.output_names.index(name)]
+
+    def _build(self) -> None:
+        """The NLP (once), the cold-guess simulation and the read-out of a solution."""
+        m, cfg, N, nx, nu = self.model, self.cfg, self.N, self.nx, self.nu
+        nd, npar = len(m.disturbances), len(m.parameters)
+        x, u = ca.SX.sym("x", nx), ca.SX.sym("u", nu)
+        d, p = ca.SX.sym("d", nd), ca.SX.sym("p", npar)
+        h = self.step_s / cfg.rk4_substeps
+        xk = x
+        inner = []  # states at the substep ends inside a step (fast constraints are checked there too)
+        for i in range(cfg.rk4_substeps):
+            k1 = m.f(xk, u, d, p)
+            k2 = m.f(xk + h / 2 * k1, u, d, p)
+            k3 = m.f(xk + h / 2 * k2, u, d, p)
+            k4 = m.f(xk + h * k3, u, d, p)
+            xk = xk + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+            if i < cfg.rk4_substeps - 1:
+                inner.append(xk)
+        n_in = len(inner)
+        step = ca.Function("furnace_mpc_step", [x, u, d, p], [xk])
+        # Signals at one point: controlled, band signals, pressure, ΔT (the ones configured).
+        sig = [self._sym_signal(cfg.controlled, x, u, d, p)]
+        sig += [self._sym_signal(n, x, u, d, p) for n in cfg.band_signals]
+        self._has_p = cfg.pressure_limit_Pa is not None
+        self._has_dT = cfg.core_surface_dT_max_K is not None
+        if self._has_p:
+            sig.append(x[m.state_names.index(PRESSURE)])
+        if self._has_dT:
+            sig.append(m.aux(x, u, d, p)[m.aux_names.index(CORE_SURFACE_DT)])
+        point = ca.Function("furnace_mpc_point", [x, u, d, p], [ca.vertcat(*sig)])
+        nb = len(cfg.band_signals)
+
+        # Parameters of one solve.
+        x0, xs = ca.MX.sym("x0", nx), ca.MX.sym("xs", nx)
+        u_prev, dd, pp = ca.MX.sym("u_prev", nu), ca.MX.sym("d", nd), ca.MX.sym("p", npar)
+        u_range = ca.MX.sym("u_range", nu)
+        ref, upper, lower, rate = (ca.MX.sym(n, 1, N) for n in ("ref", "upper", "lower", "rate"))
+        lims = ca.MX.sym("lims", 2)  # pressure limit, ΔT limit (after back-off)
+        P = ca.vertcat(x0, xs, u_prev, dd, pp, u_range, ref.T, upper.T, lower.T, rate.T, lims)
+
+        DZ = ca.MX.sym("dz", nx, N)  # x_k = x0 + xs·dz_k, k = 1..N
+        U = ca.MX.sym("u", nu, N)
+        names = ["upper", "lower", "rate"] + (["band"] if nb else []) + (["pressure"] if self._has_p else []) \
+            + (["dT"] if self._has_dT else [])
+        self._slack_names = tuple(names)
+        ns = len(names)
+        S = ca.MX.sym("s", ns, N)
+        w = ca.vertcat(ca.vec(DZ), ca.vec(U), ca.vec(S))
+        self._n_dz, self._n_u, self._n_s = nx * N, nu * N, ns * N
+
+        xs_n = ca.repmat(xs, 1, N)
+        X = ca.horzcat(x0, ca.repmat(x0, 1, N) + xs_n * DZ)
+        g_dyn = (step.map(N)(X[:, :N], U, dd, pp) - X[:, 1:]) / xs_n
+        g_du = U - ca.horzcat(u_prev, U[:, :N - 1])
+        SIG = point.map(N)(X[:, 1:], U, dd, pp)  # n_sig × N
+        sig0 = point(x0, u_prev, dd, pp)
+        cv = SIG[0, :]
+        cv_prev = ca.horzcat(sig0[0], cv[:, :N - 1])
+        j = {n: i for i, n in enumerate(names)}
+        res = [upper - cv + S[j["upper"], :], cv - lower + S[j["lower"], :],
+               rate - (cv - cv_prev) + S[j["rate"], :], rate + (cv - cv_prev) + S[j["rate"], :]]
+        pens = {"upper": cfg.overshoot_penalty, "lower": cfg.undershoot_penalty, "rate": cfg.rate_penalty * 60.0
+                / self.step_s, "band": cfg.overshoot_penalty, "pressure": cfg.pressure_penalty, "dT": cfg.dT_penalty}
+        for i in range(nb):
+            res.append(upper - SIG[1 + i, :] + S[j["band"], :])
+        r = 1 + nb
+        # Pressure and ΔT move within seconds: also checked at the substep ends inside each step,
+        # sharing the step's slack.
+        if n_in and (self._has_p or self._has_dT):
+            step_inner = ca.Function("furnace_mpc_inner", [x, u, d, p], [ca.horzcat(*inner)])
+            X_in = step_inner.map(N)(X[:, :N], U, dd, pp)  # nx × (N·n_in), step k's at k·n_in + i
+            SIG_in = point.map(N * n_in)(X_in, ca.kron(U, ca.DM.ones(1, n_in)), dd, pp)
+        if self._has_p:
+            res.append(lims[0] - SIG[r, :] + S[j["pressure"], :])
+            if n_in:
+                res.append(lims[0] - SIG_in[r, :] + ca.kron(S[j["pressure"], :], ca.DM.ones(1, n_in)))
+            r += 1
+        if self._has_dT:
+            res += [lims[1] - SIG[r, :] + S[j["dT"], :], lims[1] + SIG[r, :] + S[j["dT"], :]]
+            if n_in:
+                s_in = ca.kron(S[j["dT"], :], ca.DM.ones(1, n_in))
+                res += [lims[1] - SIG_in[r, :] + s_in, lims[1] + SIG_in[r, :] + s_in]
+        g_soft = ca.vertcat(*[ca.vec(q) for q in res])
+        self._n_gsoft = g_soft.numel()
+
+        J = cfg.tracking_weight * ca.sumsqr(cv - ref)
+        for b in self.bindings.values():
+            wgt = cfg.move_weights.get(b.name, cfg.move_weight)
+            J += wgt * ca.sumsqr(g_du[b.input_index, :] / u_range[b.input_index])
+        for i in self._heat:
+            J += cfg.energy_weight * ca.sum2(U[i, :]) / u_range[i]
+        pen = ca.DM([pens[n] for n in names])
+        J += ca.dot(pen, ca.sum2(S + cfg.quadratic_penalty_ratio * S ** 2))
+
+        g = ca.vertcat(ca.vec(g_dyn), ca.vec(g_du), g_soft)
+        self._n_gdyn, self._n_gdu = nx * N, nu * N
+        nlp = {"x": w, "p": P, "f": J, "g": g}
+        common = {"ipopt.print_level": 0, "print_time": False, "ipopt.sb": "yes", "expand": True,
+                  "calc_lam_p": False, "ipopt.max_iter": cfg.max_iter, "ipopt.tol": cfg.tol,
+                  "ipopt.acceptable_tol": cfg.acceptable_tol, "ipopt.acceptable_iter": 5}
+        if self.real_time and cfg.max_solve_wall_s > 0:
+            common["ipopt.max_wall_time"] = cfg.max_solve_wall_s
+        warm = {**common, "ipopt.warm_start_init_point": "yes", "ipopt.warm_start_bound_push": 1e-6,
+                "ipopt.warm_start_mult_bound_push": 1e-6, "ipopt.mu_init": 1e-4, **self.ipopt_options}
+        cold = {**common, **self.ipopt_options}
+        self._warm = ca.nlpsol("furnace_mpc_warm", "ipopt", nlp, warm)
+        self._cold = ca.nlpsol("furnace_mpc_cold", "ipopt", nlp, cold)
+
+        # Cold guess: states simulated with given inputs, slacks what the soft constraints need.
+        Xr = step.mapaccum("furnace_mpc_sim", N)(x0, U, dd, pp)
+        self._sim = ca.Function("furnace_mpc_guess", [U, P], [(Xr - ca.repmat(x0, 1, N)) / xs_n])
+        self._residuals = ca.Function("furnace_mpc_res", [w, P], [g_soft])
+        self._readout = ca.Function("furnace_mpc_readout", [w, P], [X, U, ca.horzcat(sig0, SIG)])
+
+    # ------------------------------------------------------------ protocol
+    def reset(self) -> None:
+        """Forget plans, warm start, failure count and move memory."""
+        self._sol: _Solution | None = None
+        self._fails = 0
+        self._next_solve_t: float | None = None
+        self._last_key: tuple[object, ...] | None = None
+        self._t_prev: float | None = None
+        self._last_out: dict[str, float] = {}
+
+    def track(self, applied: Mapping[str, float]) -> None:
+        """MVs the APC does not drive: forget the last value sent (moves start from the readback)."""
+        for name in applied:
+            self._last_out.pop(name, None)
+
+    def step(self, t_s: float, estimate: Estimate, applied: Mapping[str, float],
+             enabled: Mapping[str, bool], disturbances: Mapping[str, float],
+             constraints: Mapping[str, MvConstraint] | None = None) -> Plan:
+        """Solve when due, else follow the plan; see the module docstring."""
+        dt = self.period_s if self._t_prev is None else t_s - self._t_prev
+        self._t_prev = t_s
+        en = {n: bool(enabled.get(n, False)) and n in applied for n in self.bindings}
+        lim = {n: (constraints or {}).get(n) or MvConstraint(b.lo, b.hi) for n, b in self.bindings.items()}
+        preview = self.preview_source()
+        if not preview.running and preview.hold_degC is None:
+            self._sol, self._fails, self._next_solve_t, self._last_key = None, 0, None, None
+            moves = self._no_heat(dt, applied, en, lim)
+            return Plan(moves, {}, SolverStatus.OK, 0, 0.0, f"no heat: batch {preview.state.value}")
+        key = (tuple(sorted(en.items())), tuple(sorted(lim.items())), preview.state)
+        changed = key != self._last_key
+        due = changed or self._next_solve_t is None or t_s >= self._next_solve_t - 1e-9 * self.period_s
+        iterations, solve_time, reason = 0, 0.0, ""
+        if due:
+            self._next_solve_t = t_s + self.solve_every_s
+            self._last_key = key
+            sol, iterations, solve_time, reason = self._solve(t_s, estimate, applied, en, lim, disturbances,
+                                                              preview, warm=not changed)
+            if sol is not None:
+                self._sol, self._fails = sol, 0
+            else:
+                self._fails += 1
+                self._log.warning("furnace_mpc_solve_failed", reason=reason, fails=self._fails)
+        plan = self._valid_plan(t_s)
+        if self._fails == 0 and plan is not None:
+            status = SolverStatus.OK if due else SolverStatus.NOT_RUN
+        elif plan is not None and self._fails <= self.hold_cycles:
+            status = SolverStatus.HELD
+            reason = f"following last plan ({self._fails}/{self.hold_cycles} failed): {reason or 'last solve failed'}"
+        else:
+            status = SolverStatus.FAILED
+            reason = (f"{reason}; " if reason else "") + (
+                f"{self._fails} failed solve(s), hold_cycles {self.hold_cycles} used up" if plan is not None
+                else "no valid plan to follow")
+            plan = None
+        moves = self._emit(t_s, dt, applied, en, lim, plan)
+        return Plan(moves, plan.predicted if plan is not None else {}, status, iterations, solve_time, reason)
+
+    def solve_time_stats(self) -> dict[str, float]:
+        """Count, median and maximum of the solve wall times so far, s."""
+        if not self.solve_times:
+            return {"n": 0.0, "median_s": math.nan, "max_s": math.nan}
+        a = np.array(self.solve_times)
+        return {"n": float(len(a)), "median_s": float(np.median(a)), "max_s": float(a.max())}
+
+    def planned(self, mv: str) -> tuple[float, ...]:
+        """The last converged plan of one MV per step (empty without a plan)."""
+        if self._sol is None:
+            return ()
+        return tuple(float(v) for v in self._sol.U[self.bindings[mv].input_index])
+
+    # ------------------------------------------------------------- solving
+    def _valid_plan(self, t_s: float) -> _Solution | None:
+        sol = self._sol
+        if sol is None or t_s - sol.t_s >= self.N * self.step_s:
+            return None
+        return sol
+
+    def _reference(self, preview: CurvePreview) -> tuple[np.ndarray, ...]:
+        """Target, upper, lower (K) and ramp rate (K per step) at the prediction points k = 1..N."""
+        N = self.N
+        tk = self.step_s * np.arange(1, N + 1)
+        if not preview.running:
+            hold = float(preview.hold_degC if preview.hold_degC is not None else math.nan)
+            return np.full(N, hold), np.full(N, _BIG), np.full(N, -_BIG), np.full(N, _BIG)
+        tp = preview.step_s * np.arange(len(preview.target_degC))
+        target = np.interp(tk, tp, np.asarray(preview.target_degC, dtype=float))
+        idx = np.minimum(np.searchsorted(tp, tk, side="right") - 1, len(tp) - 1)
+        nxt = np.minimum(idx + 1, len(tp) - 1)
+
+        def clean(a: tuple[float, ...], fill: float) -> np.ndarray:
+            v = np.asarray(a, dtype=float)
+            return np.where(np.isfinite(v), np.clip(v, -_BIG, _BIG), fill)
+
+        up = clean(preview.upper_degC, _BIG)
+        lo = clean(preview.lower_degC, -_BIG)
+        rt = clean(preview.max_rate_degC_min, _BIG)
+        upper = np.minimum(up[idx], up[nxt])
+        lower = lo[idx]
+        rate = np.minimum(np.minimum(rt[idx], rt[nxt]) * self.step_s / 60.0, _BIG)
+        return target, upper, lower, rate
+
+    def _disturbances(self, measured: Mapping[str, float]) -> np.ndarray:
+        cfg = self.cfg
+        out = []
+        for name in self.model.disturbance_names:
+            src = cfg.disturbance_inputs.get(name)
+            v = float(measured.get(src, math.nan)) if src else math.nan
+            if not math.isfinite(v):
+                v = float(cfg.disturbance_values.get(name, math.nan))
+            out.append(v)
+        return np.array(out)
+
+    def _std(self, estimate: Estimate, name: str) -> float:
+        v = estimate.extras.get(f"{name}_std", 0.0)
+        return float(v) if math.isfinite(float(v)) and v > 0 else 0.0
+
+    def _bounds(self, u_now: np.ndarray, en: Mapping[str, bool],
+                lim: Mapping[str, MvConstraint]) -> tuple[np.ndarray, ...]:
+        N, nu = self.N, self.nu
+        lbu = np.repeat(u_now[:, None], N, axis=1)
+        ubu = lbu.copy()
+        lbdu = np.zeros((nu, N))
+        ubdu = np.zeros((nu, N))
+        for b in self.bindings.values():
+            if not en[b.name]:
+                continue
+            i, c, a = b.input_index, lim[b.name], u_now[b.input_index]
+            r = b.rate_per_s * self.step_s
+            top = min(c.high, a) if c.hold_up else c.high
+            bottom = max(c.low, a) if c.hold_down else c.low
+            for k in range(N):
+                lo, hi = max(bottom, a - r * (k + 1)), min(top, a + r * (k + 1))
+                if lo > hi:  # outside the limits in force: come back at full rate
+                    lo = hi = (a - r * (k + 1)) if a > top else (a + r * (k + 1)) if a < bottom else a
+                lbu[i, k], ubu[i, k] = lo, hi
+            lbdu[i, :], ubdu[i, :] = -r, r
+        lbx = np.concatenate([np.full(self._n_dz, -np.inf), lbu.ravel(order="F"), np.zeros(self._n_s)])
+        ubx = np.concatenate([np.full(self._n_dz, np.inf), ubu.ravel(order="F"), np.full(self._n_s, np.inf)])
+        lbg = np.concatenate([np.zeros(self._n_gdyn), lbdu.ravel(order="F"), np.zeros(self._n_gsoft)])
+        ubg = np.concatenate([np.zeros(self._n_gdyn), ubdu.ravel(order="F"), np.full(self._n_gsoft, np.inf)])
+        return lbx, ubx, lbg, ubg
+
+    def _with_slacks(self, dz: np.ndarray, U: np.ndarray, P: np.ndarray) -> np.ndarray:
+        """Decision vector with each slack set to what its soft constraints need plus a margin."""
+        w = np.concatenate([dz.ravel(order="F"), U.ravel(order="F"), np.zeros(self._n_s)])
+        res = np.asarray(self._residuals(w, P)).ravel()
+        ns, N = len(self._slack_names), self.N
+        need = np.zeros((ns, N))
+        # residual blocks in the order built: upper, lower, rate×2, band×nb, pressure (+ inner), dT×2 (+ inner×2)
+        n_in = self.cfg.rk4_substeps - 1
+        blocks = [(n, 1) for n in ["upper", "lower", "rate", "rate"] + ["band"] * len(self.cfg.band_signals)]
+        if self._has_p:
+            blocks += [("pressure", 1)] + ([("pressure", n_in)] if n_in else [])
+        if self._has_dT:
+            blocks += [("dT", 1), ("dT", 1)] + ([("dT", n_in), ("dT", n_in)] if n_in else [])
+        pos = 0
+        for name, per in blocks:
+            row = self._slack_names.index(name)
+            block = -res[pos:pos + N * per].reshape((N, per)).max(axis=1)
+            need[row] = np.maximum(need[row], block)
+            pos += N * per
+        w[self._n_dz + self._n_u:] = (need + _SLACK_START).ravel(order="F")
+        return w
+
+    def _cold_guess(self, P: np.ndarray, u_now: np.ndarray, lbx: np.ndarray, ubx: np.ndarray) -> np.ndarray:
+        N, nu = self.N, self.nu
+        i1, i2 = self._n_dz, self._n_dz + self._n_u
+        U = np.repeat(u_now[:, None], N, axis=1) if self._sol is None else self._sol.U
+        U = np.clip(U.ravel(order="F"), lbx[i1:i2], ubx[i1:i2]).reshape((nu, N), order="F")
+        dz = np.nan_to_num(np.asarray(self._sim(U, P)))
+        return np.clip(self._with_slacks(dz, U, P), lbx, ubx)
+
+    def _warm_guess(self, t_s: float, x0: np.ndarray, xs: np.ndarray, P: np.ndarray, lbx: np.ndarray,
+                    ubx: np.ndarray) -> np.ndarray:
+        prev = self._sol
+        assert prev is not None
+        N, nx, nu = self.N, self.nx, self.nu
+        shift = max(int(round((t_s - prev.t_s) / self.step_s)), 0)
+        cols = np.minimum(np.arange(N) + shift, N - 1)
+        Xp = prev.x0[:, None] + prev.xs[:, None] * prev.w[:self._n_dz].reshape((nx, N), order="F")
+        dz = (Xp[:, cols] - x0[:, None]) / xs[:, None]
+        U = prev.U[:, cols]
+        i1, i2 = self._n_dz, self._n_dz + self._n_u
+        U = np.clip(U.ravel(order="F"), lbx[i1:i2], ubx[i1:i2]).reshape((nu, N), order="F")
+        return np.clip(self._with_slacks(dz, U, P), lbx, ubx)
+
+    def _run(self, solver: ca.Function, args: dict[str, object]) -> tuple[dict[str, object] | None, int, float, str]:
+        t0 = time.perf_counter()
+        try:
+            res = solver(**args)
+        except RuntimeError as exc:
+            return None, 0, time.perf_counter() - t0, f"solver error: {exc}"
+        elapsed = time.perf_counter() - t0
+        stats = solver.stats()
+        iters = int(stats.get("iter_count", 0))
+        status = str(stats.get("return_status", "unknown"))
+        ok = status in ("Solve_Succeeded", "Solved_To_Acceptable_Level") and bool(
+            np.all(np.isfinite(np.asarray(res["x"]))))
+        return (res if ok else None), iters, elapsed, status
+
+    def _problem(self, estimate: Estimate, applied: Mapping[str, float], measured: Mapping[str, float],
+                 preview: CurvePreview) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | str:
+        """(x0, u_now, P without bounds, d) of this solve, or why there is none."""
+        m, cfg = self.model, self.cfg
+        try:
+            x0 = np.array([float(estimate.value(n)) for n in m.state_names])
+        except (KeyError, ValueError) as exc:
+            return f"estimate lacks model states ({exc})"
+        p = biased_parameters(m, self.p_nominal, estimate.as_dict())
+        u_now = np.array([float(cfg.fixed_inputs.get(n, math.nan)) for n in m.input_names])
+        for b in self.bindings.values():
+            u_now[b.input_index] = float(applied.get(b.name, math.nan))
+        d = self._disturbances(measured)
+        target, upper, lower, rate = self._reference(preview)
+        if not np.all(np.isfinite(np.concatenate([x0, p, u_now, d]))):
+            return "non-finite estimate, parameter, readback or disturbance"
+        if not np.all(np.isfinite(target)):
+            return "curve target not finite"
+        k = cfg.backoff_sigmas
+        upper = np.where(upper < _BIG, upper - k * self._std(estimate, cfg.controlled), upper)
+        lims = np.array([
+            (cfg.pressure_limit_Pa or _BIG) - k * self._std(estimate, PRESSURE),
+            max((cfg.core_surface_dT_max_K or _BIG) - k * self._std(estimate, CORE_SURFACE_DT), 1.0),
+        ])
+        xs = np.maximum(0.1 * np.abs(x0), 1.0)
+        u_range = np.ones(self.nu)
+        for b in self.bindings.values():
+            u_range[b.input_index] = max(b.hi - b.lo, 1e-9)
+        P = np.concatenate([x0, xs, u_now, d, p, u_range, target, upper, lower, rate, lims])
+        return x0, u_now, P, xs
+
+    def _solve(self, t_s: float, estimate: Estimate, applied: Mapping[str, float], en: Mapping[str, bool],
+               lim: Mapping[str, MvConstraint], measured: Mapping[str, float], preview: CurvePreview,
+               warm: bool = True) -> tuple[_Solution | None, int, float, str]:
+        data = self._problem(estimate, applied, measured, preview)
+        if isinstance(data, str):
+            return None, 0, 0.0, data
+        x0, u_now, P, xs = data
+        lbx, ubx, lbg, ubg = self._bounds(u_now, en, lim)
+        bounds = dict(p=P, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
+        res, iters, elapsed, status, how = None, 0, 0.0, "", "cold"
+        if warm and self._sol is not None:
+            res, iters, elapsed, status = self._run(self._warm, dict(x0=self._warm_guess(t_s, x0, xs, P, lbx, ubx),
+                                                                     **bounds))
+            how = "warm"
+        if res is None and status != _TIMED_OUT:
+            first = f"warm {status} after {iters} it, " if how == "warm" else ""
+            res, it2, t2, status = self._run(self._cold, dict(x0=self._cold_guess(P, u_now, lbx, ubx), **bounds))
+            iters, elapsed, how = iters + it2, elapsed + t2, f"{first}cold"
+        self.solve_times.append(elapsed)
+        if res is None:
+            return None, iters, elapsed, f"IPOPT {status} ({how}, {iters} iterations in all)"
+        w = np.asarray(res["x"]).ravel()
+        _, U, SIG = (np.asarray(v) for v in self._readout(w, P))
+        names = [self.cfg.controlled, *self.cfg.band_signals]
+        names += [PRESSURE] if self._has_p else []
+        names += [CORE_SURFACE_DT] if self._has_dT else []
+        predicted = {n: tuple(float(v) for v in SIG[r]) for r, n in enumerate(names)}
+        S = w[self._n_dz + self._n_u:].reshape((len(self._slack_names), self.N), order="F")
+        active = [f"{n} {S[r].max():.2g}" for r, n in enumerate(self._slack_names) if S[r].max() > 1e-3]
+        reason = f"ok ({how}, {iters} it)" + (f"; soft: {', '.join(active)}" if active else "")
+        return _Solution(t_s, x0, xs, w, np.array(U), predicted), iters, elapsed, reason
+
+    # ------------------------------------------------------------- moves
+    def _move(self, b: MvBinding, target: float, a: float, c: MvConstraint, rate_dt: float) -> float:
+        """``target`` inside the limits in force, never toward a DCS limit, within the rate from the
+        readback and the last output."""
+        target = min(max(target, c.low), c.high)
+        r = b.rate_per_s * rate_dt * (1.0 - _REL_MARGIN)
+        if c.hold_up:
+            target = a if target > a - _HOLD_DEADBAND * r else target
+        if c.hold_down:
+            target = a if target < a + _HOLD_DEADBAND * r else target
+        lo, hi = a - r, a + r
+        last = self._last_out.get(b.name)
+        if last is not None and max(lo, last - r) <= min(hi, last + r):
+            lo, hi = max(lo, last - r), min(hi, last + r)
+        value = min(max(target, lo), hi)
+        self._last_out[b.name] = value
+        return value
+
+    def _emit(self, t_s: float, dt: float, applied: Mapping[str, float], en: Mapping[str, bool],
+              lim: Mapping[str, MvConstraint], sol: _Solution | None) -> dict[str, float]:
+        moves: dict[str, float] = {}
+        rate_dt = min(max(dt, 0.0), self.period_s) if dt > 0 else self.period_s
+        for b in self.bindings.values():
+            if b.name not in applied:
+                continue
+            a = float(applied[b.name])
+            if not en[b.name] or sol is None:
+                moves[b.name] = a
+                self._last_out.pop(b.name, None)
+                continue
+            j = min(max(int((t_s - sol.t_s) / self.step_s + 1e-9), 0), self.N - 1)
+            moves[b.name] = self._move(b, float(sol.U[b.input_index, j]), a, lim[b.name], rate_dt)
+        return moves
+
+    def _no_heat(self, dt: float, applied: Mapping[str, float], en: Mapping[str, bool],
+                 lim: Mapping[str, MvConstraint]) -> dict[str, float]:
+        moves: dict[str, float] = {}
+        rate_dt = min(max(dt, 0.0), self.period_s) if dt > 0 else self.period_s
+        for b in self.bindings.values():
+            if b.name not in applied:
+                continue
+            a = float(applied[b.name])
+            if en[b.name] and b.input_index in self._heat:
+                moves[b.name] = self._move(b, lim[b.name].low, a, lim[b.name], rate_dt)
+            else:
+                moves[b.name] = a
+                self._last_out.pop(b.name, None)
+        return moves
+
