@@ -147,8 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--record-dir", default=None)
     u.set_defaults(func=_cmd_run)
     from apc.hmi.cli import add_subcommands
+    from apc.plant_sim_cli import add_subcommand as add_plant_sim
 
     add_subcommands(sub)
+    add_plant_sim(sub)
     return p
 
 

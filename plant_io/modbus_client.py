@@ -38,6 +38,8 @@ from plant_io.errors import PlantIOError, PlantLinkDown
 
 MAX_READ_REGISTERS = 125
 MAX_READ_BITS = 2000
+COMPANION_SUFFIXES = (".quality", ".sample_ts")
+"""Companion registers applied to the tag they follow (see :meth:`ModbusPlantIO.read`)."""
 
 _DT = AsyncModbusTcpClient.DATATYPE
 _DATATYPE: Mapping[str, Any] = {
@@ -254,7 +256,36 @@ class ModbusPlantIO:
 
     # -------------------------------------------------------------- read
     async def read(self, tags: Sequence[str]) -> Mapping[str, Sample]:
-        """Read all bound ``tags`` in as few requests as possible; unbound tags are absent."""
+        """Read all bound ``tags`` in as few requests as possible; unbound tags are absent.
+
+        Modbus carries no quality or sample time. Where the device map has them as companion
+        registers, bound as ``<tag>.quality`` (0 good, 1 uncertain, 2 bad) and
+        ``<tag>.sample_ts`` (UTC POSIX seconds a lab or dip sample was taken, 0: none), they are
+        read in the same requests and applied to ``<tag>``'s sample.
+        """
+        wanted = list(tags)
+        companions = [f"{t}{suffix}" for t in wanted for suffix in COMPANION_SUFFIXES
+                      if f"{t}{suffix}" in self._tags and f"{t}{suffix}" not in wanted]
+        out = await self._read_bound(wanted + companions)
+        for tag in wanted:
+            sample = out.get(tag)
+            if sample is None:
+                continue
+            q = out.get(f"{tag}.quality")
+            ts = out.get(f"{tag}.sample_ts")
+            quality = sample.quality
+            if q is not None:
+                code = q.value if q.usable else 2.0
+                quality = Quality.BAD if code >= 2 or quality is Quality.BAD else (
+                    Quality.UNCERTAIN if code >= 1 else quality)
+            sample_ts = ts.value if ts is not None and ts.usable and ts.value > 0 else sample.sample_ts
+            if quality is not sample.quality or sample_ts != sample.sample_ts:
+                out[tag] = Sample(sample.value, quality, sample.source_ts, sample.receive_ts, sample_ts)
+        for extra in companions:
+            out.pop(extra, None)
+        return out
+
+    async def _read_bound(self, tags: Sequence[str]) -> dict[str, Sample]:
         client = self._require_client()
         blocks = self.read_plan(tags)
         if not blocks:

@@ -148,6 +148,30 @@ def test_scaling_and_offset_apply_on_read_and_invert_on_write() -> None:
     asyncio.run(scenario())
 
 
+def test_companion_quality_and_sample_time_registers_apply_to_their_tag() -> None:
+    """<tag>.quality (1 uncertain, 2 bad) and <tag>.sample_ts registers set the tag's quality and sample time."""
+    tags = {
+        "dip_degC": ModbusTag("input", 0, "uint16"),
+        "dip_degC.quality": ModbusTag("input", 1, "uint16"),
+        "dip_degC.sample_ts": ModbusTag("input", 2, "uint32"),
+        "volt_V": ModbusTag("input", 4, "uint16"),
+        "volt_V.quality": ModbusTag("input", 5, "uint16"),
+    }
+
+    async def scenario() -> None:
+        async with modbus_server(inputs=[1050, 1, 0x6000, 0x0010, 4, 2]) as srv:
+            plant = _plant(srv.port, tags)
+            await plant.connect()
+            snap = await plant.read(["dip_degC", "volt_V"])
+            assert set(snap) == {"dip_degC", "volt_V"}  # companions are folded in, not returned
+            assert snap["dip_degC"].value == 1050.0 and snap["dip_degC"].quality is Quality.UNCERTAIN
+            assert snap["dip_degC"].sample_ts == float(0x60000010)
+            assert snap["volt_V"].quality is Quality.BAD and snap["volt_V"].sample_ts is None
+            await plant.close()
+
+    asyncio.run(scenario())
+
+
 def test_exception_response_gives_bad_quality_and_names_the_register() -> None:
     """A read beyond the datablock (ILLEGAL_ADDRESS) makes that request's tags BAD and named; others stay GOOD."""
     tags = {
