@@ -103,7 +103,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 1
     try:
         return asyncio.run(run_site(site, speed=args.speed, hours=args.hours,
-                                    record_dir=Path(args.record_dir) if args.record_dir else None))
+                                    record_dir=Path(args.record_dir) if args.record_dir else None,
+                                    bindings_dir=Path(args.bindings) if args.bindings else None))
     except AssemblyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -145,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--speed", type=float, default=None, help="real-time multiple for simulated plants")
     u.add_argument("--hours", type=float, default=None, help="stop after this many (plant) hours")
     u.add_argument("--record-dir", default=None)
+    u.add_argument("--bindings", default=None, metavar="DIR",
+                   help="reach the site's simulated units over OPC UA / Modbus through the binding files "
+                        "DIR/<unit>.yaml written by 'apc plant-sim --bindings-out DIR'")
     u.set_defaults(func=_cmd_run)
     from apc.hmi.cli import add_subcommands
     from apc.plant_sim_cli import add_subcommand as add_plant_sim

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from apc.curve_preview import CurvePreview
 
@@ -42,6 +42,15 @@ class PlantIO(Protocol):
 
     async def close(self) -> None:
         """Release the connection."""
+        ...
+
+
+@runtime_checkable
+class Reconnecting(Protocol):
+    """A network plant I/O that reconnects by itself between cycles (OPC UA, Modbus)."""
+
+    async def reconnect_if_due(self, now_s: float | None = None) -> bool:
+        """Reconnect when disconnected and the back-off has elapsed; True when connected."""
         ...
 
 

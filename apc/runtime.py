@@ -19,6 +19,8 @@ from apc.assembly import build_sim_unit
 from apc.furnace_assembly import DEFAULT_SCENARIOS, build_furnace_sim_unit
 from apc.hmi.server import HmiServer
 from apc.hmi.users import load_users
+from apc.protocols import Reconnecting
+from apc.remote_assembly import build_remote_unit
 from apc.audit import make_logger
 from apc.clock import RealClock
 from apc.kpi import format_kpis
@@ -64,6 +66,7 @@ async def run_site(
     out: TextIO | None = None,
     status_every_s: float = 3600.0,
     stop: asyncio.Event | None = None,
+    bindings_dir: Path | None = None,
 ) -> int:
     """Run all units of a site until ``hours`` of plant time pass or a stop signal."""
     out = out if out is not None else sys.stdout  # looked up now: sys.stdout may have been redirected
@@ -85,10 +88,13 @@ async def run_site(
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock.utc()))
     try:
         for su in site.units:
-            unit = _build_unit(loaded, su, clock, audit, rdir / f"{su.name}-{stamp}.apcrec")
+            unit = _build_unit(loaded, su, clock, audit, rdir / f"{su.name}-{stamp}.apcrec", bindings_dir)
             unit.request_mode(Mode(_first_mode(unit, su.requested_mode)), who="site file", where=str(loaded.path),
                               utc=clock.utc())
             units.append(unit)
+        for u in units:  # a plant that is not there yet: the unit starts unlinked and retries each cycle
+            if isinstance(u.io, Reconnecting):
+                await u.io.reconnect_if_due()
         if site.hmi is not None:
             hmi = _hmi_server(loaded, units, audit, clock)
             await hmi.start()
@@ -106,6 +112,7 @@ async def run_site(
             await hmi.stop()
         for u in units:
             u.recorder.close()
+            await u.io.close()
         audit_file.close()
     for u, stats in zip(units, results):
         print(f"\n{u.name}: {stats.cycles} cycles, {stats.overruns} overruns, {stats.errors} errors", file=out)
@@ -120,13 +127,21 @@ def clock_speed(clock: RealClock) -> float:
     return clock._speed  # noqa: SLF001 - read-only view for the banner
 
 
-def _build_unit(loaded: LoadedSite, su: SiteUnit, clock: RealClock, audit: Any, record: Path) -> Unit:
-    """One unit of the site against its simulated plant (a cell, or a furnace with its batch)."""
+def _build_unit(loaded: LoadedSite, su: SiteUnit, clock: RealClock, audit: Any, record: Path,
+                bindings_dir: Path | None = None) -> Unit:
+    """One unit of the site: against its plant over OPC UA / Modbus (a binding file in the site, or
+    ``bindings_dir/<unit>.yaml`` for a simulated unit served by ``apc plant-sim``), else against
+    the in-process simulator (a cell, or a furnace with its batch)."""
     recipe = loaded.recipes[su.name]
+    state_dir = loaded.path.parent / loaded.site.state_dir / su.name
+    binding_file = (loaded.path.parent / su.plant.bindings if su.plant.bindings
+                    else bindings_dir / f"{su.name}.yaml" if bindings_dir is not None else None)
+    if binding_file is not None:
+        return build_remote_unit(su.name, recipe, binding_file, clock, audit=audit, record_path=record,
+                                 state_dir=state_dir)
     if recipe.recipe.is_furnace:
         scenario = load_furnace_scenario(su.plant.scenario if su.plant.scenario != "nominal"
                                          else DEFAULT_SCENARIOS[recipe.recipe.unit_kind])
-        state_dir = loaded.path.parent / loaded.site.state_dir / su.name
         unit, _, _ = build_furnace_sim_unit(su.name, recipe, scenario, su.plant.seed, clock, audit=audit,
                                             record_path=record, real_time=True, state_dir=state_dir)
         return unit
@@ -161,6 +176,8 @@ async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asy
     log = audit.bind(unit=unit.name)
 
     async def cycle(k: int, slot: float) -> None:
+        if isinstance(unit.io, Reconnecting):
+            await unit.io.reconnect_if_due()  # bounded by the endpoint's timeout; never raises
         rec = await unit.cycle(k, slot, clock.monotonic(), clock.utc())
         if hmi is not None:
             await hmi.publish(unit.name, rec)

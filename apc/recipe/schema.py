@@ -506,12 +506,26 @@ class Recipe:
 
 
 @dataclass(frozen=True)
-class SimPlantSpec:
-    """A unit served by the in-process simulator."""
+class PlantSpec:
+    """Where a unit's plant is: the in-process simulator, or a plant reached over OPC UA / Modbus."""
 
-    kind: Literal["sim"]
+    kind: Literal["sim", "opcua", "modbus"]
     scenario: str = "nominal"
+    """``sim``: scenario name (``apc plant-sim`` serves the same over real protocols)."""
     seed: int = 0
+    bindings: str | None = None
+    """``opcua`` / ``modbus``: binding file (endpoint + tag bindings, e.g. written by
+    ``apc plant-sim --bindings-out``), relative to the site file."""
+
+    def __post_init__(self) -> None:
+        if self.kind != "sim" and not self.bindings:
+            raise ValueError(f"a plant of kind {self.kind!r} needs a bindings file")
+        if self.kind == "sim" and self.bindings:
+            raise ValueError("bindings are for kind 'opcua' or 'modbus' (the simulator serves its own tags)")
+
+
+SimPlantSpec = PlantSpec
+"""Former name of :class:`PlantSpec` (sites written for schema 1 keep loading)."""
 
 
 @dataclass(frozen=True)
@@ -521,7 +535,7 @@ class SiteUnit:
     name: str
     recipe: str
     """Path of the recipe file, relative to the site file."""
-    plant: SimPlantSpec
+    plant: PlantSpec
     requested_mode: Literal["OFF", "STANDBY", "ON"] = "STANDBY"
 
 

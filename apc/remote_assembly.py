@@ -1,0 +1,103 @@
+"""Units whose plant is reached over OPC UA or Modbus TCP (a DCS, or ``apc plant-sim``).
+
+A binding file names the endpoint and binds every recipe tag::
+
+    unit: cell-01
+    protocol: opcua
+    endpoint: {url: "opc.tcp://127.0.0.1:4841/apc/virtual-plant/", security: none}
+    bindings:
+      cell.voltage_V: {node_id: "nsu=urn:apc:virtual-plant:cell-01;s=cell.voltage_V", data_type: Double}
+      ...
+
+(``plant_io.bindings.parse_endpoint`` / ``parse_bindings`` give the fields.)
+The unit gets the same estimator and controller as against the in-process
+simulator; there is no truth, so no KPIs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apc.assembly import AssemblyError, build_controller, build_estimator
+from apc.batch import Batch
+from apc.furnace_assembly import batch_for, build_furnace_controller, build_furnace_estimator
+from apc.protocols import Clock, PlantIO
+from apc.recipe.loader import LoadedRecipe
+from apc.recipe.schema import Recipe
+from apc.recorder import FlightRecorder, NullRecorder, Recorder
+from apc.unit import Unit
+from plant_io.bindings import ModbusEndpoint, ModbusTag, OpcUaEndpoint, OpcUaTag, parse_bindings, parse_endpoint
+from plant_io.modbus_client import ModbusPlantIO
+from plant_io.opcua_client import OpcUaPlantIO
+
+
+def recipe_tags(recipe: Recipe) -> set[str]:
+    """Every plant tag the recipe reads or writes."""
+    io_ = recipe.io
+    tags = {s.tag for s in io_.inputs.values()} | {io_.heartbeat.apc_tag, io_.heartbeat.dcs_tag}
+    for mv in io_.mvs.values():
+        tags |= {t for t in (mv.tag, mv.readback, mv.remote_status, mv.active_flag, mv.sequence_tag,
+                             mv.high_limit_status, mv.low_limit_status) if t}
+    return tags
+
+
+def load_binding_file(path: Path, recipe: Recipe) -> tuple[OpcUaEndpoint | ModbusEndpoint, dict[str, Any]]:
+    """Endpoint and tag bindings from ``path``; every recipe tag must be bound, with the right protocol."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        endpoint = parse_endpoint(data["endpoint"])
+        bindings = parse_bindings(data["bindings"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise AssemblyError(f"{path}: {exc}") from None
+    want = OpcUaTag if isinstance(endpoint, OpcUaEndpoint) else ModbusTag
+    wrong = sorted(t for t, b in bindings.items() if not isinstance(b, want))
+    if wrong:
+        raise AssemblyError(f"{path}: bindings of another protocol than the endpoint's: {wrong}")
+    missing = sorted(recipe_tags(recipe) - set(bindings))
+    if missing:
+        raise AssemblyError(f"{path}: recipe {recipe.name} uses tags that are not bound: {missing}")
+    return endpoint, bindings
+
+
+def build_plant_io(path: Path, recipe: Recipe, clock: Clock, log: Any = None) -> PlantIO:
+    """The OPC UA or Modbus client of one unit. Reconnect back-off runs on the real monotonic clock
+    (network time), whatever the plant-time acceleration."""
+    endpoint, bindings = load_binding_file(path, recipe)
+    if isinstance(endpoint, OpcUaEndpoint):
+        return OpcUaPlantIO(endpoint, bindings, clock.utc, time.monotonic, log=log)
+    try:
+        return ModbusPlantIO(endpoint, bindings, clock.utc, time.monotonic, cycle_budget_s=0.5 * recipe.period_s,
+                             log=log)
+    except ValueError as exc:
+        raise AssemblyError(f"{path}: {exc}") from None
+
+
+def build_remote_unit(name: str, loaded: LoadedRecipe, binding_file: Path, clock: Clock, *, audit: Any,
+                      record_path: Path | None = None, state_dir: Path | None = None,
+                      real_time: bool = True) -> Unit:
+    """A unit controlling a plant over OPC UA / Modbus (cells, or furnaces with their batch)."""
+    recipe = loaded.recipe
+    io = build_plant_io(binding_file, recipe, clock, log=audit.bind(unit=name))
+    kind = recipe.controller.kind
+    batch = None
+    if recipe.is_furnace:
+        curve, section = batch_for(recipe, kind)
+        state_path = None if state_dir is None else state_dir / section.state_file
+        bound = audit.bind(unit=name)
+        batch = (Batch.restore(curve, section, state_path, bound, clock.monotonic())
+                 if state_path is not None and state_path.exists() else Batch(curve, section, state_path, bound))
+        estimator = build_furnace_estimator(recipe, kind)
+        controller = build_furnace_controller(recipe, kind, batch, real_time=real_time)
+    else:
+        estimator = build_estimator(recipe, loaded.path.parent, kind)
+        controller = build_controller(recipe, kind, real_time=real_time)
+    recorder: Recorder = NullRecorder()
+    if record_path is not None:
+        recorder = FlightRecorder(record_path, {
+            "unit": name, "recipe": recipe.name, "recipe_sha256": loaded.sha256, "period_s": recipe.period_s,
+            "started_utc": clock.utc(), "controller": kind, "plant": str(binding_file)})
+    return Unit(name, loaded, io, estimator, controller, audit=audit, recorder=recorder, batch=batch)
