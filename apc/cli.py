@@ -101,10 +101,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except RecipeError as exc:
         print(exc, file=sys.stderr)
         return 1
+    plant = None
+    if args.virtual_plant:
+        from apc.plant_sim_cli import PlantFileError, default_plant_file, load_plant_file
+
+        beside = site.path.parent / "plant.yaml"
+        try:
+            plant = (load_plant_file(args.plant) if args.plant else
+                     load_plant_file(beside) if beside.is_file() else default_plant_file(site))
+        except PlantFileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     try:
         return asyncio.run(run_site(site, speed=args.speed, hours=args.hours,
                                     record_dir=Path(args.record_dir) if args.record_dir else None,
-                                    bindings_dir=Path(args.bindings) if args.bindings else None))
+                                    bindings_dir=Path(args.bindings) if args.bindings else None,
+                                    virtual_plant=plant))
     except AssemblyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -146,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--speed", type=float, default=None, help="real-time multiple for simulated plants")
     u.add_argument("--hours", type=float, default=None, help="stop after this many (plant) hours")
     u.add_argument("--record-dir", default=None)
+    u.add_argument("--virtual-plant", action="store_true",
+                   help="serve the site's simulated units on loopback OPC UA / Modbus servers in this process "
+                        "and control them through those protocols (see apc plant-sim)")
+    u.add_argument("--plant", default=None, help="with --virtual-plant: the virtual-plant file (protocol and port "
+                   "per unit; default plant.yaml beside the site file, else every unit over OPC UA)")
     u.add_argument("--bindings", default=None, metavar="DIR",
                    help="reach the site's simulated units over OPC UA / Modbus through the binding files "
                         "DIR/<unit>.yaml written by 'apc plant-sim --bindings-out DIR'")

@@ -5,7 +5,7 @@ scenario, seed}``. Which protocol and port serves each unit comes from a small
 virtual-plant file (``--plant``; default ``plant.yaml`` beside the site file; with
 neither, every unit is served over OPC UA on 127.0.0.1:4840)::
 
-    # deploy/example-site/plant.yaml
+    # recipes/plant.yaml
     schema_version: 1
     host: 127.0.0.1               # loopback only, unless allow_remote_insecure: true
     scan_s: 5                     # plant seconds between scans (default: the smallest plant_dt_s)

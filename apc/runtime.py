@@ -20,6 +20,7 @@ from apc.furnace_assembly import DEFAULT_SCENARIOS, build_furnace_sim_unit
 from apc.hmi.server import HmiServer
 from apc.hmi.users import load_users
 from apc.protocols import Reconnecting
+from apc.plant_sim_cli import PlantFile, default_scan_s, virtual_units
 from apc.remote_assembly import build_remote_unit
 from apc.audit import make_logger
 from apc.clock import RealClock
@@ -29,6 +30,7 @@ from apc.recipe.schema import SiteUnit
 from apc.scheduler import ScheduleStats, run_periodic
 from apc.types import Mode
 from apc.unit import Unit
+from plant_io.virtual_plant import VirtualPlant, generate_bindings
 from sim.furnace_plant import load_furnace_scenario
 from sim.scenario import load_scenario
 
@@ -48,12 +50,12 @@ def _status_line(unit: Unit, rec: dict[str, Any]) -> str:
                 f"segment {batch['segment']} {batch['kind'] or '-'}  target={batch['target_degC']:7.1f} degC  "
                 f"{controlled}={values.get(controlled, float('nan')):7.1f} (est) "
                 f"{truth.get(controlled, float('nan')):7.1f} (sim) degC{shed}{hold}")
+    sim = (f"  T_bath(sim)={truth.get('bath_temp_degC', float('nan')):7.1f} degC  "
+           f"oxide(sim)={truth.get('dissolved_oxide_wtpct', float('nan')):4.2f} wt%") if truth else ""
     return (
         f"{unit.name:10s} {mode['requested']:>7s}/{mode['actual']:<7s} "
         f"U={values.get('cell_voltage_V', float('nan')):6.3f} V  "
-        f"feed={rec['readback'].get('oxide_feed', float('nan')):5.2f} kg/h  "
-        f"T_bath(sim)={truth.get('bath_temp_degC', float('nan')):7.1f} degC  "
-        f"oxide(sim)={truth.get('dissolved_oxide_wtpct', float('nan')):4.2f} wt%{shed}{hold}"
+        f"feed={rec['readback'].get('oxide_feed', float('nan')):5.2f} kg/h{sim}{shed}{hold}"
     )
 
 
@@ -67,8 +69,13 @@ async def run_site(
     status_every_s: float = 3600.0,
     stop: asyncio.Event | None = None,
     bindings_dir: Path | None = None,
+    virtual_plant: PlantFile | None = None,
 ) -> int:
-    """Run all units of a site until ``hours`` of plant time pass or a stop signal."""
+    """Run all units of a site until ``hours`` of plant time pass or a stop signal.
+
+    ``virtual_plant``: first start the site's simulated units on real loopback OPC UA / Modbus
+    servers (as ``apc plant-sim`` does, same clock) and control them through those protocols.
+    """
     out = out if out is not None else sys.stdout  # looked up now: sys.stdout may have been redirected
     site = loaded.site
     clock = RealClock(speed if speed is not None else site.speed)
@@ -85,8 +92,21 @@ async def run_site(
             pass
     units: list[Unit] = []
     hmi: HmiServer | None = None
+    vp: VirtualPlant | None = None
+    vp_task: asyncio.Task[None] | None = None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock.utc()))
     try:
+        if virtual_plant is not None:
+            vunits = virtual_units(loaded, virtual_plant)
+            vp = VirtualPlant(vunits, clock, host=virtual_plant.host,
+                              scan_s=virtual_plant.scan_s or default_scan_s(vunits),
+                              allow_remote_insecure=virtual_plant.allow_remote_insecure)
+            await vp.start()
+            bindings_dir = rdir / "bindings"
+            generate_bindings(vp, bindings_dir)
+            vp_task = asyncio.create_task(vp.serve_until(stop))
+            print(f"virtual plant: {len(vunits)} unit(s) on loopback "
+                  + ", ".join(f"{u.name} {u.protocol}:{u.port}" for u in vunits), file=out, flush=True)
         for su in site.units:
             unit = _build_unit(loaded, su, clock, audit, rdir / f"{su.name}-{stamp}.apcrec", bindings_dir)
             unit.request_mode(Mode(_first_mode(unit, su.requested_mode)), who="site file", where=str(loaded.path),
@@ -113,6 +133,11 @@ async def run_site(
         for u in units:
             u.recorder.close()
             await u.io.close()
+        if vp is not None:
+            stop.set()
+            if vp_task is not None:
+                await vp_task
+            await vp.close()
         audit_file.close()
     for u, stats in zip(units, results):
         print(f"\n{u.name}: {stats.cycles} cycles, {stats.overruns} overruns, {stats.errors} errors", file=out)
