@@ -576,8 +576,13 @@ class Batch:
                 ref = seg.target_degC
             elif seg.kind == "soak":
                 ref = float(seg.reference_degC)  # type: ignore[arg-type]
-                done = self._soak_done_s if k == self._segment else 0.0
-                dur = max(self.soak_required_s(k) - done, 0.0)
+                if k == self._segment:
+                    # A soak under way is never looked past: its end depends on the soak clock (time in
+                    # the band), and a controller shown the cooling beyond it would leave the band
+                    # early, stopping the clock it waits for.
+                    pieces.append((_INF, ref, ref, k))
+                    return pieces
+                dur = self.soak_required_s(k)
                 pieces.append((dur, ref, ref, k))
             else:
                 pieces.append((_INF, ref, ref, k))

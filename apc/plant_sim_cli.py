@@ -43,6 +43,7 @@ from plant_io.virtual_plant import (
     VirtualUnit,
     generate_bindings,
 )
+from apc.furnace_assembly import DEFAULT_SCENARIOS
 from sim.furnace_plant import FurnaceScenario, load_furnace_scenario
 from sim.scenario import Scenario, ScenarioError, load_scenario
 
@@ -150,7 +151,9 @@ def virtual_units(site: LoadedSite, plant: PlantFile) -> list[VirtualUnit]:
         at = plant.units[su.name]
         protocol: PlantProtocol = "modbus" if at.protocol == "modbus" else "opcua"
         if site.recipes[su.name].recipe.is_furnace:
-            out.append(VirtualUnit(su.name, load_furnace_scenario(su.plant.scenario), su.plant.seed, "furnace",
+            name = (DEFAULT_SCENARIOS[site.recipes[su.name].recipe.unit_kind] if su.plant.scenario == "nominal"
+                    else su.plant.scenario)
+            out.append(VirtualUnit(su.name, load_furnace_scenario(name), su.plant.seed, "furnace",
                                    protocol, at.port, at.device_id))
         else:
             out.append(VirtualUnit(su.name, load_scenario(su.plant.scenario), su.plant.seed, "cell",

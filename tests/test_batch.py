@@ -260,8 +260,9 @@ def test_preview_looks_ahead_across_ramp_into_soak() -> None:
     assert p.lower_degC[8] == -math.inf and p.upper_degC[8] == math.inf and p.target_degC[-1] == 100.0
 
 
-def test_preview_during_soak_counts_only_the_remaining_soak() -> None:
-    """In the soak, lower/upper are the band for the remaining soak time only."""
+def test_preview_during_soak_never_looks_past_the_soak() -> None:
+    """In a soak under way the whole preview is the soak band: a controller is never shown the
+    segment after it (whose start depends on the soak clock), so it cannot leave the band early."""
     batch, _ = make()
     t = run_to_soak(batch)
     for _ in range(12):  # 2 min done, 3 left
@@ -269,7 +270,8 @@ def test_preview_during_soak_counts_only_the_remaining_soak() -> None:
         batch.update(t, {T: 100.0})
     p = batch.preview()
     assert p.soak_done_s == pytest.approx(120.0) and p.segment_kind == "soak"
-    assert p.lower_degC[:3] == (95.0,) * 3 and p.lower_degC[3] == -math.inf
+    n = len(p.lower_degC)
+    assert p.lower_degC == (95.0,) * n and len(set(p.target_degC)) == 1
 
 
 # ---------------------------------------------------------------- persistence and restart
