@@ -124,6 +124,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 130
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after set-up)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the ``apc`` command."""
     p = argparse.ArgumentParser(prog="apc", description="APC runtime for rare-earth pyrometallurgy")
@@ -179,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``apc`` console script."""
     args = build_parser().parse_args(argv)
     # Diagnostics of the library modules go to stderr: stdout carries results (e.g. --json).
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()))
     try:
         return int(args.func(args))
     except BrokenPipeError:  # output piped into e.g. `head`

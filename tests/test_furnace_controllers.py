@@ -384,7 +384,8 @@ def test_vim_mpc_keeps_pressure_under_the_limit_where_full_power_exceeds_it(
     run = run_vim(vim_mpc(), vim_ekf(), fast, duration_s=900.0)
     pressure = run.signals["chamber_pressure_Pa"]
     assert np.max(pressure) <= PRESSURE_LIMIT_PA
-    assert np.max(pressure[run.t > 120.0]) > 0.95 * PRESSURE_SETTING_PA  # the limit, not the curve, set the pace
+    # The limit (less the 2-sigma back-off of the pressure estimate), not the curve, set the pace.
+    assert np.max(pressure[run.t > 120.0]) > 0.9 * PRESSURE_SETTING_PA
     assert run.signals["charge_temp_degC"][-1] < fast.target(900.0) - 50.0
     assert np.max(vim_mpc_run[0].signals["chamber_pressure_Pa"]) <= PRESSURE_LIMIT_PA
 

@@ -1,0 +1,80 @@
+"""Furnace units in the runtime: whole batches in virtual time, batch KPIs on the truth, restart mid-soak."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from apc.assembly import load
+from apc.audit import null_logger
+from apc.cli import main
+from apc.clock import VirtualClock
+from apc.furnace_assembly import build_furnace_sim_unit
+from apc.furnace_kpi import FURNACE_KPI_KEYS
+from apc.runtime import _first_mode
+from apc.simulate import simulate
+from apc.types import Mode
+from sim.furnace_plant import load_furnace_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+VIM = ROOT / "recipes" / "vim_furnace.yaml"
+
+
+def test_vim_batch_with_pid_baseline_completes_within_limits(capsys: pytest.CaptureFixture[str]) -> None:
+    """apc sim without --hours runs one whole batch to its end with the fixed KPI keys."""
+    assert main(["sim", str(VIM), "--seed", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    kpis = out["kpis"]
+    assert tuple(sorted(kpis)) == tuple(sorted(FURNACE_KPI_KEYS))
+    assert out["batch"] == "complete" and kpis["soak_complete"] == 1 and kpis["sheds"] == 0
+    assert 30.0 < kpis["batch_time_min"] < 180.0 and kpis["energy_kWh"] > 0
+    assert out["hours"] == pytest.approx(kpis["cycles"] * 5.0 / 3600.0)  # stopped when the batch ended
+
+
+@pytest.mark.slow
+def test_vim_batch_with_mpc_completes_and_tracks_the_ramp() -> None:
+    """The curve MPC completes the batch without overshoot or pressure violation and with no guard clamp."""
+    res = asyncio.run(simulate(load(VIM), load_furnace_scenario("vim_nominal"), seed=3, controller="mpc"))
+    k = res.kpis
+    assert res.meta["batch"] == "complete" and k["soak_complete"] == 1
+    assert k["overshoot_max_degC"] == 0.0 and k["pressure_violations"] == 0 and k["guard_clamps"] == 0
+    assert k["tracking_rmse_degC"] < 20.0
+
+
+def test_restart_mid_soak_comes_back_held_with_soak_time_done_and_unit_in_standby(tmp_path: Path) -> None:
+    """A unit rebuilt from the state directory mid-soak restores the batch HELD at the soak with the
+    soak time already done (never from zero), and the runtime starts it no higher than STANDBY."""
+    loaded = load(VIM)
+    soak_index = next(i for i, s in enumerate(loaded.recipe.curve.segments) if s.kind == "soak")  # type: ignore[union-attr]
+
+    async def first_run() -> float:
+        clock = VirtualClock()
+        unit, _, batch = build_furnace_sim_unit("vim", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
+                                                audit=null_logger(), with_kpis=False, state_dir=tmp_path)
+        unit.request_mode(Mode.ON, who="test", where="restart", utc=clock.utc())
+        period = loaded.recipe.period_s
+        for k in range(3000):
+            clock.set(k * period)
+            rec = await unit.cycle(k, k * period, clock.monotonic(), clock.utc())
+            status = batch.status()
+            if status["state"] == "idle" and unit.modes.actual is Mode.ON:
+                values = {**dict(zip(rec["estimate"]["names"], rec["estimate"]["x"])), **rec["estimate"]["extras"]}
+                assert batch.start(clock.monotonic(), "test", values[batch.curve.controlled]).accepted
+            if status["state"] == "running" and status["segment"] == soak_index and \
+                    batch.snapshot()["soak_done_s"] >= 240.0:
+                return float(batch.snapshot()["soak_done_s"])
+        raise AssertionError("the batch never got 4 min into its soak")
+
+    done_s = asyncio.run(first_run())
+    clock = VirtualClock()
+    unit, _, batch = build_furnace_sim_unit("vim", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
+                                            audit=null_logger(), with_kpis=False, state_dir=tmp_path)
+    status = batch.status()
+    assert status["state"] == "held" and status["segment"] == soak_index
+    restored = batch.snapshot()["soak_done_s"]
+    assert 0.0 < restored <= done_s and done_s - restored <= 60.0  # persisted at least every 60 s of soak
+    assert _first_mode(unit, "ON") == "STANDBY"
+
