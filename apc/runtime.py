@@ -13,19 +13,22 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, Mapping, TextIO
 
-from apc.assembly import build_sim_unit
-from apc.furnace_assembly import DEFAULT_SCENARIOS, build_furnace_sim_unit
-from apc.hmi.server import HmiServer
+from apc.assembly import AssemblyError, build_controller, build_estimator, build_sim_unit, load
+from apc.batch import Batch
+from apc.furnace_assembly import (DEFAULT_SCENARIOS, build_furnace_controller, build_furnace_estimator,
+                                  build_furnace_sim_unit)
+from apc.hmi.server import HmiServer, ReloadCallback
 from apc.hmi.users import load_users
-from apc.protocols import Reconnecting
+from apc.protocols import Controller, Estimator, Reconnecting
 from apc.plant_sim_cli import PlantFile, default_scan_s, virtual_units
 from apc.remote_assembly import build_remote_unit
 from apc.audit import make_logger
 from apc.clock import RealClock
 from apc.kpi import format_kpis
-from apc.recipe.loader import LoadedSite
+from apc.recipe.errors import RecipeError
+from apc.recipe.loader import LoadedRecipe, LoadedSite
 from apc.recipe.schema import SiteUnit
 from apc.scheduler import ScheduleStats, run_periodic
 from apc.types import Mode
@@ -175,6 +178,42 @@ def _build_unit(loaded: LoadedSite, su: SiteUnit, clock: RealClock, audit: Any, 
     return unit
 
 
+def build_estimator_controller(loaded: LoadedRecipe, unit: Unit) -> tuple[Estimator, Controller]:
+    """A fresh estimator and controller for ``loaded``, built as the unit's builder built them
+    (recipe's controller kind, real time; furnaces on the unit's existing batch)."""
+    recipe = loaded.recipe
+    kind = recipe.controller.kind
+    if recipe.is_furnace:
+        if not isinstance(unit.batch, Batch):
+            raise AssemblyError(f"unit {unit.name} has no batch for a furnace controller")
+        return (build_furnace_estimator(recipe, kind),
+                build_furnace_controller(recipe, kind, unit.batch, real_time=True))
+    return build_estimator(recipe, loaded.path.parent, kind), build_controller(recipe, kind, real_time=True)
+
+
+def reload_callback(units: Mapping[str, Unit], utc: Callable[[], float]) -> ReloadCallback:
+    """The HMI's ``reload(unit, who, where)``: re-read the unit's recipe file, build a fresh estimator
+    and controller (off the event loop) and call :meth:`Unit.request_reload`. Returns '' when the
+    reload is pending for the next cycle, else why not (audited as ``recipe_reload_refused``)."""
+
+    async def reload(unit_name: str, who: str, where: str) -> str:
+        unit = units[unit_name]
+        try:
+            loaded = await asyncio.to_thread(load, unit.loaded.path)
+        except (RecipeError, OSError) as exc:
+            return unit.refuse_reload(f"recipe refused: {exc}", who, where, utc())
+        why = unit.reload_refusal(loaded)  # refuse early, before building solvers
+        if why:
+            return unit.refuse_reload(why, who, where, utc(), loaded.sha256)
+        try:
+            estimator, controller = await asyncio.to_thread(build_estimator_controller, loaded, unit)
+        except ValueError as exc:  # AssemblyError and the builders' own ValueErrors
+            return unit.refuse_reload(f"cannot build estimator/controller: {exc}", who, where, utc(), loaded.sha256)
+        return unit.request_reload(loaded, estimator, controller, who=who, where=where, utc=utc())
+
+    return reload
+
+
 def _first_mode(unit: Unit, requested: str) -> str:
     """The site file's mode, except that a batch restored after a restart starts no higher than
     STANDBY: the DCS keeps holding the furnace until an operator asks for more."""
@@ -190,7 +229,8 @@ def _hmi_server(loaded: LoadedSite, units: list[Unit], audit: Any, clock: RealCl
     return HmiServer({u.name: u for u in units}, load_users(base / hs.users), endpoint_url=hs.endpoint_url,
                      cert_path=base / hs.certificate, key_path=base / hs.private_key,
                      allow_insecure_loopback=hs.allow_insecure_loopback, audit=audit, clock_utc=clock.utc,
-                     trusted_clients=None if hs.trusted_clients is None else base / hs.trusted_clients)
+                     trusted_clients=None if hs.trusted_clients is None else base / hs.trusted_clients,
+                     reload=reload_callback({u.name: u for u in units}, clock.utc))
 
 
 async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asyncio.Event, audit: Any,

@@ -7,6 +7,7 @@ estimator and controller come in through their protocols.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -17,7 +18,7 @@ from apc.modes import ModeConditions, ModeDecision, ModeManager
 from apc.protocols import BatchRunner, Controller, Estimator, PlantIO
 from apc.recipe.loader import LoadedRecipe
 from apc.recipe.permissive import PermissiveExpr, parse_permissive
-from apc.recipe.schema import MvLimits, MvSpec
+from apc.recipe.schema import MvLimits, MvSpec, Recipe
 from apc.recorder import NullRecorder, Recorder
 from apc.types import Estimate, Mode, MvConstraint, MvKind, Plan, Sample, SolverStatus, ValidatedInput, Write, WriteResult
 from apc.validation import InputValidator, cycle_ok
@@ -73,6 +74,33 @@ class HeartbeatWatch:
         return True, ""
 
 
+_MV_BINDINGS = ("tag", "readback", "remote_status", "active_flag", "sequence_tag", "high_limit_status",
+                "low_limit_status", "kind")
+"""MV fields a reload may not change (first version: the plant I/O serves the tags it was built for)."""
+
+
+def _bindings(recipe: Recipe) -> dict[str, Any]:
+    """Every tag binding (and MV kind) of a recipe, keyed by field path."""
+    io_ = recipe.io
+    out: dict[str, Any] = {f"io.inputs.{n}.tag": s.tag for n, s in io_.inputs.items()}
+    for n, mv in io_.mvs.items():
+        out.update({f"io.mvs.{n}.{f}": getattr(mv, f) for f in _MV_BINDINGS})
+    out["io.heartbeat.apc_tag"] = io_.heartbeat.apc_tag
+    out["io.heartbeat.dcs_tag"] = io_.heartbeat.dcs_tag
+    return out
+
+
+@dataclass(frozen=True)
+class _PendingReload:
+    """A recipe reload accepted by :meth:`Unit.request_reload`, applied at the next cycle's start."""
+
+    loaded: LoadedRecipe
+    estimator: Estimator
+    controller: Controller
+    who: str
+    where: str
+
+
 class Unit:
     """One unit under APC: owns its recipe, plant I/O, estimator and controller."""
 
@@ -121,6 +149,7 @@ class Unit:
         self._last_plan: Plan | None = None
         self.sheds = 0
         self.guard_clamps = 0
+        self._pending_reload: _PendingReload | None = None
 
     # ----------------------------------------------------------- commands
     def request_mode(self, mode: Mode, who: str, where: str, utc: float) -> None:
@@ -135,6 +164,90 @@ class Unit:
         self.audit.info("mv_enable", utc=utc, who=who, where=where, mv=mv, old=state.enabled, new=enabled)
         state.enabled = enabled
 
+    # ------------------------------------------------------ recipe reload
+    @property
+    def pending_reload_sha256(self) -> str | None:
+        """SHA-256 of a recipe waiting for the next cycle, else None."""
+        return None if self._pending_reload is None else self._pending_reload.loaded.sha256
+
+    def reload_refusal(self, loaded: LoadedRecipe) -> str:
+        """Why ``loaded`` may not replace the recipe now ('' when it may)."""
+        old, new = self.recipe, loaded.recipe
+        if self.modes.actual not in (Mode.OFF, Mode.STANDBY):
+            return f"unit is {self.modes.actual.value}: a recipe is reloaded only in OFF or STANDBY"
+        if new.unit_kind != old.unit_kind:
+            return f"unit_kind {new.unit_kind!r} differs from {old.unit_kind!r}"
+        if new.period_s != old.period_s:
+            return f"period_s {new.period_s:g} differs from {old.period_s:g} (the scheduler's period needs a restart)"
+        for what, a, b in (("MV", old.io.mvs, new.io.mvs), ("input", old.io.inputs, new.io.inputs)):
+            if set(a) != set(b):
+                return f"{what} names {sorted(b)} differ from {sorted(a)}"
+        before, after = _bindings(old), _bindings(new)
+        changed = [k for k in before if before[k] != after[k]]
+        if changed:
+            return f"tag bindings changed ({', '.join(changed)}): a reload may not change tags or MV kinds; restart"
+        if old.is_furnace and (new.controller.kind != old.controller.kind or new.curve != old.curve
+                               or new.batch != old.batch):
+            return "furnace controller kind, curve or batch section changed: the batch in progress is kept; restart"
+        return ""
+
+    def refuse_reload(self, why: str, who: str, where: str, utc: float, new_sha256: str = "") -> str:
+        """Audit a refused reload (``recipe_reload_refused``); returns ``why``."""
+        self.audit.warning("recipe_reload_refused", utc=utc, who=who, where=where, what=str(self.loaded.path),
+                           old=self.loaded.sha256, new=new_sha256, why=why, actual=self.modes.actual.value)
+        return why
+
+    def request_reload(self, loaded: LoadedRecipe, estimator: Estimator, controller: Controller, who: str,
+                       where: str, utc: float) -> str:
+        """Ask to replace recipe, estimator and controller at the start of the next cycle.
+
+        Returns '' when accepted (pending; a later request replaces it), else why not.
+        Both outcomes are audited.
+        """
+        why = self.reload_refusal(loaded)
+        if why:
+            return self.refuse_reload(why, who, where, utc, loaded.sha256)
+        self._pending_reload = _PendingReload(loaded, estimator, controller, who, where)
+        self.audit.info("recipe_reload_requested", utc=utc, who=who, where=where, what=str(loaded.path),
+                        old=self.loaded.sha256, new=loaded.sha256, actual=self.modes.actual.value)
+        return ""
+
+    def _apply_reload(self, k: int, utc: float) -> dict[str, Any] | None:
+        """Apply a pending reload (cycle start, before anything reads the recipe); its record entry."""
+        pending, self._pending_reload = self._pending_reload, None
+        if pending is None:
+            return None
+        why = self.reload_refusal(pending.loaded)
+        if why:  # the unit changed since the request
+            self.refuse_reload(why, pending.who, pending.where, utc, pending.loaded.sha256)
+            return None
+        old_loaded, recipe = self.loaded, pending.loaded.recipe
+        io_ = recipe.io
+        sections = [f.name for f in dataclasses.fields(recipe)
+                    if getattr(recipe, f.name) != getattr(old_loaded.recipe, f.name)]
+        self.loaded, self.recipe = pending.loaded, recipe
+        self.estimator, self.controller = pending.estimator, pending.controller
+        self.validator = InputValidator(io_.inputs)
+        self.required_inputs = tuple(n for n, s in io_.inputs.items() if s.role in ("measurement", "disturbance"))
+        self.disturbances = tuple(n for n, s in io_.inputs.items() if s.role == "disturbance")
+        old_mvs = self.mvs  # new states start released (bumpless next ON); enabled and sequence kept
+        self.mvs = {n: MvState(n, spec, recipe.limits[n], enabled=old_mvs[n].enabled,
+                               sequence=old_mvs[n].sequence) for n, spec in io_.mvs.items()}
+        self.guard = OutputGuard.from_mvs(io_.mvs, extra_tags=(io_.heartbeat.apc_tag,))
+        modes = ModeManager(recipe.estimator.warmup_s, recipe.modes.shed_after_bad_cycles)
+        modes.requested, modes.actual = self.modes.requested, self.modes.actual
+        modes.shed_reason = self.modes.shed_reason
+        self.modes = modes  # warm-up starts again: the new estimator has no history
+        self.heartbeat.timeout_s = io_.heartbeat.dcs_timeout_s
+        self.permissives = {n: (parse_permissive(p.expr), p.applies_to or tuple(self.mvs))
+                            for n, p in recipe.permissives.items()}
+        self._read_tags = self._tags_to_read()
+        self._last_plan = None
+        self.audit.info("recipe_reload", utc=utc, cycle=k, who=pending.who, where=pending.where,
+                        what=str(pending.loaded.path), old=old_loaded.sha256, new=pending.loaded.sha256,
+                        sections=sections)
+        return {"old_sha256": old_loaded.sha256, "new_sha256": pending.loaded.sha256, "who": pending.who}
+
     # ---------------------------------------------------------- the cycle
     def _tags_to_read(self) -> tuple[str, ...]:
         io_ = self.recipe.io
@@ -147,6 +260,7 @@ class Unit:
 
     async def cycle(self, k: int, scheduled_s: float, t_s: float, utc: float) -> dict[str, Any]:
         """Run one cycle at monotonic time ``t_s``; returns the flight-record entry."""
+        reload = self._apply_reload(k, utc) if self._pending_reload is not None else None
         dt_s = self.recipe.period_s if self._last_t is None else t_s - self._last_t
         self._last_t = t_s
 
@@ -178,7 +292,7 @@ class Unit:
         self._audit_writes(utc, k, decision, decisions, writes, results, applied, dropped)
         # 9. record
         return self._record(k, scheduled_s, t_s, utc, snapshot, validated, estimate, decision,
-                            plan, decisions, writes, results, applied, constraints, batch)
+                            plan, decisions, writes, results, applied, constraints, batch, reload)
 
     async def _read(self) -> tuple[dict[str, Sample], str]:
         try:
@@ -398,7 +512,8 @@ class Unit:
                 validated: Mapping[str, ValidatedInput], estimate: Estimate, decision: ModeDecision,
                 plan: Plan | None, decisions: Mapping[str, GuardDecision], writes: list[Write],
                 results: list[WriteResult], applied: Mapping[str, float],
-                constraints: Mapping[str, MvConstraint], batch: dict[str, Any] | None) -> dict[str, Any]:
+                constraints: Mapping[str, MvConstraint], batch: dict[str, Any] | None,
+                reload: dict[str, Any] | None = None) -> dict[str, Any]:
         clamps = sum(1 for d in decisions.values() if d.clamps)
         self.guard_clamps += clamps
         P_diag = None if estimate.P is None else [estimate.P[i][i] for i in range(len(estimate.x))]
@@ -435,6 +550,8 @@ class Unit:
         }
         if batch is not None:
             rec["batch"] = batch
+        if reload is not None:
+            rec["recipe_reload"] = reload
         if self.truth is not None:
             truth = dict(self.truth())
             rec["truth"] = truth

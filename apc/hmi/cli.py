@@ -1,4 +1,4 @@
-"""Argparse wiring of the HMI commands: ``hmi-cert``, ``hmi-user``, ``mode``, ``status``.
+"""Argparse wiring of the HMI commands: ``hmi-cert``, ``hmi-user``, ``mode``, ``reload``, ``status``.
 
 ``apc/cli.py`` calls :func:`add_subcommands` with its sub-parser collection.
 """
@@ -56,6 +56,12 @@ def _cmd_mode(args: argparse.Namespace) -> int:
     return cmd_mode(args)
 
 
+def _cmd_reload(args: argparse.Namespace) -> int:
+    from apc.hmi.client_cmds import cmd_reload
+
+    return cmd_reload(args)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from apc.hmi.client_cmds import cmd_status
 
@@ -72,7 +78,7 @@ def _client_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_subcommands(subparsers: Any) -> None:
-    """Add ``hmi-cert``, ``hmi-user``, ``mode`` and ``status`` to the ``apc`` sub-parsers."""
+    """Add ``hmi-cert``, ``hmi-user``, ``mode``, ``reload`` and ``status`` to the ``apc`` sub-parsers."""
     c = subparsers.add_parser(
         "hmi-cert", help="create a self-signed OPC UA certificate and key for the HMI server or a client",
         description="Writes NAME_cert.pem and NAME_key.pem (mode 0600) in --out; the application URI goes "
@@ -99,6 +105,14 @@ def add_subcommands(subparsers: Any) -> None:
     m.add_argument("mode", choices=[x.value for x in Mode])
     _client_options(m)
     m.set_defaults(func=_cmd_mode)
+
+    r = subparsers.add_parser(
+        "reload", help="reload a unit's recipe file through the HMI server (engineer; unit OFF or STANDBY)",
+        description="The runtime re-reads the unit's recipe file and applies it at the unit's next cycle. "
+                    "Refused while the unit is ON, and for another unit kind, MV/input names or tags.")
+    r.add_argument("unit")
+    _client_options(r)
+    r.set_defaults(func=_cmd_reload)
 
     s = subparsers.add_parser("status", help="show every unit's modes, heartbeat and MVs from the HMI server")
     _client_options(s)

@@ -1,4 +1,4 @@
-"""``apc mode`` and ``apc status``: ordinary OPC UA clients of the HMI server.
+"""``apc mode``, ``apc reload`` and ``apc status``: ordinary OPC UA clients of the HMI server.
 
 The credentials file (YAML, mode 0600 enforced; relative paths are relative
 to the file)::
@@ -47,6 +47,7 @@ __all__ = [
     "load_credentials",
     "read_status",
     "request_mode",
+    "request_reload",
 ]
 
 
@@ -221,6 +222,26 @@ async def request_mode(endpoint: str, creds: HmiCredentials, unit: str, mode: Mo
         return str(_good(values[0])), str(_good(values[1]))
 
 
+async def request_reload(endpoint: str, creds: HmiCredentials, unit: str, *, insecure_loopback: bool = False,
+                         timeout_s: float = 5.0) -> tuple[str, str]:
+    """Write True to ``<unit>/ReloadRecipe`` (engineer only); return (ReloadStatus, RecipeSha256 in force).
+
+    The recipe in force changes at the unit's next cycle; a refusal raises with the server's reason.
+    """
+    async with hmi_session(endpoint, creds, insecure_loopback=insecure_loopback, timeout_s=timeout_s) as (c, ns):
+        cmd = ua.NodeId(hmi_node_id(unit, "ReloadRecipe"), ns)
+        ids = [ua.NodeId(hmi_node_id(unit, n), ns) for n in ("ReloadStatus", "RecipeSha256")]
+        dv = ua.DataValue(ua.Variant(True, ua.VariantType.Boolean))
+        (status,) = await c.uaclient.write_attributes([cmd], [dv], ua.AttributeIds.Value)
+        if status.value == ua.StatusCodes.BadNodeIdUnknown:
+            raise HmiClientError(f"unit {unit!r} is not served by {endpoint} (or it has no ReloadRecipe node)")
+        values = [_good(v) for v in await c.uaclient.read_attributes(ids, ua.AttributeIds.Value)]
+        if not status.is_good():
+            why = f" ({values[0]})" if status.value == ua.StatusCodes.BadInvalidState and values[0] else ""
+            raise HmiClientError(f"{unit}: reload refused: {status.name}{why}")
+        return str(values[0]), str(values[1])
+
+
 def _good(dv: ua.DataValue) -> Any:
     if dv.StatusCode is not None and not dv.StatusCode.is_good():
         return None
@@ -312,6 +333,19 @@ def cmd_mode(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{args.unit}: requested {requested} (actual {actual})")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """``apc reload UNIT --endpoint URL --credentials FILE`` (engineer)."""
+    try:
+        creds = load_credentials(args.credentials)
+        text, sha = asyncio.run(request_reload(args.endpoint, creds, args.unit,
+                                               insecure_loopback=args.insecure_loopback, timeout_s=args.timeout))
+    except HmiClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.unit}: {text} (in force now: {sha})")
     return 0
 
 

@@ -16,6 +16,9 @@ Address space (namespace :data:`HMI_NAMESPACE`, string node ids shown)::
         Heartbeat       Int64    cycle number of the last published record
         LastCycleUtc    DateTime
         Sheds           Int64
+        RecipeSha256    String   SHA-256 of the recipe file in force
+        ReloadRecipe    Boolean  w engineer: True re-reads the recipe file; applied at the next cycle
+        ReloadStatus    String   outcome of the last ReloadRecipe write ("pending: ..." or "refused: ...")
         MVs/<mv>/Enabled                  Boolean rw operator
                  Value                    Double  (readback)
                  OperatorLow/OperatorHigh Double  rw operator, inside engineering, low <= high
@@ -32,8 +35,9 @@ asyncua's attribute service: it knows the session's user, so each node gets
 its own verdict — role (``BadUserAccessDenied``), type (``BadTypeMismatch``),
 value (``BadOutOfRange``) — is applied through the Unit's audited API, and
 every refusal is audited as ``hmi_write_refused``. HMI users cannot write
-any other node. The runtime has no recipe-reload API yet, so no engineer-only
-command exists (the role is accepted in the users file for that purpose).
+any other node. ``ReloadRecipe`` (engineer only) calls the server's ``reload``
+callback (:data:`ReloadCallback`, given by the runtime): a refused reload gets
+``BadInvalidState``, a server without a callback ``BadNotSupported``.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import urlparse
 
 from asyncua import Server, ua
@@ -62,7 +66,7 @@ from apc.hmi.users import HmiUser, HmiUserManager, LoginThrottle, Role, UserDb
 from apc.types import Mode
 from apc.unit import Unit
 
-__all__ = ["HMI_NAMESPACE", "HmiServer", "HmiServerError", "hmi_node_id", "is_loopback_host"]
+__all__ = ["HMI_NAMESPACE", "HmiServer", "HmiServerError", "ReloadCallback", "hmi_node_id", "is_loopback_host"]
 
 HMI_NAMESPACE = "urn:apc:hmi"
 """Namespace URI of every HMI node."""
@@ -71,6 +75,10 @@ ROOT = "APC"
 _log = logging.getLogger(__name__)
 _VT = ua.VariantType
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+ReloadCallback = Callable[[str, str, str], Awaitable[str]]
+"""``reload(unit, who, where)``: re-read the unit's recipe and request its reload; '' when
+pending for the next cycle, else why it was refused (already audited by the unit)."""
 
 
 class HmiServerError(Exception):
@@ -99,10 +107,12 @@ class _Cmd(enum.Enum):
     ENABLED = "Enabled"
     OPERATOR_LOW = "OperatorLow"
     OPERATOR_HIGH = "OperatorHigh"
+    RELOAD = "ReloadRecipe"
 
 
 _REQUIRED_ROLE = {_Cmd.MODE: Role.OPERATOR, _Cmd.ENABLED: Role.OPERATOR,
-                  _Cmd.OPERATOR_LOW: Role.OPERATOR, _Cmd.OPERATOR_HIGH: Role.OPERATOR}
+                  _Cmd.OPERATOR_LOW: Role.OPERATOR, _Cmd.OPERATOR_HIGH: Role.OPERATOR,
+                  _Cmd.RELOAD: Role.ENGINEER}
 """Least role allowed to write each command node."""
 
 
@@ -176,6 +186,7 @@ class HmiServer:
         trusted_clients: str | Path | None = None,
         application_uri: str | None = None,
         throttle: LoginThrottle | None = None,
+        reload: ReloadCallback | None = None,
     ) -> None:
         url = urlparse(endpoint_url)
         if url.scheme != "opc.tcp" or not url.hostname or url.port is None:
@@ -210,6 +221,7 @@ class HmiServer:
                 raise HmiServerError(f"server certificate: {exc}") from None
         self.application_uri = application_uri or "urn:apc:hmi:server"
         self._throttle = throttle
+        self._reload = reload
         self._server: Server | None = None
         self._ns = 0
         self._nodes: dict[str, _UnitNodes] = {}
@@ -362,6 +374,12 @@ class HmiServer:
                                                 dt.datetime.fromtimestamp(0, dt.timezone.utc), _VT.DateTime,
                                                 initial=waiting)
             f["Sheds"] = await self._var(ufolder, self._nid(name, "Sheds"), "Sheds", unit.sheds, _VT.Int64)
+            f["RecipeSha256"] = await self._var(ufolder, self._nid(name, "RecipeSha256"), "RecipeSha256",
+                                                unit.loaded.sha256, _VT.String)
+            f["ReloadRecipe"] = await self._var(ufolder, self._nid(name, "ReloadRecipe"), "ReloadRecipe", False,
+                                                _VT.Boolean, command=_Command(name, _Cmd.RELOAD))
+            f["ReloadStatus"] = await self._var(ufolder, self._nid(name, "ReloadStatus"), "ReloadStatus", "",
+                                                _VT.String)
             mv_folder = await self._folder(ufolder, self._nid(name, "MVs"), "MVs")
             for mv, state in unit.mvs.items():
                 folder = await self._folder(mv_folder, self._nid(name, "MVs", mv), mv)
@@ -461,6 +479,7 @@ class HmiServer:
             (f["Heartbeat"], _dv(int(record["k"]), _VT.Int64, ts)),
             (f["LastCycleUtc"], _dv(ts, _VT.DateTime, ts)),
             (f["Sheds"], _dv(int(unit.sheds), _VT.Int64, ts)),
+            (f["RecipeSha256"], _dv(unit.loaded.sha256, _VT.String, ts)),
         ]
         writes += self._command_values(unit_name, ts)
         readback = record.get("readback") or {}
@@ -581,6 +600,8 @@ class HmiServer:
                     codes[i] = self._refuse(user, where, nid, raw, code, why)
                 elif cmd.cmd in (_Cmd.OPERATOR_LOW, _Cmd.OPERATOR_HIGH):
                     limits.setdefault((cmd.unit, cmd.mv), []).append((i, cmd.cmd, float(value), raw))
+                elif cmd.cmd is _Cmd.RELOAD:
+                    codes[i] = await self._request_reload(hmi_user, where, nid, raw, cmd.unit)
                 else:
                     self._apply(hmi_user, where, cmd, value)
                     touched.add(cmd.unit)
@@ -595,6 +616,23 @@ class HmiServer:
             ts = dt.datetime.fromtimestamp(self._utc(), dt.timezone.utc)
             await self._write_batch([w for u in sorted(touched) for w in self._command_values(u, ts)])
         return [_status(c if c is not None else ua.StatusCodes.BadInternalError) for c in codes]
+
+    async def _request_reload(self, user: HmiUser, where: str, nid: ua.NodeId, raw: Any, unit_name: str) -> int:
+        """Ask the runtime to reload the unit's recipe; Good when pending for the next cycle."""
+        if self._reload is None:
+            return self._refuse(user, where, nid, raw, ua.StatusCodes.BadNotSupported,
+                                "this server has no recipe reload (no reload callback)")
+        try:
+            why = await self._reload(unit_name, user.name or "?", where)
+            code = ua.StatusCodes.BadInvalidState if why else ua.StatusCodes.Good
+        except Exception as exc:  # a reload bug refuses the write, it never stops the server
+            why, code = f"reload failed: {type(exc).__name__}: {exc}", ua.StatusCodes.BadInternalError
+        pending = self._units[unit_name].pending_reload_sha256
+        text = f"refused: {why}" if why else f"pending: recipe {pending} is applied at the next cycle"
+        if self._server is not None:
+            ts = dt.datetime.fromtimestamp(self._utc(), dt.timezone.utc)
+            await self._write_batch([(self._nodes[unit_name].fixed["ReloadStatus"], _dv(text, _VT.String, ts))])
+        return self._refuse(user, where, nid, raw, code, why) if why else code
 
     def _apply(self, user: HmiUser, where: str, cmd: _Command, value: Any) -> None:
         unit = self._units[cmd.unit]
@@ -646,6 +684,12 @@ def _decode(cmd: _Cmd, dv: ua.DataValue | None) -> tuple[Any, int, str]:
     if cmd is _Cmd.ENABLED:
         if vtype is not _VT.Boolean or not isinstance(value, bool):
             return None, ua.StatusCodes.BadTypeMismatch, f"Enabled must be a Boolean, got {_vt_name(vtype)}"
+        return value, 0, ""
+    if cmd is _Cmd.RELOAD:
+        if vtype is not _VT.Boolean or not isinstance(value, bool):
+            return None, ua.StatusCodes.BadTypeMismatch, f"ReloadRecipe must be a Boolean, got {_vt_name(vtype)}"
+        if not value:
+            return None, ua.StatusCodes.BadOutOfRange, "write True to request a reload"
         return value, 0, ""
     if vtype not in (_VT.Double, _VT.Float) or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None, ua.StatusCodes.BadTypeMismatch, f"limit must be a Double, got {_vt_name(vtype)}"
