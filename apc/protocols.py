@@ -116,3 +116,24 @@ class BatchRunner(Protocol):
     def status(self) -> Mapping[str, Any]:
         """State, segment and soak progress, for the HMI and the record."""
         ...
+
+    @property
+    def curve(self) -> Any:
+        """The curve the batch runs (its ``controlled`` signal names what a start is judged on)."""
+        ...
+
+    def start(self, t_s: float, who: str, temp_degC: float | None) -> Any:
+        """Start a batch from the controlled temperature; truthy when accepted, ``.reason`` if not."""
+        ...
+
+    def hold(self, t_s: float, who: str, why: str) -> Any:
+        """Hold the running batch at the current temperature."""
+        ...
+
+    def resume(self, t_s: float, who: str) -> Any:
+        """Resume a held batch where it was."""
+        ...
+
+    def abort(self, t_s: float, who: str, why: str) -> Any:
+        """Abort the batch for good."""
+        ...

@@ -146,6 +146,7 @@ class Unit:
         self._apc_heartbeat = 0
         self._active_flags: dict[str, float] = {}
         self._last_t: float | None = None
+        self._last_values: Mapping[str, float] = {}
         self._last_plan: Plan | None = None
         self.sheds = 0
         self.guard_clamps = 0
@@ -157,6 +158,27 @@ class Unit:
         self.audit.info("mode_request", utc=utc, who=who, where=where,
                         old=self.modes.requested.value, new=mode.value, actual=self.modes.actual.value)
         self.modes.request(mode)
+
+    def batch_command(self, command: str, who: str, where: str, why: str = "") -> str:
+        """Operator command to the furnace batch (``start`` | ``hold`` | ``resume`` | ``abort``), at
+        the last cycle's time and, for a start, from the last controlled temperature; '' when accepted,
+        else why not (the batch audits both)."""
+        batch = self.batch
+        if batch is None:
+            return "this unit runs no batch"
+        t = self._last_t if self._last_t is not None else 0.0
+        why = why or f"operator command from {where}"
+        if command == "start":
+            result = batch.start(t, who, self._last_values.get(batch.curve.controlled))
+        elif command == "hold":
+            result = batch.hold(t, who, why)
+        elif command == "resume":
+            result = batch.resume(t, who)
+        elif command == "abort":
+            result = batch.abort(t, who, why)
+        else:
+            return f"unknown batch command {command!r} (start, hold, resume, abort)"
+        return "" if result else str(getattr(result, "reason", "refused"))
 
     def set_mv_enabled(self, mv: str, enabled: bool, who: str, where: str, utc: float) -> None:
         """Enable or disable one MV; audited."""
@@ -275,6 +297,7 @@ class Unit:
         # 3. estimate (furnaces: then the batch, whose reference the controller reads)
         estimate = self.estimator.update(t_s, validated, applied)
         values = self._signal_values(validated, estimate, applied)
+        self._last_values = values
         batch = self._batch_reference(t_s, values)
         # 4. decide mode
         decision = self._decide(t_s, inputs_ok, inputs_reason, estimate, link_error, hb_ok, hb_reason,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from asyncua import ua
 
 from apc.assembly import load
 from apc.audit import null_logger
@@ -14,10 +15,14 @@ from apc.cli import main
 from apc.clock import VirtualClock
 from apc.furnace_assembly import build_furnace_sim_unit
 from apc.furnace_kpi import FURNACE_KPI_KEYS
+from apc.hmi.server import HmiServer, hmi_node_id
+from apc.hmi.users import load_users
 from apc.runtime import _first_mode
 from apc.simulate import simulate
 from apc.types import Mode
 from sim.furnace_plant import load_furnace_scenario
+from tests.helpers.loopback_servers import free_port
+from tests.test_hmi_server import Pki, pki, session  # noqa: F401  (pki is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 VIM = ROOT / "recipes" / "vim_furnace.yaml"
@@ -78,3 +83,39 @@ def test_restart_mid_soak_comes_back_held_with_soak_time_done_and_unit_in_standb
     assert 0.0 < restored <= done_s and done_s - restored <= 60.0  # persisted at least every 60 s of soak
     assert _first_mode(unit, "ON") == "STANDBY"
 
+
+
+def test_hmi_batch_commands_start_hold_resume_abort(pki: Pki) -> None:  # noqa: F811
+    """Operators start, hold, resume and abort a furnace batch from the HMI; a viewer is refused, and a
+    resume after an abort is refused with BadInvalidState (the batch is over)."""
+    loaded = load(VIM)
+
+    async def run() -> None:
+        clock = VirtualClock()
+        unit, _, batch = build_furnace_sim_unit("vim-1", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
+                                                audit=null_logger(), with_kpis=False)
+        unit.request_mode(Mode.ON, who="test", where="hmi", utc=clock.utc())
+        for k in range(12):
+            clock.set(k * 5.0)
+            await unit.cycle(k, k * 5.0, clock.monotonic(), clock.utc())
+        assert unit.modes.actual is Mode.ON and batch.status()["state"] == "idle"
+        srv = HmiServer({"vim-1": unit}, load_users(pki.users), endpoint_url=f"opc.tcp://127.0.0.1:{free_port()}/apc",
+                        cert_path=pki.server_cert, key_path=pki.server_key, audit=null_logger(), clock_utc=clock.utc)
+        async with srv:
+            async def command(user: str, value: str) -> str:
+                async with session(srv, pki.creds(user)) as (c, ns):
+                    nid = ua.NodeId(hmi_node_id("vim-1", "Batch", "Command"), ns)
+                    (status,) = await c.uaclient.write_attributes(
+                        [nid], [ua.DataValue(ua.Variant(value, ua.VariantType.String))], ua.AttributeIds.Value)
+                    return ua.StatusCode(status.value).name
+
+            assert await command("vic", "start") == "BadUserAccessDenied"
+            assert batch.status()["state"] == "idle"
+            assert await command("olga", "start") == "Good" and batch.status()["state"] == "running"
+            assert await command("olga", "hold") == "Good" and batch.status()["state"] == "held"
+            assert await command("olga", "resume") == "Good" and batch.status()["state"] == "running"
+            assert await command("olga", "abort") == "Good" and batch.status()["state"] == "aborted"
+            assert await command("olga", "resume") == "BadInvalidState"
+            assert await command("olga", "explode") == "BadOutOfRange"
+
+    asyncio.run(run())

@@ -108,11 +108,13 @@ class _Cmd(enum.Enum):
     OPERATOR_LOW = "OperatorLow"
     OPERATOR_HIGH = "OperatorHigh"
     RELOAD = "ReloadRecipe"
+    BATCH = "Command"
 
 
 _REQUIRED_ROLE = {_Cmd.MODE: Role.OPERATOR, _Cmd.ENABLED: Role.OPERATOR,
                   _Cmd.OPERATOR_LOW: Role.OPERATOR, _Cmd.OPERATOR_HIGH: Role.OPERATOR,
-                  _Cmd.RELOAD: Role.ENGINEER}
+                  _Cmd.RELOAD: Role.ENGINEER, _Cmd.BATCH: Role.OPERATOR}
+BATCH_COMMANDS = ("start", "hold", "resume", "abort")
 """Least role allowed to write each command node."""
 
 
@@ -407,6 +409,12 @@ class HmiServer:
                 nid = await self._var(nodes.folders["Batch"], self._nid(name, "Batch", key), key, "", _VT.String,
                                       initial=waiting)
                 nodes.batch[key] = (nid, _VT.String)
+            if unit.batch is not None:
+                await self._var(nodes.folders["Batch"], self._nid(name, "Batch", "Command"), "Command", "",
+                                _VT.String, command=_Command(name, _Cmd.BATCH))
+                f["BatchCommandStatus"] = await self._var(nodes.folders["Batch"],
+                                                          self._nid(name, "Batch", "CommandStatus"),
+                                                          "CommandStatus", "", _VT.String)
 
     async def _estimate_nodes(self, unit: str, state: str) -> tuple[ua.NodeId, ua.NodeId]:
         nodes = self._nodes[unit]
@@ -602,6 +610,8 @@ class HmiServer:
                     limits.setdefault((cmd.unit, cmd.mv), []).append((i, cmd.cmd, float(value), raw))
                 elif cmd.cmd is _Cmd.RELOAD:
                     codes[i] = await self._request_reload(hmi_user, where, nid, raw, cmd.unit)
+                elif cmd.cmd is _Cmd.BATCH:
+                    codes[i] = await self._batch_command(hmi_user, where, nid, raw, cmd.unit, str(value))
                 else:
                     self._apply(hmi_user, where, cmd, value)
                     touched.add(cmd.unit)
@@ -633,6 +643,16 @@ class HmiServer:
             ts = dt.datetime.fromtimestamp(self._utc(), dt.timezone.utc)
             await self._write_batch([(self._nodes[unit_name].fixed["ReloadStatus"], _dv(text, _VT.String, ts))])
         return self._refuse(user, where, nid, raw, code, why) if why else code
+
+    async def _batch_command(self, user: HmiUser, where: str, nid: ua.NodeId, raw: Any, unit_name: str,
+                             command: str) -> int:
+        """Start, hold, resume or abort the unit's batch; BadInvalidState (reason audited) when refused."""
+        why = self._units[unit_name].batch_command(command, user.name or "?", where)
+        if self._server is not None:
+            ts = dt.datetime.fromtimestamp(self._utc(), dt.timezone.utc)
+            text = f"refused {command}: {why}" if why else f"{command}: accepted"
+            await self._write_batch([(self._nodes[unit_name].fixed["BatchCommandStatus"], _dv(text, _VT.String, ts))])
+        return self._refuse(user, where, nid, raw, ua.StatusCodes.BadInvalidState, why) if why else ua.StatusCodes.Good
 
     def _apply(self, user: HmiUser, where: str, cmd: _Command, value: Any) -> None:
         unit = self._units[cmd.unit]
@@ -684,6 +704,12 @@ def _decode(cmd: _Cmd, dv: ua.DataValue | None) -> tuple[Any, int, str]:
     if cmd is _Cmd.ENABLED:
         if vtype is not _VT.Boolean or not isinstance(value, bool):
             return None, ua.StatusCodes.BadTypeMismatch, f"Enabled must be a Boolean, got {_vt_name(vtype)}"
+        return value, 0, ""
+    if cmd is _Cmd.BATCH:
+        if vtype is not _VT.String or not isinstance(value, str):
+            return None, ua.StatusCodes.BadTypeMismatch, f"Command must be a String, got {_vt_name(vtype)}"
+        if value not in BATCH_COMMANDS:
+            return None, ua.StatusCodes.BadOutOfRange, f"Command must be one of {', '.join(BATCH_COMMANDS)}"
         return value, 0, ""
     if cmd is _Cmd.RELOAD:
         if vtype is not _VT.Boolean or not isinstance(value, bool):
