@@ -16,9 +16,22 @@ from apc.recipe.errors import RecipeError
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from apc.assembly import recipe_signal_names
+    from apc.plant_sim_cli import PlantFileError, is_plant_file, load_plant_file
     from apc.recipe.loader import check_main
 
-    return check_main(list(args.files), provider=recipe_signal_names)
+    plants = [f for f in args.files if is_plant_file(f)]
+    rc = 0
+    for f in plants:  # virtual-plant files (apc plant-sim, apc run --virtual-plant)
+        try:
+            load_plant_file(f)
+            print(f"{f}: ok")
+        except PlantFileError as exc:
+            print(exc, file=sys.stderr)
+            rc = 1
+    others = [f for f in args.files if f not in plants]
+    if others:
+        rc = max(rc, check_main(others, provider=recipe_signal_names))
+    return rc
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:

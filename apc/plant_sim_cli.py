@@ -133,6 +133,15 @@ def load_plant_file(path: str | Path) -> PlantFile:
     return plant_file_from_mapping(data, str(p))
 
 
+def is_plant_file(path: str | Path) -> bool:
+    """True for a YAML file shaped like a virtual-plant file (``units`` mapping, no ``site``/``name``)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("units"), dict) and not {"site", "name"} & set(data)
+
+
 def default_plant_file(site: LoadedSite) -> PlantFile:
     """Every unit of the site over OPC UA on 127.0.0.1:4840 (one server, a namespace each)."""
     return PlantFile({u.name: PlantUnit("opcua", DEFAULT_PORTS["opcua"]) for u in site.site.units})

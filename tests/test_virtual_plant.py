@@ -364,3 +364,15 @@ def test_plant_sim_cli_serves_the_site_writes_bindings_and_stops_after_hours(tmp
     bad.write_text(yaml.safe_dump({"units": {"cell-01": {"protocol": "opcua"}}}))
     args = _cli(["plant-sim", str(SITE_DEMO), "--plant", str(bad)])  # cell-02 and cell-03 not placed
     assert args.func(args, out=io.StringIO()) == 1
+
+
+def test_apc_check_validates_plant_files_beside_recipes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """apc check recognises a virtual-plant file, accepts the shipped one and names the problem in a bad one."""
+    from apc.cli import main
+
+    shipped = Path(__file__).resolve().parent.parent / "recipes" / "plant.yaml"
+    assert main(["check", str(shipped)]) == 0 and "plant.yaml: ok" in capsys.readouterr().out
+    bad = tmp_path / "plant.yaml"
+    bad.write_text("schema_version: 1\nunits: {cell-01: {protocol: profibus, port: 1}}\n")
+    assert main(["check", str(bad)]) == 1
+    assert "protocol" in capsys.readouterr().err
