@@ -361,7 +361,8 @@ def kpis_to_json(kpis: Mapping[str, Any]) -> str:
 
 
 def report(path: Path | str) -> dict[str, float | int]:
-    """Replay a flight record through :class:`KpiAccumulator`.
+    """Replay a flight record through :class:`KpiAccumulator` (a furnace batch record, whose header
+    has ``"furnace_kpi"``, through :class:`apc.furnace_kpi.FurnaceKpiAccumulator`).
 
     The :class:`KpiConfig` comes from the first header's ``"kpi"`` object; a
     resumed header with a different ``"kpi"`` is an error. Each cycle must
@@ -370,21 +371,26 @@ def report(path: Path | str) -> dict[str, float | int]:
     :func:`~apc.recorder.read_record`), so memory does not grow with its
     length; a truncated final line is ignored, as in ``read_record``.
     """
+    from apc.furnace_kpi import FurnaceKpiAccumulator, FurnaceKpiConfig
+
     p = Path(path)
-    acc: KpiAccumulator | None = None
+    acc: Any = None
     kpi_cfg: Any = None
+    key = "kpi"
     for entry in iter_record(p):
         if entry.kind == "header":
             if acc is None:
-                if "kpi" not in entry.data:
+                key = "furnace_kpi" if "furnace_kpi" in entry.data else "kpi"  # a furnace batch record
+                if key not in entry.data:
                     raise RecordError(p, "header has no 'kpi' configuration", entry.line_no)
-                kpi_cfg = entry.data["kpi"]
+                kpi_cfg = entry.data[key]
                 try:
-                    acc = KpiAccumulator(KpiConfig.from_mapping(kpi_cfg))
-                except ValueError as exc:
-                    raise RecordError(p, str(exc), entry.line_no) from None
-            elif "kpi" in entry.data and entry.data["kpi"] != kpi_cfg:
-                raise RecordError(p, "resumed header changes the 'kpi' configuration", entry.line_no)
+                    acc = (FurnaceKpiAccumulator(FurnaceKpiConfig.from_mapping(kpi_cfg)) if key == "furnace_kpi"
+                           else KpiAccumulator(KpiConfig.from_mapping(kpi_cfg)))
+                except (KeyError, ValueError) as exc:
+                    raise RecordError(p, f"bad {key} configuration: {exc}", entry.line_no) from None
+            elif key in entry.data and entry.data[key] != kpi_cfg:
+                raise RecordError(p, f"resumed header changes the '{key}' configuration", entry.line_no)
         elif entry.kind == "cycle":
             assert acc is not None  # iter_record guarantees a header first
             c = entry.data
@@ -392,7 +398,7 @@ def report(path: Path | str) -> dict[str, float | int]:
                 truth = c["truth"]
                 if truth is None:
                     raise KeyError("truth")
-                acc.add(c["t_s"], truth, c["guard"]["clamps"], c["shed"])
+                acc.add(c["t_s"], truth, c["guard"]["clamps"], c["shed"], c.get("batch"))
             except KeyError as exc:
                 raise RecordError(
                     p, f"cycle lacks {exc} needed for the KPI report (is this a simulated run?)", entry.line_no

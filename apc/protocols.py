@@ -137,3 +137,16 @@ class BatchRunner(Protocol):
     def abort(self, t_s: float, who: str, why: str) -> Any:
         """Abort the batch for good."""
         ...
+
+
+class KpiSink(Protocol):
+    """Accumulates KPIs from the simulator's truth, cycle by cycle (cells and furnace batches)."""
+
+    def add(self, t_s: float, truth: Mapping[str, float], guard_clamps: int, shed: bool,
+            batch: Mapping[str, Any] | None = None) -> None:
+        """One cycle; ``batch`` is the furnace batch reference in force (None for cells)."""
+        ...
+
+    def result(self) -> Mapping[str, float | int]:
+        """The KPIs so far."""
+        ...

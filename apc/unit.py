@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from apc.guard import GuardDecision, GuardRequest, OutputGuard, ReadbackMonitor
-from apc.kpi import KpiAccumulator
 from apc.modes import ModeConditions, ModeDecision, ModeManager
-from apc.protocols import BatchRunner, Controller, Estimator, PlantIO
+from apc.protocols import BatchRunner, Controller, Estimator, KpiSink, PlantIO
 from apc.recipe.loader import LoadedRecipe
 from apc.recipe.permissive import PermissiveExpr, parse_permissive
 from apc.recipe.schema import MvLimits, MvSpec, Recipe
@@ -114,7 +113,7 @@ class Unit:
         *,
         audit: Any,
         recorder: Recorder | None = None,
-        kpi: KpiAccumulator | None = None,
+        kpi: KpiSink | None = None,
         truth: Callable[[], Mapping[str, float]] | None = None,
         batch: BatchRunner | None = None,
     ) -> None:

@@ -119,3 +119,14 @@ def test_hmi_batch_commands_start_hold_resume_abort(pki: Pki) -> None:  # noqa: 
             assert await command("olga", "explode") == "BadOutOfRange"
 
     asyncio.run(run())
+
+
+def test_report_of_a_furnace_record_equals_the_live_kpis(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """apc report replays a furnace batch record to exactly the KPIs apc sim printed."""
+    rec = tmp_path / "vim.apcrec"
+    assert main(["sim", str(VIM), "--seed", "4", "--json", "--record", str(rec)]) == 0
+    live = json.loads(capsys.readouterr().out)["kpis"]
+    assert main(["report", str(rec), "--json"]) == 0
+    replay = json.loads(capsys.readouterr().out)["kpis"]
+    assert replay == live and replay["soak_complete"] == 1
