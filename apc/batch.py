@@ -471,9 +471,12 @@ class Batch:
         self._auto_resume_at = None
 
     def _in_band_now(self, seg: Segment, values: Mapping[str, float]) -> tuple[bool, float | None]:
+        """Whether the soak signal is in the band, by ``soak_margin_sigmas`` of its estimated standard
+        deviation (``<signal>_std``, 0 when not reported) inside either edge."""
         assert seg.band_degC is not None
         v = _finite(values.get(self.soak_signal))
-        return v is not None and seg.band_degC[0] <= v <= seg.band_degC[1], v
+        margin = self.section.soak_margin_sigmas * (_finite(values.get(f"{self.soak_signal}_std")) or 0.0)
+        return v is not None and seg.band_degC[0] + margin <= v <= seg.band_degC[1] - margin, v
 
     def _enter(self, k: int, values: Mapping[str, float]) -> None:
         seg = self.curve.segments[k]

@@ -383,3 +383,22 @@ def test_status_for_the_hmi() -> None:
     assert (s["state"], s["segment"], s["kind"], s["batch_id"]) == ("running", 1, "soak", "B1")
     assert (s["soak_done_s"], s["soak_required_s"], s["reasons"]) == (10.0, 300.0, [])
     json.dumps(s)
+
+
+def test_soak_margin_counts_only_an_estimate_well_inside_the_band() -> None:
+    """With soak_margin_sigmas 2 and a reported std of 1 K, 96 degC (1 K inside) does not run the soak
+    clock, 98 degC (3 K inside) does; without a reported std the plain band applies."""
+    batch, _ = make(soak_margin_sigmas=2.0)
+    t = run_to_soak(batch)
+    for _ in range(6):
+        t += 10.0
+        batch.update(t, {T: 96.0, f"{T}_std": 1.0})
+    assert batch.status()["soak_done_s"] == 0.0
+    for _ in range(6):
+        t += 10.0
+        batch.update(t, {T: 98.0, f"{T}_std": 1.0})
+    assert batch.status()["soak_done_s"] == pytest.approx(50.0)
+    for _ in range(3):
+        t += 10.0
+        batch.update(t, {T: 96.0})
+    assert batch.status()["soak_done_s"] == pytest.approx(80.0)

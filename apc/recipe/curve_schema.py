@@ -249,6 +249,9 @@ class BatchSection:
     curve's controlled signal)."""
     soak_extension_min: float = 0.0
     """Fixed time added to every soak (the plant's baseline practice, sized for the worst-case load)."""
+    soak_margin_sigmas: float = 0.0
+    """Guaranteed soak on an estimate: the soak clock runs only while the signal is this many of its
+    standard deviations (``<signal>_std``, where the estimator reports one) inside the band."""
     baseline_soak_signal: str | None = None
     """The PID baseline's batch: the measured signal its soak clock (and ramp wait) runs on (plants
     cannot see the core); default ``soak_signal``."""
@@ -271,6 +274,8 @@ class BatchSection:
             raise ValueError("soak_signal must name a signal (or be left out)")
         if not self.soak_extension_min >= 0:
             raise ValueError("soak_extension_min must be >= 0")
+        if not self.soak_margin_sigmas >= 0:
+            raise ValueError("soak_margin_sigmas must be >= 0")
         if not self.baseline_soak_extension_min >= 0:
             raise ValueError("baseline_soak_extension_min must be >= 0")
         if self.preview_points < 1:
