@@ -46,7 +46,7 @@ with warnings.catch_warnings():  # do-mpc warns that its optional PyTorch part i
     warnings.simplefilter("ignore", UserWarning)
     import do_mpc
 
-from apc.types import Estimate, MvKind
+from apc.types import Estimate, MvConstraint, MvKind
 from controllers.cell_mpc import _SOFT_RANK, PREDICTED, CellMpc, _Solution
 
 
@@ -117,14 +117,15 @@ class DoMpcPlain(CellMpc):
 
     # ------------------------------------------------------------- solving
     def _solve(self, t_s: float, estimate: Estimate, applied: Mapping[str, float], en: Mapping[str, bool],
-               measured: Mapping[str, float], warm: bool = True) -> tuple[_Solution | None, int, float, str]:
-        """One do-mpc ``make_step`` with this cycle's parameters and input bounds."""
+               lim: Mapping[str, MvConstraint], measured: Mapping[str, float],
+               warm: bool = True) -> tuple[_Solution | None, int, float, str]:
+        """One do-mpc ``make_step`` with this cycle's parameters and input bounds (limits in force)."""
         data = self._problem_data(estimate, applied, measured)
         if isinstance(data, str):
             return None, 0, 0.0, data
         x0, p, u_now, d = data
         mpc = self._mpc
-        lbx, ubx, _, _ = self._bounds(t_s, u_now, applied, en)
+        lbx, ubx, _, _ = self._bounds(t_s, u_now, applied, en, lim)
         i1 = self._n_dz
         lbu = lbx[i1:i1 + self._n_u].reshape((self.nu, self.N), order="F")
         ubu = ubx[i1:i1 + self._n_u].reshape((self.nu, self.N), order="F")
