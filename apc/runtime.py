@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import signal
 import sys
 import time
@@ -214,6 +215,28 @@ def reload_callback(units: Mapping[str, Unit], utc: Callable[[], float]) -> Relo
     return reload
 
 
+def hmi_batch_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch's status as HMI ``Batch/<key>`` values, each key always of one OPC UA type."""
+    def num(key: str) -> float:
+        v = status.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+    return {
+        "State": str(status.get("state", "")),
+        "Segment": str(status.get("segment", "")),
+        "SegmentKind": str(status.get("kind", "")),
+        "SegmentText": str(status.get("segment_text", "")),
+        "ReferenceDegC": num("reference_degC"),
+        "HoldDegC": num("hold_degC"),
+        "SoakDoneS": num("soak_done_s"),
+        "SoakRequiredS": num("soak_required_s"),
+        "Reasons": "; ".join(str(r) for r in status.get("reasons") or ()),
+        "Note": str(status.get("note") or ""),
+        "BatchId": str(status.get("batch_id") or ""),
+        "PersistError": str(status.get("persist_error") or ""),
+    }
+
+
 def _first_mode(unit: Unit, requested: str) -> str:
     """The site file's mode, except that a batch restored after a restart starts no higher than
     STANDBY: the DCS keeps holding the furnace until an operator asks for more."""
@@ -247,7 +270,7 @@ async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asy
         if hmi is not None:
             await hmi.publish(unit.name, rec)
             if unit.batch is not None:
-                await hmi.update_batch(unit.name, unit.batch.status())
+                await hmi.update_batch(unit.name, hmi_batch_status(unit.batch.status()))
         if k % every == 0 or rec["shed"]:
             print(f"{slot / 3600.0:6.2f} h  {_status_line(unit, rec)}", file=out, flush=True)
 

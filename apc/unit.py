@@ -297,7 +297,9 @@ class Unit:
         estimate = self.estimator.update(t_s, validated, applied)
         values = self._signal_values(validated, estimate, applied)
         self._last_values = values
-        batch = self._batch_reference(t_s, values)
+        # The batch judges soak and hold-until only on data the unit trusts: with the link down or an
+        # unhealthy estimate it sees nothing, so its clocks stop (an open-loop prediction never counts).
+        batch = self._batch_reference(t_s, values if estimate.healthy and not link_error else {})
         # 4. decide mode
         decision = self._decide(t_s, inputs_ok, inputs_reason, estimate, link_error, hb_ok, hb_reason,
                                 readback_faults, remote, applied)

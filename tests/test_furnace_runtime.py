@@ -17,7 +17,7 @@ from apc.furnace_assembly import build_furnace_sim_unit
 from apc.furnace_kpi import FURNACE_KPI_KEYS
 from apc.hmi.server import HmiServer, hmi_node_id
 from apc.hmi.users import load_users
-from apc.runtime import _first_mode
+from apc.runtime import _first_mode, hmi_batch_status
 from apc.simulate import simulate
 from apc.types import Mode
 from sim.furnace_plant import load_furnace_scenario
@@ -130,3 +130,71 @@ def test_report_of_a_furnace_record_equals_the_live_kpis(tmp_path: Path,
     assert main(["report", str(rec), "--json"]) == 0
     replay = json.loads(capsys.readouterr().out)["kpis"]
     assert replay == live and replay["soak_complete"] == 1
+
+
+def test_hmi_shows_the_batch_status_every_cycle_without_type_errors(pki: Pki) -> None:  # noqa: F811
+    """The runtime's batch status reaches the HMI's Batch nodes each cycle (state, segment, soak), also when
+    values change type between None and numbers (held/running), without an error."""
+    loaded = load(VIM)
+
+    async def run() -> None:
+        clock = VirtualClock()
+        unit, _, batch = build_furnace_sim_unit("vim-1", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
+                                                audit=null_logger(), with_kpis=False)
+        srv = HmiServer({"vim-1": unit}, load_users(pki.users), endpoint_url=f"opc.tcp://127.0.0.1:{free_port()}/apc",
+                        cert_path=pki.server_cert, key_path=pki.server_key, audit=null_logger(), clock_utc=clock.utc)
+        async with srv:
+            unit.request_mode(Mode.ON, who="test", where="hmi", utc=clock.utc())
+            for k in range(40):
+                clock.set(k * 5.0)
+                rec = await unit.cycle(k, k * 5.0, clock.monotonic(), clock.utc())
+                if k == 12:
+                    assert unit.batch_command("start", "olga", "test") == ""
+                if k == 20:
+                    assert unit.batch_command("hold", "olga", "test") == ""
+                await srv.publish("vim-1", rec)
+                await srv.update_batch("vim-1", hmi_batch_status(batch.status()))
+            async with session(srv, pki.creds("vic")) as (c, ns):
+                state = await c.get_node(ua.NodeId(hmi_node_id("vim-1", "Batch", "State"), ns)).read_value()
+                hold = await c.get_node(ua.NodeId(hmi_node_id("vim-1", "Batch", "HoldDegC"), ns)).read_value()
+            assert state == "held" and 20.0 < hold < 200.0
+
+    asyncio.run(run())
+
+
+def test_soak_clock_stops_while_the_plant_link_is_down() -> None:
+    """During a soak, a read failure (link down) sheds the unit and stops the soak clock: an open-loop
+    estimate never counts as soak time."""
+    loaded = load(VIM)
+    soak_index = next(i for i, s in enumerate(loaded.recipe.curve.segments) if s.kind == "soak")  # type: ignore[union-attr]
+
+    async def run() -> None:
+        clock = VirtualClock()
+        unit, io, batch = build_furnace_sim_unit("vim", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
+                                                 audit=null_logger(), with_kpis=False, controller_kind="mpc")
+        unit.request_mode(Mode.ON, who="test", where="link", utc=clock.utc())
+        k = 0
+
+        async def step() -> None:
+            nonlocal k
+            clock.set(k * 5.0)
+            await unit.cycle(k, k * 5.0, clock.monotonic(), clock.utc())
+            k += 1
+
+        while not (batch.status()["segment"] == soak_index and batch.status()["soak_done_s"] >= 60.0):
+            await step()
+            if batch.status()["state"] == "idle" and unit.modes.actual is Mode.ON:
+                assert unit.batch_command("start", "test", "link") == ""
+            assert k < 3000
+        done = batch.status()["soak_done_s"]
+
+        async def broken(tags: object) -> object:
+            raise ConnectionError("plant link down")
+
+        io.read = broken  # type: ignore[method-assign]
+        for _ in range(24):
+            await step()
+        assert unit.modes.actual is Mode.STANDBY  # the link loss shed the unit
+        assert batch.status()["soak_done_s"] == done  # two minutes of outage did not count
+
+    asyncio.run(run())
