@@ -107,7 +107,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from apc.assembly import AssemblyError, load_site_file
+    from apc.batch import BatchStateError
+    from apc.hmi.server import HmiServerError
+    from apc.hmi.users import UsersFileError
     from apc.runtime import run_site
+    from sim.scenario import ScenarioError
 
     try:
         site = load_site_file(args.site)
@@ -130,7 +134,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                     record_dir=Path(args.record_dir) if args.record_dir else None,
                                     bindings_dir=Path(args.bindings) if args.bindings else None,
                                     virtual_plant=plant))
-    except AssemblyError as exc:
+    except (AssemblyError, HmiServerError, UsersFileError, BatchStateError, ScenarioError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -24,6 +24,7 @@ import yaml
 
 from apc.assembly import AssemblyError, build_controller, build_estimator
 from apc.batch import Batch
+from apc.hmi.users import UsersFileError, check_private_file
 from apc.furnace_assembly import batch_for, build_furnace_controller, build_furnace_estimator
 from apc.protocols import Clock, PlantIO
 from apc.recipe.loader import LoadedRecipe
@@ -53,6 +54,11 @@ def load_binding_file(path: Path, recipe: Recipe) -> tuple[OpcUaEndpoint | Modbu
         bindings = parse_bindings(data["bindings"])
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
         raise AssemblyError(f"{path}: {exc}") from None
+    if getattr(endpoint, "password", None):  # a plant password is a secret: private file only
+        try:
+            check_private_file(path, "binding file with a password")
+        except UsersFileError as exc:
+            raise AssemblyError(str(exc)) from None
     want = OpcUaTag if isinstance(endpoint, OpcUaEndpoint) else ModbusTag
     wrong = sorted(t for t, b in bindings.items() if not isinstance(b, want))
     if wrong:

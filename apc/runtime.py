@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, TextIO
+from typing import Any, Awaitable, Callable, Mapping, TextIO
 
 from apc.assembly import AssemblyError, build_controller, build_estimator, build_sim_unit, load
 from apc.batch import Batch
@@ -131,17 +131,27 @@ async def run_site(
         tasks = [asyncio.create_task(_run_unit(u, clock, hours, stop, audit, out, status_every_s, hmi))
                  for u in units]
         results: list[ScheduleStats] = await asyncio.gather(*tasks)
-    finally:
+    finally:  # every resource is released even when another one fails to close
+        closers: list[Callable[[], Awaitable[None]]] = []
         if hmi is not None:
-            await hmi.stop()
+            closers.append(hmi.stop)
         for u in units:
-            u.recorder.close()
-            await u.io.close()
+            closers += [_async(u.recorder.close), u.io.close]
         if vp is not None:
             stop.set()
             if vp_task is not None:
-                await vp_task
-            await vp.close()
+                task = vp_task
+
+                async def plant_served() -> None:
+                    await task
+
+                closers.append(plant_served)
+            closers.append(vp.close)
+        for close in closers:
+            try:
+                await close()
+            except Exception as exc:  # logged, the others still close
+                audit.error("shutdown_close_failed", utc=clock.utc(), error=f"{type(exc).__name__}: {exc}")
         audit_file.close()
     for u, stats in zip(units, results):
         print(f"\n{u.name}: {stats.cycles} cycles, {stats.overruns} overruns, {stats.errors} errors", file=out)
@@ -213,6 +223,12 @@ def reload_callback(units: Mapping[str, Unit], utc: Callable[[], float]) -> Relo
         return unit.request_reload(loaded, estimator, controller, who=who, where=where, utc=utc())
 
     return reload
+
+
+def _async(fn: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        fn()
+    return call
 
 
 def hmi_batch_status(status: Mapping[str, Any]) -> dict[str, Any]:

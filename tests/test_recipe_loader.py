@@ -332,3 +332,15 @@ def test_bad_enum_value_lists_choices(tmp_path: Path) -> None:
         load_recipe(write(tmp_path, text))
     p = one(info.value.problems, "io.mvs.oxide_feed.kind")
     assert "'setpoint'" in p.message and "'increment'" in p.message
+
+
+def test_status_bound_to_a_tag_the_apc_writes_is_refused(tmp_path: Path) -> None:
+    """A remote status (or readback) bound to a tag the APC itself writes is refused at its line."""
+    shipped = Path(__file__).resolve().parent.parent / "recipes" / "nd_cell_6ka.yaml"
+    text = shipped.read_text().replace("remote_status: feed.remote", "remote_status: feed.apc_active")
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    p = one(list(info.value.problems), "io.mvs.oxide_feed.remote_status")
+    assert p.line == line_of(path, "remote_status: feed.apc_active") and "must report it" in p.message

@@ -554,6 +554,17 @@ def _check_tags(conv: Converter, root: Node, io: IoSection) -> None:
     if io.heartbeat.apc_tag in reads:
         conv.problem(_at(root, "io", "heartbeat", "apc_tag"), "io.heartbeat.apc_tag",
                      f"tag '{io.heartbeat.apc_tag}' is written here but read as {reads[io.heartbeat.apc_tag]}")
+    # What the DCS reports back must come from the DCS: a readback or status bound to a tag the APC
+    # writes would confirm the APC's own writes.
+    for name, mv in io.mvs.items():
+        for field_name in ("readback", "remote_status", "high_limit_status", "low_limit_status"):
+            tag = getattr(mv, field_name)
+            if tag is not None and tag in writes:
+                conv.problem(_at(root, "io", "mvs", name, field_name), f"io.mvs.{name}.{field_name}",
+                             f"tag '{tag}' is written by {writes[tag]}: the DCS must report it")
+    if io.heartbeat.dcs_tag in writes:
+        conv.problem(_at(root, "io", "heartbeat", "dcs_tag"), "io.heartbeat.dcs_tag",
+                     f"tag '{io.heartbeat.dcs_tag}' is written by {writes[io.heartbeat.dcs_tag]}")
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
