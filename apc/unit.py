@@ -254,6 +254,11 @@ class Unit:
         old_mvs = self.mvs  # new states start released (bumpless next ON); enabled and sequence kept
         self.mvs = {n: MvState(n, spec, recipe.limits[n], enabled=old_mvs[n].enabled,
                                sequence=old_mvs[n].sequence) for n, spec in io_.mvs.items()}
+        for n, mv in self.mvs.items():  # the recipe's operator limits replace those in force (e.g. from the HMI)
+            if mv.limits.operator != old_mvs[n].limits.operator:
+                self.audit.info("operator_limits", utc=utc, who=pending.who, where=pending.where, mv=n,
+                                old=list(old_mvs[n].limits.operator), new=list(mv.limits.operator),
+                                why="recipe reload")
         self.guard = OutputGuard.from_mvs(io_.mvs, extra_tags=(io_.heartbeat.apc_tag,))
         modes = ModeManager(recipe.estimator.warmup_s, recipe.modes.shed_after_bad_cycles)
         modes.requested, modes.actual = self.modes.requested, self.modes.actual

@@ -89,6 +89,9 @@ def test_reload_in_standby_applies_limits_and_tuning_at_the_next_cycle(tmp_path:
     assert (event["who"], event["old"], event["new"], event["sections"]) == (
         "erin", old_sha, new_sha, ["controller", "limits"])
     assert event["cycle"] == rec["k"] and event["what"] == str(path)
+    (limits,) = audit.events("operator_limits")  # the operator limits in force changed: audited
+    assert (limits["mv"], limits["old"], limits["new"], limits["why"]) == ("oxide_feed", [0, 20], [2, 18],
+                                                                          "recipe reload")
 
 
 def test_broken_or_incompatible_recipe_file_is_refused(tmp_path: Path) -> None:
