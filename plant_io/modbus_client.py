@@ -346,11 +346,15 @@ class ModbusPlantIO:
         """One request per write (FC16 for registers, both words of 32-bit values together; FC05 for coils).
 
         Unbound, non-writable, input/discrete tags and values that do not fit
-        are refused locally (``ok=False``) without traffic.
+        are refused locally (``ok=False``) without traffic. The whole batch shares one cycle budget;
+        when the link drops (or the budget is used up) part-way, the writes already acknowledged keep
+        their result and the rest are reported not written (with nothing acknowledged yet,
+        :class:`PlantLinkDown` is raised, as for a read).
         """
         results: list[WriteResult] = []
         device_id = self._endpoint.device_id
-        for w in writes:
+        deadline = asyncio.get_running_loop().time() + self._cycle_budget_s
+        for i, w in enumerate(writes):
             tag = self._tags.get(w.tag)
             refusal = self._refusal(w, tag)
             if refusal is not None or tag is None:
@@ -368,16 +372,20 @@ class ModbusPlantIO:
                     results.append(WriteResult(w.tag, False, payload))
                     self._log.warning("plant_write_refused", tag=w.tag, value=w.value, detail=payload)
                     continue
-            client = self._require_client()
             try:
-                async with asyncio.timeout(self._cycle_budget_s):
+                client = self._require_client()
+                async with asyncio.timeout_at(deadline):
                     if tag.table == "coil":
                         rr = await client.write_coil(tag.address, w.value == 1, device_id=device_id)
                     else:
                         assert isinstance(payload, list)
                         rr = await client.write_registers(tag.address, payload, device_id=device_id)
-            except (TimeoutError, OSError, ModbusException) as exc:
-                raise self._link_down(exc, "write") from exc
+            except (TimeoutError, OSError, ModbusException, PlantIOError) as exc:
+                down = exc if isinstance(exc, PlantIOError) else self._link_down(exc, "write")
+                if not any(r.ok for r in results):
+                    raise down from exc  # nothing reached the device: the link is down, as for a read
+                results += [WriteResult(x.tag, False, f"not written: {down}") for x in writes[i:]]
+                return results
             if rr is None or rr.isError():
                 code = getattr(rr, "exception_code", 0)
                 detail = f"exception {code} ({_exception_name(code)}) at {tag.table} {tag.address}"
