@@ -137,12 +137,12 @@ async def run_site(
             closers.append(hmi.stop)
         for u in units:
             closers += [_async(u.recorder.close), u.io.close]
-        if vp is not None:
-            stop.set()
+        if vp is not None:  # after the units' clients have closed their sessions
             if vp_task is not None:
                 task = vp_task
 
                 async def plant_served() -> None:
+                    stop.set()
                     await task
 
                 closers.append(plant_served)
