@@ -59,7 +59,8 @@ import casadi as ca
 import numpy as np
 
 from apc.recipe.schema import MPC_CV_RANKS, MpcSection, MvLimits, MvSpec
-from apc.types import Estimate, MvConstraint, MvKind, Plan, SolverStatus
+from apc.types import Estimate, MvConstraint, MvKind, Plan
+from controllers.plan_hold import plan_status
 from sim.models.base import ProcessModel
 
 BIAS_PARAMETERS = (
@@ -503,17 +504,8 @@ class CellMpc:
             else:
                 self._fails += 1
         plan = self._valid_plan(t_s)
-        if self._fails == 0 and plan is not None:
-            status = SolverStatus.OK if due else SolverStatus.NOT_RUN
-        elif plan is not None and self._fails <= self.hold_cycles:
-            status = SolverStatus.HELD
-            reason = f"following last plan ({self._fails}/{self.hold_cycles} failed): {reason or 'last solve failed'}"
-        else:
-            status = SolverStatus.FAILED
-            reason = (f"{reason}; " if reason else "") + (
-                f"{self._fails} failed solve(s), hold_cycles {self.hold_cycles} used up" if plan is not None
-                else "no valid plan to follow")
-            plan = None
+        status, reason, follow = plan_status(self._fails, self.hold_cycles, plan is not None, due, reason)
+        plan = plan if follow else None
         moves = self._emit(t_s, dt, applied, en, lim, plan)
         return Plan(moves, plan.predicted if plan is not None else {}, status, iterations, solve_time, reason)
 

@@ -50,6 +50,7 @@ from apc.curve_preview import CurvePreview
 from apc.recipe.furnace_tuning import FurnaceMpcSection
 from apc.recipe.schema import MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan, SolverStatus
+from controllers.plan_hold import plan_status
 from estimators.furnace_ekf import biased_parameters
 from sim.models.base import ProcessModel
 
@@ -366,17 +367,8 @@ class FurnaceMpc:
                 self._fails += 1
                 self._log.warning("furnace_mpc_solve_failed", reason=reason, fails=self._fails)
         plan = self._valid_plan(t_s)
-        if self._fails == 0 and plan is not None:
-            status = SolverStatus.OK if due else SolverStatus.NOT_RUN
-        elif plan is not None and self._fails <= self.hold_cycles:
-            status = SolverStatus.HELD
-            reason = f"following last plan ({self._fails}/{self.hold_cycles} failed): {reason or 'last solve failed'}"
-        else:
-            status = SolverStatus.FAILED
-            reason = (f"{reason}; " if reason else "") + (
-                f"{self._fails} failed solve(s), hold_cycles {self.hold_cycles} used up" if plan is not None
-                else "no valid plan to follow")
-            plan = None
+        status, reason, follow = plan_status(self._fails, self.hold_cycles, plan is not None, due, reason)
+        plan = plan if follow else None
         moves = self._emit(t_s, dt, applied, en, lim, plan)
         return Plan(moves, plan.predicted if plan is not None else {}, status, iterations, solve_time, reason)
 
