@@ -192,7 +192,7 @@ def build_sim_unit(
     recipe = loaded.recipe
     plant = CellPlant(scenario, seed)
     io = SimulatedCellIO(plant, clock.monotonic, clock.utc)
-    missing = _unserved_tags(recipe, io.tags())
+    missing = sorted(recipe.io.tags() - io.tags())
     if missing:
         raise AssemblyError(f"recipe {loaded.path.name} binds tags the simulator does not serve: {missing}")
     kpis = kpi_config(recipe, scenario)
@@ -211,15 +211,6 @@ def build_sim_unit(
         audit=audit, recorder=recorder, kpi=KpiAccumulator(kpis) if with_kpis else None, truth=io.truth,
     )
     return unit, io
-
-
-def _unserved_tags(recipe: Recipe, served: frozenset[str]) -> list[str]:
-    io_ = recipe.io
-    tags = [s.tag for s in io_.inputs.values()] + [io_.heartbeat.apc_tag, io_.heartbeat.dcs_tag]
-    for mv in io_.mvs.values():
-        tags += [t for t in (mv.tag, mv.readback, mv.remote_status, mv.active_flag, mv.sequence_tag,
-                                 mv.high_limit_status, mv.low_limit_status) if t]
-    return sorted(t for t in set(tags) if t not in served)
 
 
 RecorderFactory = Callable[[str], Path | None]

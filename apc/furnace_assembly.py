@@ -147,7 +147,7 @@ def build_furnace_sim_unit(
                                    f"the recipe controls {recipe.model.name!r}")
     plant = FurnacePlant(scenario, seed)
     io = SimulatedFurnaceIO(plant, clock.monotonic, clock.utc)
-    missing = sorted(_bound_tags(recipe) - io.tags())
+    missing = sorted(recipe.io.tags() - io.tags())
     if missing:
         raise FurnaceAssemblyError(f"recipe {loaded.path.name} binds tags the simulator does not serve: {missing}")
     kind = controller_kind or recipe.controller.kind
@@ -171,11 +171,3 @@ def build_furnace_sim_unit(
                 batch=batch)
     return unit, io, batch
 
-
-def _bound_tags(recipe: Recipe) -> set[str]:
-    io_ = recipe.io
-    tags = {s.tag for s in io_.inputs.values()} | {io_.heartbeat.apc_tag, io_.heartbeat.dcs_tag}
-    for mv in io_.mvs.values():
-        tags |= {t for t in (mv.tag, mv.readback, mv.remote_status, mv.active_flag, mv.sequence_tag,
-                             mv.high_limit_status, mv.low_limit_status) if t}
-    return tags

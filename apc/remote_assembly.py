@@ -36,16 +36,6 @@ from plant_io.modbus_client import ModbusPlantIO
 from plant_io.opcua_client import OpcUaPlantIO
 
 
-def recipe_tags(recipe: Recipe) -> set[str]:
-    """Every plant tag the recipe reads or writes."""
-    io_ = recipe.io
-    tags = {s.tag for s in io_.inputs.values()} | {io_.heartbeat.apc_tag, io_.heartbeat.dcs_tag}
-    for mv in io_.mvs.values():
-        tags |= {t for t in (mv.tag, mv.readback, mv.remote_status, mv.active_flag, mv.sequence_tag,
-                             mv.high_limit_status, mv.low_limit_status) if t}
-    return tags
-
-
 def load_binding_file(path: Path, recipe: Recipe) -> tuple[OpcUaEndpoint | ModbusEndpoint, dict[str, Any]]:
     """Endpoint and tag bindings from ``path``; every recipe tag must be bound, with the right protocol."""
     try:
@@ -63,7 +53,7 @@ def load_binding_file(path: Path, recipe: Recipe) -> tuple[OpcUaEndpoint | Modbu
     wrong = sorted(t for t, b in bindings.items() if not isinstance(b, want))
     if wrong:
         raise AssemblyError(f"{path}: bindings of another protocol than the endpoint's: {wrong}")
-    missing = sorted(recipe_tags(recipe) - set(bindings))
+    missing = sorted(recipe.io.tags() - set(bindings))
     if missing:
         raise AssemblyError(f"{path}: recipe {recipe.name} uses tags that are not bound: {missing}")
     return endpoint, bindings

@@ -122,6 +122,14 @@ class IoSection:
                 return name
         return None
 
+    def tags(self) -> frozenset[str]:
+        """Every plant tag the unit reads or writes (inputs, MV tags and statuses, heartbeats)."""
+        out = {s.tag for s in self.inputs.values()} | {self.heartbeat.apc_tag, self.heartbeat.dcs_tag}
+        for mv in self.mvs.values():
+            out |= {t for t in (mv.tag, mv.readback, mv.remote_status, mv.active_flag, mv.sequence_tag,
+                                mv.high_limit_status, mv.low_limit_status) if t}
+        return frozenset(out)
+
     def mv_driving(self, model_input: str) -> str | None:
         """Name of the MV that drives ``model_input``, else None."""
         for name, mv in self.mvs.items():
