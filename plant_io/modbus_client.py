@@ -34,6 +34,7 @@ from pymodbus.exceptions import ModbusException
 
 from apc.types import Quality, Sample, Write, WriteResult
 from plant_io.bindings import ModbusEndpoint, ModbusTag
+from plant_io.backoff import ReconnectBackoff
 from plant_io.errors import PlantIOError, PlantLinkDown
 
 MAX_READ_REGISTERS = 125
@@ -169,8 +170,7 @@ class ModbusPlantIO:
         )
         self._client: AsyncModbusTcpClient | None = None
         self._plan: tuple[tuple[str, ...], list[ReadBlock]] | None = None
-        self._backoff_s = endpoint.reconnect_min_s
-        self._next_attempt_s = -math.inf
+        self._backoff = ReconnectBackoff(endpoint.reconnect_min_s, endpoint.reconnect_max_s)
         self._last_read_errors: dict[str, str] = {}
         self._unbound_logged: set[str] = set()
 
@@ -183,12 +183,12 @@ class ModbusPlantIO:
     @property
     def next_reconnect_s(self) -> float:
         """Monotonic time at which :meth:`reconnect_if_due` will try again."""
-        return self._next_attempt_s
+        return self._backoff.next_attempt_s
 
     @property
     def backoff_s(self) -> float:
         """Delay added after the next failed reconnect attempt."""
-        return self._backoff_s
+        return self._backoff.delay_s
 
     @property
     def last_read_errors(self) -> Mapping[str, str]:
@@ -227,8 +227,7 @@ class ModbusPlantIO:
             client.close()
             raise PlantLinkDown(f"modbus {ep.host}:{ep.port}: connect failed")
         self._client = client
-        self._backoff_s = ep.reconnect_min_s
-        self._next_attempt_s = -math.inf
+        self._backoff.connected()
         self._log.info("plant_link_up", tags=len(self._tags))
 
     async def reconnect_if_due(self, now_s: float | None = None) -> bool:
@@ -243,14 +242,12 @@ class ModbusPlantIO:
         if self._client is not None:
             self._link_lost("connection closed")
         now = self._clock_monotonic() if now_s is None else now_s
-        if now < self._next_attempt_s:
+        if not self._backoff.due(now):
             return False
         try:
             await self.connect()
         except PlantIOError as exc:
-            self._next_attempt_s = now + self._backoff_s
-            self._log.warning("plant_reconnect_failed", error=str(exc), retry_in_s=self._backoff_s)
-            self._backoff_s = min(self._backoff_s * 2.0, self._endpoint.reconnect_max_s)
+            self._log.warning("plant_reconnect_failed", error=str(exc), retry_in_s=self._backoff.failed(now))
             return False
         return True
 
@@ -430,8 +427,7 @@ class ModbusPlantIO:
         """Close the connection; the first reconnect attempt is due at once."""
         if self._client is not None:
             self._drop_client(reason)
-            self._next_attempt_s = self._clock_monotonic()
-            self._backoff_s = self._endpoint.reconnect_min_s
+            self._backoff.lost(self._clock_monotonic())
             self._log.warning("plant_link_down", reason=reason)
 
     def _drop_client(self, why: str) -> None:

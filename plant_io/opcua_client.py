@@ -30,6 +30,7 @@ from cryptography import x509
 
 from apc.types import Quality, Sample, Write, WriteResult
 from plant_io.bindings import OpcUaEndpoint, OpcUaTag
+from plant_io.backoff import ReconnectBackoff
 from plant_io.errors import PlantBindingError, PlantIOError, PlantLinkDown
 
 _VARIANT: Mapping[str, ua.VariantType] = {
@@ -156,8 +157,7 @@ class OpcUaPlantIO:
         self._max_read = 0
         self._max_write = 0
         self._read_plan: tuple[tuple[str, ...], list[str], list[ua.ReadValueId]] | None = None
-        self._backoff_s = endpoint.reconnect_min_s
-        self._next_attempt_s = -math.inf
+        self._backoff = ReconnectBackoff(endpoint.reconnect_min_s, endpoint.reconnect_max_s)
         self._teardowns: set[asyncio.Task[None]] = set()
         self._unbound_logged: set[str] = set()
 
@@ -170,12 +170,12 @@ class OpcUaPlantIO:
     @property
     def next_reconnect_s(self) -> float:
         """Monotonic time at which :meth:`reconnect_if_due` will try again."""
-        return self._next_attempt_s
+        return self._backoff.next_attempt_s
 
     @property
     def backoff_s(self) -> float:
         """Delay added after the next failed reconnect attempt."""
-        return self._backoff_s
+        return self._backoff.delay_s
 
     # -------------------------------------------------------------- connect
     async def connect(self) -> None:
@@ -212,8 +212,7 @@ class OpcUaPlantIO:
         self._client = client
         self._node_ids = node_ids
         self._read_plan = None
-        self._backoff_s = ep.reconnect_min_s
-        self._next_attempt_s = -math.inf
+        self._backoff.connected()
         self._log.info("plant_link_up", tags=len(self._tags), max_nodes_per_read=self._max_read)
 
     async def _apply_security(self, client: Client) -> None:
@@ -323,14 +322,12 @@ class OpcUaPlantIO:
         if self._client is not None:  # asyncua saw the link drop between cycles
             self._link_lost("connection lost (detected by the session watchdog)")
         now = self._clock_monotonic() if now_s is None else now_s
-        if now < self._next_attempt_s:
+        if not self._backoff.due(now):
             return False
         try:
             await self.connect()
         except PlantIOError as exc:
-            self._next_attempt_s = now + self._backoff_s
-            self._log.warning("plant_reconnect_failed", error=str(exc), retry_in_s=self._backoff_s)
-            self._backoff_s = min(self._backoff_s * 2.0, self._endpoint.reconnect_max_s)
+            self._log.warning("plant_reconnect_failed", error=str(exc), retry_in_s=self._backoff.failed(now))
             return False
         return True
 
@@ -460,8 +457,7 @@ class OpcUaPlantIO:
         client, self._client = self._client, None
         if client is not None:
             self._discard(client)
-            self._next_attempt_s = self._clock_monotonic()
-            self._backoff_s = self._endpoint.reconnect_min_s
+            self._backoff.lost(self._clock_monotonic())
             self._log.warning("plant_link_down", reason=reason)
 
     def _discard(self, client: Client) -> None:
