@@ -25,6 +25,10 @@ Semantics chosen here:
 * hold_until: the reference stays; the timeout counts RUNNING time from the
   segment start (restarted by a resume); on timeout the batch goes HELD
   with the reason.
+* melt: a power stage; there is no temperature reference (NaN: the charge
+  sits on its melting plateau) and the preview carries the stage power
+  instead. It ends on its condition and times out like a hold_until. A ramp
+  or cool after it starts from the controlled temperature at its entry.
 * HELD: the preview holds the controlled temperature at the moment of the
   hold (its reference if unknown; after a restore, the first known value;
   no heat until then). IDLE, COMPLETE and ABORTED request no heat
@@ -56,7 +60,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from apc.curve_preview import BatchState, CurvePreview
-from apc.recipe.curve_schema import BatchSection, CurveSection, Segment
+from apc.recipe.curve_schema import CONDITION_KINDS, BatchSection, CurveSection, Segment
 from apc.recipe.permissive import PermissiveExpr
 
 __all__ = ["Batch", "BatchStateError", "CommandResult", "STATE_SCHEMA_VERSION"]
@@ -129,7 +133,7 @@ class Batch:
         self.persist_every_s = persist_every_s
         self.soak_signal = section.soak_signal or curve.controlled
         self._conditions: dict[int, PermissiveExpr] = {
-            k: s.condition_expr() for k, s in enumerate(curve.segments) if s.kind == "hold_until"}
+            k: s.condition_expr() for k, s in enumerate(curve.segments) if s.kind in CONDITION_KINDS}
         self._fingerprint = curve.fingerprint()
         self._upper = self._upper_by_segment()
         self._state = BatchState.IDLE
@@ -251,7 +255,7 @@ class Batch:
             assert self._ctrl is not None and seg.target_degC is not None
             clamp = min if seg.kind == "ramp" else max
             self._ref = clamp(self._ctrl, seg.target_degC)
-        elif seg.kind == "hold_until":
+        elif seg.kind in CONDITION_KINDS:
             self._wait_s = 0.0
         self._in_band = False
         self._state = BatchState.RUNNING
@@ -303,7 +307,7 @@ class Batch:
             hold = self._hold_degC if self._state is BatchState.HELD else None
             return CurvePreview.holding(self._state, hold, n, step, self._segment, kind, self._soak_done_s)
         pieces = self._pieces((n - 1) * step)
-        target, upper, lower, rate = [], [], [], []
+        target, upper, lower, rate, power = [], [], [], [], []
         i_piece, t0 = 0, 0.0
         for i in range(n):
             tau = i * step
@@ -313,6 +317,8 @@ class Batch:
             dur, a, b, k = pieces[i_piece]
             frac = 0.0 if not math.isfinite(dur) or dur <= 0 else min(1.0, (tau - t0) / dur)
             target.append(a + (b - a) * frac)
+            stage = self.curve.segments[k].power_kW if k < len(self.curve.segments) else None
+            power.append(math.nan if stage is None else stage)
             if k >= len(self.curve.segments):
                 upper.append(_INF)
                 lower.append(-_INF)
@@ -323,8 +329,9 @@ class Batch:
             lower.append(seg.band_degC[0] if seg.band_degC is not None else -_INF)
             rate.append(seg.rate_degC_min if seg.rate_degC_min is not None else _INF)
         seg = self.curve.segments[self._segment]
+        stages = tuple(power) if any(math.isfinite(v) for v in power) else ()
         return CurvePreview(self._state, self._segment, seg.kind, step, tuple(target), tuple(upper),
-                            tuple(lower), tuple(rate), None, self._soak_done_s)
+                            tuple(lower), tuple(rate), None, self._soak_done_s, stages)
 
     # ------------------------------------------------------------ persistence
     @classmethod
@@ -488,6 +495,8 @@ class Batch:
         if seg.kind == "soak":
             self._ref = float(seg.reference_degC)  # type: ignore[arg-type]
             self._in_band = self._in_band_now(seg, values)[0]
+        elif seg.kind == "melt":
+            self._ref = math.nan
 
     def _advance(self, t_s: float, dt: float, values: Mapping[str, float]) -> None:
         """Run the segment in force over ``dt``; pass on through every segment that ends now."""
@@ -497,6 +506,12 @@ class Batch:
             if seg.kind in ("ramp", "cool"):
                 assert seg.rate_degC_min is not None and seg.target_degC is not None
                 sign = 1.0 if seg.kind == "ramp" else -1.0
+                if not math.isfinite(self._ref):  # after a melt: start from the controlled temperature
+                    if self._ctrl is None:
+                        self._note = f"reference waits: {self.curve.controlled} is missing"
+                        return
+                    self._ref = min(self._ctrl, seg.target_degC) if sign > 0 else max(self._ctrl, seg.target_degC)
+                    self._seg_start_ref = self._ref
                 limit = self.curve.ramp_lag_limit_degC
                 lag = _INF if self._ctrl is None else sign * (self._ref - self._ctrl)
                 if limit is not None and lag > limit:
@@ -527,9 +542,9 @@ class Batch:
                     why = expr.explain(values)
                     if self._wait_s >= seg.timeout_s:
                         old = self._state
-                        self._go_held([f"hold_until timeout: '{seg.condition}' not met after "
+                        self._go_held([f"{seg.kind} timeout: '{seg.condition}' not met after "
                                        f"{seg.timeout_min:g} min ({why})"])
-                        self._event(t_s, "hold_until_timeout", old, why=why)
+                        self._event(t_s, f"{seg.kind}_timeout", old, why=why)
                         return
                     self._note = f"waiting for '{seg.condition}': {why}"
             if not done:
@@ -551,7 +566,7 @@ class Batch:
         self._event(t_s, "segment", old, kind=self.curve.segments[k].kind)
 
     def _upper_by_segment(self) -> tuple[float, ...]:
-        """Per segment: the band top of the soak it is in or heads for (through ramps and hold_untils)."""
+        """Per segment: the band top of the soak it is in or heads for (through ramps, hold_untils, melts)."""
         out = []
         segs = self.curve.segments
         for k in range(len(segs)):
@@ -587,6 +602,9 @@ class Batch:
                     return pieces
                 dur = self.soak_required_s(k)
                 pieces.append((dur, ref, ref, k))
+            elif seg.kind == "melt":  # a power stage of unknown length: no temperature reference
+                pieces.append((_INF, math.nan, math.nan, k))
+                return pieces
             else:
                 pieces.append((_INF, ref, ref, k))
                 return pieces

@@ -32,7 +32,10 @@ class CurvePreview:
     ``upper_degC`` is never to be exceeded (the soak band's top while a soak is
     under way or ahead in the same heating phase), ``lower_degC`` is the band's
     bottom while soaking (``-inf`` elsewhere). ``max_rate_degC_min`` is the
-    curve's ramp-rate limit per point (``inf`` where none). When the batch is
+    curve's ramp-rate limit per point (``inf`` where none). In a ``melt``
+    segment the curve asks for power, not temperature: ``target_degC`` is NaN
+    there and ``stage_power_kW`` holds the stage power (NaN elsewhere; empty:
+    no power stage in sight). When the batch is
     not RUNNING the controller holds the furnace at ``hold_degC`` (its
     temperature when held), or makes no heat at all when ``hold_degC`` is None.
     """
@@ -41,7 +44,7 @@ class CurvePreview:
     segment: int
     """Index of the segment in force (−1 before the start)."""
     segment_kind: str
-    """``ramp`` | ``soak`` | ``hold_until`` | ``cool`` | ``""`` outside a curve."""
+    """``ramp`` | ``soak`` | ``hold_until`` | ``melt`` | ``cool`` | ``""`` outside a curve."""
     step_s: float
     target_degC: tuple[float, ...]
     upper_degC: tuple[float, ...]
@@ -50,6 +53,8 @@ class CurvePreview:
     hold_degC: float | None = None
     soak_done_s: float = 0.0
     """Guaranteed-soak time already counted in the segment in force."""
+    stage_power_kW: tuple[float, ...] = ()
+    """Power the curve asks for per point (melt segments), NaN where it asks for a temperature."""
 
     def __post_init__(self) -> None:
         n = len(self.target_degC)
@@ -58,8 +63,14 @@ class CurvePreview:
         for name in ("upper_degC", "lower_degC", "max_rate_degC_min"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} must have {n} points like target_degC")
+        if self.stage_power_kW and len(self.stage_power_kW) != n:
+            raise ValueError(f"stage_power_kW must have {n} points like target_degC (or none)")
         if not self.step_s > 0:
             raise ValueError("step_s must be > 0")
+
+    def stage_power_at(self, k: int) -> float:
+        """Stage power at point ``k``, NaN where the curve asks for a temperature."""
+        return self.stage_power_kW[k] if self.stage_power_kW else math.nan
 
     @property
     def running(self) -> bool:

@@ -438,7 +438,7 @@ class Unit:
         p = self.batch.update(t_s, values)
         return {"state": p.state.value, "segment": p.segment, "kind": p.segment_kind,
                 "target_degC": p.target_degC[0], "upper_degC": p.upper_degC[0], "lower_degC": p.lower_degC[0],
-                "hold_degC": p.hold_degC, "soak_done_s": p.soak_done_s}
+                "hold_degC": p.hold_degC, "soak_done_s": p.soak_done_s, "stage_power_kW": p.stage_power_at(0)}
 
     def _signal_values(self, validated: Mapping[str, ValidatedInput], estimate: Estimate,
                        applied: Mapping[str, float]) -> dict[str, float]:

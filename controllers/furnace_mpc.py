@@ -11,19 +11,29 @@ Decision variables: the scaled state at each step, every model input at each ste
 per soft constraint and step. Inputs that no enabled MV drives are fixed by their bounds (a
 disabled MV at its readback, an input without an MV at ``fixed_inputs``); an enabled MV lies in
 the limits in force (``MvConstraint.low/high``), never moves further toward a limit the DCS
-reports its output at (``hold_up``/``hold_down``) and changes at most its rate per step.
+reports its output at (``hold_up``/``hold_down``) and changes at most its rate per step. Power
+inputs also may not rise while the chamber pressure (estimated or measured) is at its backed-off
+limit (in a power stage: once it has reached it, until the stage ends).
 
 Objective per point k = 1 … N of the horizon (the preview ``CurvePreview`` interpolated onto the
 prediction grid):
 
-* ``tracking_weight·(cv_k − target_k)²``, cv = ``controlled`` (state or aux signal);
-* ``move_weight·(Δu_k / range)²`` per MV, ``energy_weight·u_k / range`` per power input (kW);
+* ``tracking_weight·(cv_k − target_k)²``, cv = ``controlled`` (state or aux signal), at points
+  where the curve asks for a temperature; at points of a power stage (a ``melt`` segment:
+  ``preview.stage_power_kW``) instead ``stage_power_weight·((P_stage − P_k) / range)²`` per power
+  input, which the stage power also caps there (the pressure limit still wins);
+* ``move_weight·(Δu_k / range)²`` per MV, ``energy_weight·u_k / range`` per power input (kW)
+  outside power stages;
 * soft constraints, penalty ``pen·(s + quadratic_penalty_ratio·s²)`` on slacks s ≥ 0:
   cv ≤ upper (no overshoot beyond the band; ``band_signals`` too), cv ≥ lower (soak band),
   |cv_k − cv_{k−1}| ≤ ramp rate, chamber pressure ≤ ``pressure_limit_Pa`` (VIM),
   |surface − core| ≤ ``core_surface_dT_max_K`` (annealer). The upper, pressure and ΔT limits are
   tightened by ``backoff_sigmas`` standard deviations of the estimate where it reports one
-  (``charge_temp_degC_std``, ``chamber_pressure_Pa_std``, ``core_surface_dT_K_std``).
+  (``charge_temp_degC_std``, ``core_surface_dT_K_std``). The pressure limit is tightened per point
+  by ``backoff_sigmas`` standard deviations of the predicted pressure, from the estimate's own and
+  from the filter's parameter biases propagated along the last plan (:meth:`_pressure_backoff`),
+  and by the filtered excess of the measured over the estimated pressure (a DMC-style bias
+  correction of the prediction, upward only).
 
 Runtime: solve every ``period_multiple`` cycles, and at once when the enable flags, the limits in
 force or the batch state change; in between follow the plan. Warm start from the shifted last
@@ -37,6 +47,7 @@ to their low limit (rate-limited), other MVs are held.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -51,7 +62,7 @@ from apc.recipe.furnace_tuning import FurnaceMpcSection
 from apc.recipe.schema import MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan, SolverStatus
 from controllers.plan_hold import plan_status
-from estimators.furnace_ekf import biased_parameters
+from estimators.furnace_ekf import TUNINGS, biased_parameters
 from sim.models.base import ProcessModel
 
 PRESSURE = "chamber_pressure_Pa"
@@ -247,8 +258,12 @@ class FurnaceMpc:
         u_prev, dd, pp = ca.MX.sym("u_prev", nu), ca.MX.sym("d", nd), ca.MX.sym("p", npar)
         u_range = ca.MX.sym("u_range", nu)
         ref, upper, lower, rate = (ca.MX.sym(n, 1, N) for n in ("ref", "upper", "lower", "rate"))
-        lims = ca.MX.sym("lims", 2)  # pressure limit, ΔT limit (after back-off)
-        P = ca.vertcat(x0, xs, u_prev, dd, pp, u_range, ref.T, upper.T, lower.T, rate.T, lims)
+        track, stage = ca.MX.sym("track", 1, N), ca.MX.sym("stage", 1, N)  # 1/0 per point; stage power
+        lims = ca.MX.sym("lims", 2)  # pressure limit (less the measured bias), ΔT limit (after back-off)
+        pback = ca.MX.sym("pback", 1, N)  # pressure back-off per point
+        P = ca.vertcat(x0, xs, u_prev, dd, pp, u_range, ref.T, upper.T, lower.T, rate.T, track.T, stage.T, lims,
+                       pback.T)
+        self._p_offset = 2 * nx + nu + nd  # where the parameters sit in P
 
         DZ = ca.MX.sym("dz", nx, N)  # x_k = x0 + xs·dz_k, k = 1..N
         U = ca.MX.sym("u", nu, N)
@@ -283,9 +298,11 @@ class FurnaceMpc:
             X_in = step_inner.map(N)(X[:, :N], U, dd, pp)  # nx × (N·n_in), step k's at k·n_in + i
             SIG_in = point.map(N * n_in)(X_in, ca.kron(U, ca.DM.ones(1, n_in)), dd, pp)
         if self._has_p:
-            res.append(lims[0] - SIG[r, :] + S[j["pressure"], :])
+            plim = lims[0] - pback
+            res.append(plim - SIG[r, :] + S[j["pressure"], :])
             if n_in:
-                res.append(lims[0] - SIG_in[r, :] + ca.kron(S[j["pressure"], :], ca.DM.ones(1, n_in)))
+                res.append(ca.kron(plim, ca.DM.ones(1, n_in)) - SIG_in[r, :]
+                           + ca.kron(S[j["pressure"], :], ca.DM.ones(1, n_in)))
             r += 1
         if self._has_dT:
             res += [lims[1] - SIG[r, :] + S[j["dT"], :], lims[1] + SIG[r, :] + S[j["dT"], :]]
@@ -295,12 +312,13 @@ class FurnaceMpc:
         g_soft = ca.vertcat(*[ca.vec(q) for q in res])
         self._n_gsoft = g_soft.numel()
 
-        J = cfg.tracking_weight * ca.sumsqr(cv - ref)
+        J = cfg.tracking_weight * ca.sumsqr(track * (cv - ref))
         for b in self.bindings.values():
             wgt = cfg.move_weights.get(b.name, cfg.move_weight)
             J += wgt * ca.sumsqr(g_du[b.input_index, :] / u_range[b.input_index])
         for i in self._heat:
-            J += cfg.energy_weight * ca.sum2(U[i, :]) / u_range[i]
+            J += cfg.energy_weight * ca.sum2(track * U[i, :]) / u_range[i]  # a power stage sets the power
+            J += cfg.stage_power_weight * ca.sumsqr((1 - track) * (stage - U[i, :]) / u_range[i])
         pen = ca.DM([pens[n] for n in names])
         J += ca.dot(pen, ca.sum2(S + cfg.quadratic_penalty_ratio * S ** 2))
 
@@ -333,6 +351,10 @@ class FurnaceMpc:
         self._last_key: tuple[object, ...] | None = None
         self._t_prev: float | None = None
         self._last_out: dict[str, float] = {}
+        self._p_hold = False
+        self._p_bias = 0.0
+        self._p_bias_t: float | None = None
+        self._plim_first: float | None = None
 
     def track(self, applied: Mapping[str, float]) -> None:
         """MVs the APC does not drive: forget the last value sent (moves start from the readback)."""
@@ -348,19 +370,25 @@ class FurnaceMpc:
         en = {n: bool(enabled.get(n, False)) and n in applied for n in self.bindings}
         lim = {n: (constraints or {}).get(n) or MvConstraint(b.lo, b.hi) for n, b in self.bindings.items()}
         preview = self.preview_source()
+        self._update_pressure_bias(t_s, estimate)
+        if self._at_pressure_limit(estimate, preview.running and math.isfinite(preview.stage_power_at(0))):
+            lim = {n: dataclasses.replace(c, hold_up=True) if self.bindings[n].input_index in self._heat else c
+                   for n, c in lim.items()}
         if not preview.running and preview.hold_degC is None:
             self._sol, self._fails, self._next_solve_t, self._last_key = None, 0, None, None
             moves = self._no_heat(dt, applied, en, lim)
             return Plan(moves, {}, SolverStatus.OK, 0, 0.0, f"no heat: batch {preview.state.value}")
         key = (tuple(sorted(en.items())), tuple(sorted(lim.items())), preview.state)
         changed = key != self._last_key
+        # a new limit or hold keeps the warm start (clipped to the new bounds); new enables or batch state do not
+        cold = self._last_key is None or key[0] != self._last_key[0] or key[2] != self._last_key[2]
         due = changed or self._next_solve_t is None or t_s >= self._next_solve_t - 1e-9 * self.period_s
         iterations, solve_time, reason = 0, 0.0, ""
         if due:
             self._next_solve_t = t_s + self.solve_every_s
             self._last_key = key
             sol, iterations, solve_time, reason = self._solve(t_s, estimate, applied, en, lim, disturbances,
-                                                              preview, warm=not changed)
+                                                              preview, warm=not cold)
             if sol is not None:
                 self._sol, self._fails = sol, 0
             else:
@@ -386,6 +414,55 @@ class FurnaceMpc:
         return tuple(float(v) for v in self._sol.U[self.bindings[mv].input_index])
 
     # ------------------------------------------------------------- solving
+    def _update_pressure_bias(self, t_s: float, estimate: Estimate) -> None:
+        """Measured − estimated chamber pressure, filtered over ``pressure_bias_filter_s``: the prediction
+        bias a DMC-style correction adds to the predicted pressure (upward only, i.e. the limit is
+        tightened by it and never loosened). While the filter has not yet learned a gas load the model
+        does not know (a batch's first minutes, a melt), its estimate trails the gauge."""
+        if not self._has_p:
+            return
+        try:
+            est = float(estimate.value(PRESSURE))
+        except (KeyError, ValueError):
+            return
+        meas = float(estimate.extras.get(f"{PRESSURE}_measured", math.nan))
+        if not (math.isfinite(est) and math.isfinite(meas)):
+            return
+        tau = self.cfg.pressure_bias_filter_s
+        if self._p_bias_t is None or tau <= 0:
+            a = 1.0
+        else:
+            a = 1.0 - math.exp(-max(t_s - self._p_bias_t, 0.0) / tau)
+        self._p_bias_t = t_s
+        self._p_bias += a * ((meas - est) - self._p_bias)
+
+    def _at_pressure_limit(self, estimate: Estimate, staged: bool) -> bool:
+        """Whether power may not rise: while the chamber pressure, estimated or measured
+        (``chamber_pressure_Pa_measured``, where the estimator reports it), is at or above the limit
+        the last solve held its first point to (before any solve: the limit less the estimate's
+        back-off), whatever the prediction says; in a power stage (``staged``), from then on until the
+        stage ends. On the melting plateau the thermocouple says nothing of the melting front, the
+        filter is least sure where the melt ends, and a plan that counts on the melt's gas stopping
+        would raise the power into a pressure spike."""
+        if not self._has_p:
+            return False
+        try:
+            p_est = float(estimate.value(PRESSURE))
+        except (KeyError, ValueError):
+            p_est = math.nan
+        values = [v for v in (p_est, float(estimate.extras.get(f"{PRESSURE}_measured", math.nan)))
+                  if math.isfinite(v)]
+        if not values:
+            return self._p_hold
+        p_now = max(values)
+        limit = self._plim_first if self._plim_first is not None else \
+            float(self.cfg.pressure_limit_Pa) - self.cfg.backoff_sigmas * self._std(estimate, PRESSURE)
+        if p_now >= limit:
+            self._p_hold = True
+        elif not staged:
+            self._p_hold = False
+        return self._p_hold
+
     def _valid_plan(self, t_s: float) -> _Solution | None:
         sol = self._sol
         if sol is None or t_s - sol.t_s >= self.N * self.step_s:
@@ -393,16 +470,21 @@ class FurnaceMpc:
         return sol
 
     def _reference(self, preview: CurvePreview) -> tuple[np.ndarray, ...]:
-        """Target, upper, lower (K) and ramp rate (K per step) at the prediction points k = 1..N."""
+        """Target, upper, lower (K), ramp rate (K per step) and stage power (kW, NaN where the curve
+        asks for a temperature) at the prediction points k = 1..N."""
         N = self.N
         tk = self.step_s * np.arange(1, N + 1)
         if not preview.running:
             hold = float(preview.hold_degC if preview.hold_degC is not None else math.nan)
-            return np.full(N, hold), np.full(N, _BIG), np.full(N, -_BIG), np.full(N, _BIG)
+            return np.full(N, hold), np.full(N, _BIG), np.full(N, -_BIG), np.full(N, _BIG), np.full(N, math.nan)
         tp = preview.step_s * np.arange(len(preview.target_degC))
-        target = np.interp(tk, tp, np.asarray(preview.target_degC, dtype=float))
+        points = np.asarray(preview.target_degC, dtype=float)
         idx = np.minimum(np.searchsorted(tp, tk, side="right") - 1, len(tp) - 1)
         nxt = np.minimum(idx + 1, len(tp) - 1)
+        target = np.interp(tk, tp, points)
+        target = np.where(np.isfinite(target), target, points[idx])  # next to a power stage: the last point
+        stage = (np.asarray(preview.stage_power_kW, dtype=float)[idx] if preview.stage_power_kW
+                 else np.full(N, math.nan))
 
         def clean(a: tuple[float, ...], fill: float) -> np.ndarray:
             v = np.asarray(a, dtype=float)
@@ -414,7 +496,7 @@ class FurnaceMpc:
         upper = np.minimum(up[idx], up[nxt])
         lower = lo[idx]
         rate = np.minimum(np.minimum(rt[idx], rt[nxt]) * self.step_s / 60.0, _BIG)
-        return target, upper, lower, rate
+        return target, upper, lower, rate, stage
 
     def _disturbances(self, measured: Mapping[str, float]) -> np.ndarray:
         cfg = self.cfg
@@ -431,8 +513,9 @@ class FurnaceMpc:
         v = estimate.extras.get(f"{name}_std", 0.0)
         return float(v) if math.isfinite(float(v)) and v > 0 else 0.0
 
-    def _bounds(self, u_now: np.ndarray, en: Mapping[str, bool],
-                lim: Mapping[str, MvConstraint]) -> tuple[np.ndarray, ...]:
+    def _bounds(self, u_now: np.ndarray, en: Mapping[str, bool], lim: Mapping[str, MvConstraint],
+                stage: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Variable and constraint bounds; a power input stays at or below a power stage's ``stage``."""
         N, nu = self.N, self.nu
         lbu = np.repeat(u_now[:, None], N, axis=1)
         ubu = lbu.copy()
@@ -445,10 +528,12 @@ class FurnaceMpc:
             r = b.rate_per_s * self.step_s
             top = min(c.high, a) if c.hold_up else c.high
             bottom = max(c.low, a) if c.hold_down else c.low
+            heat = i in self._heat
             for k in range(N):
-                lo, hi = max(bottom, a - r * (k + 1)), min(top, a + r * (k + 1))
+                top_k = min(top, stage[k]) if heat and math.isfinite(stage[k]) else top
+                lo, hi = max(bottom, a - r * (k + 1)), min(top_k, a + r * (k + 1))
                 if lo > hi:  # outside the limits in force: come back at full rate
-                    lo = hi = (a - r * (k + 1)) if a > top else (a + r * (k + 1)) if a < bottom else a
+                    lo = hi = (a - r * (k + 1)) if a > top_k else (a + r * (k + 1)) if a < bottom else a
                 lbu[i, k], ubu[i, k] = lo, hi
             lbdu[i, :], ubdu[i, :] = -r, r
         lbx = np.concatenate([np.full(self._n_dz, -np.inf), lbu.ravel(order="F"), np.zeros(self._n_s)])
@@ -516,8 +601,8 @@ class FurnaceMpc:
         return (res if ok else None), iters, elapsed, status
 
     def _problem(self, estimate: Estimate, applied: Mapping[str, float], measured: Mapping[str, float],
-                 preview: CurvePreview) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | str:
-        """(x0, u_now, P without bounds, d) of this solve, or why there is none."""
+                 preview: CurvePreview) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | str:
+        """(x0, u_now, P without bounds, state scale, stage power) of this solve, or why there is none."""
         m, cfg = self.model, self.cfg
         try:
             x0 = np.array([float(estimate.value(n)) for n in m.state_names])
@@ -528,23 +613,59 @@ class FurnaceMpc:
         for b in self.bindings.values():
             u_now[b.input_index] = float(applied.get(b.name, math.nan))
         d = self._disturbances(measured)
-        target, upper, lower, rate = self._reference(preview)
+        target, upper, lower, rate, stage = self._reference(preview)
         if not np.all(np.isfinite(np.concatenate([x0, p, u_now, d]))):
             return "non-finite estimate, parameter, readback or disturbance"
-        if not np.all(np.isfinite(target)):
+        staged = np.isfinite(stage)
+        if not np.all(np.isfinite(target) | staged):
             return "curve target not finite"
+        track = np.where(staged, 0.0, 1.0)
+        target = np.where(staged, 0.0, target)
         k = cfg.backoff_sigmas
         upper = np.where(upper < _BIG, upper - k * self._std(estimate, cfg.controlled), upper)
         lims = np.array([
-            (cfg.pressure_limit_Pa or _BIG) - k * self._std(estimate, PRESSURE),
+            (cfg.pressure_limit_Pa or _BIG) - max(self._p_bias, 0.0),
             max((cfg.core_surface_dT_max_K or _BIG) - k * self._std(estimate, CORE_SURFACE_DT), 1.0),
         ])
         xs = np.maximum(0.1 * np.abs(x0), 1.0)
         u_range = np.ones(self.nu)
         for b in self.bindings.values():
             u_range[b.input_index] = max(b.hi - b.lo, 1e-9)
-        P = np.concatenate([x0, xs, u_now, d, p, u_range, target, upper, lower, rate, lims])
-        return x0, u_now, P, xs
+        P = np.concatenate([x0, xs, u_now, d, p, u_range, target, upper, lower, rate, track,
+                            np.where(staged, stage, 0.0), lims, np.zeros(self.N)])
+        if self._has_p:
+            P[-self.N:] = self._pressure_backoff(estimate, P, x0, xs, u_now)
+            self._plim_first = float(lims[0] - P[-self.N])
+        return x0, u_now, P, xs, stage
+
+    def _pressure_backoff(self, estimate: Estimate, P: np.ndarray, x0: np.ndarray, xs: np.ndarray,
+                          u_now: np.ndarray) -> np.ndarray:
+        """Back-off of the pressure limit per prediction point: ``backoff_sigmas`` standard deviations of
+        the predicted pressure, from the estimate's own (``chamber_pressure_Pa_std``) and from each of the
+        filter's parameter biases (``<bias>_std``), propagated along the last plan (or the inputs held)
+        by re-simulating it with the bias moved by one standard deviation. While the filter has not
+        learned a gas load (a batch's first minutes, the start of a melt) the limit is far off; as the
+        biases settle it comes back to the estimate's own uncertainty."""
+        N, i_p, off = self.N, self.model.state_names.index(PRESSURE), self._p_offset
+        npar = len(self.model.parameters)
+        if self._sol is not None:
+            U = self._sol.U[:, np.minimum(np.arange(N) + 1, N - 1)]
+        else:
+            U = np.repeat(u_now[:, None], N, axis=1)
+        base = x0[i_p] + xs[i_p] * np.asarray(self._sim(U, P))[i_p]
+        var = np.full(N, self._std(estimate, PRESSURE) ** 2)
+        values = estimate.as_dict()
+        tuning = TUNINGS.get(self.model.name)
+        for bias in (tuning.biases if tuning is not None else ()):
+            sigma = self._std(estimate, bias.name)
+            if sigma <= 0 or not math.isfinite(float(values.get(bias.name, math.nan))):
+                continue
+            moved = P.copy()
+            moved[off:off + npar] = biased_parameters(self.model, self.p_nominal,
+                                                      {**values, bias.name: values[bias.name] + sigma})
+            traj = x0[i_p] + xs[i_p] * np.asarray(self._sim(U, moved))[i_p]
+            var += np.nan_to_num(traj - base, nan=0.0) ** 2
+        return self.cfg.backoff_sigmas * np.sqrt(var)
 
     def _solve(self, t_s: float, estimate: Estimate, applied: Mapping[str, float], en: Mapping[str, bool],
                lim: Mapping[str, MvConstraint], measured: Mapping[str, float], preview: CurvePreview,
@@ -552,8 +673,8 @@ class FurnaceMpc:
         data = self._problem(estimate, applied, measured, preview)
         if isinstance(data, str):
             return None, 0, 0.0, data
-        x0, u_now, P, xs = data
-        lbx, ubx, lbg, ubg = self._bounds(u_now, en, lim)
+        x0, u_now, P, xs, stage = data
+        lbx, ubx, lbg, ubg = self._bounds(u_now, en, lim, stage)
         bounds = dict(p=P, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
         res, iters, elapsed, status, how = None, 0, 0.0, "", "cold"
         if warm and self._sol is not None:

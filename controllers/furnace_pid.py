@@ -28,6 +28,11 @@ chamber pressure is above the limit the power is cut at ``pressure_cut_per_Pa_s`
 of excess (a high-limit override selected below the PID), and the PID's integral is reset to the
 override's output (external reset), so it takes over without a bump once the pressure is back.
 
+Power stage (a ``melt`` segment, ``preview.stage_power_at(0)`` finite): as on the plant, the loop
+goes to a power program: the output is driven to the stage power (rate-limited, under the same
+pressure override) and the PID restarts bumplessly from the readback when the curve asks for a
+temperature again.
+
 Batch state (``preview_source()``): RUNNING follows the curve; otherwise the PID holds
 ``hold_degC``, or with no hold temperature makes no heat (output to its low limit, rate-limited).
 Bumpless: on the first step, after :meth:`track` and whenever the MV was not enabled, the
@@ -143,6 +148,17 @@ class FurnacePid:
             return Plan(moves, {}, SolverStatus.OK, 0, 0.0, f"{mv} not enabled: held")
         preview = self.preview_source()
         y = _signal(estimate, cfg.measurement)
+        pressure_Pa = _signal(estimate, cfg.pressure_measurement) if cfg.pressure_measurement else math.nan
+        stage_kW = preview.stage_power_at(0) if preview.running else math.nan
+        if math.isfinite(stage_kW):
+            self._fails = 0
+            self._init_pending = True
+            cap = self._override_cap(a, pressure_Pa, dt)
+            c = lim[mv] if cap is None else MvConstraint(lim[mv].low, max(lim[mv].low, min(lim[mv].high, cap)),
+                                                          lim[mv].hold_up, lim[mv].hold_down)
+            moves[mv] = self._limited(mv, stage_kW, a, c, rate_dt)
+            reason = f"power stage {stage_kW:g} kW" + ("; pressure override" if self.override_active else "")
+            return Plan(moves, {}, SolverStatus.OK, 0, 0.0, reason)
         if preview.running:
             r = float(preview.target_degC[0])
         elif preview.hold_degC is not None:
@@ -159,8 +175,7 @@ class FurnacePid:
             status = SolverStatus.HELD if self._fails <= self.hold_cycles else SolverStatus.FAILED
             return Plan(moves, {}, status, 0, 0.0, reason)
         self._fails = 0
-        moves[mv] = self._pid(r, y, a, lim[mv], dt, rate_dt, _signal(estimate, cfg.pressure_measurement)
-                              if cfg.pressure_measurement else math.nan)
+        moves[mv] = self._pid(r, y, a, lim[mv], dt, rate_dt, pressure_Pa)
         reason = "pressure override" if self.override_active else ""
         return Plan(moves, {}, SolverStatus.OK, 0, 0.0, reason)
 
@@ -185,6 +200,17 @@ class FurnacePid:
         self._last_out[name] = value
         return value
 
+    def _override_cap(self, a: float, pressure_Pa: float, dt: float) -> float | None:
+        """The pressure override's ceiling on the output while the pressure is above its limit, else None;
+        ``override_active`` says whether it is in force."""
+        cfg = self.cfg
+        self.override_active = False
+        if cfg.pressure_limit_Pa is None or not math.isfinite(pressure_Pa) or pressure_Pa <= cfg.pressure_limit_Pa:
+            return None
+        self.override_active = True
+        base = min(a, self._last_out.get(cfg.mv, a))
+        return base - cfg.pressure_cut_per_Pa_s * (pressure_Pa - cfg.pressure_limit_Pa) * max(dt, 0.0)
+
     def _pid(self, r: float, y: float, a: float, c: MvConstraint, dt: float, rate_dt: float,
              pressure_Pa: float) -> float:
         cfg = self.cfg
@@ -206,13 +232,10 @@ class FurnacePid:
             self._init_pending = False
         v = p_term + self.integral + self._d
         c_eff = c
-        self.override_active = False
-        if cfg.pressure_limit_Pa is not None and math.isfinite(pressure_Pa) and pressure_Pa > cfg.pressure_limit_Pa:
-            base = min(a, self._last_out.get(cfg.mv, a))
-            cap = base - cfg.pressure_cut_per_Pa_s * (pressure_Pa - cfg.pressure_limit_Pa) * max(dt, 0.0)
-            if cap < v:
-                self.override_active = True
-                c_eff = MvConstraint(c.low, max(c.low, min(c.high, cap)), c.hold_up, c.hold_down)
+        cap = self._override_cap(a, pressure_Pa, dt)
+        self.override_active = cap is not None and cap < v
+        if cap is not None and cap < v:
+            c_eff = MvConstraint(c.low, max(c.low, min(c.high, cap)), c.hold_up, c.hold_down)
         u = self._limited(cfg.mv, v, a, c_eff, rate_dt)
         e = self._r_f - y
         ki_dt = cfg.kp * dt / cfg.ti_s if math.isfinite(cfg.ti_s) and dt > 0 else 0.0

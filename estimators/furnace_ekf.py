@@ -20,7 +20,7 @@ surface and core at the load thermocouple), so a batch starts from what the ther
 aux signal at the estimate (``charge_temp_degC``, ``liquid_fraction``, ``core_surface_dT_K``, …),
 the standard deviation of each state and of the controlled aux signals (``*_std``), and the last
 valid raw value of each measured input under its recipe input name (what a PID may read; NaN
-when the input is not valid this cycle).
+when the input is not valid this cycle), and again under ``<model output>_measured``.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ TUNINGS: Mapping[str, FurnaceFilterTuning] = MappingProxyType({
         process_std_per_sqrt_h={"charge_enthalpy_MJ": 0.3, "wall_temp_degC": 10.0, "tc_temp_degC": 1.0,
                                 "chamber_pressure_Pa": 1.0, "evaporated_kg": 0.01, "coupling_bias": 0.05,
                                 "outgassing_bias": 0.1, "base_outgassing_bias": 0.2, "melt_degassing_bias": 0.3},
-        measurement_std={"tc_temp_degC": 1.0, "chamber_pressure_Pa": 0.05},
-        measurement_rel_std={"chamber_pressure_Pa": 0.1},
+        measurement_std={"tc_temp_degC": 1.0, "chamber_pressure_Pa": 0.02},
+        measurement_rel_std={"chamber_pressure_Pa": 0.04},
         bounds={"charge_enthalpy_MJ": (-5.0, 200.0), "wall_temp_degC": (0.0, 2000.0),
                 "tc_temp_degC": (0.0, 2000.0), "chamber_pressure_Pa": (0.0, 1.0e5),
                 "evaporated_kg": (0.0, 1.0e3), "coupling_bias": (-1.0, 1.0), "outgassing_bias": (-2.0, 2.0),
@@ -370,6 +370,7 @@ class FurnaceEkf:
             for name, s in zip(self.tuning.std_signals, std):
                 extras[f"{name}_std"] = float(s)
         extras.update(self._raw)
+        extras.update({f"{out}_measured": self._raw[inp] for inp, out in self.measurements.items()})
         extras.update({k: float(v) for k, v in self.counts.items()})
         return Estimate(
             names=self.names,

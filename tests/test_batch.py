@@ -402,3 +402,70 @@ def test_soak_margin_counts_only_an_estimate_well_inside_the_band() -> None:
         t += 10.0
         batch.update(t, {T: 96.0})
     assert batch.status()["soak_done_s"] == pytest.approx(80.0)
+
+
+# ---------------------------------------------------------------- power stage (melt)
+
+
+def melt_curve() -> CurveSection:
+    """ramp 10 K/min to 90, melt at 70 kW until tc > 110 (timeout 3 min), ramp 10 K/min to 140, soak."""
+    return CurveSection(T, 20.0, 20.0, 30.0, (
+        Segment("ramp", rate_degC_min=10.0, target_degC=90.0),
+        Segment("melt", power_kW=70.0, condition="tc > 110", timeout_min=3.0),
+        Segment("ramp", rate_degC_min=10.0, target_degC=140.0),
+        Segment("soak", time_min=5.0, band_degC=(135.0, 145.0)),
+    ), ramp_lag_limit_degC=20.0)
+
+
+def test_preview_of_a_melt_asks_for_power_not_temperature() -> None:
+    """Ahead of and during a melt the preview's target is NaN and its stage power the melt's; before it, none."""
+    batch, _ = make(c=melt_curve())
+    batch.start(0.0, "op", 20.0)
+    p = batch.update(300.0, {T: 70.0, "tc": 68.0})  # reference 70, reaches 90 (and the melt) in 2 min
+    assert p.target_degC[:2] == pytest.approx((70.0, 80.0))
+    assert math.isnan(p.stage_power_at(0)) and p.stage_power_at(2) == 70.0 and math.isnan(p.target_degC[2])
+    assert p.upper_degC[3] == 145.0  # the soak's band top still caps the melt
+    t = 300.0
+    while batch.segment == 0:
+        t += 10.0
+        batch.update(t, {T: 90.0, "tc": 88.0})
+    p = batch.preview()
+    assert p.segment_kind == "melt" and all(math.isnan(v) for v in p.target_degC)
+    assert set(p.stage_power_kW) == {70.0}
+    assert batch.status()["reference_degC"] is None
+
+
+def test_melt_ends_on_its_condition_and_the_next_ramp_starts_from_the_temperature() -> None:
+    """The melt ends when its condition holds; the ramp after it starts from the controlled temperature then."""
+    batch, audit = make(c=melt_curve())
+    batch.start(0.0, "op", 20.0)
+    t = 0.0
+    while batch.segment == 0:
+        t += 10.0
+        batch.update(t, {T: min(90.0, 20.0 + t / 6.0), "tc": 0.0})
+    batch.update(t + 60.0, {T: 95.0, "tc": 100.0})
+    assert batch.segment == 1
+    p = batch.update(t + 70.0, {T: 114.0, "tc": 111.0})
+    assert batch.segment == 2 and p.target_degC[0] == pytest.approx(114.0) and not p.stage_power_kW
+    assert audit.named("batch_event")[-1]["kind"] == "ramp"
+    p = batch.update(t + 130.0, {T: 124.0, "tc": 121.0})
+    assert p.target_degC[0] == pytest.approx(124.0)
+
+
+def test_melt_timeout_holds_with_the_reason_and_resume_restarts_it(tmp_path: Path) -> None:
+    """A melt whose condition stays false goes HELD after its timeout; a restart keeps it HELD in the melt."""
+    batch, audit = make(tmp_path, c=melt_curve())
+    batch.start(0.0, "op", 90.0)
+    batch.update(10.0, {T: 90.0, "tc": 90.0})
+    assert batch.segment == 1
+    t = 10.0
+    while batch.state is BatchState.RUNNING:
+        t += 10.0
+        batch.update(t, {T: 100.0, "tc": 100.0})
+    assert t - 10.0 == pytest.approx(180.0)
+    assert "melt timeout" in batch.reasons[0] and audit.named("batch_event")[-1]["what"] == "melt_timeout"
+    restored = Batch.restore(melt_curve(), section(), tmp_path / "b.json", Audit(), 1000.0)
+    assert restored.state is BatchState.HELD and restored.segment == 1
+    assert restored.resume(1000.0, "op")
+    restored.update(1100.0, {T: 100.0, "tc": 100.0})
+    assert restored.state is BatchState.RUNNING  # 100 s of a fresh 3 min timeout

@@ -76,6 +76,10 @@ def test_soak_reference_is_band_middle_unless_target_given() -> None:
     ({"kind": "soak", "time_min": 1, "band_degC": (2, 1)}, "band_degC"),
     ({"kind": "soak", "time_min": 1, "band_degC": (1, 2), "target_degC": 3}, "target_degC"),
     ({"kind": "hold_until", "condition": "x >", "timeout_min": 5}, "condition"),
+    ({"kind": "melt", "condition": "x > 1", "timeout_min": 5}, "power_kW"),
+    ({"kind": "melt", "power_kW": 0, "condition": "x > 1", "timeout_min": 5}, "power_kW"),
+    ({"kind": "melt", "power_kW": 70, "condition": "x > 1", "timeout_min": 5, "target_degC": 3}, "target_degC"),
+    ({"kind": "ramp", "rate_degC_min": 5, "target_degC": 50, "power_kW": 70}, "power_kW"),
 ])
 def test_segment_fields_per_kind_are_enforced(kwargs: dict[str, object], first_word: str) -> None:
     """Each kind takes exactly its fields, with positive times and rates; the message starts with the field."""
@@ -269,3 +273,18 @@ def test_documented_examples_load_and_are_possible(index: int, model: str, power
     batch = convert(BatchSection, nodes["batch"], "batch", file="doc")
     assert batch.state_file.endswith("batch.json")
     assert check_against_model(curve, get_model(model), None, power_kW) == []
+
+
+def test_melt_power_above_the_power_limit_is_refused_at_its_line(tmp_path: Path) -> None:
+    """A melt segment asking for more power than the power MV's engineering high limit is refused at its line."""
+    from apc.recipe.loader import check_files
+
+    text = (Path(__file__).parents[1] / "recipes" / "vim_furnace.yaml").read_text()
+    assert "kind: melt, power_kW: 70," in text
+    bad = text.replace("kind: melt, power_kW: 70,", "kind: melt, power_kW: 250,")
+    path = tmp_path / "vim.yaml"
+    path.write_text(bad)
+    [problem] = [p for p in check_files([path]) if p.path.startswith("curve.segments")]
+    assert problem.line == bad.splitlines().index(next(ln for ln in bad.splitlines() if "power_kW: 250" in ln)) + 1
+    assert problem.path.startswith("curve.segments[") and problem.path.endswith("].power_kW")
+    assert "exceeds the engineering high limit of power_sp (200 kW)" in problem.message

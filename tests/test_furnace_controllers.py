@@ -357,14 +357,102 @@ def test_pid_makes_no_heat_when_the_batch_is_idle_and_holds_when_blind() -> None
     assert all(p.moves["power"] == 20.0 for p in statuses)
 
 
+def melt_preview(points: int = 40, power_kW: float = 70.0) -> CurvePreview:
+    """A melt segment in force: no temperature target, ``power_kW`` asked for, band top ahead."""
+    return CurvePreview(BatchState.RUNNING, 3, "melt", 10.0, (math.nan,) * points, (1110.0,) * points,
+                        (-math.inf,) * points, (math.inf,) * points, None, 0.0, (power_kW,) * points)
+
+
+def test_pid_runs_a_power_stage_under_its_pressure_override_and_resumes_bumplessly() -> None:
+    """In a melt the PID drives the power to the stage power at its rate, the pressure override cuts it,
+    and when the curve asks for a temperature again the PID starts from the readback."""
+    pid = FurnacePid(VIM_PID, VIM_LIMITS, VIM_PERIOD_S, melt_preview)
+    cons = constraints(VIM_LIMITS)
+    low = Estimate((), (), (), None, "ok", {"charge_tc": 1021.0, "gauge": 3.0})
+    applied, seen = 50.0, []
+    for k in range(6):
+        plan = pid.step(k * 5.0, low, {"power": applied}, {"power": True}, {}, cons)
+        assert plan.status is SolverStatus.OK and "power stage 70 kW" in plan.reason
+        applied = plan.moves["power"]
+        seen.append(applied)
+    assert seen[0] == pytest.approx(60.0, abs=1e-3) and seen[-1] == 70.0 and max(seen) <= 70.0
+    high = Estimate((), (), (), None, "ok", {"charge_tc": 1021.0, "gauge": 5.5})
+    cut = pid.step(30.0, high, {"power": 70.0}, {"power": True}, {}, cons)
+    assert cut.moves["power"] < 70.0 and "pressure override" in cut.reason
+    pid.preview_source = lambda: VIM_CURVE.preview(3400.0, 1, 10.0)  # a ramp again, target ≈ 1023 degC
+    resumed = pid.step(35.0, Estimate((), (), (), None, "ok", {"charge_tc": 1023.0, "gauge": 2.0}),
+                       {"power": 66.0}, {"power": True}, {}, cons)
+    assert resumed.moves["power"] == pytest.approx(66.0, abs=0.5)
+
+
+def test_mpc_runs_a_power_stage_up_to_the_stage_power_and_never_above() -> None:
+    """In a melt the MPC drops tracking, raises the power to the stage power at its rate and stops there."""
+    mpc = vim_mpc(dataclasses.replace(VIM_MPC, backoff_sigmas=0.0))  # the stage alone, no uncertainty back-off
+    mpc.preview_source = lambda: melt_preview(power_kW=50.0)
+    ekf = vim_ekf()
+    cons = constraints(VIM_LIMITS)
+    applied, seen = 30.0, []
+    for k in range(12):
+        est = ekf.update(k * 5.0, {"charge_tc": vi("charge_tc", 990.0), "gauge": vi("gauge", 1.5)},
+                         {"power": applied})
+        plan = mpc.step(k * 5.0, est, {"power": applied}, {"power": True}, {}, cons)
+        assert plan.status in (SolverStatus.OK, SolverStatus.NOT_RUN)
+        applied = plan.moves["power"]
+        seen.append(applied)
+    assert max(seen) <= 50.0 + 1e-6 and seen[-1] == pytest.approx(50.0, abs=0.5)
+    assert all(50.0 - 0.5 <= v <= 50.0 + 1e-6 for v in mpc.planned("power"))  # the whole plan at the stage
+
+
+def test_mpc_backs_the_pressure_limit_off_by_the_filters_unlearned_gas_biases() -> None:
+    """A filter that has not yet learned the gas load (wide bias deviations) makes the MPC plan less power
+    and a lower pressure than the same estimate with settled biases, which plans up to the limit."""
+    est = vim_ekf().update(0.0, {"charge_tc": vi("charge_tc", 500.0), "gauge": vi("gauge", 1.5)}, {"power": 40.0})
+    biases = ("coupling_bias", "outgassing_bias", "base_outgassing_bias", "melt_degassing_bias")
+    assert all(est.extras[f"{b}_std"] >= 0.1 for b in biases)
+    settled = dataclasses.replace(est, extras={**est.extras, **{f"{b}_std": 0.01 for b in biases}})
+    fast = Curve(500.0, [Ramp(950.0, 40.0)], Soak(950.0, 600.0, 10.0))
+    plans = {}
+    for name, e in (("fresh", est), ("settled", settled)):
+        mpc = vim_mpc()
+        mpc.preview_source = lambda: fast.preview(0.0, 40, 10.0)
+        plan = mpc.step(0.0, e, {"power": 40.0}, {"power": True}, {}, constraints(VIM_LIMITS))
+        assert plan.status is SolverStatus.OK
+        plans[name] = (sum(mpc.planned("power")), max(plan.predicted["chamber_pressure_Pa"][1:]))
+    assert plans["fresh"][0] < 0.5 * plans["settled"][0]
+    assert plans["fresh"][1] < plans["settled"][1] - 1.0
+    assert plans["settled"][1] <= PRESSURE_SETTING_PA + 0.05
+
+
+def test_mpc_never_raises_power_while_the_pressure_is_at_its_limit() -> None:
+    """With the estimated pressure at its (backed-off) limit the MPC may lower the power but never raise it,
+    though the power stage asks for more; below the limit it raises it."""
+    cons = constraints(VIM_LIMITS)
+
+    def moves(gauge_Pa: float) -> list[float]:
+        mpc, ekf = vim_mpc(dataclasses.replace(VIM_MPC, backoff_sigmas=0.0)), vim_ekf()
+        mpc.preview_source = lambda: melt_preview(power_kW=50.0)
+        out = []
+        for k in range(4):
+            est = ekf.update(k * 5.0, {"charge_tc": vi("charge_tc", 990.0), "gauge": vi("gauge", gauge_Pa)},
+                             {"power": 30.0})
+            out.append(mpc.step(k * 5.0, est, {"power": 30.0}, {"power": True}, {}, cons).moves["power"])
+        return out
+
+    assert max(moves(4.6)) <= 30.0
+    assert max(moves(1.5)) > 30.0
+
+
 # --------------------------------------------------------------------------------------------- MPC
 def test_vim_mpc_follows_ramp_and_soak_without_overshoot(vim_mpc_run: tuple[Run, FurnaceMpc]) -> None:
-    """True charge temperature tracks the ramp, ends the soak in band and never passes its top."""
+    """True charge temperature tracks the ramp, ends the soak in band and never passes its top.
+
+    The plant outgasses 20 % more than the model, so the ramp is held back by the pressure limit less
+    the back-off for the filter's unlearned gas biases (the melt's above all, as the plateau nears)."""
     run, mpc = vim_mpc_run
     temp = run.signals["charge_temp_degC"]
     assert np.max(temp) <= VIM_CURVE.soak.temp_degC + VIM_CURVE.soak.band_K
     ramp = (run.t > 300.0) & (run.target < 950.0)
-    assert np.max(np.abs(temp[ramp] - run.target[ramp])) < 10.0
+    assert np.max(np.abs(temp[ramp] - run.target[ramp])) < 15.0
     last = run.t >= run.t[-1] - 300.0
     assert np.all(np.abs(temp[last] - 1100.0) <= 10.0)
     assert all(p.status in (SolverStatus.OK, SolverStatus.NOT_RUN) for p in run.plans)

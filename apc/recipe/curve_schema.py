@@ -3,6 +3,7 @@
 A curve is a list of segments applied to one controlled temperature
 (``curve.controlled``): ``ramp`` up at a rate to a target, ``soak`` for a time
 inside a band, ``hold_until`` a permissive-style condition holds (with a
+timeout), ``melt`` down at a stage power until a condition holds (with a
 timeout), ``cool`` down at a rate to a target. :class:`CurveSection` checks the
 segments against each other and against the rate limits the engineer states;
 :func:`check_against_model` flags ramps the process model cannot follow at full
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from sim.models.base import ProcessModel
 
 __all__ = [
+    "CONDITION_KINDS",
     "BatchSection",
     "CurveSection",
     "CurveSegmentError",
@@ -36,16 +38,19 @@ __all__ = [
     "check_against_model",
 ]
 
-SegmentKind = Literal["ramp", "soak", "hold_until", "cool"]
+SegmentKind = Literal["ramp", "soak", "hold_until", "melt", "cool"]
 
 _FIELDS_OF: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # kind: (required fields, optional fields)
     "ramp": (("rate_degC_min", "target_degC"), ()),
     "soak": (("time_min", "band_degC"), ("target_degC",)),
     "hold_until": (("condition", "timeout_min"), ()),
+    "melt": (("power_kW", "condition", "timeout_min"), ()),
     "cool": (("rate_degC_min", "target_degC"), ()),
 }
-_SEGMENT_FIELDS = ("rate_degC_min", "target_degC", "time_min", "band_degC", "condition", "timeout_min")
+_SEGMENT_FIELDS = ("rate_degC_min", "target_degC", "time_min", "band_degC", "condition", "timeout_min", "power_kW")
+CONDITION_KINDS = ("hold_until", "melt")
+"""Segment kinds that end when their ``condition`` holds (HELD on ``timeout_min``)."""
 
 
 class CurveSegmentError(ValueError):
@@ -68,7 +73,12 @@ class Segment:
     ``soak``: ``time_min`` and ``band_degC`` = [low, high], the reference is the
     band's middle unless ``target_degC`` (inside the band) is given;
     ``hold_until``: ``condition`` (permissive syntax over signal names) and
-    ``timeout_min`` (then the batch goes HELD with the reason).
+    ``timeout_min`` (then the batch goes HELD with the reason);
+    ``melt``: a power stage (the melt-down of a VIM charge): the power input
+    is driven to ``power_kW`` (less only where a process limit such as the
+    chamber pressure demands) and the temperature is not tracked, since it sits
+    on the melting plateau; ends like a hold_until, on ``condition`` (e.g. the
+    thermocouple rising past the plateau) or HELD after ``timeout_min``.
     """
 
     kind: SegmentKind
@@ -78,6 +88,7 @@ class Segment:
     band_degC: tuple[float, float] | None = None
     condition: str | None = None
     timeout_min: float | None = None
+    power_kW: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _FIELDS_OF:
@@ -91,7 +102,7 @@ class Segment:
         for name in required:
             if getattr(self, name) is None:
                 raise ValueError(f"{name} is required for a {self.kind} segment")
-        for name in ("rate_degC_min", "time_min", "timeout_min"):
+        for name in ("rate_degC_min", "time_min", "timeout_min", "power_kW"):
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number > 0, got {value:g}")
@@ -109,7 +120,8 @@ class Segment:
 
     @property
     def reference_degC(self) -> float | None:
-        """Temperature the segment leads to or keeps (ramp/cool target, soak reference); None for hold_until."""
+        """Temperature the segment leads to or keeps (ramp/cool target, soak reference); None for
+        hold_until and melt."""
         if self.kind == "soak":
             assert self.band_degC is not None
             return self.target_degC if self.target_degC is not None else 0.5 * sum(self.band_degC)
@@ -122,11 +134,11 @@ class Segment:
 
     @property
     def timeout_s(self) -> float:
-        """hold_until timeout (s)."""
+        """hold_until / melt timeout (s)."""
         return 60.0 * (self.timeout_min or 0.0)
 
     def condition_expr(self) -> PermissiveExpr:
-        """The parsed hold_until condition (ValueError for other kinds)."""
+        """The parsed hold_until / melt condition (ValueError for other kinds)."""
         if self.condition is None:
             raise ValueError(f"a {self.kind} segment has no condition")
         return parse_permissive(self.condition)
@@ -139,6 +151,8 @@ class Segment:
             assert self.band_degC is not None
             return (f"soak {self.time_min:g} min in [{self.band_degC[0]:g}, {self.band_degC[1]:g}] °C"
                     f" at {self.reference_degC:g} °C")
+        if self.kind == "melt":
+            return f"melt at {self.power_kW:g} kW until '{self.condition}' (timeout {self.timeout_min:g} min)"
         return f"hold until '{self.condition}' (timeout {self.timeout_min:g} min)"
 
 
@@ -221,7 +235,7 @@ class CurveSection:
         return tuple(out)
 
     def signal_names(self) -> frozenset[str]:
-        """Signals the curve reads: ``controlled`` and the names in hold_until conditions."""
+        """Signals the curve reads: ``controlled`` and the names in hold_until / melt conditions."""
         names = {self.controlled}
         for seg in self.segments:
             if seg.condition is not None:

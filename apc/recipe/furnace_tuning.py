@@ -105,7 +105,8 @@ class FurnaceMpcSection:
     """Nonlinear MPC of a furnace following its heating curve (``controllers.furnace_mpc``).
 
     Objective per prediction point: ``tracking_weight·(cv − target)²`` + move suppression
-    ``move_weight·(Δu/range)²`` + ``energy_weight·P/P_range`` for power inputs (kW), plus soft
+    ``move_weight·(Δu/range)²`` + ``energy_weight·P/P_range`` for power inputs (kW) (at points of a
+    power stage, ``stage_power_weight·((P_stage − P)/P_range)²`` instead of tracking), plus soft
     constraints with L1 + L2 penalties (per K, Pa, K/min of violation): cv ≤ curve upper,
     cv ≥ curve lower (soak), |Δcv| ≤ curve ramp rate, chamber pressure ≤ ``pressure_limit_Pa``,
     |surface − core| ≤ ``core_surface_dT_max_K``.
@@ -130,6 +131,9 @@ class FurnaceMpcSection:
     """Move suppression per MV name."""
     energy_weight: float = 1.0
     """Cost per point of power inputs (unit kW) as a share of their range."""
+    stage_power_weight: float = 1.0e3
+    """Power stages (``melt`` segments): cost per (shortfall of the power inputs from the stage power /
+    their range)² per point; the stage power also caps them there. Process limits (pressure) win."""
     overshoot_penalty: float = 1.0e4
     """L1 penalty per K of the controlled signal above the curve's upper limit."""
     undershoot_penalty: float = 1.0e2
@@ -140,6 +144,9 @@ class FurnaceMpcSection:
     """VIM: chamber pressure limit (soft), Pa; needs the model state ``chamber_pressure_Pa``."""
     pressure_penalty: float = 1.0e6
     """L1 penalty per Pa above ``pressure_limit_Pa``."""
+    pressure_bias_filter_s: float = 20.0
+    """Time constant over which the measured − estimated pressure is filtered before it tightens the
+    pressure limit (0: unfiltered)."""
     core_surface_dT_max_K: float | None = None
     """Annealer: limit of |surface − core|, K (soft); needs the aux ``core_surface_dT_K``."""
     dT_penalty: float = 1.0e5
@@ -176,7 +183,8 @@ class FurnaceMpcSection:
             raise ValueError("step_multiple must be >= 1")
         if self.rk4_substeps < 1:
             raise ValueError("rk4_substeps must be >= 1")
-        for name in ("tracking_weight", "move_weight", "energy_weight", "quadratic_penalty_ratio"):
+        for name in ("tracking_weight", "move_weight", "energy_weight", "stage_power_weight",
+                     "quadratic_penalty_ratio"):
             v = getattr(self, name)
             if not (_finite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0")
@@ -191,6 +199,8 @@ class FurnaceMpcSection:
         if self.core_surface_dT_max_K is not None and not (
                 _finite(self.core_surface_dT_max_K) and self.core_surface_dT_max_K > 0):
             raise ValueError("core_surface_dT_max_K must be a finite number > 0 (or None)")
+        if not (_finite(self.pressure_bias_filter_s) and self.pressure_bias_filter_s >= 0):
+            raise ValueError("pressure_bias_filter_s must be a finite number >= 0")
         if not (_finite(self.backoff_sigmas) and self.backoff_sigmas >= 0):
             raise ValueError("backoff_sigmas must be a finite number >= 0")
         if any(not n.strip() for n in self.band_signals):

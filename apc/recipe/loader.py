@@ -518,6 +518,11 @@ def _check_furnace(conv: Converter, root: Node, parts: dict[str, Any]) -> None:
         add(_at(root, "io", "mvs"), "io.mvs", "a furnace needs an MV driving a power input (…_kW)")
         return
     mv = io.mvs[heat[0]]
+    top_kW = limits[heat[0]].engineering[1]
+    for k, seg in enumerate(curve.segments):
+        if seg.power_kW is not None and seg.power_kW > top_kW:
+            add(_at(root, "curve", "segments", k, "power_kW"), f"curve.segments[{k}].power_kW",
+                f"{seg.power_kW:g} kW exceeds the engineering high limit of {heat[0]} ({top_kW:g} kW)")
     for message in check_against_model(curve, model, model_sec.parameters, limits[heat[0]].engineering[1],
                                        power_input=mv.model_input):
         add(_at(root, "curve", "segments"), "curve.segments", message)
