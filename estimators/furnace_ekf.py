@@ -6,7 +6,7 @@ state, including what is never measured: the VIM charge enthalpy (hence charge t
 liquid fraction) behind the lagged immersion thermocouple, the annealer's load core behind the
 gas and outer-wrap thermocouples, plus random-walk parameter biases (:data:`TUNINGS`) that
 absorb the model's largest uncertainties (coupling efficiency, outgassing, heat losses,
-gas-to-load transfer). A controller applies the same biases to its nominal parameters
+gas-to-load transfer, the annealer's load mass, which differs from batch to batch). A controller applies the same biases to its nominal parameters
 (:func:`biased_parameters`), which makes its predictions offset-free.
 
 Per cycle: predict from the last update with the MVs in force (``applied``, mapped to model
@@ -93,18 +93,23 @@ TUNINGS: Mapping[str, FurnaceFilterTuning] = MappingProxyType({
             BiasState("loss_bias", "loss_resistance_K_kW", "log"),
             BiasState("transfer_bias", "convective_hA_kW_K", "log"),
             BiasState("core_bias", "core_resistance_K_kW", "log"),
+            BiasState("mass_bias", "load_mass_t", "log"),
         ),
         initial={"gas_temp_degC": 25.0, "surface_temp_degC": 25.0, "core_temp_degC": 25.0,
-                 "load_tc_temp_degC": 25.0, "loss_bias": 0.0, "transfer_bias": 0.0, "core_bias": 0.0},
+                 "load_tc_temp_degC": 25.0, "loss_bias": 0.0, "transfer_bias": 0.0, "core_bias": 0.0,
+                 "mass_bias": 0.0},
         initial_std={"gas_temp_degC": 1.0, "surface_temp_degC": 3.0, "core_temp_degC": 5.0,
-                     "load_tc_temp_degC": 1.0, "loss_bias": 0.2, "transfer_bias": 0.2, "core_bias": 0.2},
+                     "load_tc_temp_degC": 1.0, "loss_bias": 0.2, "transfer_bias": 0.2, "core_bias": 0.2,
+                     "mass_bias": 0.15},
         process_std_per_sqrt_h={"gas_temp_degC": 2.0, "surface_temp_degC": 1.0, "core_temp_degC": 0.5,
-                                "load_tc_temp_degC": 0.5, "loss_bias": 0.01, "transfer_bias": 0.02, "core_bias": 0.0},
+                                "load_tc_temp_degC": 0.5, "loss_bias": 0.01, "transfer_bias": 0.02, "core_bias": 0.0,
+                                "mass_bias": 0.0},
         measurement_std={"gas_temp_degC": 1.0, "load_tc_temp_degC": 1.0},
         measurement_rel_std={},
         bounds={"gas_temp_degC": (-50.0, 1000.0), "surface_temp_degC": (-50.0, 1000.0),
                 "core_temp_degC": (-50.0, 1000.0), "load_tc_temp_degC": (-50.0, 1000.0),
-                "loss_bias": (-1.5, 1.5), "transfer_bias": (-1.5, 1.5), "core_bias": (-1.5, 1.5)},
+                "loss_bias": (-1.5, 1.5), "transfer_bias": (-1.5, 1.5), "core_bias": (-1.5, 1.5),
+                "mass_bias": (-0.7, 0.7)},
         disturbance_values={"ambient_temp_degC": 25.0},
         input_values={"gas_flow_frac": 1.0},
         std_signals=("core_surface_dT_K",),
