@@ -3,11 +3,11 @@
 One class for either furnace model (``vim_furnace``, ``annealing_furnace``), built on
 :class:`estimators.ekf.ModelEkf` with the recipe's nominal parameters. It estimates every model
 state, including what is never measured: the VIM charge enthalpy (hence charge temperature and
-liquid fraction) behind the lagged immersion thermocouple, the annealer's load core behind the
-gas and outer-wrap thermocouples, plus random-walk parameter biases (:data:`TUNINGS`) that
-absorb the model's largest uncertainties (coupling efficiency, outgassing, heat losses,
-gas-to-load transfer, the annealer's load mass, which differs from batch to batch). A controller applies the same biases to its nominal parameters
-(:func:`biased_parameters`), which makes its predictions offset-free.
+liquid fraction) behind the lagged immersion thermocouple, the annealer's load core behind the gas
+and outer-wrap thermocouples, plus random-walk parameter biases (:data:`TUNINGS`) that absorb the
+model's largest uncertainties (coupling efficiency, outgassing, heat losses, gas-to-load transfer,
+the annealer's load mass, which differs from batch to batch). A controller applies the same biases
+to its nominal parameters (:func:`biased_parameters`), which makes its predictions offset-free.
 
 Per cycle: predict from the last update with the MVs in force (``applied``, mapped to model
 inputs by ``mv_inputs``) and the disturbances (measured inputs mapped by
