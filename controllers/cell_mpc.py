@@ -50,7 +50,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -60,6 +59,7 @@ import numpy as np
 
 from apc.recipe.schema import MPC_CV_RANKS, MpcSection, MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan
+from controllers.nlp_attempt import disturbance_vector, ipopt_attempt
 from controllers.plan_hold import plan_status
 from sim.models.base import ProcessModel
 
@@ -379,7 +379,6 @@ class CellMpc:
         if cfg.terminal_temp_rate_weight > 0:
             dT_h = m.f(X[:, N], U[:, N - 1], d, p)[m.state_names.index("bath_temp_degC")] * 3600.0
             J_nl += cfg.terminal_temp_rate_weight * dT_h ** 2
-        J = J_quad / N + J_nl
 
         # Constraints: nonlinear (per step) and linear parts, kept apart for the derivatives.
         g_nl = ca.vertcat(ca.vec(F_scaled), ca.MX(nu * N + g_pos.numel(), 1), ca.vec(res))
@@ -541,16 +540,6 @@ class CellMpc:
                 u[b.input_index] = 0.0
         return u
 
-    def _disturbances(self, measured: Mapping[str, float]) -> np.ndarray:
-        cfg = self.cfg
-        out = []
-        for name in self.model.disturbance_names:
-            src = cfg.disturbance_inputs.get(name)
-            v = measured.get(src, math.nan) if src else math.nan
-            if not math.isfinite(v):
-                v = cfg.disturbance_values.get(name, math.nan)
-            out.append(float(v))
-        return np.array(out)
 
     def _bounds(self, t_s: float, u_now: np.ndarray, applied: Mapping[str, float],
                 en: Mapping[str, bool], lim: Mapping[str, MvConstraint]) -> tuple[np.ndarray, ...]:
@@ -636,21 +625,6 @@ class CellMpc:
             return w, None, None
         return w, prev.lam_x, prev.lam_g
 
-    def _run(self, solver: ca.Function, args: dict[str, object]) -> tuple[dict[str, object] | None, int, float,
-                                                                          str]:
-        """One IPOPT attempt: (result or None, iterations, wall seconds, IPOPT status)."""
-        t0 = time.perf_counter()
-        try:
-            res = solver(**args)
-        except RuntimeError as exc:  # CasADi raises on evaluation errors (NaN in functions)
-            return None, 0, time.perf_counter() - t0, f"solver error: {exc}"
-        elapsed = time.perf_counter() - t0
-        stats = solver.stats()
-        iters = int(stats.get("iter_count", 0))
-        status = str(stats.get("return_status", "unknown"))
-        ok = status in ("Solve_Succeeded", "Solved_To_Acceptable_Level") and bool(
-            np.all(np.isfinite(np.asarray(res["x"]))))
-        return (res if ok else None), iters, elapsed, status
 
     def _problem_data(self, estimate: Estimate, applied: Mapping[str, float], measured: Mapping[str, float]
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | str:
@@ -662,7 +636,8 @@ class CellMpc:
             return f"estimate lacks model states ({exc})"
         p = self._parameters(estimate)
         u_now = self._inputs_now(estimate, applied)
-        d = self._disturbances(measured)
+        d = disturbance_vector(self.model.disturbance_names, self.cfg.disturbance_inputs,
+                               self.cfg.disturbance_values, measured)
         pos = [float(applied[b.name]) for b in self._inc]
         if not np.all(np.isfinite(np.concatenate([x0, p, u_now, d, pos]))):
             return "non-finite estimate, parameter, readback or disturbance"
@@ -690,11 +665,11 @@ class CellMpc:
             args: dict[str, object] = dict(x0=w0, **bounds)
             if lam_x0 is not None:
                 args.update(lam_x0=lam_x0, lam_g0=lam_g0)
-            res, iters, elapsed, status = self._run(self._warm, args)
+            res, iters, elapsed, status = ipopt_attempt(self._warm, args)
             how = "warm"
         if res is None and status != _TIMED_OUT:  # a timed-out attempt used the solve's budget
             first = f"warm {status} after {iters} it, " if how == "warm" else ""
-            res, it2, t2, status = self._run(self._cold, dict(x0=self._cold_guess(P, u_now, lbx, ubx), **bounds))
+            res, it2, t2, status = ipopt_attempt(self._cold, dict(x0=self._cold_guess(P, u_now, lbx, ubx), **bounds))
             iters, elapsed = iters + it2, elapsed + t2
             how = f"{first}cold"
         self.solve_times.append(elapsed)

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -61,6 +60,7 @@ from apc.curve_preview import CurvePreview
 from apc.recipe.furnace_tuning import FurnaceMpcSection
 from apc.recipe.schema import MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan, SolverStatus
+from controllers.nlp_attempt import disturbance_vector, ipopt_attempt
 from controllers.plan_hold import plan_status
 from estimators.furnace_ekf import TUNINGS, biased_parameters
 from sim.models.base import ProcessModel
@@ -376,7 +376,9 @@ class FurnaceMpc:
                    for n, c in lim.items()}
         if not preview.running and preview.hold_degC is None:
             self._sol, self._fails, self._next_solve_t, self._last_key = None, 0, None, None
-            moves = self._no_heat(dt, applied, en, lim)
+            # no heat: power inputs to their low limit, other MVs held
+            moves = self._emit(dt, applied, en, lim,
+                               lambda b: lim[b.name].low if b.input_index in self._heat else None)
             return Plan(moves, {}, SolverStatus.OK, 0, 0.0, f"no heat: batch {preview.state.value}")
         key = (tuple(sorted(en.items())), tuple(sorted(lim.items())), preview.state)
         changed = key != self._last_key
@@ -397,7 +399,9 @@ class FurnaceMpc:
         plan = self._valid_plan(t_s)
         status, reason, follow = plan_status(self._fails, self.hold_cycles, plan is not None, due, reason)
         plan = plan if follow else None
-        moves = self._emit(t_s, dt, applied, en, lim, plan)
+        j = 0 if plan is None else min(max(int((t_s - plan.t_s) / self.step_s + 1e-9), 0), self.N - 1)
+        moves = self._emit(dt, applied, en, lim,
+                           lambda b: None if plan is None else float(plan.U[b.input_index, j]))
         return Plan(moves, plan.predicted if plan is not None else {}, status, iterations, solve_time, reason)
 
     def solve_time_stats(self) -> dict[str, float]:
@@ -498,16 +502,6 @@ class FurnaceMpc:
         rate = np.minimum(np.minimum(rt[idx], rt[nxt]) * self.step_s / 60.0, _BIG)
         return target, upper, lower, rate, stage
 
-    def _disturbances(self, measured: Mapping[str, float]) -> np.ndarray:
-        cfg = self.cfg
-        out = []
-        for name in self.model.disturbance_names:
-            src = cfg.disturbance_inputs.get(name)
-            v = float(measured.get(src, math.nan)) if src else math.nan
-            if not math.isfinite(v):
-                v = float(cfg.disturbance_values.get(name, math.nan))
-            out.append(v)
-        return np.array(out)
 
     def _std(self, estimate: Estimate, name: str) -> float:
         v = estimate.extras.get(f"{name}_std", 0.0)
@@ -586,19 +580,6 @@ class FurnaceMpc:
         U = np.clip(U.ravel(order="F"), lbx[i1:i2], ubx[i1:i2]).reshape((nu, N), order="F")
         return np.clip(self._with_slacks(dz, U, P), lbx, ubx)
 
-    def _run(self, solver: ca.Function, args: dict[str, object]) -> tuple[dict[str, object] | None, int, float, str]:
-        t0 = time.perf_counter()
-        try:
-            res = solver(**args)
-        except RuntimeError as exc:
-            return None, 0, time.perf_counter() - t0, f"solver error: {exc}"
-        elapsed = time.perf_counter() - t0
-        stats = solver.stats()
-        iters = int(stats.get("iter_count", 0))
-        status = str(stats.get("return_status", "unknown"))
-        ok = status in ("Solve_Succeeded", "Solved_To_Acceptable_Level") and bool(
-            np.all(np.isfinite(np.asarray(res["x"]))))
-        return (res if ok else None), iters, elapsed, status
 
     def _problem(self, estimate: Estimate, applied: Mapping[str, float], measured: Mapping[str, float],
                  preview: CurvePreview) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | str:
@@ -612,7 +593,8 @@ class FurnaceMpc:
         u_now = np.array([float(cfg.fixed_inputs.get(n, math.nan)) for n in m.input_names])
         for b in self.bindings.values():
             u_now[b.input_index] = float(applied.get(b.name, math.nan))
-        d = self._disturbances(measured)
+        d = disturbance_vector(self.model.disturbance_names, self.cfg.disturbance_inputs,
+                               self.cfg.disturbance_values, measured)
         target, upper, lower, rate, stage = self._reference(preview)
         if not np.all(np.isfinite(np.concatenate([x0, p, u_now, d]))):
             return "non-finite estimate, parameter, readback or disturbance"
@@ -678,12 +660,12 @@ class FurnaceMpc:
         bounds = dict(p=P, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
         res, iters, elapsed, status, how = None, 0, 0.0, "", "cold"
         if warm and self._sol is not None:
-            res, iters, elapsed, status = self._run(self._warm, dict(x0=self._warm_guess(t_s, x0, xs, P, lbx, ubx),
-                                                                     **bounds))
+            guess = self._warm_guess(t_s, x0, xs, P, lbx, ubx)
+            res, iters, elapsed, status = ipopt_attempt(self._warm, dict(x0=guess, **bounds))
             how = "warm"
         if res is None and status != _TIMED_OUT:
             first = f"warm {status} after {iters} it, " if how == "warm" else ""
-            res, it2, t2, status = self._run(self._cold, dict(x0=self._cold_guess(P, u_now, lbx, ubx), **bounds))
+            res, it2, t2, status = ipopt_attempt(self._cold, dict(x0=self._cold_guess(P, u_now, lbx, ubx), **bounds))
             iters, elapsed, how = iters + it2, elapsed + t2, f"{first}cold"
         self.solve_times.append(elapsed)
         if res is None:
@@ -717,34 +699,21 @@ class FurnaceMpc:
         self._last_out[b.name] = value
         return value
 
-    def _emit(self, t_s: float, dt: float, applied: Mapping[str, float], en: Mapping[str, bool],
-              lim: Mapping[str, MvConstraint], sol: _Solution | None) -> dict[str, float]:
+    def _emit(self, dt: float, applied: Mapping[str, float], en: Mapping[str, bool],
+              lim: Mapping[str, MvConstraint], target: Callable[[MvBinding], float | None]) -> dict[str, float]:
+        """This cycle's moves: each enabled MV toward ``target(b)`` (limited by :meth:`_move`); an MV
+        not enabled, or whose target is None, stays at its readback."""
         moves: dict[str, float] = {}
         rate_dt = min(max(dt, 0.0), self.period_s) if dt > 0 else self.period_s
         for b in self.bindings.values():
             if b.name not in applied:
                 continue
             a = float(applied[b.name])
-            if not en[b.name] or sol is None:
+            want = target(b) if en[b.name] else None
+            if want is None:
                 moves[b.name] = a
                 self._last_out.pop(b.name, None)
-                continue
-            j = min(max(int((t_s - sol.t_s) / self.step_s + 1e-9), 0), self.N - 1)
-            moves[b.name] = self._move(b, float(sol.U[b.input_index, j]), a, lim[b.name], rate_dt)
-        return moves
-
-    def _no_heat(self, dt: float, applied: Mapping[str, float], en: Mapping[str, bool],
-                 lim: Mapping[str, MvConstraint]) -> dict[str, float]:
-        moves: dict[str, float] = {}
-        rate_dt = min(max(dt, 0.0), self.period_s) if dt > 0 else self.period_s
-        for b in self.bindings.values():
-            if b.name not in applied:
-                continue
-            a = float(applied[b.name])
-            if en[b.name] and b.input_index in self._heat:
-                moves[b.name] = self._move(b, lim[b.name].low, a, lim[b.name], rate_dt)
             else:
-                moves[b.name] = a
-                self._last_out.pop(b.name, None)
+                moves[b.name] = self._move(b, want, a, lim[b.name], rate_dt)
         return moves
 
