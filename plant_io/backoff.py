@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Awaitable, Callable
+
+from plant_io.errors import PlantIOError
 
 
 class ReconnectBackoff:
@@ -33,3 +36,16 @@ class ReconnectBackoff:
         self.next_attempt_s = now_s + used
         self.delay_s = min(used * 2.0, self.max_s)
         return used
+
+    async def attempt(self, now_s: float, connect: Callable[[], Awaitable[None]], log: Any) -> bool:
+        """Call ``connect`` if an attempt is due at ``now_s``; True when it succeeded. A
+        :class:`PlantIOError` counts as a failed attempt, logged as ``plant_reconnect_failed`` with the
+        delay until the next one; anything else propagates."""
+        if not self.due(now_s):
+            return False
+        try:
+            await connect()
+        except PlantIOError as exc:
+            log.warning("plant_reconnect_failed", error=str(exc), retry_in_s=self.failed(now_s))
+            return False
+        return True

@@ -242,14 +242,7 @@ class ModbusPlantIO:
         if self._client is not None:
             self._link_lost("connection closed")
         now = self._clock_monotonic() if now_s is None else now_s
-        if not self._backoff.due(now):
-            return False
-        try:
-            await self.connect()
-        except PlantIOError as exc:
-            self._log.warning("plant_reconnect_failed", error=str(exc), retry_in_s=self._backoff.failed(now))
-            return False
-        return True
+        return await self._backoff.attempt(now, self.connect, self._log)
 
     # -------------------------------------------------------------- read
     async def read(self, tags: Sequence[str]) -> Mapping[str, Sample]:
