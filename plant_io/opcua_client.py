@@ -26,12 +26,12 @@ import structlog
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
-from cryptography import x509
 
 from apc.types import Quality, Sample, Write, WriteResult
 from plant_io.bindings import OpcUaEndpoint, OpcUaTag
 from plant_io.backoff import ReconnectBackoff
 from plant_io.errors import PlantBindingError, PlantIOError, PlantLinkDown
+from plant_io.ua_certificate import application_uri_of
 
 _VARIANT: Mapping[str, ua.VariantType] = {
     "Double": ua.VariantType.Double,
@@ -112,18 +112,11 @@ def _chunks(items: list[Any], limit: int) -> list[list[Any]]:
 
 
 def _application_uri(cert_path: str) -> str:
-    """First URI in the certificate's subjectAltName (asyncua requires it to match)."""
-    data = Path(cert_path).read_bytes()
-    pem = cert_path.lower().endswith(".pem")
-    cert = x509.load_pem_x509_certificate(data) if pem else x509.load_der_x509_certificate(data)
+    """First URI in the client certificate's subjectAltName (asyncua requires it to match)."""
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise PlantIOError(f"client certificate {cert_path} has no subjectAltName URI; set application_uri") from None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    if not uris:
-        raise PlantIOError(f"client certificate {cert_path} has no subjectAltName URI; set application_uri")
-    return str(uris[0])
+        return application_uri_of(cert_path)
+    except ValueError as exc:  # no URI in it, or not a certificate
+        raise PlantIOError(f"client certificate {exc}; set application_uri") from None
 
 
 class OpcUaPlantIO:

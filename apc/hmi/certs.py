@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from plant_io.ua_certificate import application_uri_of
+
 __all__ = ["application_uri_of", "make_certificate"]
 
 
@@ -81,17 +83,3 @@ def make_certificate(out_dir: str | Path, name: str, uri: str, hosts: Sequence[s
     key_path.chmod(0o600)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
-
-
-def application_uri_of(cert_path: str | Path) -> str:
-    """The first URI in the certificate's subjectAltName (PEM or DER); ValueError when there is none."""
-    data = Path(cert_path).read_bytes()
-    cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise ValueError(f"{cert_path}: certificate has no subjectAltName") from None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    if not uris:
-        raise ValueError(f"{cert_path}: certificate has no URI in its subjectAltName")
-    return str(uris[0])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import ipaddress
 import socket
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,13 +27,11 @@ from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
+
+from apc.hmi.certs import make_certificate as product_certificate
 
 UA_NAMESPACE = "urn:apc:loopback"
 UA_SERVER_URI = "urn:apc:loopback:server"
@@ -49,41 +46,10 @@ def free_port() -> int:
 
 # --------------------------------------------------------------------------- certificates
 def make_certificate(directory: Path, stem: str, application_uri: str) -> tuple[Path, Path]:
-    """Write ``<stem>_cert.pem`` and ``<stem>_key.pem`` (self-signed, SAN = URI, localhost, 127.0.0.1)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, stem)])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.UniformResourceIdentifier(application_uri),
-            x509.DNSName("localhost"),
-            x509.DNSName(socket.gethostname()),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=True, key_encipherment=True, data_encipherment=True,
-            key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
-        ), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / f"{stem}_cert.pem"
-    key_path = directory / f"{stem}_key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    ))
-    key_path.chmod(0o600)
-    return cert_path, key_path
+    """Write ``<stem>_cert.pem`` and ``<stem>_key.pem`` (self-signed, SAN = URI, localhost, this host,
+    127.0.0.1, one day) with the product's own certificate maker."""
+    return product_certificate(directory, stem, application_uri, ["localhost", socket.gethostname(), "127.0.0.1"],
+                               days=1, overwrite=True)
 
 
 # --------------------------------------------------------------------------- OPC UA
