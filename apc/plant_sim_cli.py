@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, Mapping, TextIO
 import yaml
 
 from apc.clock import RealClock
+from apc.scheduler import stop_on_signals
 from apc.recipe.errors import RecipeError
 from apc.recipe.loader import LoadedSite
 from plant_io.virtual_plant import (
@@ -189,12 +189,7 @@ def _describe(vp: VirtualPlant, unit: VirtualUnit) -> str:
 async def serve(vp: VirtualPlant, clock: RealClock, hours: float | None, out: TextIO) -> None:
     """Serve until SIGINT/SIGTERM or ``hours`` of plant time."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not on the main thread / platform
-            pass
+    unhook = stop_on_signals(stop)
     try:
         await vp.start()
         for unit in vp.units:
@@ -204,11 +199,7 @@ async def serve(vp: VirtualPlant, clock: RealClock, hours: float | None, out: Te
         await vp.serve_until(stop, None if hours is None else hours * 3600.0)
     finally:
         await vp.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.remove_signal_handler(sig)
-            except (NotImplementedError, RuntimeError):
-                pass
+        unhook()
     print(f"stopped at {clock.monotonic() / 3600.0:.3f} h plant time", file=out, flush=True)
 
 

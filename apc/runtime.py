@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from apc.kpi import format_kpis
 from apc.recipe.errors import RecipeError
 from apc.recipe.loader import LoadedRecipe, LoadedSite
 from apc.recipe.schema import SiteUnit
-from apc.scheduler import ScheduleStats, run_periodic
+from apc.scheduler import ScheduleStats, run_periodic, stop_on_signals
 from apc.types import Mode
 from apc.unit import Unit
 from plant_io.virtual_plant import VirtualPlant, generate_bindings
@@ -88,12 +87,7 @@ async def run_site(
     audit_file = open(rdir / "audit.jsonl", "a", encoding="utf-8")
     audit = make_logger(audit_file, site=site.site)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not on the main thread / platform
-            pass
+    stop_on_signals(stop)
     units: list[Unit] = []
     hmi: HmiServer | None = None
     vp: VirtualPlant | None = None

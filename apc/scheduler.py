@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import signal
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -74,3 +75,24 @@ async def run_periodic(
             next_k = due
         k = next_k
     return stats
+
+
+def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
+    """Set ``stop`` on SIGINT or SIGTERM in the running loop (where the platform and thread allow it);
+    returns what removes those handlers again."""
+    loop = asyncio.get_running_loop()
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    for sig in sigs:
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not on the main thread / platform
+            pass
+
+    def remove() -> None:
+        for sig in sigs:
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+    return remove
