@@ -370,8 +370,10 @@ class FurnaceMpc:
         en = {n: bool(enabled.get(n, False)) and n in applied for n in self.bindings}
         lim = {n: (constraints or {}).get(n) or MvConstraint(b.lo, b.hi) for n, b in self.bindings.items()}
         preview = self.preview_source()
-        self._update_pressure_bias(t_s, estimate)
-        if self._at_pressure_limit(estimate, preview.running and math.isfinite(preview.stage_power_at(0))):
+        p_est, p_meas = self._pressures(estimate)
+        self._update_pressure_bias(t_s, p_est, p_meas)
+        if self._at_pressure_limit(estimate, float(np.fmax(p_est, p_meas)),
+                                   preview.running and math.isfinite(preview.stage_power_at(0))):
             lim = {n: dataclasses.replace(c, hold_up=True) if self.bindings[n].input_index in self._heat else c
                    for n, c in lim.items()}
         if not preview.running and preview.hold_degC is None:
@@ -418,18 +420,22 @@ class FurnaceMpc:
         return tuple(float(v) for v in self._sol.U[self.bindings[mv].input_index])
 
     # ------------------------------------------------------------- solving
-    def _update_pressure_bias(self, t_s: float, estimate: Estimate) -> None:
+    def _pressures(self, estimate: Estimate) -> tuple[float, float]:
+        """(estimated, measured) chamber pressure this cycle; NaN where unknown (or no pressure limit).
+        The measured one is ``chamber_pressure_Pa_measured`` where the estimator reports it."""
+        if not self._has_p:
+            return math.nan, math.nan
+        try:
+            est = float(estimate.value(PRESSURE))
+        except (KeyError, ValueError):
+            est = math.nan
+        return est, float(estimate.extras.get(f"{PRESSURE}_measured", math.nan))
+
+    def _update_pressure_bias(self, t_s: float, est: float, meas: float) -> None:
         """Measured − estimated chamber pressure, filtered over ``pressure_bias_filter_s``: the prediction
         bias a DMC-style correction adds to the predicted pressure (upward only, i.e. the limit is
         tightened by it and never loosened). While the filter has not yet learned a gas load the model
         does not know (a batch's first minutes, a melt), its estimate trails the gauge."""
-        if not self._has_p:
-            return
-        try:
-            est = float(estimate.value(PRESSURE))
-        except (KeyError, ValueError):
-            return
-        meas = float(estimate.extras.get(f"{PRESSURE}_measured", math.nan))
         if not (math.isfinite(est) and math.isfinite(meas)):
             return
         tau = self.cfg.pressure_bias_filter_s
@@ -440,9 +446,9 @@ class FurnaceMpc:
         self._p_bias_t = t_s
         self._p_bias += a * ((meas - est) - self._p_bias)
 
-    def _at_pressure_limit(self, estimate: Estimate, staged: bool) -> bool:
-        """Whether power may not rise: while the chamber pressure, estimated or measured
-        (``chamber_pressure_Pa_measured``, where the estimator reports it), is at or above the limit
+    def _at_pressure_limit(self, estimate: Estimate, p_now: float, staged: bool) -> bool:
+        """Whether power may not rise: while the chamber pressure ``p_now`` (the higher of estimated and
+        measured, NaN when neither is known: the hold stays as it was) is at or above the limit
         the last solve held its first point to (before any solve: the limit less the estimate's
         back-off), whatever the prediction says; in a power stage (``staged``), from then on until the
         stage ends. On the melting plateau the thermocouple says nothing of the melting front, the
@@ -450,15 +456,8 @@ class FurnaceMpc:
         would raise the power into a pressure spike."""
         if not self._has_p:
             return False
-        try:
-            p_est = float(estimate.value(PRESSURE))
-        except (KeyError, ValueError):
-            p_est = math.nan
-        values = [v for v in (p_est, float(estimate.extras.get(f"{PRESSURE}_measured", math.nan)))
-                  if math.isfinite(v)]
-        if not values:
+        if not math.isfinite(p_now):
             return self._p_hold
-        p_now = max(values)
         limit = self._plim_first if self._plim_first is not None else \
             float(self.cfg.pressure_limit_Pa) - self.cfg.backoff_sigmas * self._std(estimate, PRESSURE)
         if p_now >= limit:
