@@ -185,6 +185,25 @@ class Unit:
         self.audit.info("mv_enable", utc=utc, who=who, where=where, mv=mv, old=state.enabled, new=enabled)
         state.enabled = enabled
 
+    def set_operator_limits(self, mv: str, low: float, high: float, who: str, where: str, utc: float) -> str:
+        """Move one MV's operator limits inside its engineering limits; '' when done (audited), else why not."""
+        state = self.mvs.get(mv)
+        if state is None:
+            return f"unknown MV {mv!r}"
+        old = state.limits
+        elo, ehi = old.engineering
+        if not (math.isfinite(low) and math.isfinite(high) and elo <= low <= high <= ehi):
+            return (f"operator limits [{low:g}, {high:g}] must satisfy "
+                    f"engineering low {elo:g} <= low <= high <= engineering high {ehi:g}")
+        try:
+            new = dataclasses.replace(old, operator=(float(low), float(high)))
+        except ValueError as exc:
+            return str(exc)
+        state.limits = new
+        self.audit.info("operator_limits", utc=utc, who=who, where=where, mv=mv,
+                        old=list(old.operator), new=[float(low), float(high)])
+        return ""
+
     # ------------------------------------------------------ recipe reload
     @property
     def pending_reload_sha256(self) -> str | None:

@@ -43,7 +43,6 @@ callback (:data:`ReloadCallback`, given by the runtime): a refused reload gets
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import enum
 import ipaddress
@@ -666,26 +665,14 @@ class HmiServer:
                       writes: list[tuple[int, _Cmd, float, Any]]) -> tuple[bool, str]:
         """Move one MV's operator limits (low and/or high of one request together); (ok, why not)."""
         unit = self._units[unit_name]
-        state = unit.mvs[mv]
-        old = state.limits
-        lo, hi = old.operator
+        lo, hi = unit.mvs[mv].limits.operator
         for _, which, value, _ in writes:
             if which is _Cmd.OPERATOR_LOW:
                 lo = value
             else:
                 hi = value
-        elo, ehi = old.engineering
-        if not (elo <= lo <= hi <= ehi):
-            return False, (f"operator limits [{lo:g}, {hi:g}] must satisfy "
-                           f"engineering low {elo:g} <= low <= high <= engineering high {ehi:g}")
-        try:
-            new = dataclasses.replace(old, operator=(lo, hi))
-        except ValueError as exc:
-            return False, str(exc)
-        state.limits = new
-        unit.audit.info("operator_limits", utc=self._utc(), who=user.name, where=where, mv=mv,
-                        old=list(old.operator), new=[lo, hi])
-        return True, ""
+        why = unit.set_operator_limits(mv, lo, hi, who=user.name or "?", where=where, utc=self._utc())
+        return not why, why
 
 
 def _decode(cmd: _Cmd, dv: ua.DataValue | None) -> tuple[Any, int, str]:
