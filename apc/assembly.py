@@ -75,14 +75,27 @@ def recipe_signal_names(recipe: Recipe) -> Iterable[str]:
     return FILTERED_NAMES
 
 
+def recipe_file_problems(recipe: Recipe, recipe_dir: Path) -> list[tuple[str, str]]:
+    """Files the recipe names that this build cannot use, as (field path, message): the soft
+    sensor's ONNX model must load with the recipe's tensor names and features."""
+    soft = recipe.estimator.soft_sensor
+    if soft is None or recipe.estimator.kind != "ekf":
+        return []
+    try:
+        load_soft_sensor(soft, recipe_dir, bindings=FeatureBindings.from_recipe(recipe))
+    except (SoftSensorError, ValueError, KeyError) as exc:
+        return [("estimator.soft_sensor.model_file", str(exc))]
+    return []
+
+
 def load(path: str | Path) -> LoadedRecipe:
-    """Load and fully validate one recipe."""
-    return load_recipe(path, provider=recipe_signal_names)
+    """Load and fully validate one recipe (with every file it names)."""
+    return load_recipe(path, provider=recipe_signal_names, files=recipe_file_problems)
 
 
 def load_site_file(path: str | Path) -> LoadedSite:
-    """Load and fully validate a site and its recipes."""
-    return load_site(path, provider=recipe_signal_names)
+    """Load and fully validate a site and its recipes (with every file they name)."""
+    return load_site(path, provider=recipe_signal_names, files=recipe_file_problems)
 
 
 def _role_names(recipe: Recipe) -> MvNames:

@@ -48,11 +48,7 @@ Semantics chosen here:
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
-import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,6 +58,7 @@ from typing import Any, Protocol
 from apc.curve_preview import BatchState, CurvePreview
 from apc.recipe.curve_schema import CONDITION_KINDS, BatchSection, CurveSection, Segment
 from apc.recipe.permissive import PermissiveExpr
+from apc.state_file import read_json_object, write_json_atomic
 
 __all__ = ["Batch", "BatchStateError", "CommandResult", "STATE_SCHEMA_VERSION"]
 
@@ -412,26 +409,8 @@ class Batch:
         path = self.state_path
         if path is None:
             return
-        text = json.dumps(self.snapshot(), indent=1, sort_keys=True, allow_nan=False)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(text)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            with contextlib.suppress(OSError):
-                dir_fd = os.open(path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+            write_json_atomic(path, self.snapshot())
         except OSError as exc:
             self._persist_error = f"{path}: {exc}"
             self.audit.error("batch_state_write_failed", path=str(path), error=str(exc), batch_id=self._batch_id)
@@ -617,15 +596,11 @@ class Batch:
 
 def _read_state(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_json_object(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise BatchStateError(path, f"cannot read the batch state file: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BatchStateError(path, f"corrupt batch state file (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise BatchStateError(path, "corrupt batch state file (not a JSON object)")
+    except ValueError as exc:
+        raise BatchStateError(path, str(exc).replace("state file", "batch state file")) from None
     version = data.get("schema_version")
     if version != STATE_SCHEMA_VERSION:
         raise BatchStateError(path, f"batch state schema_version {version!r} is not {STATE_SCHEMA_VERSION}")

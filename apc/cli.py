@@ -15,7 +15,7 @@ from apc.recipe.errors import RecipeError
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from apc.assembly import recipe_signal_names
+    from apc.assembly import recipe_file_problems, recipe_signal_names
     from apc.plant_sim_cli import PlantFileError, is_plant_file, load_plant_file
     from apc.recipe.loader import check_main
 
@@ -30,7 +30,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             rc = 1
     others = [f for f in args.files if f not in plants]
     if others:
-        rc = max(rc, check_main(others, provider=recipe_signal_names))
+        rc = max(rc, check_main(others, provider=recipe_signal_names, files=recipe_file_problems))
     return rc
 
 

@@ -36,16 +36,18 @@ class GuardRequest:
     """Absolute target (SETPOINT) or increment (INCREMENT/PULSE)."""
     readback: float
     """DCS value in force (increments: current position)."""
-    last_written: float | None
-    """Setpoints: last value we wrote; ``None`` if nothing written since tracking."""
+    acknowledged: float | None
+    """Setpoints: the last value the plant acknowledged (write result good) since the MV was last
+    tracked; ``None`` when none. A refused or failed write never changes it."""
     limits: MvLimits
     """Limits with the *effective* operator limits (the HMI may move them)."""
     dt_s: float
     """Time since the last cycle."""
-    t_s: float
-    """Now (monotonic seconds)."""
-    last_move_t_s: float | None
-    """Increments: time of the last move written, ``None`` if none."""
+    period_s: float
+    """Nominal cycle period: the rate allowance never covers more than this (a gap is no licence)."""
+    since_last_move_s: float | None
+    """Increments: seconds since the last move the plant confirmed or the unit persisted, ``None`` if
+    none is known."""
     permissive_ok: bool
     permissive_reason: str
     inputs_ok: bool
@@ -65,7 +67,8 @@ class GuardDecision:
     reason: str
     """Why held; empty when written."""
     base: float
-    """What rate limiting started from (increments: the position)."""
+    """What rate limiting started from (setpoints: the acknowledged value, else the readback;
+    increments: the position)."""
 
     @property
     def fault(self) -> bool:
@@ -74,7 +77,7 @@ class GuardDecision:
 
 
 def effective_bounds(limits: MvLimits) -> tuple[float, float]:
-    """Intersection of operator and engineering limits."""
+    """Intersection of operator and engineering limits (meaningful only for finite limits)."""
     return max(limits.operator[0], limits.engineering[0]), min(limits.operator[1], limits.engineering[1])
 
 
@@ -98,26 +101,64 @@ def _limit_clamps(x: float, limits: MvLimits, low: str, high: str) -> list[str]:
     return out
 
 
+def _not_finite(req: GuardRequest) -> str:
+    """Name of the first field that is not a finite number where one is needed ('' when none).
+
+    The guard fails closed: ``max``/``min`` treat NaN asymmetrically, so nothing below may see one.
+    """
+    lim = req.limits
+    fields: list[tuple[str, float | None]] = [
+        ("engineering_low", lim.engineering[0]), ("engineering_high", lim.engineering[1]),
+        ("operator_low", lim.operator[0]), ("operator_high", lim.operator[1]),
+        ("rate_per_s", lim.rate_per_s), ("min_interval_s", lim.min_interval_s), ("max_step", lim.max_step),
+        ("readback", req.readback), ("acknowledged", req.acknowledged), ("proposed", req.proposed),
+        ("dt_s", req.dt_s), ("period_s", req.period_s), ("since_last_move_s", req.since_last_move_s),
+    ]
+    for name, value in fields:
+        if value is None and name in ("max_step", "acknowledged", "since_last_move_s"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{name}_not_finite"
+    if not lim.rate_per_s > 0:
+        return "rate_not_positive"
+    if lim.max_step is not None and not lim.max_step > 0:
+        return "max_step_not_positive"
+    if not (req.period_s > 0 and req.dt_s >= 0 and lim.min_interval_s >= 0):
+        return "bad_dt"
+    return ""
+
+
 def _common_holds(req: GuardRequest, base: float) -> GuardDecision | None:
     if not req.inputs_ok:
         return _hold(req, base, f"inputs_not_ok: {req.inputs_reason}")
     if not req.permissive_ok:
         return _hold(req, base, f"permissive: {req.permissive_reason}")
-    if not math.isfinite(base):
-        src = "last_written" if req.kind is MvKind.SETPOINT and req.last_written is not None else "readback"
-        return _hold(req, base, f"{src}_not_finite")
-    if not math.isfinite(req.proposed):
-        return _hold(req, base, "proposed_not_finite")
-    if not (math.isfinite(req.dt_s) and req.dt_s >= 0):
-        return _hold(req, base, "bad_dt")
+    bad = _not_finite(req)
+    if bad:
+        return _hold(req, base, bad)
+    lo, hi = effective_bounds(req.limits)
+    if not lo <= hi:
+        return _hold(req, base, "limits_empty")
     return None
 
 
 def _base(req: GuardRequest) -> float:
-    """Setpoints: last written value, else readback; increments: the position."""
-    if req.kind is MvKind.SETPOINT and req.last_written is not None:
-        return req.last_written
+    """Setpoints: the acknowledged value, else the readback; increments: the position."""
+    if req.kind is MvKind.SETPOINT and req.acknowledged is not None:
+        return req.acknowledged
     return req.readback
+
+
+def _allowance(req: GuardRequest) -> float:
+    """Largest setpoint change this cycle: rate × dt, dt capped at the nominal period."""
+    return req.limits.rate_per_s * min(req.dt_s, req.period_s)
+
+
+def _within(value: float, ref: float, r: float) -> float:
+    """``value`` nudged toward ``ref`` until ``|value - ref| <= r`` holds in floating point."""
+    while abs(value - ref) > r and value != ref:
+        value = math.nextafter(value, ref)
+    return value
 
 
 def _decide_setpoint(req: GuardRequest) -> GuardDecision:
@@ -128,7 +169,7 @@ def _decide_setpoint(req: GuardRequest) -> GuardDecision:
     lo, hi = effective_bounds(req.limits)
     clamps = _limit_clamps(req.proposed, req.limits, "low", "high")
     target = min(max(req.proposed, lo), hi)
-    r = req.limits.rate_per_s * req.dt_s
+    r = _allowance(req)
     if target - base > r:
         clamps.append("rate_up")
         value = base + r
@@ -138,9 +179,19 @@ def _decide_setpoint(req: GuardRequest) -> GuardDecision:
     else:
         value = target
     # Guard against rounding: stay between base and target, and within rate.
-    value = min(max(value, min(base, target)), max(base, target))
-    while abs(value - base) > r and value != base:
-        value = math.nextafter(value, base)
+    value = _within(min(max(value, min(base, target)), max(base, target)), base, r)
+    rb = req.readback
+    if abs(value - rb) > r:
+        # The plant's value in force differs from what it acknowledged (a lagging readback, or the DCS
+        # moved it): step only where both allow, and never away from the target.
+        lo_w = max(max(base, rb) - r, min(base, target))
+        hi_w = min(min(base, rb) + r, max(base, target))
+        if not lo_w <= hi_w:
+            return _hold(req, base, f"readback {rb:g} and acknowledged {base:g} differ by more than the rate allows")
+        clamps.append("rate_readback")
+        value = _within(_within(min(max(target, lo_w), hi_w), rb, r), base, r)
+        if abs(value - rb) > r:
+            return _hold(req, base, f"readback {rb:g} and acknowledged {base:g} differ by more than the rate allows")
     return GuardDecision(req.mv, True, value, tuple(clamps), "", base)
 
 
@@ -151,7 +202,7 @@ def _decide_increment(req: GuardRequest) -> GuardDecision:
         return held
     lo, hi = effective_bounds(req.limits)
     lim = req.limits
-    ms = lim.max_step if lim.max_step is not None else lim.rate_per_s * req.dt_s
+    ms = lim.max_step if lim.max_step is not None else _allowance(req)
     clamps: list[str] = []
     d = req.proposed
     if abs(d) > ms:
@@ -168,7 +219,8 @@ def _decide_increment(req: GuardRequest) -> GuardDecision:
         d = math.nextafter(d, 0.0)
     if abs(d) <= NO_MOVE:
         return _hold(req, pos, "no_move", clamps)
-    if req.last_move_t_s is not None and not req.t_s - req.last_move_t_s >= lim.min_interval_s:
+    since = req.since_last_move_s
+    if since is not None and not since >= lim.min_interval_s:
         return _hold(req, pos, "min_interval", clamps)
     return GuardDecision(req.mv, True, d, tuple(clamps), "", pos)
 

@@ -26,7 +26,10 @@ class ModeConditions:
     failure: str
     """Non-empty when this cycle must hold (bad inputs, permissive, solver, readback)."""
     immediate_shed: str
-    """Non-empty when the unit must shed at once (DCS took a loop away, link lost)."""
+    """Non-empty when the unit must shed at once (the DCS took a loop away)."""
+    fault: str = ""
+    """Non-empty while the unit may not drive the plant at all (its audit log or flight record
+    cannot be written): ON sheds at once, any other mode stays at most STANDBY."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,20 @@ class ModeManager:
         self.shed_reason = ""
         self._bad_cycles = 0
 
+    def start(self, mode: Mode) -> None:
+        """The mode a process start asks for: unlike an operator's request, a latched shed (restored
+        from before the restart) stays latched."""
+        self.requested = mode
+
+    def latch(self, reason: str, previous: Mode) -> ModeDecision:
+        """Latch a shed with ``reason`` now, whatever the conditions (a fault in the cycle): STANDBY,
+        or OFF when OFF is requested. ``previous`` is the mode the cycle started in."""
+        self.shed_reason = reason
+        self._healthy_since = None
+        self.actual = Mode.OFF if self.requested is Mode.OFF else Mode.STANDBY
+        new_shed = previous is Mode.ON
+        return ModeDecision(self.requested, self.actual, previous, reason, reason, new_shed)
+
     def warm_remaining_s(self, t_s: float) -> float:
         """Seconds of healthy operation still needed before ON is granted."""
         if self._healthy_since is None:
@@ -83,7 +100,8 @@ class ModeManager:
         elif self.requested is Mode.STANDBY or self.shed_reason:
             actual = Mode.STANDBY
         elif previous is Mode.ON:
-            shed = c.immediate_shed or (not c.link_ok and c.link_reason)
+            # The first cause names the shed: a lost link also takes the loops out of remote.
+            shed = (not c.link_ok and c.link_reason) or c.fault or c.immediate_shed
             if not shed and self._bad_cycles >= self.shed_after:
                 shed = f"{c.failure} for {self._bad_cycles} cycles"
             if shed:
@@ -93,9 +111,9 @@ class ModeManager:
             else:
                 actual = Mode.ON
                 hold = c.failure
-        elif not c.link_ok:
+        elif not c.link_ok or c.fault:
             actual = Mode.STANDBY
-            hold = c.link_reason
+            hold = c.link_reason if not c.link_ok else c.fault
         elif self.warm_remaining_s(c.t_s) > 0 or c.failure:
             actual = Mode.STANDBY
             hold = c.failure or f"warming up: {self.warm_remaining_s(c.t_s):.0f} s left"

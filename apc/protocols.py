@@ -54,6 +54,16 @@ class Reconnecting(Protocol):
         ...
 
 
+@runtime_checkable
+class CounterTags(Protocol):
+    """A plant I/O that knows its tags' data types (OPC UA, Modbus): how far a counter may count."""
+
+    def counter_max(self, tag: str) -> int:
+        """Largest value a counter written to ``tag`` may take before it wraps to 0; ``ValueError``
+        (naming the tag) when the tag cannot carry a counter (read-only, unbound, scaled)."""
+        ...
+
+
 class Estimator(Protocol):
     """Turns validated inputs into an estimate of the unit's state."""
 

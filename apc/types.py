@@ -163,6 +163,10 @@ class MvConstraint:
     high: float
     hold_up: bool = False
     hold_down: bool = False
+    since_last_move_s: float = field(default=math.inf, compare=False)
+    """Increments: seconds since the last move of this MV that the plant confirmed or the unit
+    persisted (``inf`` when none is known): what a minimum interval between moves is counted from.
+    Not a limit, so not part of equality: a controller that re-solves on new limits ignores its count."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,24 +3,38 @@
 read → validate → estimate → decide mode → control → guard → write →
 heartbeat → record. Nothing here knows a process or a protocol: the plant I/O,
 estimator and controller come in through their protocols.
+
+Faults never escape a cycle: an exception in any block is caught here, counted per block,
+audited, and latches a shed with its block named; the cycle then writes only the safe state
+(``apc_active`` 0 and the heartbeat) and records what happened. Writes are journalled around
+the plant I/O: the intent is audited before the write, the result after it, and the cycle is
+recorded; a unit whose audit log or flight record cannot be written drives nothing until it can
+again (see ``docs/flight_record.md``, "Write, audit and record order").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from apc.guard import GuardDecision, GuardRequest, OutputGuard, ReadbackMonitor
+from apc.guard import NO_MOVE, GuardDecision, GuardRequest, OutputGuard, ReadbackMonitor
+from apc.heartbeat import DEFAULT_COUNTER_MAX, HeartbeatCounter, HeartbeatWatch
 from apc.modes import ModeConditions, ModeDecision, ModeManager
-from apc.protocols import BatchRunner, Controller, Estimator, KpiSink, PlantIO
+from apc.protocols import BatchRunner, Controller, CounterTags, Estimator, KpiSink, PlantIO
 from apc.recipe.loader import LoadedRecipe
 from apc.recipe.permissive import PermissiveExpr, parse_permissive
 from apc.recipe.schema import MvLimits, MvSpec, Recipe
 from apc.recorder import NullRecorder, Recorder
-from apc.types import Estimate, Mode, MvConstraint, MvKind, Plan, Sample, SolverStatus, ValidatedInput, Write, WriteResult
+from apc.types import (Estimate, Mode, MvConstraint, MvKind, Plan, Sample, SolverStatus, ValidatedInput, Write,
+                       WriteResult)
+from apc.unit_state import MvMemory, UnitMemory, UnitStateFile
 from apc.validation import InputValidator, cycle_ok
+
+STAGES = ("validate", "estimate", "batch", "modes", "control", "permissives", "guard", "compose", "journal")
+"""The blocks of a cycle whose exceptions are caught, counted and shed on (``Unit.stage_faults``)."""
 
 
 @dataclass
@@ -32,45 +46,47 @@ class MvState:
     limits: MvLimits
     """Limits in force (the HMI may move the operator limits inside engineering)."""
     enabled: bool = True
-    last_written: float | None = None
-    last_move_t_s: float | None = None
+    acknowledged: float | None = None
+    """Setpoints: the last value the plant acknowledged since the MV was last tracked."""
+    last_move_mono: float | None = None
+    """Increments: monotonic time of the last move written or seen in this process."""
+    last_move_utc: float | None = None
+    """Increments: UTC time of that move (persisted: a restart counts the interval from it)."""
     sequence: int = 0
+    """Increments: last sequence number written (persisted: never reused after a restart)."""
     engaged_cycles: int = 0
     """Consecutive cycles this MV has been driven by the APC."""
     pending_check: float | None = None
-    """Last cycle's write, judged against this cycle's readback (setpoint or increment)."""
+    """Last cycle's acknowledged write, judged against this cycle's readback (setpoint or increment)."""
+    position: float | None = None
+    """Increments: the position read back last cycle (a change nobody wrote is a move too)."""
     readback: ReadbackMonitor = field(init=False)
 
     def __post_init__(self) -> None:
         self.readback = ReadbackMonitor.from_spec(self.spec)
 
     def release(self) -> None:
-        """Forget APC memory: the next ON write starts from the DCS readback."""
-        self.last_written = None
-        self.last_move_t_s = None
+        """Forget what the APC drove: the next ON write starts from the DCS readback. The time of the
+        last move and the sequence number are plant facts, not APC memory: they stay."""
+        self.acknowledged = None
         self.engaged_cycles = 0
         self.pending_check = None
         self.readback.reset()
 
+    def since_last_move_s(self, t_s: float, utc: float) -> float:
+        """Seconds since the last move of this increment MV (``inf`` when none is known)."""
+        if self.last_move_mono is None and self.last_move_utc is not None:
+            # Restored after a restart: place it on this process's monotonic scale once.
+            self.last_move_mono = t_s - max(0.0, utc - self.last_move_utc)
+        return math.inf if self.last_move_mono is None else t_s - self.last_move_mono
 
-class HeartbeatWatch:
-    """Judges the DCS heartbeat: frozen longer than the timeout means link loss."""
+    def moved(self, t_s: float, utc: float) -> None:
+        """Note a move at this time (written by the APC, or seen in the readback)."""
+        self.last_move_mono, self.last_move_utc = t_s, utc
 
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        self._value: float | None = None
-        self._changed_utc: float | None = None
-
-    def update(self, utc: float, sample: Sample | None) -> tuple[bool, str]:
-        """Feed this cycle's heartbeat sample; return (alive, reason)."""
-        if sample is None or not sample.usable:
-            return False, "DCS heartbeat unreadable"
-        if sample.value != self._value or self._changed_utc is None:
-            self._value, self._changed_utc = sample.value, utc
-        frozen_s = utc - self._changed_utc
-        if frozen_s > self.timeout_s:
-            return False, f"DCS heartbeat frozen for {frozen_s:.0f} s"
-        return True, ""
+    def memory(self) -> MvMemory:
+        """What this MV keeps across a restart."""
+        return MvMemory(self.enabled, self.limits.operator, self.last_move_utc, self.sequence)
 
 
 _MV_BINDINGS = ("tag", "readback", "remote_status", "active_flag", "sequence_tag", "high_limit_status",
@@ -100,8 +116,43 @@ class _PendingReload:
     where: str
 
 
+@dataclass
+class _Cycle:
+    """What one cycle's blocks hand each other (filled in block by block)."""
+
+    k: int
+    scheduled_s: float
+    t_s: float
+    utc: float
+    dt_s: float
+    snapshot: dict[str, Sample]
+    link_error: str
+    reload: dict[str, Any] | None = None
+    validated: dict[str, ValidatedInput] = field(default_factory=dict)
+    inputs_ok: bool = False
+    inputs_reason: str = "not validated"
+    applied: dict[str, float] = field(default_factory=dict)
+    estimate: Estimate = field(default_factory=lambda: Estimate((), (), (), None, "not estimated"))
+    values: dict[str, float] = field(default_factory=dict)
+    batch: dict[str, Any] | None = None
+    decision: ModeDecision | None = None
+    constraints: dict[str, MvConstraint] = field(default_factory=dict)
+    plan: Plan | None = None
+    permissives: dict[str, str] = field(default_factory=dict)
+    decisions: dict[str, GuardDecision] = field(default_factory=dict)
+    writes: list[Write] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    results: list[WriteResult] = field(default_factory=list)
+    fault: dict[str, str] | None = None
+
+
 class Unit:
-    """One unit under APC: owns its recipe, plant I/O, estimator and controller."""
+    """One unit under APC: owns its recipe, plant I/O, estimator and controller.
+
+    ``state`` is the unit's state file (see :mod:`apc.unit_state`): given for a plant that outlives
+    the process (a DCS), so a restart comes back with the latched shed, the operator's limits and
+    MV enables, and each electrode's last move and sequence number. :meth:`restore` reads it.
+    """
 
     def __init__(
         self,
@@ -116,40 +167,106 @@ class Unit:
         kpi: KpiSink | None = None,
         truth: Callable[[], Mapping[str, float]] | None = None,
         batch: BatchRunner | None = None,
+        state: UnitStateFile | None = None,
     ) -> None:
-        recipe = loaded.recipe
         self.name = name
-        self.loaded = loaded
-        self.recipe = recipe
         self.io = io
-        self.estimator = estimator
-        self.controller = controller
         self.audit = audit.bind(unit=name)
         self.recorder: Recorder = recorder or NullRecorder()
         self.kpi = kpi
         self.truth = truth
         self.batch = batch
         """Furnaces: the batch whose curve the controller follows (updated before each control step)."""
+        self.state = state
+        recipe = loaded.recipe
+        self.mvs = {n: MvState(n, spec, recipe.limits[n]) for n, spec in recipe.io.mvs.items()}
+        self.modes = ModeManager(recipe.estimator.warmup_s, recipe.modes.shed_after_bad_cycles)
+        self.heartbeat = HeartbeatWatch(recipe.io.heartbeat.dcs_timeout_s)
+        apc_tag = recipe.io.heartbeat.apc_tag
+        self.apc_heartbeat = HeartbeatCounter(io.counter_max(apc_tag) if isinstance(io, CounterTags)
+                                              else DEFAULT_COUNTER_MAX)
+        self._configure(loaded, estimator, controller)
+        self._active_flags: dict[str, float] = {}
+        self._last_t: float | None = None
+        self._last_values: Mapping[str, float] = {}
+        self.sheds = 0
+        self.guard_clamps = 0
+        self.stage_faults: Counter[str] = Counter()
+        """Exceptions caught per cycle block (see :data:`STAGES`)."""
+        self._audit_error = ""
+        self._record_error = ""
+        self._hb_write_error = ""
+        self._write_faults = ""
+        self._pending_reload: _PendingReload | None = None
+
+    def _configure(self, loaded: LoadedRecipe, estimator: Estimator, controller: Controller) -> None:
+        """Everything derived from the recipe (construction and reload): MV limits and states are
+        the caller's, the mode manager's history is kept by a reload and rebuilt by the caller."""
+        recipe = loaded.recipe
         io_ = recipe.io
+        self.loaded, self.recipe = loaded, recipe
+        self.estimator, self.controller = estimator, controller
         self.validator = InputValidator(io_.inputs)
         self.required_inputs = tuple(n for n, s in io_.inputs.items() if s.role in ("measurement", "disturbance"))
         self.disturbances = tuple(n for n, s in io_.inputs.items() if s.role == "disturbance")
-        self.mvs = {n: MvState(n, spec, recipe.limits[n]) for n, spec in io_.mvs.items()}
         self.guard = OutputGuard.from_mvs(io_.mvs, extra_tags=(io_.heartbeat.apc_tag,))
-        self.modes = ModeManager(recipe.estimator.warmup_s, recipe.modes.shed_after_bad_cycles)
-        self.heartbeat = HeartbeatWatch(io_.heartbeat.dcs_timeout_s)
+        self.heartbeat.timeout_s = io_.heartbeat.dcs_timeout_s
         self.permissives: dict[str, tuple[PermissiveExpr, tuple[str, ...]]] = {
             n: (parse_permissive(p.expr), p.applies_to or tuple(self.mvs)) for n, p in recipe.permissives.items()
         }
         self._read_tags = self._tags_to_read()
-        self._apc_heartbeat = 0
-        self._active_flags: dict[str, float] = {}
-        self._last_t: float | None = None
-        self._last_values: Mapping[str, float] = {}
         self._last_plan: Plan | None = None
-        self.sheds = 0
-        self.guard_clamps = 0
-        self._pending_reload: _PendingReload | None = None
+
+    # ----------------------------------------------------------- state across restarts
+    def memory(self) -> UnitMemory:
+        """What this unit keeps across a restart (see :mod:`apc.unit_state`)."""
+        return UnitMemory(self.modes.requested, self.modes.shed_reason,
+                          {n: mv.memory() for n, mv in self.mvs.items()})
+
+    def _remember(self, utc: float) -> bool:
+        """Save :meth:`memory` to the state file (if any); False (audited) when it cannot be written."""
+        if self.state is None:
+            return True
+        try:
+            self.state.save(self.memory())
+        except OSError as exc:
+            self._audit("error", "unit_state_write_failed", utc=utc, path=str(self.state.path), error=str(exc))
+            return False
+        return True
+
+    def restore(self, utc: float) -> bool:
+        """Come back as the state file left the unit: latched shed, MV enables, operator limits
+        (when still inside the recipe's engineering limits), each increment's last move and
+        sequence. Audited; True when a state was found. Raises :class:`~apc.unit_state.UnitStateError`
+        for a file it cannot trust (the start is refused)."""
+        memory = None if self.state is None else self.state.load()
+        if memory is None:
+            return False
+        for name, m in memory.mvs.items():
+            mv = self.mvs.get(name)
+            if mv is None:
+                self.audit.warning("unit_state_ignored", utc=utc, mv=name, why="no such MV in the recipe")
+                continue
+            mv.enabled = m.enabled
+            mv.sequence = m.sequence
+            if m.last_move_utc is not None:
+                # A clock behind the recorded move (NTP step, another machine) counts the interval from now.
+                mv.last_move_utc = min(m.last_move_utc, utc)
+            if m.operator_limits is not None and m.operator_limits != mv.limits.operator:
+                lo, hi = m.operator_limits
+                elo, ehi = mv.limits.engineering
+                if elo <= lo <= hi <= ehi:
+                    mv.limits = dataclasses.replace(mv.limits, operator=(lo, hi))
+                else:
+                    self.audit.warning("unit_state_ignored", utc=utc, mv=name, what="operator_limits",
+                                       value=[lo, hi], why=f"outside the recipe's engineering limits [{elo}, {ehi}]")
+        self.modes.shed_reason = memory.shed_reason
+        self.audit.info("unit_state_restored", utc=utc, path=str(self.state.path) if self.state else "",
+                        shed_reason=memory.shed_reason, requested_before=memory.requested_mode.value,
+                        mvs={n: {"enabled": mv.enabled, "operator_limits": list(mv.limits.operator),
+                                 "last_move_utc": mv.last_move_utc, "sequence": mv.sequence}
+                             for n, mv in self.mvs.items()})
+        return True
 
     # ----------------------------------------------------------- commands
     def request_mode(self, mode: Mode, who: str, where: str, utc: float) -> None:
@@ -157,6 +274,16 @@ class Unit:
         self.audit.info("mode_request", utc=utc, who=who, where=where,
                         old=self.modes.requested.value, new=mode.value, actual=self.modes.actual.value)
         self.modes.request(mode)
+        self._remember(utc)
+
+    def start_mode(self, mode: Mode, who: str, where: str, utc: float) -> None:
+        """The mode a process start asks for (site file): audited as ``mode_request``; unlike an
+        operator's request it leaves a restored latched shed latched."""
+        self.audit.info("mode_request", utc=utc, who=who, where=where, why="process start",
+                        old=self.modes.requested.value, new=mode.value, actual=self.modes.actual.value,
+                        shed_reason=self.modes.shed_reason)
+        self.modes.start(mode)
+        self._remember(utc)
 
     def batch_command(self, command: str, who: str, where: str, why: str = "") -> str:
         """Operator command to the furnace batch (``start`` | ``hold`` | ``resume`` | ``abort``), at
@@ -180,13 +307,15 @@ class Unit:
         return "" if result else str(getattr(result, "reason", "refused"))
 
     def set_mv_enabled(self, mv: str, enabled: bool, who: str, where: str, utc: float) -> None:
-        """Enable or disable one MV; audited."""
+        """Enable or disable one MV; audited and remembered across a restart."""
         state = self.mvs[mv]
         self.audit.info("mv_enable", utc=utc, who=who, where=where, mv=mv, old=state.enabled, new=enabled)
         state.enabled = enabled
+        self._remember(utc)
 
     def set_operator_limits(self, mv: str, low: float, high: float, who: str, where: str, utc: float) -> str:
-        """Move one MV's operator limits inside its engineering limits; '' when done (audited), else why not."""
+        """Move one MV's operator limits inside its engineering limits; '' when done (audited and
+        remembered across a restart), else why not."""
         state = self.mvs.get(mv)
         if state is None:
             return f"unknown MV {mv!r}"
@@ -202,6 +331,7 @@ class Unit:
         state.limits = new
         self.audit.info("operator_limits", utc=utc, who=who, where=where, mv=mv,
                         old=list(old.operator), new=[float(low), float(high)])
+        self._remember(utc)
         return ""
 
     # ------------------------------------------------------ recipe reload
@@ -262,35 +392,27 @@ class Unit:
             self.refuse_reload(why, pending.who, pending.where, utc, pending.loaded.sha256)
             return None
         old_loaded, recipe = self.loaded, pending.loaded.recipe
-        io_ = recipe.io
         sections = [f.name for f in dataclasses.fields(recipe)
                     if getattr(recipe, f.name) != getattr(old_loaded.recipe, f.name)]
-        self.loaded, self.recipe = pending.loaded, recipe
-        self.estimator, self.controller = pending.estimator, pending.controller
-        self.validator = InputValidator(io_.inputs)
-        self.required_inputs = tuple(n for n, s in io_.inputs.items() if s.role in ("measurement", "disturbance"))
-        self.disturbances = tuple(n for n, s in io_.inputs.items() if s.role == "disturbance")
-        old_mvs = self.mvs  # new states start released (bumpless next ON); enabled and sequence kept
+        old_mvs = self.mvs  # new states start released (bumpless next ON); enable, moves and sequence kept
         self.mvs = {n: MvState(n, spec, recipe.limits[n], enabled=old_mvs[n].enabled,
-                               sequence=old_mvs[n].sequence) for n, spec in io_.mvs.items()}
+                               last_move_mono=old_mvs[n].last_move_mono, last_move_utc=old_mvs[n].last_move_utc,
+                               sequence=old_mvs[n].sequence, position=old_mvs[n].position)
+                    for n, spec in recipe.io.mvs.items()}
         for n, mv in self.mvs.items():  # the recipe's operator limits replace those in force (e.g. from the HMI)
             if mv.limits.operator != old_mvs[n].limits.operator:
                 self.audit.info("operator_limits", utc=utc, who=pending.who, where=pending.where, mv=n,
                                 old=list(old_mvs[n].limits.operator), new=list(mv.limits.operator),
                                 why="recipe reload")
-        self.guard = OutputGuard.from_mvs(io_.mvs, extra_tags=(io_.heartbeat.apc_tag,))
         modes = ModeManager(recipe.estimator.warmup_s, recipe.modes.shed_after_bad_cycles)
         modes.requested, modes.actual = self.modes.requested, self.modes.actual
         modes.shed_reason = self.modes.shed_reason
         self.modes = modes  # warm-up starts again: the new estimator has no history
-        self.heartbeat.timeout_s = io_.heartbeat.dcs_timeout_s
-        self.permissives = {n: (parse_permissive(p.expr), p.applies_to or tuple(self.mvs))
-                            for n, p in recipe.permissives.items()}
-        self._read_tags = self._tags_to_read()
-        self._last_plan = None
+        self._configure(pending.loaded, pending.estimator, pending.controller)
         self.audit.info("recipe_reload", utc=utc, cycle=k, who=pending.who, where=pending.where,
                         what=str(pending.loaded.path), old=old_loaded.sha256, new=pending.loaded.sha256,
                         sections=sections)
+        self._remember(utc)
         return {"old_sha256": old_loaded.sha256, "new_sha256": pending.loaded.sha256, "who": pending.who}
 
     # ---------------------------------------------------------- the cycle
@@ -304,43 +426,27 @@ class Unit:
         return tuple(dict.fromkeys(tags))
 
     async def cycle(self, k: int, scheduled_s: float, t_s: float, utc: float) -> dict[str, Any]:
-        """Run one cycle at monotonic time ``t_s``; returns the flight-record entry."""
+        """Run one cycle at monotonic time ``t_s``; returns the flight-record entry (never raises)."""
         reload = self._apply_reload(k, utc) if self._pending_reload is not None else None
         dt_s = self.recipe.period_s if self._last_t is None else t_s - self._last_t
         self._last_t = t_s
-
-        # 1. read
+        # 1. read (an I/O failure is a link failure, never an exception)
         snapshot, link_error = await self._read()
-        # 2. validate
-        validated = self.validator.validate(utc, snapshot)
-        inputs_ok, inputs_reason = cycle_ok(validated, self.required_inputs)
-        hb_ok, hb_reason = self.heartbeat.update(utc, snapshot.get(self.recipe.io.heartbeat.dcs_tag))
-        applied, remote = self._readbacks(snapshot)
-        readback_faults = self._check_readbacks(applied)
-        # 3. estimate (furnaces: then the batch, whose reference the controller reads)
-        estimate = self.estimator.update(t_s, validated, applied)
-        values = self._signal_values(validated, estimate, applied)
-        self._last_values = values
-        # The batch judges soak and hold-until only on data the unit trusts: with the link down or an
-        # unhealthy estimate it sees nothing, so its clocks stop (an open-loop prediction never counts).
-        batch = self._batch_reference(t_s, values if estimate.healthy and not link_error else {})
-        # 4. decide mode
-        decision = self._decide(t_s, inputs_ok, inputs_reason, estimate, link_error, hb_ok, hb_reason,
-                                readback_faults, remote, applied)
-        # 5. control (STANDBY computes everything too)
-        constraints = self._constraints(snapshot)
-        plan = self._control(t_s, decision, estimate, applied, validated, constraints)
-        if plan is not None and plan.status is SolverStatus.FAILED and decision.actual is Mode.ON:
-            decision = self._shed_now(f"controller failed: {plan.reason}", decision)
-        # 6. guard
-        decisions = self._guard(t_s, dt_s, decision, plan, applied, values, inputs_ok, inputs_reason)
-        # 7. write + 8. heartbeat
-        writes, dropped = self._compose_writes(t_s, decision, decisions, applied)
-        results = await self._write(writes, link_error)
-        self._audit_writes(utc, k, decision, decisions, writes, results, applied, dropped)
+        c = _Cycle(k, scheduled_s, t_s, utc, dt_s, snapshot, link_error, reload)
+        stage = STAGES[0]
+        try:
+            for stage, block in (("validate", self._validate), ("estimate", self._estimate),
+                                 ("batch", self._advance_batch), ("modes", self._decide), ("control", self._control),
+                                 ("permissives", self._permissives), ("guard", self._guard),
+                                 ("compose", self._compose_writes)):
+                block(c)
+        except Exception as exc:  # any block's failure sheds the unit with its name; the process goes on
+            self._fault(c, stage, exc)
+        # 7. journal the intent, write, heartbeat
+        c.results = await self._journalled_write(c)
+        await self._after_write(c)
         # 9. record
-        return self._record(k, scheduled_s, t_s, utc, snapshot, validated, estimate, decision,
-                            plan, decisions, writes, results, applied, constraints, batch, reload)
+        return self._record(c)
 
     async def _read(self) -> tuple[dict[str, Sample], str]:
         try:
@@ -348,37 +454,86 @@ class Unit:
         except Exception as exc:  # any I/O failure is a link failure, never a crash
             return {}, f"read failed: {type(exc).__name__}: {exc}"
 
-    def _readbacks(self, snapshot: Mapping[str, Sample]) -> tuple[dict[str, float], dict[str, bool]]:
-        applied: dict[str, float] = {}
-        remote: dict[str, bool] = {}
-        for name, mv in self.mvs.items():
-            s = snapshot.get(mv.spec.readback)
-            if s is not None and s.usable:
-                applied[name] = s.value
-            if mv.spec.remote_status:
-                r = snapshot.get(mv.spec.remote_status)
-                remote[name] = r is not None and r.usable and r.value >= 0.5
-            else:
-                remote[name] = True
-        return applied, remote
+    def _validate(self, c: _Cycle) -> None:
+        """2. validate inputs, judge the DCS heartbeat, read back the MVs."""
+        c.validated = self.validator.validate(c.utc, c.snapshot)
+        c.inputs_ok, c.inputs_reason = cycle_ok(c.validated, self.required_inputs)
+        c.applied = self._readbacks(c)
 
-    def _constraints(self, snapshot: Mapping[str, Sample]) -> dict[str, MvConstraint]:
-        """Limits in force (operator ∩ engineering) and the DCS's at-limit status of every MV."""
+    def _estimate(self, c: _Cycle) -> None:
+        """3. estimate."""
+        c.estimate = self.estimator.update(c.t_s, c.validated, c.applied)
+        c.values = self._signal_values(c.validated, c.estimate, c.applied)
+        self._last_values = c.values
+
+    def _advance_batch(self, c: _Cycle) -> None:
+        """Furnaces: advance the batch, whose reference the controller reads. The batch judges soak
+        and hold-until only on data the unit trusts: with the link down or an unhealthy estimate it
+        sees nothing, so its clocks stop (an open-loop prediction never counts)."""
+        if self.batch is None:
+            return
+        p = self.batch.update(c.t_s, c.values if c.estimate.healthy and not c.link_error else {})
+        c.batch = {"state": p.state.value, "segment": p.segment, "kind": p.segment_kind,
+                   "target_degC": p.target_degC[0], "upper_degC": p.upper_degC[0], "lower_degC": p.lower_degC[0],
+                   "hold_degC": p.hold_degC, "soak_done_s": p.soak_done_s, "stage_power_kW": p.stage_power_at(0)}
+
+    def _readbacks(self, c: _Cycle) -> dict[str, float]:
+        """MV readbacks (absent when unreadable); increments: a position change nobody wrote is a move."""
+        applied: dict[str, float] = {}
+        for name, mv in self.mvs.items():
+            s = c.snapshot.get(mv.spec.readback)
+            if s is None or not s.usable:
+                continue
+            applied[name] = s.value
+            if mv.spec.kind is not MvKind.SETPOINT:
+                self._watch_position(mv, s.value, c)
+        return applied
+
+    def _watch_position(self, mv: MvState, position: float, c: _Cycle) -> None:
+        """An increment position that changed by more than its tolerance beyond what the APC wrote
+        last cycle was moved by someone (operator, DCS): that move starts the minimum interval too."""
+        prev, mv.position = mv.position, position
+        if prev is None:
+            return
+        expected = mv.pending_check or 0.0
+        slack = max(mv.spec.readback_tolerance, NO_MOVE)
+        if abs(position - prev - expected) > slack and abs(position - prev) > slack:
+            mv.moved(c.t_s, c.utc)
+            self._audit("info", "plant_move_seen", utc=c.utc, cycle=c.k, mv=mv.name, old=prev, new=position,
+                        why="position changed beyond what the APC wrote: the minimum interval restarts")
+            self._remember(c.utc)
+
+    def _remote(self, snapshot: Mapping[str, Sample]) -> dict[str, bool | None]:
+        """Each MV's remote status: True/False as the DCS reports it, None when unknown (not read)."""
+        remote: dict[str, bool | None] = {}
+        for name, mv in self.mvs.items():
+            if not mv.spec.remote_status:
+                remote[name] = True
+                continue
+            r = snapshot.get(mv.spec.remote_status)
+            remote[name] = None if r is None else (r.usable and r.value >= 0.5)
+        return remote
+
+    def _constraints(self, c: _Cycle) -> dict[str, MvConstraint]:
+        """Limits in force (operator ∩ engineering), the DCS's at-limit status and, for increments,
+        the time since the last move, of every MV."""
         def at_limit(tag: str | None) -> bool:
             if tag is None:
                 return False
-            s = snapshot.get(tag)
+            s = c.snapshot.get(tag)
             return s is None or not s.usable or s.value >= 0.5  # unreadable: assume at the limit
 
         out = {}
         for name, mv in self.mvs.items():
             lim = mv.limits
+            since = math.inf if mv.spec.kind is MvKind.SETPOINT else mv.since_last_move_s(c.t_s, c.utc)
             out[name] = MvConstraint(max(lim.operator[0], lim.engineering[0]), min(lim.operator[1], lim.engineering[1]),
-                                     at_limit(mv.spec.high_limit_status), at_limit(mv.spec.low_limit_status))
+                                     at_limit(mv.spec.high_limit_status), at_limit(mv.spec.low_limit_status),
+                                     since_last_move_s=since)
         return out
 
     def _check_readbacks(self, applied: Mapping[str, float]) -> str:
-        """Judge last cycle's writes against this cycle's readbacks."""
+        """Judge last cycle's acknowledged writes against this cycle's readbacks."""
         faults = []
         limit = self.recipe.modes.readback_fault_cycles
         for name, mv in self.mvs.items():
@@ -392,72 +547,76 @@ class Unit:
                 faults.append(f"{name}: {why}")
         return "; ".join(faults)
 
-    def _decide(self, t_s: float, inputs_ok: bool, inputs_reason: str, estimate: Estimate, link_error: str,
-                hb_ok: bool, hb_reason: str, readback_faults: str, remote: Mapping[str, bool],
-                applied: Mapping[str, float]) -> ModeDecision:
+    def _decide(self, c: _Cycle) -> None:
+        """4. decide the mode from what this cycle saw (and what the last cycle's writes showed)."""
+        readback_faults = self._check_readbacks(c.applied)
+        hb_ok, hb_reason = self.heartbeat.update(c.utc, c.snapshot.get(self.recipe.io.heartbeat.dcs_tag))
+        estimate = c.estimate
         failures = [r for r in (
-            "" if inputs_ok else f"bad inputs: {inputs_reason}",
+            "" if c.inputs_ok else f"bad inputs: {c.inputs_reason}",
             "" if estimate.healthy else f"estimator: {estimate.health}",
             readback_faults,
-            "; ".join(f"{n}: no readback" for n, mv in self.mvs.items() if mv.enabled and n not in applied),
+            self._write_faults,
+            "; ".join(f"{n}: no readback" for n, mv in self.mvs.items() if mv.enabled and n not in c.applied),
         ) if r]
-        left_remote = [n for n, mv in self.mvs.items() if mv.enabled and mv.engaged_cycles >= 2 and not remote[n]]
+        remote = self._remote(c.snapshot)
+        left_remote = [n for n, mv in self.mvs.items() if mv.enabled and mv.engaged_cycles >= 2 and remote[n] is False]
         immediate = f"DCS took loop(s) out of remote: {', '.join(left_remote)}" if left_remote else ""
-        link_reason = link_error or hb_reason
+        link_reason = c.link_error or self._hb_write_error or hb_reason
         cond = ModeConditions(
-            t_s=t_s,
-            healthy=inputs_ok and estimate.healthy,
-            health_reason=inputs_reason or estimate.health,
-            link_ok=not link_error and hb_ok,
+            t_s=c.t_s,
+            healthy=c.inputs_ok and estimate.healthy,
+            health_reason=c.inputs_reason or estimate.health,
+            link_ok=not link_reason,
             link_reason=link_reason,
             failure="; ".join(failures),
             immediate_shed=immediate,
+            fault=self.journal_error,
         )
-        decision = self.modes.decide(cond)
-        if decision.new_shed:
+        c.decision = self.modes.decide(cond)
+        if c.decision.new_shed:
             self.sheds += 1
-        return decision
+            self._remember(c.utc)
 
-    def _shed_now(self, reason: str, decision: ModeDecision) -> ModeDecision:
-        self.modes.shed_reason = reason
-        self.modes.actual = Mode.STANDBY
-        self.sheds += 1
-        return ModeDecision(decision.requested, Mode.STANDBY, decision.previous, reason, reason, True)
+    def _shed_now(self, c: _Cycle, reason: str) -> None:
+        """Latch a shed with ``reason`` now (from any mode but OFF: STANDBY); counted and remembered."""
+        previous = c.decision.previous if c.decision is not None else self.modes.actual
+        c.decision = self.modes.latch(reason, previous)
+        if c.decision.new_shed:
+            self.sheds += 1
+        self._remember(c.utc)
 
-    def _control(self, t_s: float, decision: ModeDecision, estimate: Estimate, applied: Mapping[str, float],
-                 validated: Mapping[str, ValidatedInput], constraints: Mapping[str, MvConstraint]) -> Plan | None:
+    def _control(self, c: _Cycle) -> None:
+        """5. control (STANDBY computes everything too)."""
+        assert c.decision is not None
+        c.constraints = self._constraints(c)
+        decision = c.decision
         if decision.actual is Mode.OFF:
             for mv in self.mvs.values():  # an OFF -> ON start must be bumpless too
                 mv.release()
-            return None
+            return
         enabled = {n: mv.enabled and decision.actual is Mode.ON for n, mv in self.mvs.items()}
         tracking = {}
         for name, on in enabled.items():
             if not on:
                 self.mvs[name].release()
-                if name in applied:
-                    tracking[name] = applied[name]
+                if name in c.applied:
+                    tracking[name] = c.applied[name]
         if tracking:
             self.controller.track(tracking)
-        disturbances = {n: v.sample.value for n, v in validated.items()
+        disturbances = {n: v.sample.value for n, v in c.validated.items()
                         if n in self.disturbances and v.ok and v.sample is not None}
-        if not estimate.healthy or any(n not in applied for n in self.mvs):
-            return Plan({}, {}, SolverStatus.NOT_RUN, 0, 0.0, "estimate or readback not usable")
+        if not c.estimate.healthy or any(n not in c.applied for n in self.mvs):
+            c.plan = Plan({}, {}, SolverStatus.NOT_RUN, 0, 0.0, "estimate or readback not usable")
+            return
         try:
-            plan = self.controller.step(t_s, estimate, applied, enabled, disturbances, constraints)
+            plan = self.controller.step(c.t_s, c.estimate, c.applied, enabled, disturbances, c.constraints)
         except Exception as exc:  # a controller bug holds the unit, it never crashes the process
+            self.stage_faults["control"] += 1
             plan = Plan({}, {}, SolverStatus.FAILED, 0, 0.0, f"{type(exc).__name__}: {exc}")
-        self._last_plan = plan
-        return plan
-
-    def _batch_reference(self, t_s: float, values: Mapping[str, float]) -> dict[str, Any] | None:
-        """Advance the batch (if any); its reference in force now, as recorded."""
-        if self.batch is None:
-            return None
-        p = self.batch.update(t_s, values)
-        return {"state": p.state.value, "segment": p.segment, "kind": p.segment_kind,
-                "target_degC": p.target_degC[0], "upper_degC": p.upper_degC[0], "lower_degC": p.lower_degC[0],
-                "hold_degC": p.hold_degC, "soak_done_s": p.soak_done_s, "stage_power_kW": p.stage_power_at(0)}
+        self._last_plan = c.plan = plan
+        if plan.status is SolverStatus.FAILED and decision.actual is Mode.ON:
+            self._shed_now(c, f"controller failed: {plan.reason}")
 
     def _signal_values(self, validated: Mapping[str, ValidatedInput], estimate: Estimate,
                        applied: Mapping[str, float]) -> dict[str, float]:
@@ -469,57 +628,136 @@ class Unit:
         values.update(applied)
         return values
 
-    def _guard(self, t_s: float, dt_s: float, decision: ModeDecision, plan: Plan | None,
-               applied: Mapping[str, float], values: Mapping[str, float], inputs_ok: bool,
-               inputs_reason: str) -> dict[str, GuardDecision]:
+    def _permissives(self, c: _Cycle) -> None:
+        """6a. the recipe's permissive conditions: why each one fails this cycle ('' when it holds)."""
+        assert c.decision is not None
+        if c.decision.actual is Mode.ON and c.plan is not None:
+            c.permissives = {n: expr.explain(c.values) for n, (expr, _) in self.permissives.items()}
+
+    def _guard(self, c: _Cycle) -> None:
+        """6b. the guard: what may be written of the plan."""
+        assert c.decision is not None
+        decision, plan = c.decision, c.plan
         if decision.actual is not Mode.ON or plan is None:
-            return {}
-        failed = {n: expr.explain(values) for n, (expr, _) in self.permissives.items()}
-        out: dict[str, GuardDecision] = {}
+            return
         for name, mv in self.mvs.items():
             if not mv.enabled or name not in plan.moves:
                 continue
-            blocking = [f"{p}: {why}" for p, why in failed.items() if why and name in self.permissives[p][1]]
+            blocking = [f"{p}: {why}" for p, why in c.permissives.items() if why and name in self.permissives[p][1]]
             hold = decision.hold_reason
+            since = c.constraints[name].since_last_move_s
             req = GuardRequest(
-                mv=name, kind=mv.spec.kind, proposed=plan.moves[name], readback=applied[name],
-                last_written=mv.last_written, limits=mv.limits, dt_s=dt_s, t_s=t_s,
-                last_move_t_s=mv.last_move_t_s, permissive_ok=not blocking,
-                permissive_reason="; ".join(blocking),
-                inputs_ok=inputs_ok and not hold, inputs_reason=hold or inputs_reason,
+                mv=name, kind=mv.spec.kind, proposed=plan.moves[name], readback=c.applied[name],
+                acknowledged=mv.acknowledged, limits=mv.limits, dt_s=c.dt_s, period_s=self.recipe.period_s,
+                since_last_move_s=None if since == math.inf or mv.spec.kind is MvKind.SETPOINT else since,
+                permissive_ok=not blocking, permissive_reason="; ".join(blocking),
+                inputs_ok=c.inputs_ok and not hold, inputs_reason=hold or c.inputs_reason,
             )
-            out[name] = self.guard.check(req)
-        return out
+            c.decisions[name] = self.guard.check(req)
 
-    def _compose_writes(self, t_s: float, decision: ModeDecision, decisions: Mapping[str, GuardDecision],
-                        applied: Mapping[str, float]) -> tuple[list[Write], list[str]]:
+    def _compose_writes(self, c: _Cycle) -> None:
+        """What this cycle writes: MV moves the guard passed, ``apc_active`` flags, the heartbeat."""
+        assert c.decision is not None
         writes: list[Write] = []
+        decision = c.decision
         on = decision.actual is Mode.ON
         for name, mv in self.mvs.items():
             active = on and mv.enabled
             if mv.spec.active_flag and (decision.actual is not Mode.OFF or decision.previous is not Mode.OFF):
                 writes.append(Write(mv.spec.active_flag, 1.0 if active else 0.0))
-            d = decisions.get(name)
+            d = c.decisions.get(name)
             if not active or d is None:
                 continue
             mv.engaged_cycles += 1
             if not d.write:
                 continue
-            if mv.spec.kind is MvKind.SETPOINT:
-                writes.append(Write(mv.spec.tag, d.value))
-                mv.last_written = d.value
-                mv.pending_check = d.value
-            else:
+            writes.append(Write(mv.spec.tag, d.value))
+            if mv.spec.kind is not MvKind.SETPOINT:
+                # Write-ahead: the move and its sequence number are the plant's from now on, written or not.
                 mv.sequence += 1
-                writes.append(Write(mv.spec.tag, d.value))
                 if mv.spec.sequence_tag:
                     writes.append(Write(mv.spec.sequence_tag, float(mv.sequence)))
-                mv.last_move_t_s = t_s
-                mv.pending_check = d.value
-        self._apc_heartbeat += 1
-        writes.append(Write(self.recipe.io.heartbeat.apc_tag, float(self._apc_heartbeat)))
-        allowed, dropped = self.guard.filter_writes(writes)
-        return allowed, dropped
+                mv.moved(c.t_s, c.utc)
+        writes.append(Write(self.recipe.io.heartbeat.apc_tag, self.apc_heartbeat.next()))
+        c.writes, c.dropped = self.guard.filter_writes(writes)
+
+    def _fault(self, c: _Cycle, stage: str, exc: BaseException) -> None:
+        """A block raised: count it, latch a shed naming the block, write only the safe state."""
+        self.stage_faults[stage] += 1
+        reason = f"{stage} failed: {type(exc).__name__}: {exc}"
+        c.fault = {"stage": stage, "error": f"{type(exc).__name__}: {exc}"}
+        self._shed_now(c, reason)
+        c.plan, c.decisions = None, {}
+        self._audit("error", "cycle_fault", utc=c.utc, cycle=c.k, stage=stage, why=reason,
+                    faults=self.stage_faults[stage], mode=self.modes.actual.value)
+        self._safe_writes(c)
+
+    def _safe_writes(self, c: _Cycle) -> None:
+        """Only the safe state: every ``apc_active`` flag 0 (the DCS takes each loop back) and the
+        heartbeat (the APC itself is alive and says so)."""
+        writes = [Write(mv.spec.active_flag, 0.0) for mv in self.mvs.values() if mv.spec.active_flag]
+        writes.append(Write(self.recipe.io.heartbeat.apc_tag, self.apc_heartbeat.next()))
+        for mv in self.mvs.values():
+            mv.release()
+        c.writes, c.dropped = self.guard.filter_writes(writes)
+
+    # ------------------------------------------------------------ journal and write
+    @property
+    def journal_error(self) -> str:
+        """Why the audit log or the flight record cannot be written ('' when both can): meanwhile the
+        unit drives nothing (it may not be ON)."""
+        return self._audit_error or self._record_error
+
+    def _audit(self, level: str, event: str, **kw: Any) -> bool:
+        """One audit event; False (and :attr:`journal_error` set) when the audit log cannot be written."""
+        try:
+            getattr(self.audit, level)(event, **kw)
+        except Exception as exc:  # a full disk or closed file: the unit must not drive unaudited
+            self._audit_error = self._audit_error or f"audit log failed: {type(exc).__name__}: {exc}"
+            return False
+        return True
+
+    def _move_writes(self, c: _Cycle) -> list[Write]:
+        """This cycle's writes that move the plant or hand a loop over (MV tags, sequences, changed flags)."""
+        moving = {mv.spec.tag for mv in self.mvs.values()} | {mv.spec.sequence_tag for mv in self.mvs.values()
+                                                              if mv.spec.sequence_tag}
+        flags = {mv.spec.active_flag for mv in self.mvs.values() if mv.spec.active_flag}
+        return [w for w in c.writes if w.tag in moving or (w.tag in flags and self._active_flags.get(w.tag) != w.value)]
+
+    async def _journalled_write(self, c: _Cycle) -> list[WriteResult]:
+        """Remember and audit the intent, then write. What cannot be journalled is not written: a
+        failed state file holds an increment move, a failed audit log leaves only the safe state."""
+        if any(w.tag == mv.spec.tag and mv.spec.kind is not MvKind.SETPOINT for w in c.writes
+               for mv in self.mvs.values()) and not self._remember(c.utc):
+            self._hold_increments(c, "unit state file not writable: an increment is not moved without it")
+        self._probe_audit(c)
+        intent = self._move_writes(c)
+        if intent and not self._audit("info", "write_intent", utc=c.utc, cycle=c.k, mode=self.modes.actual.value,
+                                      writes=[{"tag": w.tag, "value": w.value} for w in intent]):
+            if c.fault is None:  # nothing that moves the plant goes out unaudited
+                self._shed_now(c, self.journal_error)
+                c.plan, c.decisions = None, {}
+                self._safe_writes(c)
+        return await self._write(c.writes, c.link_error)
+
+    def _probe_audit(self, c: _Cycle) -> None:
+        """While the audit log is failing, try it once a cycle; the first event that gets through
+        clears the failure (the unit may then drive again on an operator's request)."""
+        if not self._audit_error:
+            return
+        why, self._audit_error = self._audit_error, ""
+        self._audit("info", "journal_recovered", utc=c.utc, cycle=c.k, why=why)
+
+    def _hold_increments(self, c: _Cycle, why: str) -> None:
+        """Take this cycle's increment moves (and their sequence numbers) back out of the writes."""
+        tags: set[str] = set()
+        for name, mv in self.mvs.items():
+            if mv.spec.kind is MvKind.SETPOINT or not any(w.tag == mv.spec.tag for w in c.writes):
+                continue
+            tags |= {mv.spec.tag, mv.spec.sequence_tag or ""}
+            d = c.decisions[name]
+            c.decisions[name] = dataclasses.replace(d, write=False, reason=why)
+        c.writes = [w for w in c.writes if w.tag not in tags]
 
     async def _write(self, writes: list[Write], link_error: str) -> list[WriteResult]:
         if link_error:
@@ -529,53 +767,96 @@ class Unit:
         except Exception as exc:  # a failed write is reported and audited, never raised
             return [WriteResult(w.tag, False, f"{type(exc).__name__}: {exc}") for w in writes]
 
-    def _audit_writes(self, utc: float, k: int, decision: ModeDecision, decisions: Mapping[str, GuardDecision],
-                      writes: list[Write], results: list[WriteResult], applied: Mapping[str, float],
-                      dropped: list[str]) -> None:
-        if decision.actual is not decision.previous:
-            self.audit.info("mode_change", utc=utc, cycle=k, who="runtime", old=decision.previous.value,
-                            new=decision.actual.value, requested=decision.requested.value,
-                            why=decision.shed_reason or decision.hold_reason or "conditions met")
-        for tag in dropped:
-            self.audit.error("write_refused", utc=utc, cycle=k, what=tag, why="not on the write list")
+    async def _after_write(self, c: _Cycle) -> None:
+        """Take in what the plant acknowledged: setpoint bases, readback checks, refusals, heartbeat."""
+        by_tag = {mv.spec.tag: mv for mv in self.mvs.values()}
+        refused: list[str] = []
+        hb_result: WriteResult | None = None
+        for w, r in zip(c.writes, c.results):
+            if w.tag == self.recipe.io.heartbeat.apc_tag:
+                hb_result = r
+            mv = by_tag.get(w.tag)
+            if mv is None:
+                continue
+            if r.ok:
+                mv.pending_check = w.value
+                if mv.spec.kind is MvKind.SETPOINT:
+                    mv.acknowledged = w.value
+            elif not c.link_error:
+                refused.append(f"{mv.name}: write refused ({r.detail})")
+        self._write_faults = "; ".join(refused)
+        if hb_result is not None and not c.link_error:
+            await self._heartbeat_written(c, hb_result)
+        self._audit_writes(c)
+
+    async def _heartbeat_written(self, c: _Cycle, result: WriteResult) -> None:
+        """A refused APC heartbeat is a link fault: the DCS sees it freeze and will shed. Shed first,
+        and hand every loop back (``apc_active`` 0) where that can still be written."""
+        if result.ok:
+            if self._hb_write_error:
+                self._audit("info", "apc_heartbeat_restored", utc=c.utc, cycle=c.k)
+            self._hb_write_error = ""
+            return
+        first = not self._hb_write_error
+        self._hb_write_error = f"APC heartbeat write failed: {result.detail}"
+        if first:
+            self._audit("error", "apc_heartbeat_write_failed", utc=c.utc, cycle=c.k, what=result.tag,
+                        why=result.detail, mode=self.modes.actual.value)
+        if self.modes.actual is Mode.ON:
+            self._shed_now(c, self._hb_write_error)
+        flags = [Write(mv.spec.active_flag, 0.0) for mv in self.mvs.values()
+                 if mv.spec.active_flag and self._active_flags.get(mv.spec.active_flag) != 0.0]
+        for mv in self.mvs.values():
+            mv.release()
+        if flags:
+            c.writes.extend(flags)
+            c.results.extend(await self._write(flags, ""))
+
+    def _audit_writes(self, c: _Cycle) -> None:
+        decision = c.decision
+        if decision is not None and decision.actual is not decision.previous:
+            self._audit("info", "mode_change", utc=c.utc, cycle=c.k, who="runtime", old=decision.previous.value,
+                        new=decision.actual.value, requested=decision.requested.value,
+                        why=decision.shed_reason or decision.hold_reason or "conditions met")
+        for tag in c.dropped:
+            self._audit("error", "write_refused", utc=c.utc, cycle=c.k, what=tag, why="not on the write list")
         by_tag = {mv.spec.tag: (name, mv) for name, mv in self.mvs.items()}
         flags = {mv.spec.active_flag: name for name, mv in self.mvs.items() if mv.spec.active_flag}
-        for w, r in zip(writes, results):
+        mode = self.modes.actual.value
+        for w, r in zip(c.writes, c.results):
             if w.tag in flags and self._active_flags.get(w.tag) != w.value:
-                self.audit.info("write", utc=utc, cycle=k, who="apc", what=w.tag, mv=flags[w.tag],
-                                old=self._active_flags.get(w.tag), new=w.value, clamps=[],
-                                why="apc_active follows the MV's actual mode", mode=decision.actual.value,
-                                ok=r.ok, detail=r.detail)
-                self._active_flags[w.tag] = w.value
+                self._audit("info", "write", utc=c.utc, cycle=c.k, who="apc", what=w.tag, mv=flags[w.tag],
+                            old=self._active_flags.get(w.tag), new=w.value, clamps=[],
+                            why="apc_active follows the MV's actual mode", mode=mode, ok=r.ok, detail=r.detail)
+                if r.ok:
+                    self._active_flags[w.tag] = w.value
             if w.tag not in by_tag:
                 continue
             name, mv = by_tag[w.tag]
-            d = decisions[name]
-            self.audit.info("write", utc=utc, cycle=k, who="apc", what=w.tag, mv=name,
-                            old=applied.get(name), new=w.value, clamps=list(d.clamps),
-                            why=self._last_plan.reason if self._last_plan else "", mode=decision.actual.value,
-                            ok=r.ok, detail=r.detail)
+            d = c.decisions.get(name)
+            self._audit("info", "write", utc=c.utc, cycle=c.k, who="apc", what=w.tag, mv=name,
+                        old=c.applied.get(name), new=w.value, clamps=list(d.clamps) if d else [],
+                        why=self._last_plan.reason if self._last_plan else "", mode=mode, ok=r.ok, detail=r.detail)
 
-    def _record(self, k: int, scheduled_s: float, t_s: float, utc: float, snapshot: Mapping[str, Sample],
-                validated: Mapping[str, ValidatedInput], estimate: Estimate, decision: ModeDecision,
-                plan: Plan | None, decisions: Mapping[str, GuardDecision], writes: list[Write],
-                results: list[WriteResult], applied: Mapping[str, float],
-                constraints: Mapping[str, MvConstraint], batch: dict[str, Any] | None,
-                reload: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _record(self, c: _Cycle) -> dict[str, Any]:
+        """9. the flight-record entry (and KPIs); a record that cannot be written sheds the unit."""
+        decisions, plan, estimate = c.decisions, c.plan, c.estimate
         clamps = sum(1 for d in decisions.values() if d.clamps)
         self.guard_clamps += clamps
+        decision = c.decision or ModeDecision(self.modes.requested, self.modes.actual, self.modes.actual,
+                                              self.modes.shed_reason, "", False)
         P_diag = None if estimate.P is None else [estimate.P[i][i] for i in range(len(estimate.x))]
         rec: dict[str, Any] = {
-            "k": k,
-            "t_s": t_s,
-            "scheduled_mono_s": scheduled_s,
-            "actual_mono_s": t_s,
-            "utc": utc,
+            "k": c.k,
+            "t_s": c.t_s,
+            "scheduled_mono_s": c.scheduled_s,
+            "actual_mono_s": c.t_s,
+            "utc": c.utc,
             "inputs": {
                 n: ([v.sample.value, v.sample.quality.value, v.sample.source_ts, v.sample.receive_ts,
                      v.sample.sample_ts, v.verdict.value] if v.sample is not None
                     else [None, None, None, None, None, v.verdict.value])
-                for n, v in validated.items()
+                for n, v in c.validated.items()
             },
             "estimate": {"names": list(estimate.names), "x": list(estimate.x), "P_diag": P_diag,
                          "health": estimate.health, "extras": dict(estimate.extras)},
@@ -589,21 +870,44 @@ class Unit:
                 n: {"proposed": plan.moves.get(n) if plan else None, "value": d.value, "write": d.write,
                     "clamps": list(d.clamps), "reason": d.reason} for n, d in decisions.items()}},
             "writes": [{"tag": w.tag, "value": w.value, "ok": r.ok, "detail": r.detail}
-                       for w, r in zip(writes, results)],
-            "readback": dict(applied),
-            "dcs_at_limit": {n: ("high" if c.hold_up else "") + ("low" if c.hold_down else "")
-                             for n, c in constraints.items() if c.hold_up or c.hold_down},
+                       for w, r in zip(c.writes, c.results)],
+            "readback": dict(c.applied),
+            "dcs_at_limit": {n: ("high" if x.hold_up else "") + ("low" if x.hold_down else "")
+                             for n, x in c.constraints.items() if x.hold_up or x.hold_down},
             "shed": decision.new_shed,
             "shed_reason": decision.shed_reason,
         }
-        if batch is not None:
-            rec["batch"] = batch
-        if reload is not None:
-            rec["recipe_reload"] = reload
+        if c.fault is not None:
+            rec["fault"] = c.fault
+        if c.batch is not None:
+            rec["batch"] = c.batch
+        if c.reload is not None:
+            rec["recipe_reload"] = c.reload
         if self.truth is not None:
             truth = dict(self.truth())
             rec["truth"] = truth
             if self.kpi is not None:
-                self.kpi.add(t_s, truth, clamps, decision.new_shed, batch)
-        self.recorder.append(rec)
+                self.kpi.add(c.t_s, truth, clamps, decision.new_shed, c.batch)
+        self._append(rec, c)
         return rec
+
+    def _append(self, rec: dict[str, Any], c: _Cycle) -> None:
+        """Append the record; a failure latches "recorder failed" (the unit drives nothing until a
+        record can be written again and an operator asks)."""
+        try:
+            self.recorder.append(rec)
+        except Exception as exc:
+            self.stage_faults["journal"] += 1
+            first = not self._record_error
+            self._record_error = self._record_error or f"recorder failed: {type(exc).__name__}: {exc}"
+            if first:
+                self._audit("error", "recorder_failed", utc=c.utc, cycle=c.k, why=self._record_error)
+            if self.modes.actual is not Mode.OFF and self.modes.shed_reason != self._record_error:
+                self._shed_now(c, self._record_error)
+                rec["shed"], rec["shed_reason"] = True, self._record_error
+                rec["mode"]["actual"] = self.modes.actual.value
+            return
+        if self._record_error:
+            why, self._record_error = self._record_error, ""
+            self._audit("info", "journal_recovered", utc=c.utc, cycle=c.k, why=why)
+

@@ -470,13 +470,12 @@ class CellMpc:
         self._last_limits: dict[str, MvConstraint] | None = None
         self._t_prev: float | None = None
         self._last_out: dict[str, float] = {}
-        self._last_move_t: dict[str, float] = {}
 
     def track(self, applied: Mapping[str, float]) -> None:
-        """MVs the APC does not drive: forget the last value sent and the last move time."""
+        """MVs the APC does not drive: forget the last value sent. (An increment's minimum interval
+        comes from the unit's ``since_last_move_s``, never from memory this could lose.)"""
         for name in applied:
             self._last_out.pop(name, None)
-            self._last_move_t.pop(name, None)
 
     def step(self, t_s: float, estimate: Estimate, applied: Mapping[str, float],
              enabled: Mapping[str, bool], disturbances: Mapping[str, float],
@@ -576,8 +575,7 @@ class CellMpc:
                 if not en[b.name]:
                     continue
                 vmax = b.max_rate_h(self.period_s)
-                last = self._last_move_t.get(b.name)
-                blocked_s = 0.0 if last is None else max(0.0, last + b.min_interval_s - t_s)
+                blocked_s = max(0.0, b.min_interval_s - c.since_last_move_s)
                 for k in range(N):
                     if (k + 1) * self.step_s > blocked_s:
                         lbu[i, k], ubu[i, k] = (0.0 if c.hold_down else -vmax), (0.0 if c.hold_up else vmax)
@@ -720,8 +718,7 @@ class CellMpc:
                 moves[b.name] = 0.0
                 if not en[b.name] or sol is None:
                     continue
-                last = self._last_move_t.get(b.name)
-                if last is not None and not t_s - last >= b.min_interval_s:
+                if not c.since_last_move_s >= b.min_interval_s:
                     continue
                 window = max(b.min_interval_s, self.period_s)
                 delta = self._planned_displacement(sol, b.input_index, t_s, window)
@@ -736,7 +733,6 @@ class CellMpc:
                 if abs(delta) < self.cfg.min_increment:
                     continue
                 moves[b.name] = delta
-                self._last_move_t[b.name] = t_s
         return moves
 
     def _planned_displacement(self, sol: _Solution, i: int, t_s: float, window_s: float) -> float:

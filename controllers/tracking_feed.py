@@ -45,14 +45,12 @@ class TrackingFeedController:
         self.mvs = mvs
         self.phase = FeedPhase.OVERFEED
         self._phase_start: float | None = None
-        self._last_move_t: float | None = None
         self._last_dip: float | None = None
         self.target_correction_uohm = 0.0
 
     def track(self, applied: Mapping[str, float]) -> None:
-        """Restart the electrode move timer when the electrode is not ours; the feed cycle runs on."""
-        if self.mvs.anode in applied:
-            self._last_move_t = None
+        """Nothing to forget: the feed cycle runs on, and the electrode's minimum interval comes from
+        the unit (its last confirmed move), never from this controller's memory."""
 
     def _switch(self, phase: FeedPhase, t_s: float) -> None:
         self.phase = phase
@@ -63,8 +61,9 @@ class TrackingFeedController:
              constraints: Mapping[str, MvConstraint] | None = None) -> Plan:
         """Feed by phase, move the electrode toward the target resistance, hold current.
 
-        ``constraints`` are not read: like the plant logic it stands for, the baseline leaves
-        limits to the output guard and knows nothing of the DCS's windup status.
+        Of ``constraints`` only the electrode's ``since_last_move_s`` (for its minimum interval) is
+        read: like the plant logic it stands for, the baseline leaves limits to the output guard and
+        knows nothing of the DCS's windup status.
         """
         cfg = self.cfg
         if self._phase_start is None:
@@ -95,7 +94,9 @@ class TrackingFeedController:
         if self.mvs.current in applied:
             moves[self.mvs.current] = applied[self.mvs.current]
         if self.mvs.anode in applied:
-            moves[self.mvs.anode] = self._electrode_move(t_s, r)
+            c = (constraints or {}).get(self.mvs.anode)
+            since = math.inf if c is None else c.since_last_move_s
+            moves[self.mvs.anode] = self._electrode_move(r) if since >= cfg.electrode_min_interval_s else 0.0
         return Plan(moves, {}, SolverStatus.OK, 0, 0.0, reason or self.phase.value)
 
     def _correct_target(self, dip_degC: float) -> None:
@@ -108,16 +109,12 @@ class TrackingFeedController:
         lim = cfg.target_correction_limit_uohm
         self.target_correction_uohm = max(-lim, min(lim, corr))
 
-    def _electrode_move(self, t_s: float, r_uohm: float) -> float:
+    def _electrode_move(self, r_uohm: float) -> float:
         cfg = self.cfg
         if self.phase is not FeedPhase.OVERFEED or math.isnan(r_uohm):
-            return 0.0
-        if self._last_move_t is not None and t_s - self._last_move_t < cfg.electrode_min_interval_s:
             return 0.0
         error = r_uohm - (cfg.target_resistance_uohm + self.target_correction_uohm)
         if abs(error) <= cfg.resistance_deadband_uohm:
             return 0.0
         # R above target → gap too wide → move the anode toward the cathode (positive).
-        delta = max(-cfg.electrode_step_cm, min(cfg.electrode_step_cm, error / cfg.electrode_uohm_per_cm))
-        self._last_move_t = t_s
-        return delta
+        return max(-cfg.electrode_step_cm, min(cfg.electrode_step_cm, error / cfg.electrode_uohm_per_cm))

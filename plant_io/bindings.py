@@ -256,6 +256,29 @@ class ModbusEndpoint:
 
 TagBinding = OpcUaTag | ModbusTag
 
+_EXACT_FLOAT32 = 2**24
+_EXACT_FLOAT64 = 2**53
+COUNTER_MAX: Mapping[str, int] = {
+    "Boolean": 1, "Int16": 2**15 - 1, "UInt16": 2**16 - 1, "Int32": 2**31 - 1, "UInt32": 2**32 - 1,
+    "Int64": _EXACT_FLOAT64, "Float": _EXACT_FLOAT32, "Double": _EXACT_FLOAT64,
+    "bool": 1, "int16": 2**15 - 1, "uint16": 2**16 - 1, "int32": 2**31 - 1, "uint32": 2**32 - 1,
+    "float32": _EXACT_FLOAT32,
+}
+"""Largest value of a counter on each data type before it wraps to 0: the type's integer maximum, or
+the largest integer a float carries exactly (float32 2^24; 64-bit values pass through a double)."""
+
+
+def counter_max(name: str, binding: TagBinding | None) -> int:
+    """How far a counter written to tag ``name`` may count; ``ValueError`` naming the tag when it cannot
+    carry one (unbound, not writable, or a scaled Modbus register whose counts would not be integers)."""
+    if binding is None:
+        raise ValueError(f"{name}: a counter tag must be bound")
+    if not binding.writable:
+        raise ValueError(f"{name}: a counter tag must be bound writable")
+    if isinstance(binding, ModbusTag) and (binding.scale != 1.0 or binding.offset != 0.0):
+        raise ValueError(f"{name}: a counter register takes no scale or offset (scale 1, offset 0)")
+    return COUNTER_MAX[binding.data_type]
+
 
 def _build(cls: type[Any], where: str, entry: Any) -> Any:
     if not isinstance(entry, Mapping):

@@ -7,12 +7,15 @@
 * Modbus exception responses are *returned* by pymodbus, not raised: every tag
   of a failed request gets ``Quality.BAD`` and :attr:`ModbusPlantIO.last_read_errors`
   names the table, register range and exception code.
-* Timing: a request waits ``timeout_s`` and is re-sent ``retries`` times, so a
-  dead device stalls a cycle for ``timeout_s * (retries + 1)``; the first
-  request that fails that way aborts the read with
-  :class:`~plant_io.errors.PlantLinkDown`. The constructor refuses a config whose
+* Timing: a read request waits ``timeout_s`` and is re-sent ``retries`` times (by this
+  module: reads are idempotent), so a dead device stalls a cycle for
+  ``timeout_s * (retries + 1)``; the first request that fails that way aborts the read
+  with :class:`~plant_io.errors.PlantLinkDown`. The constructor refuses a config whose
   worst case exceeds ``cycle_budget_s``; the whole read is also capped at
   ``cycle_budget_s`` as a backstop.
+* Writes are never re-sent, by any layer: pymodbus' own retries are off (a re-sent FC16 of
+  an increment would move an electrode twice). A write without an answer is reported as not
+  acknowledged; the unit decides what to do next.
 * Modbus carries no quality or timestamps: ``source_ts`` is ``None`` and the
   quality is ``GOOD`` whenever the request succeeded.
 * pymodbus' own reconnect loop is disabled; the runtime calls
@@ -30,10 +33,10 @@ from typing import Any, Callable, Mapping, Sequence
 import structlog
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
-from pymodbus.exceptions import ModbusException
+from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from apc.types import Quality, Sample, Write, WriteResult
-from plant_io.bindings import ModbusEndpoint, ModbusTag
+from plant_io.bindings import counter_max, ModbusEndpoint, ModbusTag
 from plant_io.backoff import ReconnectBackoff
 from plant_io.errors import PlantIOError, PlantLinkDown
 
@@ -174,6 +177,11 @@ class ModbusPlantIO:
         self._last_read_errors: dict[str, str] = {}
         self._unbound_logged: set[str] = set()
 
+    # ------------------------------------------------------------------ types
+    def counter_max(self, tag: str) -> int:
+        """Largest value a counter written to ``tag`` takes before wrapping (see :func:`counter_max`)."""
+        return counter_max(tag, self._tags.get(tag))
+
     # ------------------------------------------------------------------ state
     @property
     def connected(self) -> bool:
@@ -213,7 +221,8 @@ class ModbusPlantIO:
         self._drop_client("reconnect")
         ep = self._endpoint
         client = AsyncModbusTcpClient(
-            ep.host, port=ep.port, timeout=ep.timeout_s, retries=ep.retries,
+            ep.host, port=ep.port, timeout=ep.timeout_s,
+            retries=0,  # never re-send a request: reads are retried here, writes never
             reconnect_delay=0,  # no background reconnect: the runtime drives it
             name=f"apc-{ep.host}:{ep.port}",
         )
@@ -285,15 +294,7 @@ class ModbusPlantIO:
         try:
             async with asyncio.timeout(self._cycle_budget_s):
                 for block in blocks:
-                    if block.table == "holding":
-                        rr = await client.read_holding_registers(block.start, count=block.count, device_id=device_id)
-                    elif block.table == "input":
-                        rr = await client.read_input_registers(block.start, count=block.count, device_id=device_id)
-                    elif block.table == "coil":
-                        rr = await client.read_coils(block.start, count=block.count, device_id=device_id)
-                    else:
-                        rr = await client.read_discrete_inputs(block.start, count=block.count, device_id=device_id)
-                    responses.append(rr)
+                    responses.append(await self._read_block(client, block, device_id))
         except (TimeoutError, OSError, ModbusException) as exc:
             raise self._link_down(exc, "read") from exc
         receive_ts = self._clock_utc()
@@ -318,6 +319,22 @@ class ModbusPlantIO:
                 out[name] = Sample(value, quality, None, receive_ts)
         self._last_read_errors = errors
         return out
+
+    async def _read_block(self, client: AsyncModbusTcpClient, block: ReadBlock, device_id: int) -> Any:
+        """One read request, re-sent up to ``retries`` times when it goes unanswered (reads only)."""
+        for attempt in range(self._endpoint.retries + 1):
+            try:
+                if block.table == "holding":
+                    return await client.read_holding_registers(block.start, count=block.count, device_id=device_id)
+                if block.table == "input":
+                    return await client.read_input_registers(block.start, count=block.count, device_id=device_id)
+                if block.table == "coil":
+                    return await client.read_coils(block.start, count=block.count, device_id=device_id)
+                return await client.read_discrete_inputs(block.start, count=block.count, device_id=device_id)
+            except ModbusIOException:
+                if attempt == self._endpoint.retries or not client.connected:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
     def _block_failure(block: ReadBlock, rr: Any) -> str | None:

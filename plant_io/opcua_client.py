@@ -28,7 +28,7 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
 from apc.types import Quality, Sample, Write, WriteResult
-from plant_io.bindings import OpcUaEndpoint, OpcUaTag
+from plant_io.bindings import counter_max, OpcUaEndpoint, OpcUaTag
 from plant_io.backoff import ReconnectBackoff
 from plant_io.errors import PlantBindingError, PlantIOError, PlantLinkDown
 from plant_io.ua_certificate import application_uri_of
@@ -153,6 +153,11 @@ class OpcUaPlantIO:
         self._backoff = ReconnectBackoff(endpoint.reconnect_min_s, endpoint.reconnect_max_s)
         self._teardowns: set[asyncio.Task[None]] = set()
         self._unbound_logged: set[str] = set()
+
+    # ------------------------------------------------------------------ types
+    def counter_max(self, tag: str) -> int:
+        """Largest value a counter written to ``tag`` takes before wrapping (see :func:`counter_max`)."""
+        return counter_max(tag, self._tags.get(tag))
 
     # ------------------------------------------------------------------ state
     @property

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from apc.recipe.schema import FilteredEstimatorSection, TrackingFeedSection
-from apc.types import Estimate, Quality, Sample, ValidatedInput, Verdict
+from apc.types import Estimate, MvConstraint, Quality, Sample, ValidatedInput, Verdict
 from controllers.tracking_feed import FeedPhase, MvNames, TrackingFeedController
 from estimators.filtered import NAMES, UNITS, FilteredEstimator
 
@@ -22,8 +22,9 @@ def est(voltage: float = 8.8, r: float = 1200.0, slope: float = 0.0, dip: float 
     return Estimate(NAMES, UNITS, (voltage, 6.0, r, slope, dip), None, "ok")
 
 
-def step(c: TrackingFeedController, t: float, e: Estimate) -> dict[str, float]:
-    return dict(c.step(t, e, APPLIED, {k: True for k in APPLIED}, {}).moves)
+def step(c: TrackingFeedController, t: float, e: Estimate, since_move_s: float = math.inf) -> dict[str, float]:
+    lim = {"anode_move": MvConstraint(-5.0, 5.0, since_last_move_s=since_move_s)}
+    return dict(c.step(t, e, APPLIED, {k: True for k in APPLIED}, {}, lim).moves)
 
 
 def test_feed_cycle_switches_on_slope_after_minimum_underfeed() -> None:
@@ -45,12 +46,14 @@ def test_anode_effect_voltage_forces_overfeed_at_once() -> None:
 
 
 def test_electrode_moves_toward_target_with_deadband_and_interval() -> None:
-    """R above target moves the anode in (positive), limited to one step, once per interval; inside the deadband nothing."""
+    """R above target moves the anode in (positive), limited to one step, once per interval counted from the unit's last confirmed move; inside the deadband nothing."""
     c = TrackingFeedController(CFG, MvNames("oxide_feed", "anode_move", "current_sp"))
     assert step(c, 0.0, est(r=1205.0))["anode_move"] == 0.0
     assert step(c, 5.0, est(r=1260.0))["anode_move"] == 0.1
-    assert step(c, 10.0, est(r=1260.0))["anode_move"] == 0.0
-    assert math.isclose(step(c, 1900.0, est(r=1190.0))["anode_move"], -10.0 / 133.0)
+    assert step(c, 10.0, est(r=1260.0), since_move_s=5.0)["anode_move"] == 0.0
+    c.track({"anode_move": 0.0})  # STANDBY and back: the interval is the plant's, not the controller's
+    assert step(c, 15.0, est(r=1260.0), since_move_s=10.0)["anode_move"] == 0.0
+    assert math.isclose(step(c, 1900.0, est(r=1190.0), since_move_s=1895.0)["anode_move"], -10.0 / 133.0)
 
 
 def test_current_is_held() -> None:

@@ -15,10 +15,10 @@ LIM = MvLimits(engineering=(0.0, 100.0), operator=(10.0, 90.0), rate_per_s=1.0)
 INC_LIM = MvLimits(engineering=(0.0, 10.0), operator=(1.0, 9.0), rate_per_s=0.01, min_interval_s=1800.0, max_step=0.2)
 
 
-def sp(proposed: float, readback: float = 50.0, last_written: float | None = None, **kw: object) -> GuardRequest:
+def sp(proposed: float, readback: float = 50.0, acknowledged: float | None = None, **kw: object) -> GuardRequest:
     base: dict[str, object] = dict(
-        mv="feed", kind=MvKind.SETPOINT, proposed=proposed, readback=readback, last_written=last_written,
-        limits=LIM, dt_s=10.0, t_s=1000.0, last_move_t_s=None,
+        mv="feed", kind=MvKind.SETPOINT, proposed=proposed, readback=readback, acknowledged=acknowledged,
+        limits=LIM, dt_s=10.0, period_s=10.0, since_last_move_s=None,
         permissive_ok=True, permissive_reason="", inputs_ok=True, inputs_reason="",
     )
     base.update(kw)
@@ -26,7 +26,7 @@ def sp(proposed: float, readback: float = 50.0, last_written: float | None = Non
 
 
 def inc(proposed: float, position: float = 5.0, **kw: object) -> GuardRequest:
-    base: dict[str, object] = dict(kind=MvKind.INCREMENT, mv="acd", limits=INC_LIM, last_move_t_s=None)
+    base: dict[str, object] = dict(kind=MvKind.INCREMENT, mv="acd", limits=INC_LIM, since_last_move_s=None)
     base.update(kw)
     return sp(proposed, readback=position, **base)
 
@@ -70,10 +70,30 @@ def test_engineering_high_and_low_reported() -> None:
     assert lo.value == 0.0 and "engineering_low" in lo.clamps
 
 
-def test_base_is_last_written_when_known() -> None:
-    """Rate limiting starts from last_written, not from the readback, when we have written."""
-    d = decide(sp(80.0, readback=50.0, last_written=70.0))
+def test_base_is_the_acknowledged_value_confirmed_by_the_readback() -> None:
+    """Rate limiting starts from the value the plant acknowledged and reads back."""
+    d = decide(sp(80.0, readback=70.0, acknowledged=70.0))
     assert d.base == 70.0 and d.value == 80.0 and d.clamps == ()
+
+
+def test_readback_behind_the_acknowledged_value_limits_the_step_from_both() -> None:
+    """When the readback still shows an older value, the step stays within rate of both (never away from the target)."""
+    d = decide(sp(80.0, readback=62.0, acknowledged=70.0))
+    assert d.write and d.value == 72.0 and "rate_readback" in d.clamps
+    back = decide(sp(20.0, readback=75.0, acknowledged=70.0))
+    assert back.write and back.value == 65.0
+
+
+def test_readback_far_from_the_acknowledged_value_holds() -> None:
+    """A readback more than two rate steps from what the plant acknowledged holds the MV (no common step)."""
+    d = decide(sp(80.0, readback=40.0, acknowledged=70.0))
+    assert not d.write and "differ by more than the rate allows" in d.reason and d.fault
+
+
+def test_gap_between_cycles_allows_one_period_of_rate_only() -> None:
+    """After a long gap the rate allowance covers one nominal period, not the whole gap."""
+    d = decide(sp(80.0, dt_s=300.0))
+    assert d.write and d.value == 60.0 and d.clamps == ("rate_up",)
 
 
 def test_operator_limit_moved_past_value_is_approached_at_rate() -> None:
@@ -97,11 +117,12 @@ def test_non_finite_readback_holds() -> None:
     assert not d.write and d.reason == "readback_not_finite"
 
 
-@pytest.mark.parametrize("dt", [math.nan, -1.0, math.inf])
-def test_bad_dt_holds(dt: float) -> None:
+@pytest.mark.parametrize(("dt", "reason"), [(math.nan, "dt_s_not_finite"), (-1.0, "bad_dt"),
+                                            (math.inf, "dt_s_not_finite")])
+def test_bad_dt_holds(dt: float, reason: str) -> None:
     """A negative or non-finite dt holds."""
     d = decide(sp(55.0, dt_s=dt))
-    assert not d.write and d.reason == "bad_dt"
+    assert not d.write and d.reason == reason
 
 
 def test_zero_dt_writes_base() -> None:
@@ -171,9 +192,9 @@ def test_increment_at_limit_is_no_move() -> None:
 
 def test_increment_min_interval() -> None:
     """A move sooner than min_interval_s after the last move holds (min_interval); later it passes."""
-    d = decide(inc(0.1, t_s=1000.0, last_move_t_s=0.0))
+    d = decide(inc(0.1, since_last_move_s=1000.0))
     assert not d.write and d.reason == "min_interval" and not d.fault
-    assert decide(inc(0.1, t_s=1800.0, last_move_t_s=0.0)).write
+    assert decide(inc(0.1, since_last_move_s=1800.0)).write
 
 
 def test_increment_tiny_is_no_move() -> None:

@@ -72,33 +72,31 @@ def dist(x: float, lo: float, hi: float) -> float:
     return max(lo - x, 0.0, x - hi)
 
 
-def request(kind: MvKind, c: Cycle, readback: float, last: float | None, lim: MvLimits, t: float,
-            last_move: float | None) -> GuardRequest:
+def request(kind: MvKind, c: Cycle, readback: float, acked: float | None, lim: MvLimits, period: float,
+            since: float | None) -> GuardRequest:
     return GuardRequest(
-        mv="mv", kind=kind, proposed=c.proposed, readback=readback, last_written=last, limits=lim,
-        dt_s=c.dt, t_s=t, last_move_t_s=last_move, permissive_ok=c.permissive_ok, permissive_reason="p",
+        mv="mv", kind=kind, proposed=c.proposed, readback=readback, acknowledged=acked, limits=lim,
+        dt_s=c.dt, period_s=period, since_last_move_s=since, permissive_ok=c.permissive_ok, permissive_reason="p",
         inputs_ok=c.inputs_ok, inputs_reason="i",
     )
 
 
 @SETTINGS
-@given(eng=eng, seq=cycles)
-def test_setpoint_sequence_properties(eng: tuple[float, float, float], seq: list[Cycle]) -> None:
+@given(eng=eng, seq=cycles, period=st.floats(min_value=0.1, max_value=60.0))
+def test_setpoint_sequence_properties(eng: tuple[float, float, float], seq: list[Cycle], period: float) -> None:
     """Fed-back setpoint writes respect rate, engineering and operator limits, never move away from the band, and never happen with failed inputs/permissives."""
     elo, width, rate = eng
     ehi = elo + width
-    last: float | None = None
-    t = 0.0
+    acked: float | None = None
     for c in seq:
-        t += c.dt
         readback = (elo - width) + c.readback_frac * 3 * width
         if c.track:
-            last = None
-        elif c.use_readback and last is not None:
-            last = readback
+            acked = None
+        elif c.use_readback and acked is not None:
+            readback = acked  # the plant took what it acknowledged
         lim = limits_for(elo, ehi, c, rate)
-        d = decide(request(MvKind.SETPOINT, c, readback, last, lim, t, None))
-        base = last if last is not None else readback
+        d = decide(request(MvKind.SETPOINT, c, readback, acked, lim, period, None))
+        base = acked if acked is not None else readback
         assert d.base == base
         lo, hi = effective_bounds(lim)
         if not (c.inputs_ok and c.permissive_ok):
@@ -107,15 +105,61 @@ def test_setpoint_sequence_properties(eng: tuple[float, float, float], seq: list
             assert not d.write
         if d.write:
             v = d.value
+            step = rate * min(c.dt, period)
             assert math.isfinite(v)
-            assert abs(v - base) <= rate * c.dt + TOL  # (a)
-            if elo <= base <= ehi:
+            assert abs(v - base) <= step + TOL  # (a) from the acknowledged value
+            assert abs(v - readback) <= step + TOL  # (a') and from the value in force
+            if elo <= base <= ehi and elo <= readback <= ehi:
                 assert elo <= v <= ehi  # (b)
             if lo <= base <= hi:
                 assert lo <= v <= hi  # (c)
             else:
                 assert dist(v, lo, hi) <= dist(base, lo, hi) + TOL  # (d)
-            last = v
+            acked = v
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One cycle between the guard and a plant that may refuse, fail, lag or pause."""
+
+    proposed: float
+    gap_periods: float  # time since the last cycle, in nominal periods (a stall, a restart of the loop)
+    outcome: str  # "ack": written and acknowledged; "refused": the DCS refused it; "failed": link down
+    readback: str  # "current": shows the last acknowledged value; "lagging": still the one before
+
+
+exchanges = st.lists(
+    st.builds(
+        Exchange,
+        proposed=st.floats(min_value=-1e3, max_value=1e3),
+        gap_periods=st.one_of(st.just(1.0), st.floats(min_value=0.0, max_value=1.0),
+                              st.floats(min_value=1.0, max_value=500.0)),
+        outcome=st.sampled_from(["ack", "ack", "refused", "failed"]),
+        readback=st.sampled_from(["current", "current", "lagging"]),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(seq=exchanges, start=st.floats(min_value=-100.0, max_value=100.0),
+       rate=st.floats(min_value=1e-3, max_value=10.0), period=st.floats(min_value=0.5, max_value=30.0))
+def test_no_write_departs_from_the_last_acknowledged_value_by_more_than_rate_times_period(
+        seq: list[Exchange], start: float, rate: float, period: float) -> None:
+    """Over any sequence of acknowledged, refused and failed writes, gaps and lagging readbacks, every written value is within rate × period of the last value the plant acknowledged."""
+    lim = MvLimits(engineering=(-1e4, 1e4), operator=(-1e4, 1e4), rate_per_s=rate)
+    acked: float | None = None  # what the unit hands the guard (None until the plant acknowledged a write)
+    plant_acked, before = start, start  # the plant's last acknowledged value and the one before it
+    for ex in seq:
+        readback = plant_acked if ex.readback == "current" else before
+        c = Cycle(ex.proposed, 0.0, 0.0, 1.0, ex.gap_periods * period, True, True, False, False)
+        d = decide(request(MvKind.SETPOINT, c, readback, acked, lim, period, None))
+        if not d.write:
+            continue
+        assert abs(d.value - plant_acked) <= rate * period * (1 + 1e-12) + TOL
+        if ex.outcome == "ack":
+            before, plant_acked, acked = plant_acked, d.value, d.value
 
 
 @SETTINGS
@@ -140,7 +184,8 @@ def test_increment_sequence_properties(
         if c.use_readback:  # an operator or DCS moved it
             position = (elo - width) + c.readback_frac * 3 * width
         lim = limits_for(elo, ehi, c, rate, max_step=max_step, min_interval_s=min_interval)
-        d = decide(request(kind, c, position, None, lim, t, last_move))
+        since = None if last_move is None else t - last_move
+        d = decide(request(kind, c, position, None, lim, 3600.0, since))
         lo, hi = effective_bounds(lim)
         if not (c.inputs_ok and c.permissive_ok):
             assert not d.write  # (e)
@@ -159,3 +204,44 @@ def test_increment_sequence_properties(
                 assert d.value * c.proposed > 0  # never reverses the requested direction
             position = new
             last_move = t
+
+
+NUMERIC_FIELDS = ("proposed", "readback", "acknowledged", "dt_s", "period_s", "since_last_move_s")
+LIMIT_FIELDS = ("engineering_low", "engineering_high", "operator_low", "operator_high", "rate_per_s",
+                "min_interval_s", "max_step")
+
+
+def unchecked_limits(lim: MvLimits, field: str, value: float) -> MvLimits:
+    """``lim`` with one field set to ``value``, bypassing the schema's checks (the guard must not rely on them)."""
+    out = object.__new__(MvLimits)
+    values = {"engineering": list(lim.engineering), "operator": list(lim.operator), "rate_per_s": lim.rate_per_s,
+              "min_interval_s": lim.min_interval_s, "max_step": lim.max_step}
+    if field.startswith(("engineering_", "operator_")):
+        group, side = field.split("_")
+        values[group][0 if side == "low" else 1] = value
+    else:
+        values[field] = value
+    for k, v in values.items():
+        object.__setattr__(out, k, tuple(v) if isinstance(v, list) else v)
+    return out
+
+
+@settings(max_examples=600, deadline=None, derandomize=True)
+@given(field=st.sampled_from(NUMERIC_FIELDS + LIMIT_FIELDS), bad=st.sampled_from([math.nan, math.inf, -math.inf]),
+       kind=st.sampled_from(list(MvKind)), proposed=st.floats(min_value=-100.0, max_value=100.0),
+       readback=st.floats(min_value=-50.0, max_value=150.0), acked=st.none() | st.floats(min_value=0.0, max_value=100.0))
+def test_any_non_finite_field_means_no_write(field: str, bad: float, kind: MvKind, proposed: float, readback: float,
+                                             acked: float | None) -> None:
+    """NaN or ±inf in any number the guard reads (limits, rate, readback, acknowledged, proposal, times) writes nothing."""
+    lim = MvLimits(engineering=(0.0, 100.0), operator=(10.0, 90.0), rate_per_s=1.0, min_interval_s=60.0,
+                   max_step=5.0 if kind is not MvKind.SETPOINT else None)
+    kw: dict[str, object] = dict(mv="mv", kind=kind, proposed=proposed, readback=readback, acknowledged=acked,
+                                 limits=lim, dt_s=5.0, period_s=5.0, since_last_move_s=120.0, permissive_ok=True,
+                                 permissive_reason="", inputs_ok=True, inputs_reason="")
+    if field in NUMERIC_FIELDS:
+        kw[field] = bad
+    else:
+        kw["limits"] = unchecked_limits(lim, field, bad)
+    d = decide(GuardRequest(**kw))  # type: ignore[arg-type]
+    assert not d.write, (field, bad, d)
+    assert d.reason and d.fault

@@ -37,6 +37,7 @@ __all__ = [
     "Converter",
     "LoadedRecipe",
     "LoadedSite",
+    "FileCheck",
     "SignalNamesProvider",
     "check_files",
     "check_main",
@@ -49,6 +50,9 @@ __all__ = [
 T = TypeVar("T")
 
 SignalNamesProvider = Callable[[Recipe], Iterable[str]]
+FileCheck = Callable[[Recipe, Path], Iterable[tuple[str, str]]]
+"""``check(recipe, recipe_dir)``: (field path, message) for each file the recipe names that cannot be
+used (e.g. an ONNX model with other tensor names); reported at that field's line."""
 """Returns further signal names a recipe provides (model states, estimator extras)."""
 
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -424,6 +428,7 @@ def _cross_check(
     recipe: Recipe | None,
     extra_names: frozenset[str],
     provider: SignalNamesProvider | None,
+    files: FileCheck | None = None,
 ) -> None:
     """Checks across sections, run on whichever sections converted cleanly."""
     add = conv.problem
@@ -476,6 +481,7 @@ def _cross_check(
             for unknown in sorted(expr.names - known):
                 add(line, f"permissives.{name}.expr", f"unknown signal '{unknown}'" + _suggest(unknown, known))
 
+    _check_files(conv, root, parts, recipe, files)
     controller = parts.get("controller")
     furnace = parts.get("unit_kind") in ("vacuum_furnace", "annealing_furnace")
     if furnace:
@@ -488,6 +494,27 @@ def _cross_check(
     if controller is not None and controller.mpc is not None and estimator is not None and estimator.kind != "ekf":
         add(_at(root, "controller", "mpc", key_line=True), "controller.mpc",
             f"the MPC predicts from the Kalman filter's states: needs estimator.kind 'ekf', not {estimator.kind!r}")
+
+
+def _check_files(conv: Converter, root: Node, parts: dict[str, Any], recipe: Recipe | None,
+                 files: FileCheck | None) -> None:
+    """Every file the recipe names exists (relative to the recipe file) and, with ``files``, is usable."""
+    base = Path(conv.file).parent
+    estimator = parts.get("estimator")
+    soft = estimator.soft_sensor if estimator is not None else None
+    if soft is not None and not (base / soft.model_file).is_file():
+        conv.problem(_at(root, "estimator", "soft_sensor", "model_file"), "estimator.soft_sensor.model_file",
+                     f"file not found: {base / soft.model_file}")
+        return
+    if recipe is None or files is None:
+        return
+    try:
+        found = list(files(recipe, base))
+    except Exception as exc:  # a checker bug is reported, never a traceback
+        found = [("", f"cannot check the files the recipe names: {type(exc).__name__}: {exc}")]
+    for field_path, message in found:
+        keys = [k for k in field_path.split(".") if k]
+        conv.problem(_at(root, *keys) if keys else 1, field_path, message)
 
 
 def _check_furnace(conv: Converter, root: Node, parts: dict[str, Any]) -> None:
@@ -538,9 +565,13 @@ def _check_tags(conv: Converter, root: Node, io: IoSection) -> None:
         base = f"io.mvs.{name}"
         if name in io.inputs:
             conv.problem(_at(root, "io", "mvs", name, key_line=True), base, "an input has the same name")
-        if mv.sequence_tag is not None and mv.kind is not MvKind.INCREMENT:
+        if mv.sequence_tag is not None and mv.kind is MvKind.SETPOINT:
             conv.problem(_at(root, "io", "mvs", name, "sequence_tag"), f"{base}.sequence_tag",
-                         "only increment MVs have a sequence tag")
+                         "only increment and pulse MVs have a sequence tag")
+        if mv.sequence_tag is None and mv.kind is not MvKind.SETPOINT:
+            conv.problem(_at(root, "io", "mvs", name, key_line=True), f"{base}.sequence_tag",
+                         f"required for a {mv.kind.value} MV: the DCS applies each move once per new sequence "
+                         "number, so a re-sent or repeated write can never move it twice")
         if mv.model_input in model_inputs:
             conv.problem(_at(root, "io", "mvs", name, "model_input"), f"{base}.model_input",
                          f"model input '{mv.model_input}' is already driven by {model_inputs[mv.model_input]}")
@@ -582,6 +613,7 @@ def _recipe_from(
     extra_names: frozenset[str],
     provider: SignalNamesProvider | None,
     composed: tuple[bytes, Node | None] | None = None,
+    files: FileCheck | None = None,
 ) -> LoadedRecipe | None:
     """Load one recipe, appending its problems; ``None`` when it has any."""
     file_problems: list[Problem] = []
@@ -592,7 +624,7 @@ def _recipe_from(
     conv = Converter(str(path))
     parts = conv.fields(Recipe, root, "") or {}
     recipe = None if conv.problems else conv.build(Recipe, root, "", parts)
-    _cross_check(conv, root, parts, recipe, extra_names, provider)
+    _cross_check(conv, root, parts, recipe, extra_names, provider, files)
     problems.extend(_sorted(file_problems + conv.problems))
     if recipe is None or conv.problems:
         return None
@@ -605,6 +637,7 @@ def _site_from(
     extra_names: frozenset[str],
     provider: SignalNamesProvider | None,
     composed: tuple[bytes, Node | None] | None = None,
+    files: FileCheck | None = None,
 ) -> LoadedSite | None:
     """Load one site and its recipes, appending all problems; ``None`` when there are any."""
     data, root = composed if composed is not None else _compose(path, problems)
@@ -627,7 +660,7 @@ def _site_from(
             continue
         key = recipe_path.resolve()
         if key not in cache:
-            cache[key] = _recipe_from(recipe_path, problems, extra_names, provider)
+            cache[key] = _recipe_from(recipe_path, problems, extra_names, provider, files=files)
         loaded = cache[key]
         if loaded is not None:
             recipes[unit.name] = loaded
@@ -640,13 +673,14 @@ def load_recipe(
     path: str | Path,
     extra_names: frozenset[str] = frozenset(),
     provider: SignalNamesProvider | None = None,
+    files: FileCheck | None = None,
 ) -> LoadedRecipe:
     """Load and check one recipe file; raises :class:`RecipeError` listing every problem.
 
     Permissive names are checked against ``signal_names_for(recipe, provider) | extra_names``.
     """
     problems: list[Problem] = []
-    loaded = _recipe_from(Path(path), problems, extra_names, provider)
+    loaded = _recipe_from(Path(path), problems, extra_names, provider, files=files)
     if loaded is None:
         raise RecipeError(problems)
     return loaded
@@ -656,13 +690,14 @@ def load_site(
     path: str | Path,
     extra_names: frozenset[str] = frozenset(),
     provider: SignalNamesProvider | None = None,
+    files: FileCheck | None = None,
 ) -> LoadedSite:
     """Load a site file and every recipe it references (paths relative to the site file).
 
     Raises :class:`RecipeError` listing the problems of the site and of its recipes.
     """
     problems: list[Problem] = []
-    loaded = _site_from(Path(path), problems, extra_names, provider)
+    loaded = _site_from(Path(path), problems, extra_names, provider, files=files)
     if loaded is None:
         raise RecipeError(problems)
     return loaded
@@ -672,6 +707,7 @@ def check_files(
     paths: Sequence[str | Path],
     extra_names: frozenset[str] = frozenset(),
     provider: SignalNamesProvider | None = None,
+    files: FileCheck | None = None,
 ) -> list[Problem]:
     """Problems of each file (a site if its top level has ``units``, else a recipe); empty = fine."""
     problems: list[Problem] = []
@@ -682,20 +718,20 @@ def check_files(
         if root is None:
             continue
         if _child(root, "units")[1] is not None:
-            _site_from(path, problems, extra_names, provider, composed)
+            _site_from(path, problems, extra_names, provider, composed, files)
         else:
-            _recipe_from(path, problems, extra_names, provider, composed)
+            _recipe_from(path, problems, extra_names, provider, composed, files)
     return problems
 
 
-def check_main(paths: list[str], provider: SignalNamesProvider | None = None) -> int:
+def check_main(paths: list[str], provider: SignalNamesProvider | None = None, files: FileCheck | None = None) -> int:
     """``apc check FILE...``: print problems to stderr; exit code 0 when all files are fine."""
     if not paths:
         print("usage: apc check FILE...", file=sys.stderr)
         return 2
     bad = False
     for p in paths:
-        problems = check_files([p], provider=provider)
+        problems = check_files([p], provider=provider, files=files)
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
