@@ -135,6 +135,10 @@ class Recorder(Protocol):
         """Release the file."""
         ...
 
+    def sync(self) -> None:
+        """Make what was appended durable (fsync)."""
+        ...
+
 
 class FlightRecorder:
     """Append-only writer of a flight record.
@@ -204,6 +208,12 @@ class FlightRecorder:
             raise ValueError("cycle records must not have a 'format' key (reserved for headers)")
         self._write(_encode_line(record))
         self._cycles_written += 1
+
+    def sync(self) -> None:
+        """fsync the record (safe from another thread: only the descriptor is touched); no-op when closed."""
+        fd = self._fd
+        if fd is not None:
+            os.fsync(fd)
 
     def close(self) -> None:
         """Flush (fsync if requested) and close; idempotent."""
@@ -338,6 +348,9 @@ class NullRecorder:
         if self._closed:
             raise ValueError("null recorder is closed")
         self._cycles_written += 1
+
+    def sync(self) -> None:
+        """Nothing to make durable."""
 
     def close(self) -> None:
         """Mark closed; idempotent."""

@@ -31,6 +31,7 @@ from apc.recipe.loader import LoadedRecipe
 from apc.recipe.schema import Recipe
 from apc.recorder import FlightRecorder, NullRecorder, Recorder
 from apc.unit import Unit
+from apc.unit_state import UnitStateFile
 from plant_io.bindings import ModbusEndpoint, ModbusTag, OpcUaEndpoint, OpcUaTag, parse_bindings, parse_endpoint
 from plant_io.modbus_client import ModbusPlantIO
 from plant_io.opcua_client import OpcUaPlantIO
@@ -63,19 +64,24 @@ def build_plant_io(path: Path, recipe: Recipe, clock: Clock, log: Any = None) ->
     """The OPC UA or Modbus client of one unit. Reconnect back-off runs on the real monotonic clock
     (network time), whatever the plant-time acceleration."""
     endpoint, bindings = load_binding_file(path, recipe)
-    if isinstance(endpoint, OpcUaEndpoint):
-        return OpcUaPlantIO(endpoint, bindings, clock.utc, time.monotonic, log=log)
+    io: OpcUaPlantIO | ModbusPlantIO
     try:
-        return ModbusPlantIO(endpoint, bindings, clock.utc, time.monotonic, cycle_budget_s=0.5 * recipe.period_s,
-                             log=log)
+        if isinstance(endpoint, OpcUaEndpoint):
+            io = OpcUaPlantIO(endpoint, bindings, clock.utc, time.monotonic, log=log)
+        else:
+            io = ModbusPlantIO(endpoint, bindings, clock.utc, time.monotonic, cycle_budget_s=0.5 * recipe.period_s,
+                               log=log)
+        io.counter_max(recipe.io.heartbeat.apc_tag)  # the heartbeat's type is checked at bind time
     except ValueError as exc:
         raise AssemblyError(f"{path}: {exc}") from None
+    return io
 
 
 def build_remote_unit(name: str, loaded: LoadedRecipe, binding_file: Path, clock: Clock, *, audit: Any,
                       record_path: Path | None = None, state_dir: Path | None = None,
-                      real_time: bool = True) -> Unit:
-    """A unit controlling a plant over OPC UA / Modbus (cells, or furnaces with their batch)."""
+                      real_time: bool = True, state: UnitStateFile | None = None) -> Unit:
+    """A unit controlling a plant over OPC UA / Modbus (cells, or furnaces with their batch); ``state``:
+    its state file across restarts (see :mod:`apc.unit_state`)."""
     recipe = loaded.recipe
     io = build_plant_io(binding_file, recipe, clock, log=audit.bind(unit=name))
     kind = recipe.controller.kind
@@ -96,4 +102,4 @@ def build_remote_unit(name: str, loaded: LoadedRecipe, binding_file: Path, clock
         recorder = FlightRecorder(record_path, {
             "unit": name, "recipe": recipe.name, "recipe_sha256": loaded.sha256, "period_s": recipe.period_s,
             "started_utc": clock.utc(), "controller": kind, "plant": str(binding_file)})
-    return Unit(name, loaded, io, estimator, controller, audit=audit, recorder=recorder, batch=batch)
+    return Unit(name, loaded, io, estimator, controller, audit=audit, recorder=recorder, batch=batch, state=state)

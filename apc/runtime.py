@@ -31,8 +31,10 @@ from apc.recipe.errors import RecipeError
 from apc.recipe.loader import LoadedRecipe, LoadedSite
 from apc.recipe.schema import SiteUnit
 from apc.scheduler import ScheduleStats, run_periodic, stop_on_signals
+from apc.journal import DeferredStream, sync_periodically
 from apc.types import Mode
 from apc.unit import Unit
+from apc.unit_state import STATE_FILE_NAME, UnitStateFile
 from plant_io.virtual_plant import VirtualPlant, generate_bindings
 from sim.furnace_plant import load_furnace_scenario
 from sim.scenario import load_scenario
@@ -84,15 +86,21 @@ async def run_site(
     clock = RealClock(speed if speed is not None else site.speed)
     rdir = record_dir or Path(site.record_dir)
     rdir.mkdir(parents=True, exist_ok=True)
-    audit_file = open(rdir / "audit.jsonl", "a", encoding="utf-8")
-    audit = make_logger(audit_file, site=site.site)
+    # Until the start is accepted nothing is written: audit events wait here, new records are removed.
+    journal = DeferredStream()
+    audit = make_logger(journal, site=site.site)
+    audit_file: TextIO | None = None
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     units: list[Unit] = []
+    starts: list[Mode] = []
+    new_records: list[Path] = []
     hmi: HmiServer | None = None
     vp: VirtualPlant | None = None
     vp_task: asyncio.Task[None] | None = None
+    durability: asyncio.Task[None] | None = None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock.utc()))
+    results: list[ScheduleStats] = []
     try:
         if virtual_plant is not None:
             vunits = virtual_units(loaded, virtual_plant)
@@ -102,20 +110,34 @@ async def run_site(
             await vp.start()
             bindings_dir = rdir / "bindings"
             generate_bindings(vp, bindings_dir)
-            vp_task = asyncio.create_task(vp.serve_until(stop))
-            print(f"virtual plant: {len(vunits)} unit(s) on loopback "
-                  + ", ".join(f"{u.name} {u.protocol}:{u.port}" for u in vunits), file=out, flush=True)
         for su in site.units:
-            unit = _build_unit(loaded, su, clock, audit, rdir / f"{su.name}-{stamp}.apcrec", bindings_dir)
-            unit.request_mode(Mode(_first_mode(unit, su.requested_mode)), who="site file", where=str(loaded.path),
-                              utc=clock.utc())
+            record = rdir / f"{su.name}-{stamp}.apcrec"
+            existed = record.exists()
+            unit, real_plant = _build_unit(loaded, su, clock, audit, record, bindings_dir,
+                                           simulated_bindings=virtual_plant is not None)
+            if not existed and record.exists():
+                new_records.append(record)
             units.append(unit)
-        for u in units:  # a plant that is not there yet: the unit starts unlinked and retries each cycle
-            if isinstance(u.io, Reconnecting):
-                await u.io.reconnect_if_due()
+            unit.restore(clock.utc())
+            starts.append(_first_mode(unit, Mode(su.requested_mode), real_plant))
         if site.hmi is not None:
             hmi = _hmi_server(loaded, units, audit, clock)
             await hmi.start()
+        # The start is accepted: from here on everything is journalled.
+        audit_file = open(rdir / "audit.jsonl", "a", encoding="utf-8")
+        journal.commit(audit_file)
+        new_records = []
+        if vp is not None:
+            vp_task = asyncio.create_task(vp.serve_until(stop))
+            print(f"virtual plant: {len(vp.units)} unit(s) on loopback "
+                  + ", ".join(f"{u.name} {u.protocol}:{u.port}" for u in vp.units), file=out, flush=True)
+        for unit, su, mode in zip(units, site.units, starts):
+            unit.start_mode(mode, who="site file", where=str(loaded.path), utc=clock.utc())
+        for u in units:  # a plant that is not there yet: the unit starts unlinked and retries each cycle
+            if isinstance(u.io, Reconnecting):
+                await u.io.reconnect_if_due()
+        durability = asyncio.create_task(sync_periodically(
+            lambda: [audit_file] + [u.recorder for u in units], site.fsync_interval_s, stop))
         # Models, solvers and sessions built above live as long as the process: keep them out of
         # every later collection, so a full collection scans only what the cycles allocate.
         gc.collect()
@@ -124,9 +146,17 @@ async def run_site(
               f"records and audit log in {rdir}", file=out, flush=True)
         tasks = [asyncio.create_task(_run_unit(u, clock, hours, stop, audit, out, status_every_s, hmi))
                  for u in units]
-        results: list[ScheduleStats] = await asyncio.gather(*tasks)
+        results = await asyncio.gather(*tasks)
     finally:  # every resource is released even when another one fails to close
         closers: list[Callable[[], Awaitable[None]]] = []
+        if durability is not None:
+            task_d = durability
+
+            async def synced() -> None:
+                stop.set()
+                await task_d
+
+            closers.append(synced)
         if hmi is not None:
             closers.append(hmi.stop)
         for u in units:
@@ -146,13 +176,19 @@ async def run_site(
                 await close()
             except Exception as exc:  # logged, the others still close
                 audit.error("shutdown_close_failed", utc=clock.utc(), error=f"{type(exc).__name__}: {exc}")
-        audit_file.close()
-    for u, stats in zip(units, results):
-        print(f"\n{u.name}: {stats.cycles} cycles, {stats.overruns} overruns, {stats.errors} errors", file=out)
+        for path in new_records:  # a refused start leaves no records behind
+            path.unlink(missing_ok=True)
+        if audit_file is not None:
+            audit_file.close()
+    errors = [stats.errors + sum(u.stage_faults.values()) for u, stats in zip(units, results)]
+    for u, stats, n_errors in zip(units, results, errors):
+        print(f"\n{u.name}: {stats.cycles} cycles, {stats.overruns} overruns, {n_errors} errors", file=out)
+        if u.stage_faults:
+            print("  faults by block: " + ", ".join(f"{k} {v}" for k, v in sorted(u.stage_faults.items())), file=out)
         if u.kpi is not None:
             print(format_kpis(u.kpi.result()), file=out)
     out.flush()
-    return 0 if all(s.errors == 0 for s in results) else 1
+    return 0 if all(n == 0 for n in errors) else 1
 
 
 def clock_speed(clock: RealClock) -> float:
@@ -161,26 +197,31 @@ def clock_speed(clock: RealClock) -> float:
 
 
 def _build_unit(loaded: LoadedSite, su: SiteUnit, clock: RealClock, audit: Any, record: Path,
-                bindings_dir: Path | None = None) -> Unit:
-    """One unit of the site: against its plant over OPC UA / Modbus (a binding file in the site, or
-    ``bindings_dir/<unit>.yaml`` for a simulated unit served by ``apc plant-sim``), else against
-    the in-process simulator (a cell, or a furnace with its batch)."""
+                bindings_dir: Path | None = None, *, simulated_bindings: bool = False) -> tuple[Unit, bool]:
+    """One unit of the site, and whether its plant outlives this process (a real plant).
+
+    Against its plant over OPC UA / Modbus (a binding file in the site, or
+    ``bindings_dir/<unit>.yaml`` for a unit served by ``apc plant-sim``: real plants, whose unit keeps
+    a state file across restarts; or by this process's own virtual plant, ``simulated_bindings``),
+    else against the in-process simulator (a cell, or a furnace with its batch)."""
     recipe = loaded.recipes[su.name]
     state_dir = loaded.path.parent / loaded.site.state_dir / su.name
     binding_file = (loaded.path.parent / su.plant.bindings if su.plant.bindings
                     else bindings_dir / f"{su.name}.yaml" if bindings_dir is not None else None)
     if binding_file is not None:
+        real_plant = su.plant.bindings is not None or not simulated_bindings
+        state = UnitStateFile(state_dir / STATE_FILE_NAME, su.name) if real_plant else None
         return build_remote_unit(su.name, recipe, binding_file, clock, audit=audit, record_path=record,
-                                 state_dir=state_dir)
+                                 state_dir=state_dir, state=state), real_plant
     if recipe.recipe.is_furnace:
         scenario = load_furnace_scenario(su.plant.scenario if su.plant.scenario != "nominal"
                                          else DEFAULT_SCENARIOS[recipe.recipe.unit_kind])
         unit, _, _ = build_furnace_sim_unit(su.name, recipe, scenario, su.plant.seed, clock, audit=audit,
                                             record_path=record, real_time=True, state_dir=state_dir)
-        return unit
+        return unit, False
     unit, _ = build_sim_unit(su.name, recipe, load_scenario(su.plant.scenario), su.plant.seed, clock, audit=audit,
                              record_path=record, real_time=True)
-    return unit
+    return unit, False
 
 
 def build_estimator_controller(loaded: LoadedRecipe, unit: Unit) -> tuple[Estimator, Controller]:
@@ -247,11 +288,13 @@ def hmi_batch_status(status: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _first_mode(unit: Unit, requested: str) -> str:
-    """The site file's mode, except that a batch restored after a restart starts no higher than
-    STANDBY: the DCS keeps holding the furnace until an operator asks for more."""
-    if unit.batch is not None and unit.batch.status().get("state") == "held" and requested == "ON":
-        return "STANDBY"
+def _first_mode(unit: Unit, requested: Mode, real_plant: bool) -> Mode:
+    """The mode a process start asks for: the site file's, but on a real plant never above STANDBY
+    (after a crash or restart an operator re-engages each unit), and a furnace batch restored
+    after a restart starts no higher than STANDBY (the DCS keeps holding it until an operator asks)."""
+    held = unit.batch is not None and unit.batch.status().get("state") == "held"
+    if requested is Mode.ON and (real_plant or held):
+        return Mode.STANDBY
     return requested
 
 

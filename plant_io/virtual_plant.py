@@ -24,7 +24,8 @@ OPC UA (NoSecurity, anonymous, role User: nobody bypasses the access levels)
   Endpoint ``opc.tcp://HOST:PORT/apc/virtual-plant/``; namespace
   ``urn:apc:virtual-plant:<unit>``; folder ``Objects/<unit>``; one variable per
   tag with the string node id ``<tag>``. Data type Boolean for flags
-  (``*.apc_active``, ``*.remote``, ``*.at_high_limit``), Double for every other
+  (``*.apc_active``, ``*.remote``, ``*.at_high_limit``), Int16 for the APC
+  heartbeat (as a DCS holds it: the APC wraps it at 32767), Double for every other
   tag (values, setpoints, counters). AccessLevel CurrentWrite on exactly the
   adapter's writable set (:func:`writable_tags`). StatusCode from the simulated
   quality: Good, Uncertain, BadSensorFailure; BadWaitingForInitialData while a
@@ -39,8 +40,9 @@ OPC UA (NoSecurity, anonymous, role User: nobody bypasses the access levels)
 
 Modbus TCP (zero-based PDU addresses, one device id per unit)
   holding registers: the writable tags, sorted by name, float32 big word order
-  at 0, 2, 4, ...; a write must cover both registers of a value (FC16) or it
-  is refused with exception 2 (illegal address); a non-finite value with 3.
+  at 0, 2, 4, ... (the APC heartbeat: one int16 register at its address); a write
+  must cover both registers of a value (FC16) or it is refused with exception 2
+  (illegal address); a non-finite value with 3.
   input registers: the read-only tags, sorted by name, float32 big word order
   at 0, 2, 4, ...; then one uint16 ``<tag>.quality`` per measured tag, sorted
   (0 good, 1 uncertain, 2 bad or no value yet); then one uint32
@@ -122,6 +124,9 @@ URI_PREFIX = "urn:apc:virtual-plant:"
 OPCUA_PATH = "/apc/virtual-plant/"
 FLAG_SUFFIXES = (".apc_active", ".remote", ".at_high_limit")
 """Tags ending so are flags: Boolean nodes over OPC UA (float32 0/1 over Modbus)."""
+APC_HEARTBEAT = "apc.heartbeat"
+"""The APC's heartbeat counter: served as a DCS usually holds it, a 16-bit signed integer (OPC UA
+Int16, Modbus int16), so the APC must wrap it at 32767."""
 QUALITY_REGISTER: Mapping[Quality, int] = {Quality.GOOD: 0, Quality.UNCERTAIN: 1, Quality.BAD: 2}
 """Value of a Modbus ``<tag>.quality`` register (2 also when there is no value yet)."""
 QUALITY_SUFFIX = ".quality"
@@ -236,11 +241,24 @@ def is_flag(tag: str) -> bool:
     return tag.endswith(FLAG_SUFFIXES)
 
 
+def _opcua_type(tag: str) -> str:
+    return "Boolean" if is_flag(tag) else "Int16" if tag == APC_HEARTBEAT else "Double"
+
+
+_UA_VARIANT: Mapping[str, ua.VariantType] = {"Boolean": ua.VariantType.Boolean, "Int16": ua.VariantType.Int16,
+                                             "Double": ua.VariantType.Double}
+
+
+def _ua_value(data_type: str, value: float) -> bool | int | float:
+    if data_type == "Boolean":
+        return value >= 0.5
+    return int(value) if data_type == "Int16" else float(value)
+
+
 def opcua_map(unit: VirtualUnit, io: SimulatedIO) -> dict[str, OpcUaTag]:
     """OPC UA binding of every tag of ``unit``, sorted by tag."""
     writable = writable_tags(io)
-    return {tag: OpcUaTag(f"nsu={unit.namespace_uri};s={tag}", "Boolean" if is_flag(tag) else "Double",
-                          tag in writable)
+    return {tag: OpcUaTag(f"nsu={unit.namespace_uri};s={tag}", _opcua_type(tag), tag in writable)  # type: ignore[arg-type]
             for tag in sorted(io.tags())}
 
 
@@ -249,7 +267,7 @@ def modbus_map(io: SimulatedIO) -> dict[str, ModbusTag]:
     writable = writable_tags(io)
     out: dict[str, ModbusTag] = {}
     for i, tag in enumerate(sorted(writable)):
-        out[tag] = ModbusTag("holding", 2 * i, "float32", "big", writable=True)
+        out[tag] = ModbusTag("holding", 2 * i, "int16" if tag == APC_HEARTBEAT else "float32", "big", writable=True)
     readable = sorted(io.tags() - writable)
     address = 0
     for tag in readable:
@@ -348,11 +366,9 @@ class _OpcUaServer:
             nodes[unit.spec.name] = {}
             for tag, binding in unit.opcua.items():
                 nid = ua.NodeId(tag, idx)
-                vt = ua.VariantType.Boolean if binding.data_type == "Boolean" else ua.VariantType.Double
+                vt = _UA_VARIANT[binding.data_type]
                 initial = unit.written.get(tag, 0.0)
-                node = await folder.add_variable(nid, f"{idx}:{tag}",
-                                                 ua.Variant(initial >= 0.5 if vt is ua.VariantType.Boolean
-                                                            else float(initial), vt))
+                node = await folder.add_variable(nid, f"{idx}:{tag}", ua.Variant(_ua_value(binding.data_type, initial), vt))
                 if binding.writable:
                     await node.set_writable(True)
                     writable[nid] = (unit, tag)
@@ -381,16 +397,16 @@ class _OpcUaServer:
         nodes = self._nodes[unit.spec.name]
         scan_ts = _utc_datetime(utc)
         for tag in unit.readable:
-            flag = unit.opcua[tag].data_type == "Boolean"
-            vt = ua.VariantType.Boolean if flag else ua.VariantType.Double
+            data_type = unit.opcua[tag].data_type
+            vt = _UA_VARIANT[data_type]
             s = samples.get(tag)
             if s is None:  # no lab/dip result yet
                 dv = ua.DataValue(ua.Variant(None, ua.VariantType.Null),
                                   ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData), scan_ts, scan_ts)
             else:
                 source = _utc_datetime(s.sample_ts) if s.sample_ts is not None else scan_ts
-                value: bool | float = s.value >= 0.5 if flag else float(s.value)
-                dv = ua.DataValue(ua.Variant(value, vt), ua.StatusCode(_UA_STATUS[s.quality]), source, scan_ts)
+                dv = ua.DataValue(ua.Variant(_ua_value(data_type, s.value), vt), ua.StatusCode(_UA_STATUS[s.quality]),
+                                  source, scan_ts)
             await server.write_attribute_value(nodes[tag], dv)
 
     async def _on_post_write(self, event: Any, _dispatcher: Any) -> None:
@@ -462,9 +478,10 @@ class _ModbusServer:
 
     def _device(self, unit: _Unit) -> SimDevice:
         holding: list[int] = []
-        for tag, b in unit.modbus.items():
+        for tag, b in sorted(unit.modbus.items(), key=lambda tb: tb[1].address):
             if b.table == "holding":
-                holding.extend(_f32_registers(unit.written[tag]))
+                holding.extend([0] * (b.address - len(holding)))
+                holding.extend(_f32_registers(unit.written[tag]) if b.data_type == "float32" else [0] * b.width)
         inputs = self._input_image(unit, {}, 0.0)
         bits = [SimData(0, values=False, datatype=DataType.BITS)]  # unused, but the store needs a block
         return SimDevice(

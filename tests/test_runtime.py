@@ -91,7 +91,7 @@ def summary(out: str, name: str) -> tuple[int, int, int]:
 
 
 def test_failing_unit_does_not_stop_the_other(tmp_path: Path, built: dict[str, Unit]) -> None:
-    """One unit's estimator raising every cycle is counted as errors; the other unit reaches ON and writes."""
+    """One unit's estimator raising every cycle is caught at that unit (shed, audited, recorded, counted as errors); the other unit reaches ON and writes."""
     site = load_site_file(write_site(tmp_path))
     out = io.StringIO()
     rdir = tmp_path / "rec"
@@ -102,6 +102,7 @@ def test_failing_unit_does_not_stop_the_other(tmp_path: Path, built: dict[str, U
     bad_cycles, _, bad_errors = summary(text, "broken")
     assert good_errors == 0 and good_cycles > 100
     assert bad_errors == bad_cycles > 100
+    assert built["broken"].stage_faults == {"estimate": bad_cycles}
     assert built["broken"].estimator.calls == bad_cycles  # type: ignore[attr-defined]
     good = read_record(next(rdir.glob("good-*.apcrec")))
     assert len(good.cycles) == good_cycles and not good.truncated_tail
@@ -109,11 +110,15 @@ def test_failing_unit_does_not_stop_the_other(tmp_path: Path, built: dict[str, U
                  and any(w["tag"] == "feed.sp_kg_h" and w["ok"] for w in c["writes"])]
     assert len(on_writes) > 20
     broken = read_record(next(rdir.glob("broken-*.apcrec")))
-    assert broken.cycles == () and not broken.truncated_tail
+    assert len(broken.cycles) == bad_cycles and not broken.truncated_tail
+    assert all(c["fault"]["stage"] == "estimate" and c["mode"]["actual"] == "STANDBY" for c in broken.cycles)
+    assert broken.cycles[-1]["shed_reason"] == "estimate failed: ZeroDivisionError: estimator bug"
+    assert not any(w["tag"] in ("feed.sp_kg_h", "current.sp_kA", "anode.move_cm") for c in broken.cycles
+                   for w in c["writes"])
     audit = [json.loads(line) for line in (rdir / "audit.jsonl").read_text().splitlines()]
-    failed = [e for e in audit if e["event"] == "cycle_failed"]
+    failed = [e for e in audit if e["event"] == "cycle_fault"]
     assert len(failed) == bad_cycles and {e["unit"] for e in failed} == {"broken"}
-    assert all("ZeroDivisionError: estimator bug" in e["error"] for e in failed)
+    assert all(e["stage"] == "estimate" and "ZeroDivisionError: estimator bug" in e["why"] for e in failed)
     assert all(u.recorder.closed for u in built.values())
 
 

@@ -562,7 +562,14 @@ class HmiSection:
     allow_insecure_loopback: bool = False
     """Also offer an unsecured endpoint; refused unless the endpoint host is loopback."""
     trusted_clients: str | None = None
-    """Directory of trusted client certificates (recommended in production)."""
+    """Directory of the client certificates allowed to connect (re-read when it changes). Required,
+    except with ``allow_insecure_loopback``: then, without it, the secure endpoint trusts no client
+    and only the loopback endpoint serves sessions."""
+
+    def __post_init__(self) -> None:
+        if self.trusted_clients is None and not self.allow_insecure_loopback:
+            raise ValueError("trusted_clients is required: the directory of the HMI client certificates "
+                             "allowed to connect (see docs/hmi.md)")
 
 
 @dataclass(frozen=True)
@@ -578,7 +585,11 @@ class Site:
     hmi: HmiSection | None = None
     """The HMI server; none: operators use the site file's requested modes only."""
     state_dir: str = "state"
-    """Where furnace batches keep their state files (relative to the site file)."""
+    """Where units keep their state files (furnace batches; on a real plant, each unit's latched shed,
+    operator limits, MV enables and electrode moves), relative to the site file."""
+    fsync_interval_s: float = 1.0
+    """The audit log and the flight records are fsynced this often (wall seconds): a power loss loses
+    at most this long of them. State files are fsynced on every change."""
 
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
@@ -588,3 +599,5 @@ class Site:
             raise ValueError("unit names must be unique")
         if self.speed <= 0:
             raise ValueError("speed must be > 0")
+        if not 0 < self.fsync_interval_s <= 60:
+            raise ValueError("fsync_interval_s must be in (0, 60] seconds")
