@@ -71,7 +71,8 @@ class ModeManager:
 
     def latch(self, reason: str, previous: Mode) -> ModeDecision:
         """Latch a shed with ``reason`` now, whatever the conditions (a fault in the cycle): STANDBY,
-        or OFF when OFF is requested. ``previous`` is the mode the cycle started in."""
+        or OFF when OFF is requested. ``previous`` is the mode the cycle started in. The warm-up starts
+        again: cycles that faulted may not have fed the estimator."""
         self.shed_reason = reason
         self._healthy_since = None
         self.actual = Mode.OFF if self.requested is Mode.OFF else Mode.STANDBY

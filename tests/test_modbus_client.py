@@ -350,3 +350,34 @@ def test_modbus_bindings_validate_and_parse() -> None:
         parse_bindings({"x": {"table": "holding", "address": 1.5, "data_type": "int16"}})
     ep = parse_endpoint({"host": "10.0.0.5", "port": 502, "device_id": 3, "timeout_s": 0.3, "retries": 2})
     assert isinstance(ep, ModbusEndpoint) and ep.worst_case_stall_s == pytest.approx(0.9)
+
+
+def test_a_write_the_device_does_not_answer_is_sent_once() -> None:
+    """An unanswered FC16 write (an electrode move) goes out exactly once: no client-level retry may re-send it and move the electrode twice; it is reported not acknowledged."""
+    functions: list[int] = []
+
+    async def device(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # read whole Modbus TCP frames (MBAP header, then the PDU), never answer
+                head = await reader.readexactly(7)
+                pdu = await reader.readexactly(int.from_bytes(head[4:6], "big") - 1)
+                functions.append(pdu[0])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(device, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            plant = _plant(port, {"anode.move_cm": ModbusTag("holding", 0, "float32", writable=True)},
+                           timeout_s=0.2, retries=2, budget_s=1.0)
+            await plant.connect()
+            with pytest.raises(PlantLinkDown):
+                await plant.write([Write("anode.move_cm", 0.1)])
+            await plant.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    assert functions == [FC_WRITE_REGISTERS]

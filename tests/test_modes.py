@@ -312,3 +312,17 @@ def test_sim_requested_mode_is_recorded_separately_from_actual(mode: Mode) -> No
     r = su.step()[0]
     assert r["mode"]["requested"] == mode.value and r["mode"]["actual"] == mode.value
     assert move_writes(r, su.recipe) == []
+
+
+def test_sim_link_loss_shed_names_the_link_not_the_remote_status() -> None:
+    """A lost plant link sheds the ON unit with the link as the reason (the first cause), not "DCS took loop(s) out of remote"."""
+    su = SimUnit(seed=16)
+    su.go_on()
+    su.step(3)
+
+    async def lost(tags: object) -> object:
+        raise ConnectionError("plant link down")
+
+    su.unit.io.read = lost  # type: ignore[method-assign]
+    shed = su.step()[0]
+    assert shed["shed"] and shed["shed_reason"].startswith("read failed: ConnectionError: plant link down")

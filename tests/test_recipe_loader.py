@@ -344,3 +344,15 @@ def test_status_bound_to_a_tag_the_apc_writes_is_refused(tmp_path: Path) -> None
         load_recipe(path)
     p = one(list(info.value.problems), "io.mvs.oxide_feed.remote_status")
     assert p.line == line_of(path, "remote_status: feed.apc_active") and "must report it" in p.message
+
+
+def test_increment_mv_without_sequence_tag_is_refused_at_its_line(tmp_path: Path) -> None:
+    """An increment MV bound without a sequence tag is refused at the MV's line: without one a re-sent write could move it twice."""
+    shipped = Path(__file__).resolve().parent.parent / "recipes" / "nd_cell_6ka.yaml"
+    text = shipped.read_text().replace("      sequence_tag: anode.move_seq\n", "")
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    p = one(list(info.value.problems), "io.mvs.anode_move.sequence_tag")
+    assert p.line == line_of(path, "      tag: anode.move_cm") - 1 and "required for an increment MV" in p.message

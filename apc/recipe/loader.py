@@ -570,7 +570,7 @@ def _check_tags(conv: Converter, root: Node, io: IoSection) -> None:
                          "only increment and pulse MVs have a sequence tag")
         if mv.sequence_tag is None and mv.kind is not MvKind.SETPOINT:
             conv.problem(_at(root, "io", "mvs", name, key_line=True), f"{base}.sequence_tag",
-                         f"required for a {mv.kind.value} MV: the DCS applies each move once per new sequence "
+                         f"required for an {mv.kind.value} MV: the DCS applies each move once per new sequence "
                          "number, so a re-sent or repeated write can never move it twice")
         if mv.model_input in model_inputs:
             conv.problem(_at(root, "io", "mvs", name, "model_input"), f"{base}.model_input",
