@@ -9,7 +9,7 @@ audited, and latches a shed with its block named; the cycle then writes only the
 (``apc_active`` 0 and the heartbeat) and records what happened. Writes are journalled around
 the plant I/O: the intent is audited before the write, the result after it, and the cycle is
 recorded; a unit whose audit log or flight record cannot be written drives nothing until it can
-again (see ``docs/flight_record.md``, "Write, audit and record order").
+again (see ``docs/safety.md``, "Write, audit and record order").
 """
 
 from __future__ import annotations
@@ -178,6 +178,7 @@ class Unit:
         self.batch = batch
         """Furnaces: the batch whose curve the controller follows (updated before each control step)."""
         self.state = state
+        self._saved: UnitMemory | None = None
         recipe = loaded.recipe
         self.mvs = {n: MvState(n, spec, recipe.limits[n]) for n, spec in recipe.io.mvs.items()}
         self.modes = ModeManager(recipe.estimator.warmup_s, recipe.modes.shed_after_bad_cycles)
@@ -224,14 +225,20 @@ class Unit:
                           {n: mv.memory() for n, mv in self.mvs.items()})
 
     def _remember(self, utc: float) -> bool:
-        """Save :meth:`memory` to the state file (if any); False (audited) when it cannot be written."""
+        """Save :meth:`memory` to the state file (if any, and if it changed); False (audited) when it
+        cannot be written."""
         if self.state is None:
             return True
+        memory = self.memory()
+        if memory == self._saved:
+            return True
         try:
-            self.state.save(self.memory())
+            self.state.save(memory)
         except OSError as exc:
+            self._saved = None
             self._audit("error", "unit_state_write_failed", utc=utc, path=str(self.state.path), error=str(exc))
             return False
+        self._saved = memory
         return True
 
     def restore(self, utc: float) -> bool:
