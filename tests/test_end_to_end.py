@@ -112,8 +112,8 @@ def test_hmi_operator_switches_on_and_off_and_wrong_or_viewer_writes_are_refused
             unit = site.units["cell-ua"]
             await unit.io.connect()
             srv = HmiServer(site.units, load_users(pki.users), endpoint_url=f"opc.tcp://127.0.0.1:{free_port()}/apc",
-                            cert_path=pki.server_cert, key_path=pki.server_key, audit=audit.logger,
-                            clock_utc=clock.utc)
+                            cert_path=pki.server_cert, key_path=pki.server_key, trusted_clients=pki.trusted,
+                            audit=audit.logger, clock_utc=clock.utc)
             async with srv:
                 with pytest.raises(HmiClientError):
                     await request_mode(srv.endpoint_url, pki.creds("olga", "wrong-password-1"), "cell-ua", "ON")

@@ -100,7 +100,8 @@ def test_hmi_batch_commands_start_hold_resume_abort(pki: Pki) -> None:  # noqa: 
             await unit.cycle(k, k * 5.0, clock.monotonic(), clock.utc())
         assert unit.modes.actual is Mode.ON and batch.status()["state"] == "idle"
         srv = HmiServer({"vim-1": unit}, load_users(pki.users), endpoint_url=f"opc.tcp://127.0.0.1:{free_port()}/apc",
-                        cert_path=pki.server_cert, key_path=pki.server_key, audit=null_logger(), clock_utc=clock.utc)
+                        cert_path=pki.server_cert, key_path=pki.server_key, trusted_clients=pki.trusted,
+                        audit=null_logger(), clock_utc=clock.utc)
         async with srv:
             async def command(user: str, value: str) -> str:
                 async with session(srv, pki.creds(user)) as (c, ns):
@@ -142,7 +143,8 @@ def test_hmi_shows_the_batch_status_every_cycle_without_type_errors(pki: Pki) ->
         unit, _, batch = build_furnace_sim_unit("vim-1", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
                                                 audit=null_logger(), with_kpis=False)
         srv = HmiServer({"vim-1": unit}, load_users(pki.users), endpoint_url=f"opc.tcp://127.0.0.1:{free_port()}/apc",
-                        cert_path=pki.server_cert, key_path=pki.server_key, audit=null_logger(), clock_utc=clock.utc)
+                        cert_path=pki.server_cert, key_path=pki.server_key, trusted_clients=pki.trusted,
+                        audit=null_logger(), clock_utc=clock.utc)
         async with srv:
             unit.request_mode(Mode.ON, who="test", where="hmi", utc=clock.utc())
             for k in range(40):

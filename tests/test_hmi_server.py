@@ -48,6 +48,8 @@ class Pki:
     other_cert: Path
     other_key: Path
     users: Path
+    trusted: Path
+    """Trust list holding the client and other certificates."""
 
     def creds(self, user: str, password: str | None = None, *, cert: Path | None = None,
               key: Path | None = None) -> HmiCredentials:
@@ -68,6 +70,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     sc, sk = make_certificate(d, "server", SERVER_URI, ["localhost", "127.0.0.1"])
     cc, ck = make_certificate(d, "client", "urn:apc:test:client", ["localhost"])
     oc, ok = make_certificate(d, "other", "urn:apc:test:other", ["localhost"])
+    trusted = d / "trusted"
+    trusted.mkdir()
+    for cert in (cc, oc):
+        (trusted / cert.name).write_bytes(cert.read_bytes())
     users = d / "users.yaml"
     for name, pw in PASSWORDS.items():
         add_user(users, name, ROLES[name], pw, n=2**10)  # cheap hashes keep the tests fast
@@ -75,7 +81,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         _write_private(d / f"{name}.yaml", yaml.safe_dump({
             "username": name, "password": PASSWORDS[name], "client_cert": "client_cert.pem",
             "client_key": "client_key.pem", "server_cert": "server_cert.pem"}))
-    return Pki(d, sc, sk, cc, ck, oc, ok, users)
+    return Pki(d, sc, sk, cc, ck, oc, ok, users, trusted)
 
 
 class Audit:
@@ -92,7 +98,8 @@ class Audit:
 
 @asynccontextmanager
 async def hmi(pki: Pki, su: SimUnit, audit: Audit, **kw: Any) -> AsyncIterator[HmiServer]:
-    """A running HMI server for ``su`` on a free loopback port."""
+    """A running HMI server for ``su`` on a free loopback port (trusting ``pki.trusted`` unless told)."""
+    kw.setdefault("trusted_clients", pki.trusted)
     srv = HmiServer({UNIT: su.unit}, load_users(pki.users), endpoint_url=f"opc.tcp://127.0.0.1:{free_port()}/apc",
                     cert_path=pki.server_cert, key_path=pki.server_key, audit=audit.logger,
                     clock_utc=su.clock.utc, **kw)
@@ -181,7 +188,7 @@ def test_wrong_password_anonymous_and_unsecured_clients_are_refused(pki: Pki) ->
                 await anon.connect()
             await anon.disconnect()
             assert anon_err.value.code == ua.StatusCodes.BadIdentityTokenRejected
-            with pytest.raises(HmiClientError, match="No matching endpoints"):
+            with pytest.raises(HmiClientError, match="BadSecurityPolicyRejected"):  # the server refuses it
                 await request_mode(srv.endpoint_url, pki.creds("olga"), UNIT, "ON", insecure_loopback=True,
                                    timeout_s=2)
             endpoints = await srv._server.get_endpoints()  # type: ignore[union-attr]

@@ -1,11 +1,19 @@
 """The runtime's own OPC UA server for the HMI (asyncua 2.1), secure by default.
 
 Security: only Basic256Sha256 SignAndEncrypt with username/password tokens
-(:class:`~apc.hmi.users.HmiUserManager`; anonymous is never offered). An
-unsecured endpoint exists only with ``allow_insecure_loopback=True`` *and* a
-loopback endpoint host. Client certificates are checked for validity period,
-URI and key usage, and against a trust list when ``trusted_clients`` is given.
-A permission ruleset allows authenticated HMI users the read/browse/subscribe/
+(anonymous is never offered). An unsecured endpoint exists only with
+``allow_insecure_loopback=True`` *and* a loopback endpoint host. Every
+connection runs through :mod:`apc.hmi.channel_guard`: over a channel that is
+not the offered secure one only discovery is served (the insecure loopback
+endpoint excepted, for loopback peers). Logins are throttled per peer address
+and client certificate and their scrypt checks run off the event loop
+(:mod:`apc.hmi.login`). Client certificates must be in the trust list
+``trusted_clients`` (:mod:`apc.hmi.trust`, re-read when the directory
+changes), which is required whenever a certificate is configured, except with
+``allow_insecure_loopback`` (then, without a trust list, the secure endpoint
+trusts no client and only the loopback endpoint serves sessions). Client
+certificates are also checked for validity period, URI and key usage. A
+permission ruleset allows authenticated HMI users the read/browse/subscribe/
 write/call services only (no node management).
 
 Address space (namespace :data:`HMI_NAMESPACE`, string node ids shown)::
@@ -45,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import enum
-import ipaddress
+import errno
 import logging
 import math
 import re
@@ -54,14 +62,17 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import urlparse
 
-from asyncua import Server, ua
+from asyncua import ua
 from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
-from asyncua.crypto.truststore import TrustStore
-from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.server.address_space import AttributeService
 
 from apc.hmi.certs import application_uri_of
-from apc.hmi.users import HmiUser, HmiUserManager, LoginThrottle, Role, UserDb
+from apc.hmi.channel_guard import ChannelGuard, ChannelGuardError, ChannelRules, GuardedServer, is_loopback_host
+from apc.hmi.login import HmiUserManager, LoginGate, PasswordPool
+from apc.hmi.throttle import LoginThrottle
+from apc.hmi.trust import TrustList, TrustListError
+from apc.hmi.users import HmiUser, Role, UserDb
 from apc.types import Mode
 from apc.unit import Unit
 
@@ -87,18 +98,6 @@ class HmiServerError(Exception):
 def hmi_node_id(unit: str, *path: str) -> str:
     """String identifier of an HMI node, e.g. ``hmi_node_id("cell-1", "MVs", "oxide_feed", "Enabled")``."""
     return ".".join((unit, *path))
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """True for localhost and loopback IP addresses (127.0.0.0/8, ::1)."""
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class _Cmd(enum.Enum):
@@ -187,6 +186,7 @@ class HmiServer:
         trusted_clients: str | Path | None = None,
         application_uri: str | None = None,
         throttle: LoginThrottle | None = None,
+        password_pool: PasswordPool | None = None,
         reload: ReloadCallback | None = None,
     ) -> None:
         url = urlparse(endpoint_url)
@@ -203,6 +203,9 @@ class HmiServer:
                                  "create them with `apc hmi-cert`")
         if key_path is not None and Path(key_path).suffix.lower() != ".pem":
             raise HmiServerError(f"{key_path}: the private key must be a .pem file")
+        if cert_path is not None and trusted_clients is None and not allow_insecure_loopback:
+            raise HmiServerError("trusted_clients is required with a server certificate: a directory of the client "
+                                 "certificates allowed to connect (IEC 62443 SR 1.8); see docs/hmi.md")
         for name in units:
             if not name or "." in name or "/" in name:
                 raise HmiServerError(f"unit name {name!r} cannot name an HMI folder (no '.' or '/')")
@@ -222,8 +225,12 @@ class HmiServer:
                 raise HmiServerError(f"server certificate: {exc}") from None
         self.application_uri = application_uri or "urn:apc:hmi:server"
         self._throttle = throttle
+        self._password_pool = password_pool
         self._reload = reload
-        self._server: Server | None = None
+        self._server: GuardedServer | None = None
+        self._gate: LoginGate | None = None
+        self.trust_list = TrustList(self._trusted, audit=audit, clock_utc=clock_utc)
+        """The client certificates trusted now (re-read when ``trusted_clients`` changes)."""
         self._ns = 0
         self._nodes: dict[str, _UnitNodes] = {}
         self._commands: dict[ua.NodeId, _Command] = {}
@@ -245,8 +252,29 @@ class HmiServer:
         """Build the address space and listen; raises :class:`HmiServerError` on any set-up problem."""
         if self._server is not None:
             raise HmiServerError("HMI server already started")
-        manager = HmiUserManager(self._users, audit=self._audit, clock_utc=self._utc, throttle=self._throttle)
-        server = Server(user_manager=manager)
+        try:
+            self.trust_list.load()
+        except TrustListError as exc:
+            raise HmiServerError(str(exc)) from None
+        gate = LoginGate(self._users, audit=self._audit, clock_utc=self._utc, throttle=self._throttle,
+                         pool=self._password_pool or PasswordPool())
+        secure = {(SecurityPolicyBasic256Sha256.URI, ua.MessageSecurityMode.SignAndEncrypt)} if self._cert else set()
+        guard = ChannelGuard(ChannelRules(frozenset(secure), insecure_loopback=self._insecure),
+                             audit=self._audit, clock_utc=self._utc, gate=gate)
+        try:
+            server = GuardedServer(user_manager=HmiUserManager(gate), guard=guard)
+        except ChannelGuardError as exc:
+            gate.close()
+            raise HmiServerError(f"refusing to start the HMI server unprotected: {exc}") from None
+        try:
+            await self._start(server, gate)
+        except BaseException:
+            gate.close()
+            raise
+        self._gate = gate
+
+    async def _start(self, server: GuardedServer, gate: LoginGate) -> None:
+        await gate.start()
         await server.init()
         server.disable_clock()  # CurrentTime is refreshed by publish(): no 1 s task to wait for at stop
         server.allow_remote_admin(False)
@@ -266,7 +294,7 @@ class HmiServer:
             policies.append(ua.SecurityPolicyType.NoSecurity)
         server.set_security_policy(policies, permission_ruleset=_HmiPermissions())
         server.set_identity_tokens([ua.UserNameIdentityToken])
-        server.set_certificate_validator(await self._certificate_validator())
+        server.set_certificate_validator(self.trust_list)
         iserver = server.iserver
         iserver.attribute_service = _HmiAttributeService(iserver.aspace, self._client_writes)
         self._nodes, self._commands, self._paths = {}, {}, {}
@@ -277,8 +305,14 @@ class HmiServer:
             await server.start()
         except BaseException as exc:
             self._server = None
+            if isinstance(exc, ChannelGuardError):
+                raise HmiServerError(f"refusing to start the HMI server unprotected: {exc}") from None
             if isinstance(exc, OSError):
-                raise HmiServerError(f"cannot listen on {self.endpoint_url}: {exc}") from None
+                if exc.errno == errno.EADDRINUSE:
+                    port = urlparse(self.endpoint_url).port
+                    raise HmiServerError(f"HMI endpoint {self.endpoint_url}: port {port} already in use") from None
+                raise HmiServerError(f"HMI endpoint {self.endpoint_url}: cannot listen: "
+                                     f"{exc.strerror or exc}") from None
             raise
         try:
             self._check_endpoints(await server.get_endpoints())
@@ -286,18 +320,9 @@ class HmiServer:
             await self.stop()
             raise
         self._audit.info("hmi_server_started", utc=self._utc(), who="runtime", where=self.endpoint_url,
-                         security=[p.name for p in policies], units=sorted(self._units))
-
-    async def _certificate_validator(self) -> CertificateValidator:
-        if self._trusted is None:
-            return CertificateValidator(CertificateValidatorOptions.EXT_VALIDATION
-                                        | CertificateValidatorOptions.PEER_CLIENT)
-        if not self._trusted.is_dir():
-            raise HmiServerError(f"trusted_clients {self._trusted} is not a directory")
-        store = TrustStore([self._trusted], [])
-        await store.load()
-        return CertificateValidator(CertificateValidatorOptions.TRUSTED_VALIDATION
-                                    | CertificateValidatorOptions.PEER_CLIENT, store)
+                         security=[p.name for p in policies], units=sorted(self._units),
+                         trusted_clients=str(self._trusted) if self._trusted else None,
+                         trusted=len(self.trust_list.thumbprints))
 
     def _check_endpoints(self, endpoints: Sequence[ua.EndpointDescription]) -> None:
         modes = {(e.SecurityPolicyUri.rsplit("#", 1)[-1], e.SecurityMode) for e in endpoints}
@@ -313,9 +338,14 @@ class HmiServer:
     async def stop(self) -> None:
         """Stop listening (idempotent)."""
         server, self._server = self._server, None
+        gate, self._gate = self._gate, None
         if server is None:
             return
-        await server.stop()
+        try:
+            await server.stop()
+        finally:
+            if gate is not None:
+                gate.close()
         self._audit.info("hmi_server_stopped", utc=self._utc(), who="runtime", where=self.endpoint_url)
 
     async def __aenter__(self) -> HmiServer:

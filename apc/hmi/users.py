@@ -7,10 +7,10 @@ File layout (written by ``apc hmi-user``; must be private, mode 0600)::
 
 Roles are ordered ``viewer`` < ``operator`` < ``engineer``. A file readable or
 writable by group/others, or owned by someone else, is refused (as ssh does).
-:class:`HmiUserManager` is the asyncua user manager built on it: username and
-password only (anonymous and certificate tokens are refused), constant-time
-comparison, a dummy hash for unknown names, and a login throttle that keeps a
-password-guessing client from stalling the control loop with scrypt work.
+Hashes whose scrypt cost exceeds :data:`MAX_SCRYPT_COST` (N*r*p) are refused
+too, so a users file cannot make one password check take seconds. Login
+itself (throttling, hashing off the event loop, asyncua's user manager) is in
+:mod:`apc.hmi.login`.
 """
 
 from __future__ import annotations
@@ -24,23 +24,19 @@ import os
 import re
 import secrets
 import stat
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import yaml
-from asyncua.crypto.permission_rules import User, UserRole
-from asyncua.server.user_managers import UserManager
+from asyncua.crypto.permission_rules import User
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 __all__ = [
+    "MAX_SCRYPT_COST",
     "HmiAccount",
     "HmiUser",
-    "HmiUserManager",
-    "LoginThrottle",
     "Role",
     "UserDb",
     "UsersFileError",
@@ -52,9 +48,12 @@ __all__ = [
 ]
 
 SCRYPT_N = 2**14
-"""Default scrypt cost: about 50 ms per check (run on the event loop: keep it modest)."""
+"""Default scrypt N: about 50 ms per check (checks run in a small thread pool, off the event loop)."""
 SCRYPT_R = 8
 SCRYPT_P = 1
+MAX_SCRYPT_COST = 2**15 * 8
+"""Largest N*r*p accepted in a users file or by :func:`hash_password` (N=2^15, r=8, p=1:
+about 100 ms and 32 MiB per check); anything dearer is refused."""
 _MAX_N = 2**20
 _DKLEN = 32
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -133,6 +132,9 @@ def _check_params(n: int, r: int, p: int) -> None:
         raise ValueError(f"scrypt N must be a power of two in [2, {_MAX_N}], got {n}")
     if not 1 <= r <= 32 or not 1 <= p <= 16:
         raise ValueError(f"scrypt r must be in [1, 32] and p in [1, 16], got r={r} p={p}")
+    if n * r * p > MAX_SCRYPT_COST:
+        raise ValueError(f"scrypt cost N*r*p = {n}*{r}*{p} is above the bound {MAX_SCRYPT_COST} "
+                         "(N=2^15, r=8, p=1); hash the password again with `apc hmi-user`")
 
 
 def _parse_hash(encoded: str) -> tuple[int, int, int, bytes, bytes]:
@@ -298,7 +300,7 @@ def add_user(path: str | Path, name: str, role: Role | str, password: str, *, n:
     _write_private(path, "\n".join(lines) + "\n")
 
 
-# --------------------------------------------------------------------------- asyncua user manager
+# --------------------------------------------------------------------------- session user
 @dataclass
 class HmiUser(User):
     """An authenticated HMI session user (asyncua's ``User`` with the HMI role)."""
@@ -306,95 +308,3 @@ class HmiUser(User):
     hmi_role: Role = Role.VIEWER
     client: str = ""
     """Client application URI from its certificate ('' when none)."""
-
-
-class LoginThrottle:
-    """Locks a name out after repeated failures and caps password checks per second overall."""
-
-    def __init__(self, *, max_failures: int = 5, lockout_s: float = 60.0, checks_per_s: float = 4.0,
-                 burst: int = 8, monotonic: Callable[[], float] = time.monotonic, max_names: int = 1024) -> None:
-        self.max_failures = max_failures
-        self.lockout_s = lockout_s
-        self.checks_per_s = checks_per_s
-        self.burst = burst
-        self._mono = monotonic
-        self._max_names = max_names
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
-        self._tokens = float(burst)
-        self._refilled = monotonic()
-
-    def admit(self, name: str) -> str:
-        """'' when a password check may run now, else why not (and consume one check)."""
-        now = self._mono()
-        count, until = self._failures.get(name, (0, 0.0))
-        if count >= self.max_failures and now < until:
-            return f"locked out for {until - now:.0f} s after {count} failures"
-        self._tokens = min(float(self.burst), self._tokens + (now - self._refilled) * self.checks_per_s)
-        self._refilled = now
-        if self._tokens < 1.0:
-            return "too many login attempts"
-        self._tokens -= 1.0
-        return ""
-
-    def record(self, name: str, ok: bool) -> None:
-        """Count a failure (or clear the count after a success)."""
-        if ok:
-            self._failures.pop(name, None)
-            return
-        count, _ = self._failures.pop(name, (0, 0.0))
-        self._failures[name] = (count + 1, self._mono() + self.lockout_s)
-        while len(self._failures) > self._max_names:
-            self._failures.popitem(last=False)
-
-
-class HmiUserManager(UserManager):
-    """asyncua user manager over a :class:`UserDb`: username/password only, every attempt audited."""
-
-    def __init__(self, users: UserDb, *, audit: Any = None, clock_utc: Callable[[], float] = time.time,
-                 throttle: LoginThrottle | None = None) -> None:
-        self._users = users
-        self._audit = audit
-        self._utc = clock_utc
-        self._throttle = throttle or LoginThrottle()
-        self._dummy = hash_password(secrets.token_urlsafe(16))
-
-    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
-                 certificate: Any = None) -> User | None:
-        """The session's user, or None (asyncua then answers BadUserAccessDenied)."""
-        client = _client_uri(certificate)
-        if not username or password is None:
-            self._log("hmi_login_refused", username or "anonymous", client, "username and password required")
-            return None
-        why = self._throttle.admit(username)
-        if why:
-            self._log("hmi_login_refused", username, client, why)
-            return None
-        account = self._users.get(username)
-        ok = verify_password(password, account.password_hash if account else self._dummy) and account is not None
-        self._throttle.record(username, ok)
-        if not ok or account is None:
-            self._log("hmi_login_refused", username, client, "wrong user name or password")
-            return None
-        self._log("hmi_login", username, client, "", role=account.role.value)
-        return HmiUser(role=UserRole.User, name=username, hmi_role=account.role, client=client)
-
-    def _log(self, event: str, who: str, client: str, why: str, **extra: Any) -> None:
-        if self._audit is None:
-            return
-        method = self._audit.info if not why else self._audit.warning
-        method(event, utc=self._utc(), who=who, where=client or "opc.tcp", why=why, **extra)
-
-
-def _client_uri(certificate: Any) -> str:
-    """Application URI in the SAN of the client's DER certificate ('' when unknown)."""
-    if not certificate:
-        return ""
-    try:
-        from cryptography import x509
-
-        cert = x509.load_der_x509_certificate(bytes(certificate))
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-        return str(uris[0]) if uris else ""
-    except Exception:  # an odd certificate must not break the login path
-        return ""
