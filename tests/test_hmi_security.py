@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable
 from urllib.parse import urlparse
 
+import asyncua
 import pytest
 from asyncua import ua
 from asyncua.client.ua_client import UaClient
 from asyncua.crypto import uacrypto
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256, SecurityPolicyNone
+from asyncua.server.uaprocessor import UaProcessor
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -331,6 +333,30 @@ def test_insecure_loopback_without_trust_list_trusts_no_client_certificate(pki: 
     assert asyncio.run(scenario()) == ("BadCertificateUntrusted", "Good")
 
 
+def test_server_refuses_to_start_when_asyncua_hook_points_change(pki: Pki,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another asyncua series, or a hooked method with another signature, stops the start instead of running unguarded."""
+    audit = Audit()
+    su = SimUnit(audit=audit.logger, name=UNIT)
+
+    async def start() -> None:
+        async with hmi(pki, su, audit):
+            pass
+
+    monkeypatch.setattr(asyncua, "__version__", "2.2.0")
+    with pytest.raises(HmiServerError, match="unprotected: asyncua 2.2.0"):
+        asyncio.run(start())
+    monkeypatch.undo()
+
+    async def changed(self: Any, typeid: Any, body: Any) -> bool:
+        return True
+
+    monkeypatch.setattr(UaProcessor, "_process_message", changed)
+    with pytest.raises(HmiServerError, match="unprotected: asyncua UaProcessor._process_message"):
+        asyncio.run(start())
+    assert audit.events("hmi_server_started") == []
+
+
 # --------------------------------------------------------------------------- Defect B: logins
 @pytest.fixture(scope="module")
 def costly_users(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -457,6 +483,22 @@ def test_password_checks_beyond_the_pool_bound_are_refused_at_once(pki: Pki, tmp
         release.set()
     (busy,) = events(audit, "hmi_login_refused", where="hmi 127.0.0.4:")
     assert busy["status"] == "BadTooManyOperations" and busy["who"] == "erin"
+
+
+def test_throttle_memory_is_a_bounded_lru_of_failing_sources() -> None:
+    """Only failing sources are kept, at most max_sources of them; the least recently seen one is dropped."""
+    clock = FakeMonotonic()
+    throttle = LoginThrottle(monotonic=clock, free_failures=0, max_sources=3)
+    for i in range(5):
+        key = (f"peer 10.0.0.{i}",)
+        assert throttle.admit(key) == ""
+        throttle.finish(key, ok=False)
+    assert len(throttle) == 3
+    assert [throttle.blocked_s(f"peer 10.0.0.{i}") > 0 for i in range(5)] == [False, False, True, True, True]
+    assert throttle.admit(("peer 10.0.0.9",)) == ""
+    assert throttle.admit(("peer 10.0.0.9",)) != "", "one check per source at a time"
+    throttle.finish(("peer 10.0.0.9",), ok=True)
+    assert len(throttle) == 3 and throttle.blocked_s("peer 10.0.0.2") > 0, "a success leaves nothing behind"
 
 
 def test_users_file_with_excessive_scrypt_cost_is_refused_naming_file_and_line(tmp_path: Path) -> None:

@@ -19,10 +19,9 @@ __all__ = ["LoginThrottle"]
 
 
 @dataclass
-class _Source:
-    failures: int = 0
+class _Failures:
+    count: int = 0
     blocked_until_s: float = 0.0
-    in_flight: bool = False
 
 
 class LoginThrottle:
@@ -37,65 +36,51 @@ class LoginThrottle:
         self.max_delay_s = max_delay_s
         self.max_sources = max_sources
         self._mono = monotonic
-        self._sources: OrderedDict[str, _Source] = OrderedDict()
+        self._failing: OrderedDict[str, _Failures] = OrderedDict()
+        self._in_flight: set[str] = set()
+        """Sources with a check running (as many as checks admitted and not finished: bounded by the caller)."""
 
     def __len__(self) -> int:
-        """Number of sources tracked (failing or with a check in flight)."""
-        return len(self._sources)
+        """Number of failing sources remembered."""
+        return len(self._failing)
 
     def admit(self, sources: Sequence[str]) -> str:
         """'' when a password check may run now for ``sources`` (then marked in flight), else why not."""
         now = self._mono()
         for key in sources:
-            state = self._sources.get(key)
-            if state is None:
-                continue
-            self._sources.move_to_end(key)
-            if state.in_flight:
+            if key in self._in_flight:
                 return f"{key}: a login from there is already being checked"
-            if now < state.blocked_until_s:
-                return (f"{key}: {state.failures} failed logins, next attempt allowed in "
-                        f"{state.blocked_until_s - now:.1f} s")
-        for key in sources:
-            self._touch(key).in_flight = True
+            state = self._failing.get(key)
+            if state is not None:
+                self._failing.move_to_end(key)
+                if now < state.blocked_until_s:
+                    return (f"{key}: {state.count} failed logins, next attempt allowed in "
+                            f"{state.blocked_until_s - now:.1f} s")
+        self._in_flight.update(sources)
         return ""
 
     def finish(self, sources: Sequence[str], ok: bool) -> None:
         """End the check admitted for ``sources``: a success clears them, a failure counts (and may block)."""
         now = self._mono()
         for key in sources:
+            self._in_flight.discard(key)
             if ok:
-                self._sources.pop(key, None)
+                self._failing.pop(key, None)
                 continue
-            state = self._touch(key)
-            state.in_flight = False
-            state.failures += 1
-            extra = state.failures - self.free_failures
+            state = self._failing.pop(key, None) or _Failures()
+            self._failing[key] = state  # most recently seen
+            state.count += 1
+            extra = state.count - self.free_failures
             if extra > 0:
-                delay_s = min(self.first_delay_s * 2.0 ** min(extra - 1, 60), self.max_delay_s)
-                state.blocked_until_s = now + delay_s
+                state.blocked_until_s = now + min(self.first_delay_s * 2.0 ** min(extra - 1, 60), self.max_delay_s)
+        while len(self._failing) > self.max_sources:
+            self._failing.popitem(last=False)
 
     def release(self, sources: Sequence[str]) -> None:
         """End an admitted check that was not run (e.g. the pool was full): neither success nor failure."""
-        for key in sources:
-            state = self._sources.get(key)
-            if state is None:
-                continue
-            state.in_flight = False
-            if state.failures == 0:
-                del self._sources[key]
+        self._in_flight.difference_update(sources)
 
     def blocked_s(self, source: str) -> float:
         """Seconds until ``source`` may try again (0 when it may now)."""
-        state = self._sources.get(source)
+        state = self._failing.get(source)
         return max(0.0, state.blocked_until_s - self._mono()) if state is not None else 0.0
-
-    def _touch(self, key: str) -> _Source:
-        state = self._sources.get(key)
-        if state is None:
-            state = self._sources[key] = _Source()
-            while len(self._sources) > self.max_sources:
-                self._sources.popitem(last=False)
-        else:
-            self._sources.move_to_end(key)
-        return state
