@@ -335,7 +335,7 @@ def test_insecure_loopback_without_trust_list_trusts_no_client_certificate(pki: 
 
 def test_server_refuses_to_start_when_asyncua_hook_points_change(pki: Pki,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another asyncua series, or a hooked method with another signature, stops the start instead of running unguarded."""
+    """Another asyncua series, or a hooked method with another signature, stops the start (never unguarded)."""
     audit = Audit()
     su = SimUnit(audit=audit.logger, name=UNIT)
 
