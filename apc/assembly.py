@@ -7,7 +7,7 @@ controllers, models and plant adapters; the core modules see only protocols.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 
 from apc.kpi import KpiAccumulator, KpiConfig
 from apc.protocols import Clock, Controller, Estimator
@@ -26,7 +26,10 @@ from estimators.soft_sensor import SoftSensorError, load_soft_sensor
 from plant_io.sim_plant import SimulatedCellIO
 from sim.cell_plant import CellPlant
 from sim.models import get_model, model_names
-from sim.scenario import Scenario
+from sim.scenario import ComputeFaultFeed, Scenario
+
+if TYPE_CHECKING:
+    from apc.unit_parts import ComputeFactory
 
 ControllerKind = Literal["baseline", "mpc"]
 
@@ -200,8 +203,12 @@ def build_sim_unit(
     with_kpis: bool = True,
     header_extra: dict[str, Any] | None = None,
     real_time: bool = False,
+    compute: ComputeFactory | None = None,
 ) -> tuple[Unit, SimulatedCellIO]:
-    """A unit controlling an in-process simulated cell (``real_time``: see :func:`build_controller`)."""
+    """A unit controlling an in-process simulated cell (``real_time``: see :func:`build_controller`;
+    ``compute``: where its estimator and controller run, default this process)."""
+    from apc.unit_parts import inline_compute
+
     recipe = loaded.recipe
     plant = CellPlant(scenario, seed)
     io = SimulatedCellIO(plant, clock.monotonic, clock.utc)
@@ -209,7 +216,7 @@ def build_sim_unit(
     if missing:
         raise AssemblyError(f"recipe {loaded.path.name} binds tags the simulator does not serve: {missing}")
     kpis = kpi_config(recipe, scenario)
-    controller = build_controller(recipe, controller_kind, real_time=real_time)
+    unit_compute = (compute or inline_compute)(name, loaded, controller_kind, real_time, None)
     recorder: Recorder = NullRecorder()
     if record_path is not None:
         header = {
@@ -220,8 +227,9 @@ def build_sim_unit(
         }
         recorder = FlightRecorder(record_path, header)
     unit = Unit(
-        name, loaded, io, build_estimator(recipe, loaded.path.parent, controller_kind), controller,
+        name, loaded, io, None, None, compute=unit_compute, clock=clock if real_time else None,
         audit=audit, recorder=recorder, kpi=KpiAccumulator(kpis) if with_kpis else None, truth=io.truth,
+        compute_faults=ComputeFaultFeed(scenario.events),
     )
     return unit, io
 

@@ -133,7 +133,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(run_site(site, speed=args.speed, hours=args.hours,
                                     record_dir=Path(args.record_dir) if args.record_dir else None,
                                     bindings_dir=Path(args.bindings) if args.bindings else None,
-                                    virtual_plant=plant))
+                                    virtual_plant=plant, compute_workers=args.compute_workers))
     except (AssemblyError, HmiServerError, UsersFileError, BatchStateError, ScenarioError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and control them through those protocols (see apc plant-sim)")
     u.add_argument("--plant", default=None, help="with --virtual-plant: the virtual-plant file (protocol and port "
                    "per unit; default plant.yaml beside the site file, else every unit over OPC UA)")
+    u.add_argument("--compute-workers", type=int, default=None, metavar="N",
+                   help="processes the units' estimators and controllers run in (default: the site's, one per "
+                        "core; 0: in the runtime's own process, for debugging)")
     u.add_argument("--bindings", default=None, metavar="DIR",
                    help="reach the site's simulated units over OPC UA / Modbus through the binding files "
                         "DIR/<unit>.yaml written by 'apc plant-sim --bindings-out DIR'")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from apc.assembly import AssemblyError
 from apc.audit import null_logger
 from apc.batch import Batch
+from apc.curve_preview import CurvePreview
 from apc.furnace_kpi import FurnaceKpiAccumulator, FurnaceKpiConfig
 from apc.protocols import Clock, Controller, Estimator
 from apc.recipe.loader import LoadedRecipe
@@ -26,6 +27,10 @@ from controllers.furnace_pid import FurnacePid
 from estimators.furnace_ekf import TUNINGS, FurnaceEkf
 from plant_io.sim_furnace import SimulatedFurnaceIO
 from sim.furnace_plant import FurnacePlant, FurnaceScenario
+from sim.scenario import ComputeFaultFeed
+
+if TYPE_CHECKING:
+    from apc.unit_parts import ComputeFactory
 from sim.models import get_model
 
 DEFAULT_SCENARIOS = {"vacuum_furnace": "vim_nominal", "annealing_furnace": "anneal_nominal"}
@@ -78,20 +83,21 @@ def build_furnace_estimator(recipe: Recipe, controller_kind: str) -> Estimator:
     return ekf if controller_kind == "mpc" else _MeasuredHealth(ekf)
 
 
-def build_furnace_controller(recipe: Recipe, kind: str, batch: Batch, *, real_time: bool = False) -> Controller:
-    """PID baseline or curve MPC, both reading the batch's preview."""
+def build_furnace_controller(recipe: Recipe, kind: str, preview_source: Callable[[], CurvePreview], *,
+                             real_time: bool = False) -> Controller:
+    """PID baseline or curve MPC, both reading the batch's preview from ``preview_source``."""
     c = recipe.controller
     try:
         if kind == "baseline":
             if c.pid is None:
                 raise FurnaceAssemblyError("controller 'baseline' needs the controller.pid section")
-            return FurnacePid(c.pid, recipe.limits, recipe.period_s, batch.preview, c.hold_cycles)
+            return FurnacePid(c.pid, recipe.limits, recipe.period_s, preview_source, c.hold_cycles)
         if kind == "mpc":
             if c.furnace_mpc is None:
                 raise FurnaceAssemblyError("controller 'mpc' needs the controller.furnace_mpc section")
             model = get_model(recipe.model.name)
             return FurnaceMpc(model, model.parameter_vector(recipe.model.parameters), c.furnace_mpc, recipe.io.mvs,
-                              recipe.limits, recipe.period_s, batch.preview, c.period_multiple, c.hold_cycles,
+                              recipe.limits, recipe.period_s, preview_source, c.period_multiple, c.hold_cycles,
                               real_time=real_time)
     except ValueError as exc:
         raise FurnaceAssemblyError(str(exc)) from None
@@ -137,8 +143,12 @@ def build_furnace_sim_unit(
     header_extra: dict[str, Any] | None = None,
     real_time: bool = False,
     state_dir: Path | None = None,
+    compute: ComputeFactory | None = None,
 ) -> tuple[Unit, SimulatedFurnaceIO, Batch]:
-    """A unit controlling an in-process simulated furnace, with its batch (persisted under ``state_dir``)."""
+    """A unit controlling an in-process simulated furnace, with its batch (persisted under ``state_dir``;
+    ``compute``: where its estimator and controller run, default this process)."""
+    from apc.unit_parts import inline_compute
+
     recipe = loaded.recipe
     if recipe.curve is None or recipe.batch is None:
         raise FurnaceAssemblyError(f"recipe {loaded.path.name} has no curve or batch section")
@@ -158,7 +168,7 @@ def build_furnace_sim_unit(
         batch = Batch.restore(curve, section, state_path, bound, clock.monotonic())
     else:
         batch = Batch(curve, section, state_path, bound)
-    controller = build_furnace_controller(recipe, kind, batch, real_time=real_time)
+    unit_compute = (compute or inline_compute)(name, loaded, kind, real_time, batch.preview)
     kpis = furnace_kpi_config(recipe)
     recorder: Recorder = NullRecorder()
     if record_path is not None:
@@ -166,8 +176,8 @@ def build_furnace_sim_unit(
                   "period_s": recipe.period_s, "started_utc": clock.utc(), "furnace_kpi": kpis.to_mapping(),
                   "scenario": scenario.name, "controller": kind, **(header_extra or {})}
         recorder = FlightRecorder(record_path, header)
-    unit = Unit(name, loaded, io, build_furnace_estimator(recipe, kind), controller, audit=audit,
+    unit = Unit(name, loaded, io, None, None, compute=unit_compute, clock=clock if real_time else None, audit=audit,
                 recorder=recorder, kpi=FurnaceKpiAccumulator(kpis) if with_kpis else None, truth=io.truth,
-                batch=batch)
+                batch=batch, compute_faults=ComputeFaultFeed(scenario.events))
     return unit, io, batch
 

@@ -57,6 +57,7 @@ class ModeManager:
         self.shed_reason = ""
         self._healthy_since: float | None = None
         self._bad_cycles = 0
+        self._cycle_failed = False
 
     def request(self, mode: Mode) -> None:
         """An operator request: clears a latched shed."""
@@ -68,6 +69,14 @@ class ModeManager:
         """The mode a process start asks for: unlike an operator's request, a latched shed (restored
         from before the restart) stays latched."""
         self.requested = mode
+
+    def count_failure(self, reason: str) -> str:
+        """A failure found after this cycle's decision (a plan that came too late): counted as the
+        cycle's failure; the shed reason when the count reaches ``shed_after`` ('' otherwise)."""
+        if not self._cycle_failed:
+            self._bad_cycles += 1
+            self._cycle_failed = True
+        return f"{reason} for {self._bad_cycles} cycles" if self._bad_cycles >= self.shed_after else ""
 
     def latch(self, reason: str, previous: Mode) -> ModeDecision:
         """Latch a shed with ``reason`` now, whatever the conditions (a fault in the cycle): STANDBY,
@@ -94,6 +103,7 @@ class ModeManager:
         else:
             self._healthy_since = None
         self._bad_cycles = self._bad_cycles + 1 if c.failure else 0
+        self._cycle_failed = bool(c.failure)
         new_shed = False
         hold = ""
         if self.requested is Mode.OFF:

@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import yaml
 
-from apc.assembly import AssemblyError, build_controller, build_estimator
+from apc.assembly import AssemblyError
 from apc.batch import Batch
 from apc.hmi.users import UsersFileError, check_private_file
-from apc.furnace_assembly import batch_for, build_furnace_controller, build_furnace_estimator
+from apc.furnace_assembly import batch_for
 from apc.protocols import Clock, PlantIO
 from apc.recipe.loader import LoadedRecipe
 from apc.recipe.schema import Recipe
 from apc.recorder import FlightRecorder, NullRecorder, Recorder
 from apc.unit import Unit
+from apc.unit_parts import ComputeFactory, inline_compute
 from apc.unit_state import UnitStateFile
 from plant_io.bindings import ModbusEndpoint, ModbusTag, OpcUaEndpoint, OpcUaTag, parse_bindings, parse_endpoint
 from plant_io.modbus_client import ModbusPlantIO
@@ -79,9 +80,12 @@ def build_plant_io(path: Path, recipe: Recipe, clock: Clock, log: Any = None) ->
 
 def build_remote_unit(name: str, loaded: LoadedRecipe, binding_file: Path, clock: Clock, *, audit: Any,
                       record_path: Path | None = None, state_dir: Path | None = None,
-                      real_time: bool = True, state: UnitStateFile | None = None) -> Unit:
+                      real_time: bool = True, state: UnitStateFile | None = None,
+                      compute: ComputeFactory | None = None,
+                      compute_faults: Callable[[float], Sequence[tuple[str, float]]] | None = None) -> Unit:
     """A unit controlling a plant over OPC UA / Modbus (cells, or furnaces with their batch); ``state``:
-    its state file across restarts (see :mod:`apc.unit_state`)."""
+    its state file across restarts (see :mod:`apc.unit_state`); ``compute``: where its estimator and
+    controller run (default this process)."""
     recipe = loaded.recipe
     io = build_plant_io(binding_file, recipe, clock, log=audit.bind(unit=name))
     kind = recipe.controller.kind
@@ -92,14 +96,11 @@ def build_remote_unit(name: str, loaded: LoadedRecipe, binding_file: Path, clock
         bound = audit.bind(unit=name)
         batch = (Batch.restore(curve, section, state_path, bound, clock.monotonic())
                  if state_path is not None and state_path.exists() else Batch(curve, section, state_path, bound))
-        estimator = build_furnace_estimator(recipe, kind)
-        controller = build_furnace_controller(recipe, kind, batch, real_time=real_time)
-    else:
-        estimator = build_estimator(recipe, loaded.path.parent, kind)
-        controller = build_controller(recipe, kind, real_time=real_time)
+    unit_compute = (compute or inline_compute)(name, loaded, kind, real_time, batch.preview if batch else None)
     recorder: Recorder = NullRecorder()
     if record_path is not None:
         recorder = FlightRecorder(record_path, {
             "unit": name, "recipe": recipe.name, "recipe_sha256": loaded.sha256, "period_s": recipe.period_s,
             "started_utc": clock.utc(), "controller": kind, "plant": str(binding_file)})
-    return Unit(name, loaded, io, estimator, controller, audit=audit, recorder=recorder, batch=batch, state=state)
+    return Unit(name, loaded, io, None, None, compute=unit_compute, clock=clock if real_time else None, audit=audit,
+                recorder=recorder, batch=batch, state=state, compute_faults=compute_faults)

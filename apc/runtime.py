@@ -15,20 +15,20 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, TextIO
 
-from apc.assembly import AssemblyError, build_controller, build_estimator, build_sim_unit, load
-from apc.batch import Batch
-from apc.furnace_assembly import (DEFAULT_SCENARIOS, build_furnace_controller, build_furnace_estimator,
-                                  build_furnace_sim_unit)
+from apc.assembly import AssemblyError, build_sim_unit, load
+from apc.compute import ComputeError, ComputeLost
+from apc.compute_pool import ComputePool, default_workers
+from apc.furnace_assembly import DEFAULT_SCENARIOS, build_furnace_sim_unit
 from apc.hmi.server import HmiServer, ReloadCallback
 from apc.hmi.users import load_users
-from apc.protocols import Controller, Estimator, Reconnecting
+from apc.protocols import Reconnecting
 from apc.plant_sim_cli import PlantFile, default_scan_s, virtual_units
 from apc.remote_assembly import build_remote_unit
 from apc.audit import make_logger
 from apc.clock import RealClock
 from apc.kpi import format_kpis
 from apc.recipe.errors import RecipeError
-from apc.recipe.loader import LoadedRecipe, LoadedSite
+from apc.recipe.loader import LoadedSite
 from apc.recipe.schema import SiteUnit
 from apc.scheduler import ScheduleStats, run_periodic, stop_on_signals
 from apc.journal import DeferredStream, sync_periodically
@@ -37,7 +37,7 @@ from apc.unit import Unit
 from apc.unit_state import STATE_FILE_NAME, UnitStateFile
 from plant_io.virtual_plant import VirtualPlant, generate_bindings
 from sim.furnace_plant import load_furnace_scenario
-from sim.scenario import load_scenario
+from sim.scenario import ComputeFaultFeed, load_scenario
 
 
 def _status_line(unit: Unit, rec: dict[str, Any]) -> str:
@@ -75,15 +75,19 @@ async def run_site(
     stop: asyncio.Event | None = None,
     bindings_dir: Path | None = None,
     virtual_plant: PlantFile | None = None,
+    compute_workers: int | None = None,
 ) -> int:
     """Run all units of a site until ``hours`` of plant time pass or a stop signal.
 
     ``virtual_plant``: first start the site's simulated units on real loopback OPC UA / Modbus
     servers (as ``apc plant-sim`` does, same clock) and control them through those protocols.
+    ``compute_workers``: processes the units' estimators and controllers run in (default the site's;
+    0: in this process, without deadlines' isolation — for debugging only).
     """
     out = out if out is not None else sys.stdout  # looked up now: sys.stdout may have been redirected
     site = loaded.site
-    clock = RealClock(speed if speed is not None else site.speed)
+    run_speed = speed if speed is not None else site.speed
+    clock = RealClock(run_speed)
     rdir = record_dir or Path(site.record_dir)
     rdir.mkdir(parents=True, exist_ok=True)
     # Until the start is accepted nothing is written: audit events wait here, new records are removed.
@@ -101,7 +105,12 @@ async def run_site(
     durability: asyncio.Task[None] | None = None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock.utc()))
     results: list[ScheduleStats] = []
+    n_workers = site.compute_workers if compute_workers is None else compute_workers
+    pool = ComputePool(default_workers() if n_workers < 0 else n_workers, log=audit, speed=run_speed) \
+        if n_workers != 0 else None
     try:
+        if pool is not None:
+            await pool.start()
         if virtual_plant is not None:
             vunits = virtual_units(loaded, virtual_plant)
             vp = VirtualPlant(vunits, clock, host=virtual_plant.host,
@@ -114,12 +123,14 @@ async def run_site(
             record = rdir / f"{su.name}-{stamp}.apcrec"
             existed = record.exists()
             unit, real_plant = _build_unit(loaded, su, clock, audit, record, bindings_dir,
-                                           simulated_bindings=virtual_plant is not None)
+                                           simulated_bindings=virtual_plant is not None, pool=pool, vp=vp)
             if not existed and record.exists():
                 new_records.append(record)
             units.append(unit)
             unit.restore(clock.utc())
             starts.append(_first_mode(unit, Mode(su.requested_mode), real_plant))
+        if pool is not None:
+            await pool.ready()  # every unit's estimator and controller built in its worker
         if site.hmi is not None:
             hmi = _hmi_server(loaded, units, audit, clock)
             await hmi.start()
@@ -144,8 +155,13 @@ async def run_site(
         gc.freeze()
         print(f"site {site.site}: {len(units)} unit(s), {clock_speed(clock)}x real time, "
               f"records and audit log in {rdir}", file=out, flush=True)
-        tasks = [asyncio.create_task(_run_unit(u, clock, hours, stop, audit, out, status_every_s, hmi))
-                 for u in units]
+        if pool is not None:
+            print(f"compute: {pool.workers} worker process(es)", file=out, flush=True)
+        start_s = clock.monotonic()  # plant time went on while the units were built: start from now
+        tasks = [asyncio.create_task(_run_unit(u, clock, hours, stop, audit, out, status_every_s, hmi,
+                                               phase=i / len(units), speed=run_speed, deadlines=pool is not None,
+                                               start_s=start_s))
+                 for i, u in enumerate(units)]
         results = await asyncio.gather(*tasks)
     finally:  # every resource is released even when another one fails to close
         closers: list[Callable[[], Awaitable[None]]] = []
@@ -161,6 +177,8 @@ async def run_site(
             closers.append(hmi.stop)
         for u in units:
             closers += [_async(u.recorder.close), u.io.close]
+        if pool is not None:
+            closers.append(pool.close)
         if vp is not None:  # after the units' clients have closed their sessions
             if vp_task is not None:
                 task = vp_task
@@ -197,7 +215,8 @@ def clock_speed(clock: RealClock) -> float:
 
 
 def _build_unit(loaded: LoadedSite, su: SiteUnit, clock: RealClock, audit: Any, record: Path,
-                bindings_dir: Path | None = None, *, simulated_bindings: bool = False) -> tuple[Unit, bool]:
+                bindings_dir: Path | None = None, *, simulated_bindings: bool = False, pool: ComputePool | None = None,
+                vp: VirtualPlant | None = None) -> tuple[Unit, bool]:
     """One unit of the site, and whether its plant outlives this process (a real plant).
 
     Against its plant over OPC UA / Modbus (a binding file in the site, or
@@ -206,40 +225,29 @@ def _build_unit(loaded: LoadedSite, su: SiteUnit, clock: RealClock, audit: Any, 
     else against the in-process simulator (a cell, or a furnace with its batch)."""
     recipe = loaded.recipes[su.name]
     state_dir = loaded.path.parent / loaded.site.state_dir / su.name
+    compute = pool.factory if pool is not None else None
     binding_file = (loaded.path.parent / su.plant.bindings if su.plant.bindings
                     else bindings_dir / f"{su.name}.yaml" if bindings_dir is not None else None)
     if binding_file is not None:
         real_plant = su.plant.bindings is not None or not simulated_bindings
         state = UnitStateFile(state_dir / STATE_FILE_NAME, su.name) if real_plant else None
+        faults = ComputeFaultFeed(vp.io(su.name).plant.scenario.events) if vp is not None and not real_plant else None
         return build_remote_unit(su.name, recipe, binding_file, clock, audit=audit, record_path=record,
-                                 state_dir=state_dir, state=state), real_plant
+                                 state_dir=state_dir, state=state, compute=compute, compute_faults=faults), real_plant
     if recipe.recipe.is_furnace:
         scenario = load_furnace_scenario(su.plant.scenario if su.plant.scenario != "nominal"
                                          else DEFAULT_SCENARIOS[recipe.recipe.unit_kind])
         unit, _, _ = build_furnace_sim_unit(su.name, recipe, scenario, su.plant.seed, clock, audit=audit,
-                                            record_path=record, real_time=True, state_dir=state_dir)
+                                            record_path=record, real_time=True, state_dir=state_dir, compute=compute)
         return unit, False
     unit, _ = build_sim_unit(su.name, recipe, load_scenario(su.plant.scenario), su.plant.seed, clock, audit=audit,
-                             record_path=record, real_time=True)
+                             record_path=record, real_time=True, compute=compute)
     return unit, False
 
 
-def build_estimator_controller(loaded: LoadedRecipe, unit: Unit) -> tuple[Estimator, Controller]:
-    """A fresh estimator and controller for ``loaded``, built as the unit's builder built them
-    (recipe's controller kind, real time; furnaces on the unit's existing batch)."""
-    recipe = loaded.recipe
-    kind = recipe.controller.kind
-    if recipe.is_furnace:
-        if not isinstance(unit.batch, Batch):
-            raise AssemblyError(f"unit {unit.name} has no batch for a furnace controller")
-        return (build_furnace_estimator(recipe, kind),
-                build_furnace_controller(recipe, kind, unit.batch, real_time=True))
-    return build_estimator(recipe, loaded.path.parent, kind), build_controller(recipe, kind, real_time=True)
-
-
 def reload_callback(units: Mapping[str, Unit], utc: Callable[[], float]) -> ReloadCallback:
-    """The HMI's ``reload(unit, who, where)``: re-read the unit's recipe file, build a fresh estimator
-    and controller (off the event loop) and call :meth:`Unit.request_reload`. Returns '' when the
+    """The HMI's ``reload(unit, who, where)``: re-read the unit's recipe file, have the unit's compute
+    build a fresh estimator and controller (off the event loop) and call :meth:`Unit.request_reload`. Returns '' when the
     reload is pending for the next cycle, else why not (audited as ``recipe_reload_refused``)."""
 
     async def reload(unit_name: str, who: str, where: str) -> str:
@@ -252,10 +260,10 @@ def reload_callback(units: Mapping[str, Unit], utc: Callable[[], float]) -> Relo
         if why:
             return unit.refuse_reload(why, who, where, utc(), loaded.sha256)
         try:
-            estimator, controller = await asyncio.to_thread(build_estimator_controller, loaded, unit)
-        except ValueError as exc:  # AssemblyError and the builders' own ValueErrors
+            parts = await unit.compute.prepare(loaded)  # off the real-time path: a thread or a worker
+        except (ValueError, ComputeError, ComputeLost) as exc:  # AssemblyError and the builders' ValueErrors
             return unit.refuse_reload(f"cannot build estimator/controller: {exc}", who, where, utc(), loaded.sha256)
-        return unit.request_reload(loaded, estimator, controller, who=who, where=where, utc=utc())
+        return unit.request_reload(loaded, parts, who=who, where=where, utc=utc())
 
     return reload
 
@@ -310,24 +318,31 @@ def _hmi_server(loaded: LoadedSite, units: list[Unit], audit: Any, clock: RealCl
 
 
 async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asyncio.Event, audit: Any,
-                    out: TextIO, status_every_s: float, hmi: HmiServer | None = None) -> ScheduleStats:
+                    out: TextIO, status_every_s: float, hmi: HmiServer | None = None, *, phase: float = 0.0,
+                    speed: float = 1.0, deadlines: bool = True, start_s: float = 0.0) -> ScheduleStats:
+    """One unit's cycles on its slots ``t0 + k·period`` for ``hours`` from ``start_s``, ``t0`` the first
+    period boundary after ``start_s`` plus ``phase·period`` (units of a site are spread over the period
+    so their reads, solves and writes do not land on one instant)."""
     period = unit.recipe.period_s
     every = max(1, int(round(status_every_s / period)))
-    end_s = None if hours is None else hours * 3600.0
+    t0_s = math.ceil(start_s / period) * period + phase * period
+    end_s = None if hours is None else start_s + hours * 3600.0
     log = audit.bind(unit=unit.name)
+    deadline_wall_s = unit.compute_deadline_s / speed
 
     async def cycle(k: int, slot: float) -> None:
         if isinstance(unit.io, Reconnecting):
             await unit.io.reconnect_if_due()  # bounded by the endpoint's timeout; never raises
-        rec = await unit.cycle(k, slot, clock.monotonic(), clock.utc())
+        deadline = time.monotonic() + deadline_wall_s if deadlines else None
+        rec = await unit.cycle(k, slot, clock.monotonic(), clock.utc(), deadline)
         if hmi is not None:
             await hmi.publish(unit.name, rec)
             if unit.batch is not None:
                 await hmi.update_batch(unit.name, hmi_batch_status(unit.batch.status()))
         if k % every == 0 or rec["shed"]:
-            print(f"{slot / 3600.0:6.2f} h  {_status_line(unit, rec)}", file=out, flush=True)
+            print(f"{(slot - start_s) / 3600.0:6.2f} h  {_status_line(unit, rec)}", file=out, flush=True)
 
     def on_error(k: int, exc: BaseException) -> None:
         log.error("cycle_failed", utc=clock.utc(), cycle=k, error=f"{type(exc).__name__}: {exc}")
 
-    return await run_periodic(cycle, clock, period, t0_s=0.0, end_s=end_s, stop=stop, on_error=on_error)
+    return await run_periodic(cycle, clock, period, t0_s=t0_s, end_s=end_s, stop=stop, on_error=on_error)

@@ -18,12 +18,13 @@ import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
+from apc.compute import ComputeLate, ComputeLost, ControlRequest, InlineCompute, Parts, UnitCompute
 from apc.guard import NO_MOVE, GuardDecision, GuardRequest, OutputGuard, ReadbackMonitor
 from apc.heartbeat import DEFAULT_COUNTER_MAX, HeartbeatCounter, HeartbeatWatch
 from apc.modes import ModeConditions, ModeDecision, ModeManager
-from apc.protocols import BatchRunner, Controller, CounterTags, Estimator, KpiSink, PlantIO
+from apc.protocols import BatchRunner, Clock, Controller, CounterTags, Estimator, KpiSink, PlantIO
 from apc.recipe.loader import LoadedRecipe
 from apc.recipe.permissive import PermissiveExpr, parse_permissive
 from apc.recipe.schema import MvLimits, MvSpec, Recipe
@@ -110,8 +111,8 @@ class _PendingReload:
     """A recipe reload accepted by :meth:`Unit.request_reload`, applied at the next cycle's start."""
 
     loaded: LoadedRecipe
-    estimator: Estimator
-    controller: Controller
+    parts: Any
+    """What the unit's compute built for it (:meth:`apc.compute.UnitCompute.prepare`)."""
     who: str
     where: str
 
@@ -144,6 +145,14 @@ class _Cycle:
     dropped: list[str] = field(default_factory=list)
     results: list[WriteResult] = field(default_factory=list)
     fault: dict[str, str] | None = None
+    deadline_mono: float | None = None
+    """Wall-clock (``time.monotonic()``) deadline of this cycle's computation; ``None`` in virtual time."""
+    read_utc: float = 0.0
+    estimate_utc: float = 0.0
+    plan_utc: float = 0.0
+    write_utc: float = 0.0
+    late: str = ""
+    """Which answer missed the deadline (``estimate`` or ``plan``), '' when none."""
 
 
 class Unit:
@@ -159,8 +168,8 @@ class Unit:
         name: str,
         loaded: LoadedRecipe,
         io: PlantIO,
-        estimator: Estimator,
-        controller: Controller,
+        estimator: Estimator | None,
+        controller: Controller | None,
         *,
         audit: Any,
         recorder: Recorder | None = None,
@@ -168,7 +177,22 @@ class Unit:
         truth: Callable[[], Mapping[str, float]] | None = None,
         batch: BatchRunner | None = None,
         state: UnitStateFile | None = None,
+        compute: UnitCompute | None = None,
+        clock: Clock | None = None,
+        compute_faults: Callable[[float], Sequence[tuple[str, float]]] | None = None,
     ) -> None:
+        if compute is None:
+            if estimator is None or controller is None:
+                raise ValueError("give an estimator and a controller, or a compute backend")
+            compute = InlineCompute(Parts(estimator, controller))
+        self.compute = compute
+        """Where the estimator and controller run (see :mod:`apc.compute`)."""
+        self.clock = clock
+        """Times the cycle's read, answers and write (records; the input-age check); ``None``: all at the cycle's UTC."""
+        self.compute_faults = compute_faults
+        """Scenario faults of the computation due at a plant time (simulated units): (``stall``|``crash``, s)."""
+        self.compute_late = 0
+        """Answers that missed their deadline (never used)."""
         self.name = name
         self.io = io
         self.audit = audit.bind(unit=name)
@@ -186,7 +210,7 @@ class Unit:
         apc_tag = recipe.io.heartbeat.apc_tag
         self.apc_heartbeat = HeartbeatCounter(io.counter_max(apc_tag) if isinstance(io, CounterTags)
                                               else DEFAULT_COUNTER_MAX)
-        self._configure(loaded, estimator, controller)
+        self._configure(loaded)
         self._active_flags: dict[str, float] = {}
         self._last_t: float | None = None
         self._last_values: Mapping[str, float] = {}
@@ -200,13 +224,16 @@ class Unit:
         self._write_faults = ""
         self._pending_reload: _PendingReload | None = None
 
-    def _configure(self, loaded: LoadedRecipe, estimator: Estimator, controller: Controller) -> None:
+    def _configure(self, loaded: LoadedRecipe) -> None:
         """Everything derived from the recipe (construction and reload): MV limits and states are
         the caller's, the mode manager's history is kept by a reload and rebuilt by the caller."""
         recipe = loaded.recipe
         io_ = recipe.io
         self.loaded, self.recipe = loaded, recipe
-        self.estimator, self.controller = estimator, controller
+        modes = recipe.modes
+        self.compute_deadline_s = modes.compute_deadline_s if modes.compute_deadline_s is not None \
+            else 0.5 * recipe.period_s
+        self.max_input_age_s = modes.max_input_age_s if modes.max_input_age_s is not None else recipe.period_s
         self.validator = InputValidator(io_.inputs)
         self.required_inputs = tuple(n for n, s in io_.inputs.items() if s.role in ("measurement", "disturbance"))
         self.disturbances = tuple(n for n, s in io_.inputs.items() if s.role == "disturbance")
@@ -217,6 +244,33 @@ class Unit:
         }
         self._read_tags = self._tags_to_read()
         self._last_plan: Plan | None = None
+
+    # ----------------------------------------------------------- compute
+    def _inline(self) -> InlineCompute:
+        if not isinstance(self.compute, InlineCompute):
+            raise AttributeError(f"unit {self.name}: its estimator and controller live in a compute worker")
+        return self.compute
+
+    @property
+    def estimator(self) -> Estimator:
+        """The estimator (only where it runs in this process)."""
+        return self._inline().parts.estimator
+
+    @estimator.setter
+    def estimator(self, value: Estimator) -> None:
+        self._inline().parts.estimator = value
+
+    @property
+    def controller(self) -> Controller:
+        """The controller (only where it runs in this process)."""
+        return self._inline().parts.controller
+
+    @controller.setter
+    def controller(self, value: Controller) -> None:
+        self._inline().parts.controller = value
+
+    def _now(self, c: _Cycle) -> float:
+        return c.utc if self.clock is None else self.clock.utc()
 
     # ----------------------------------------------------------- state across restarts
     def memory(self) -> UnitMemory:
@@ -374,9 +428,9 @@ class Unit:
                            old=self.loaded.sha256, new=new_sha256, why=why, actual=self.modes.actual.value)
         return why
 
-    def request_reload(self, loaded: LoadedRecipe, estimator: Estimator, controller: Controller, who: str,
-                       where: str, utc: float) -> str:
-        """Ask to replace recipe, estimator and controller at the start of the next cycle.
+    def request_reload(self, loaded: LoadedRecipe, parts: Any, who: str, where: str, utc: float) -> str:
+        """Ask to replace recipe, estimator and controller at the start of the next cycle; ``parts`` is
+        what :meth:`apc.compute.UnitCompute.prepare` built (inline: :class:`~apc.compute.Parts`).
 
         Returns '' when accepted (pending; a later request replaces it), else why not.
         Both outcomes are audited.
@@ -384,7 +438,7 @@ class Unit:
         why = self.reload_refusal(loaded)
         if why:
             return self.refuse_reload(why, who, where, utc, loaded.sha256)
-        self._pending_reload = _PendingReload(loaded, estimator, controller, who, where)
+        self._pending_reload = _PendingReload(loaded, parts, who, where)
         self.audit.info("recipe_reload_requested", utc=utc, who=who, where=where, what=str(loaded.path),
                         old=self.loaded.sha256, new=loaded.sha256, actual=self.modes.actual.value)
         return ""
@@ -415,7 +469,8 @@ class Unit:
         modes.requested, modes.actual = self.modes.requested, self.modes.actual
         modes.shed_reason = self.modes.shed_reason
         self.modes = modes  # warm-up starts again: the new estimator has no history
-        self._configure(pending.loaded, pending.estimator, pending.controller)
+        self.compute.install(pending.parts)
+        self._configure(pending.loaded)
         self.audit.info("recipe_reload", utc=utc, cycle=k, who=pending.who, where=pending.where,
                         what=str(pending.loaded.path), old=old_loaded.sha256, new=pending.loaded.sha256,
                         sections=sections)
@@ -432,21 +487,29 @@ class Unit:
         tags.append(io_.heartbeat.dcs_tag)
         return tuple(dict.fromkeys(tags))
 
-    async def cycle(self, k: int, scheduled_s: float, t_s: float, utc: float) -> dict[str, Any]:
-        """Run one cycle at monotonic time ``t_s``; returns the flight-record entry (never raises)."""
+    async def cycle(self, k: int, scheduled_s: float, t_s: float, utc: float,
+                    deadline_mono: float | None = None) -> dict[str, Any]:
+        """Run one cycle at monotonic time ``t_s``; returns the flight-record entry (never raises).
+
+        ``deadline_mono`` bounds the estimator's and controller's answers (``time.monotonic()``;
+        ``None`` in virtual time, where iteration caps bound them)."""
         reload = self._apply_reload(k, utc) if self._pending_reload is not None else None
         dt_s = self.recipe.period_s if self._last_t is None else t_s - self._last_t
         self._last_t = t_s
+        if self.compute_faults is not None:
+            for fault, duration_s in self.compute_faults(t_s):
+                self.compute.inject(fault, duration_s)
         # 1. read (an I/O failure is a link failure, never an exception)
         snapshot, link_error = await self._read()
-        c = _Cycle(k, scheduled_s, t_s, utc, dt_s, snapshot, link_error, reload)
+        c = _Cycle(k, scheduled_s, t_s, utc, dt_s, snapshot, link_error, reload, deadline_mono=deadline_mono)
+        c.read_utc = self._now(c)
         stage = STAGES[0]
         try:
             for stage, block in (("validate", self._validate), ("estimate", self._estimate),
                                  ("batch", self._advance_batch), ("modes", self._decide), ("control", self._control),
                                  ("permissives", self._permissives), ("guard", self._guard),
                                  ("compose", self._compose_writes)):
-                block(c)
+                await block(c)
         except Exception as exc:  # any block's failure sheds the unit with its name; the process goes on
             self._fault(c, stage, exc)
         # 7. journal the intent, write, heartbeat
@@ -461,19 +524,40 @@ class Unit:
         except Exception as exc:  # any I/O failure is a link failure, never a crash
             return {}, f"read failed: {type(exc).__name__}: {exc}"
 
-    def _validate(self, c: _Cycle) -> None:
+    async def _validate(self, c: _Cycle) -> None:
         """2. validate inputs, judge the DCS heartbeat, read back the MVs."""
         c.validated = self.validator.validate(c.utc, c.snapshot)
         c.inputs_ok, c.inputs_reason = cycle_ok(c.validated, self.required_inputs)
         c.applied = self._readbacks(c)
 
-    def _estimate(self, c: _Cycle) -> None:
-        """3. estimate."""
-        c.estimate = self.estimator.update(c.t_s, c.validated, c.applied)
+    async def _estimate(self, c: _Cycle) -> None:
+        """3. estimate (awaited until the cycle's deadline: a late estimate is no estimate)."""
+        try:
+            c.estimate = await self.compute.estimate(c.t_s, c.validated, c.applied, c.deadline_mono)
+        except ComputeLate as exc:
+            self._late(c, "estimate", str(exc))
+        except ComputeLost as exc:
+            self._lost(c, str(exc))
+        c.estimate_utc = self._now(c)
         c.values = self._signal_values(c.validated, c.estimate, c.applied)
         self._last_values = c.values
 
-    def _advance_batch(self, c: _Cycle) -> None:
+    def _late(self, c: _Cycle, what: str, why: str) -> None:
+        """An answer missed its deadline: count and audit it; an estimate that did not come is unhealthy."""
+        self.compute_late += 1
+        c.late = what
+        self._audit("warning", "compute_late", utc=c.utc, cycle=c.k, what=what, why=why, late=self.compute_late)
+        if what == "estimate":
+            c.estimate = Estimate((), (), (), None, f"compute late: {why}")
+
+    def _lost(self, c: _Cycle, why: str) -> None:
+        """The computation was restarted: a fresh estimator must re-warm; the unit sheds (latched)."""
+        reason = f"compute worker restarted: {why}"
+        self._audit("error", "compute_lost", utc=c.utc, cycle=c.k, why=why)
+        c.estimate = Estimate((), (), (), None, reason)
+        self._shed_now(c, reason)
+
+    async def _advance_batch(self, c: _Cycle) -> None:
         """Furnaces: advance the batch, whose reference the controller reads. The batch judges soak
         and hold-until only on data the unit trusts: with the link down or an unhealthy estimate it
         sees nothing, so its clocks stop (an open-loop prediction never counts)."""
@@ -554,7 +638,7 @@ class Unit:
                 faults.append(f"{name}: {why}")
         return "; ".join(faults)
 
-    def _decide(self, c: _Cycle) -> None:
+    async def _decide(self, c: _Cycle) -> None:
         """4. decide the mode from what this cycle saw (and what the last cycle's writes showed)."""
         readback_faults = self._check_readbacks(c.applied)
         hb_ok, hb_reason = self.heartbeat.update(c.utc, c.snapshot.get(self.recipe.io.heartbeat.dcs_tag))
@@ -593,7 +677,7 @@ class Unit:
             self.sheds += 1
         self._remember(c.utc)
 
-    def _control(self, c: _Cycle) -> None:
+    async def _control(self, c: _Cycle) -> None:
         """5. control (STANDBY computes everything too)."""
         assert c.decision is not None
         c.constraints = self._constraints(c)
@@ -609,18 +693,33 @@ class Unit:
                 self.mvs[name].release()
                 if name in c.applied:
                     tracking[name] = c.applied[name]
-        if tracking:
-            self.controller.track(tracking)
         disturbances = {n: v.sample.value for n, v in c.validated.items()
                         if n in self.disturbances and v.ok and v.sample is not None}
-        if not c.estimate.healthy or any(n not in c.applied for n in self.mvs):
+        run = c.estimate.healthy and all(n in c.applied for n in self.mvs)
+        if not run and not tracking:
             c.plan = Plan({}, {}, SolverStatus.NOT_RUN, 0, 0.0, "estimate or readback not usable")
             return
+        preview = self.batch.preview() if self.batch is not None and run and self.compute.needs_preview else None
+        request = ControlRequest(c.t_s, c.estimate, c.applied, enabled, disturbances, c.constraints, tracking, run,
+                                 preview)
         try:
-            plan = self.controller.step(c.t_s, c.estimate, c.applied, enabled, disturbances, c.constraints)
+            plan = await self.compute.control(request, c.deadline_mono)
+        except ComputeLate as exc:
+            self._late(c, "plan", str(exc))
+            plan = Plan({}, {}, SolverStatus.NOT_RUN, 0, 0.0, f"compute late: {exc}")
+            late = self.modes.count_failure(f"compute late: {exc}")
+            if late and decision.actual is Mode.ON:
+                self._shed_now(c, late)
+        except ComputeLost as exc:
+            self._lost(c, str(exc))
+            plan = Plan({}, {}, SolverStatus.NOT_RUN, 0, 0.0, f"compute lost: {exc}")
         except Exception as exc:  # a controller bug holds the unit, it never crashes the process
             self.stage_faults["control"] += 1
             plan = Plan({}, {}, SolverStatus.FAILED, 0, 0.0, f"{type(exc).__name__}: {exc}")
+        c.plan_utc = self._now(c)
+        if plan is None:
+            c.plan = Plan({}, {}, SolverStatus.NOT_RUN, 0, 0.0, "estimate or readback not usable")
+            return
         self._last_plan = c.plan = plan
         if plan.status is SolverStatus.FAILED and decision.actual is Mode.ON:
             self._shed_now(c, f"controller failed: {plan.reason}")
@@ -635,13 +734,13 @@ class Unit:
         values.update(applied)
         return values
 
-    def _permissives(self, c: _Cycle) -> None:
+    async def _permissives(self, c: _Cycle) -> None:
         """6a. the recipe's permissive conditions: why each one fails this cycle ('' when it holds)."""
         assert c.decision is not None
         if c.decision.actual is Mode.ON and c.plan is not None:
             c.permissives = {n: expr.explain(c.values) for n, (expr, _) in self.permissives.items()}
 
-    def _guard(self, c: _Cycle) -> None:
+    async def _guard(self, c: _Cycle) -> None:
         """6b. the guard: what may be written of the plan."""
         assert c.decision is not None
         decision, plan = c.decision, c.plan
@@ -662,7 +761,7 @@ class Unit:
             )
             c.decisions[name] = self.guard.check(req)
 
-    def _compose_writes(self, c: _Cycle) -> None:
+    async def _compose_writes(self, c: _Cycle) -> None:
         """What this cycle writes: MV moves the guard passed, ``apc_active`` flags, the heartbeat."""
         assert c.decision is not None
         writes: list[Write] = []
@@ -739,6 +838,7 @@ class Unit:
                for mv in self.mvs.values()) and not self._remember(c.utc):
             self._hold_increments(c, "unit state file not writable: an increment is not moved without it")
         self._probe_audit(c)
+        self._check_input_age(c)
         intent = self._move_writes(c)
         if intent and not self._audit("info", "write_intent", utc=c.utc, cycle=c.k, mode=self.modes.actual.value,
                                       writes=[{"tag": w.tag, "value": w.value} for w in intent]):
@@ -746,7 +846,27 @@ class Unit:
                 self._shed_now(c, self.journal_error)
                 c.plan, c.decisions = None, {}
                 self._safe_writes(c)
-        return await self._write(c.writes, c.link_error)
+        results = await self._write(c.writes, c.link_error)
+        c.write_utc = self._now(c)
+        return results
+
+    def _check_input_age(self, c: _Cycle) -> None:
+        """Nothing computed from inputs older than ``max_input_age_s`` is written (a late cycle, a stalled
+        loop): the moves are taken out, the safe-state writes stay."""
+        age_s = self._now(c) - c.read_utc
+        if age_s <= self.max_input_age_s:
+            return
+        why = f"inputs {age_s:.2f} s old > max_input_age_s {self.max_input_age_s:g}"
+        moved = {mv.spec.tag for mv in self.mvs.values()} | {mv.spec.sequence_tag for mv in self.mvs.values()
+                                                             if mv.spec.sequence_tag}
+        if not any(w.tag in moved for w in c.writes):
+            return
+        c.writes = [w for w in c.writes if w.tag not in moved]
+        for name, d in list(c.decisions.items()):
+            if d.write:
+                c.decisions[name] = dataclasses.replace(d, write=False, reason=why)
+        self._audit("warning", "write_refused", utc=c.utc, cycle=c.k, why=why)
+        self._write_faults = why
 
     def _probe_audit(self, c: _Cycle) -> None:
         """While the audit log is failing, try it once a cycle; the first event that gets through
@@ -792,7 +912,10 @@ class Unit:
                     mv.acknowledged = w.value
             elif not c.link_error:
                 refused.append(f"{mv.name}: write refused ({r.detail})")
-        self._write_faults = "; ".join(refused)
+        if refused:
+            self._write_faults = "; ".join(refused)
+        elif not self._write_faults.startswith("inputs "):
+            self._write_faults = ""
         if hb_result is not None and not c.link_error:
             await self._heartbeat_written(c, hb_result)
         self._audit_writes(c)
@@ -885,6 +1008,11 @@ class Unit:
             "shed": decision.new_shed,
             "shed_reason": decision.shed_reason,
         }
+        if self.clock is not None:
+            rec["timing"] = {"read_s": c.read_utc - c.utc, "estimate_s": c.estimate_utc - c.utc,
+                             "plan_s": c.plan_utc - c.utc, "write_s": c.write_utc - c.utc}
+        if c.late:
+            rec["late"] = c.late
         if c.fault is not None:
             rec["fault"] = c.fault
         if c.batch is not None:

@@ -45,12 +45,14 @@ class TrackingFeedController:
         self.mvs = mvs
         self.phase = FeedPhase.OVERFEED
         self._phase_start: float | None = None
+        self._last_attempt_t: float | None = None
+        """Last time it asked for an electrode move while driving the electrode (its own pacing)."""
         self._last_dip: float | None = None
         self.target_correction_uohm = 0.0
 
     def track(self, applied: Mapping[str, float]) -> None:
-        """Nothing to forget: the feed cycle runs on, and the electrode's minimum interval comes from
-        the unit (its last confirmed move), never from this controller's memory."""
+        """Nothing to forget: the feed cycle runs on; the electrode's minimum interval comes from the
+        unit (its last confirmed move) and the pacing of its own attempts is not reset by a mode change."""
 
     def _switch(self, phase: FeedPhase, t_s: float) -> None:
         self.phase = phase
@@ -94,9 +96,8 @@ class TrackingFeedController:
         if self.mvs.current in applied:
             moves[self.mvs.current] = applied[self.mvs.current]
         if self.mvs.anode in applied:
-            c = (constraints or {}).get(self.mvs.anode)
-            since = math.inf if c is None else c.since_last_move_s
-            moves[self.mvs.anode] = self._electrode_move(r) if since >= cfg.electrode_min_interval_s else 0.0
+            moves[self.mvs.anode] = self._electrode(t_s, r, enabled.get(self.mvs.anode, False),
+                                                    (constraints or {}).get(self.mvs.anode))
         return Plan(moves, {}, SolverStatus.OK, 0, 0.0, reason or self.phase.value)
 
     def _correct_target(self, dip_degC: float) -> None:
@@ -108,6 +109,19 @@ class TrackingFeedController:
         corr = self.target_correction_uohm - cfg.target_correction_uohm_per_K * (dip_degC - cfg.bath_temp_target_degC)
         lim = cfg.target_correction_limit_uohm
         self.target_correction_uohm = max(-lim, min(lim, corr))
+
+    def _electrode(self, t_s: float, r_uohm: float, driving: bool, c: MvConstraint | None) -> float:
+        """One attempt per ``electrode_min_interval_s`` while it drives the electrode (as the plant logic
+        paces its move requests, whether or not the DCS could carry one out), and never sooner than that
+        after the last move the unit confirmed (``since_last_move_s``)."""
+        interval = self.cfg.electrode_min_interval_s
+        since = math.inf if c is None else c.since_last_move_s
+        if since < interval or (self._last_attempt_t is not None and t_s - self._last_attempt_t < interval):
+            return 0.0
+        delta = self._electrode_move(r_uohm)
+        if delta != 0.0 and driving:
+            self._last_attempt_t = t_s
+        return delta
 
     def _electrode_move(self, r_uohm: float) -> float:
         cfg = self.cfg

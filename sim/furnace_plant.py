@@ -25,7 +25,7 @@ from sim.models import get_model
 from sim.scenario import Event, ScenarioError
 
 FURNACE_SCENARIO_DIR = Path(__file__).with_name("scenarios") / "furnace"
-FURNACE_EVENT_KINDS = ("input_fault", "dcs_heartbeat_freeze", "loop_local")
+FURNACE_EVENT_KINDS = ("input_fault", "dcs_heartbeat_freeze", "loop_local", "compute_stall", "compute_crash")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,11 @@ EVENT_KINDS = (
     "loop_local",  # DCS operator takes a loop to local for a while
     "dcs_heartbeat_freeze",  # DCS heartbeat stops counting for a while
     "output_limit",  # a DCS loop's output is capped for a while (rectifier, feeder, anode travel)
+    "compute_stall",  # the unit's estimator and controller do not answer for duration_s seconds
+    "compute_crash",  # the process computing the unit's estimator and controller dies
 )
+COMPUTE_FAULTS = {"compute_stall": "stall", "compute_crash": "crash"}
+"""Events that make the unit's computation (not the plant) misbehave, and the fault each injects."""
 
 
 class ScenarioError(ValueError):
@@ -40,10 +44,13 @@ class Event:
     signal: str = ""
     """input_fault: plant signal; loop_local, output_limit: loop name."""
     fault: str = "bad"
-    """input_fault: ``bad`` | ``frozen`` | ``nan`` | ``uncertain``."""
+    """input_fault: ``bad`` | ``frozen`` | ``nan`` | ``uncertain`` | ``spike`` (one sample reads ``value``,
+    in range, at ``at_h``) | ``stale`` (the value keeps updating, its source timestamp stops)."""
     value: float = 0.0
     """current_order: kA; ambient_step: degC; anode_change: gap jump in cm; output_limit: the
-    loop's high limit (current kA, feed kg/h, anode position cm)."""
+    loop's high limit (current kA, feed kg/h, anode position cm); input_fault spike: the outlier."""
+    duration_s: float = 0.0
+    """compute_stall: how long the computation does not answer (plant seconds)."""
 
 
 @dataclass(frozen=True)
@@ -144,3 +151,18 @@ def load_scenario(name_or_path: str) -> Scenario:
 def scenario_names() -> tuple[str, ...]:
     """Names of the shipped scenarios."""
     return tuple(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
+
+
+class ComputeFaultFeed:
+    """The scenario's compute faults as they come due: called with each cycle's plant time, returns the
+    (``stall`` | ``crash``, duration_s) faults whose ``at_h`` has been reached since the last call."""
+
+    def __init__(self, events: tuple[Event, ...]) -> None:
+        self._due = sorted((e for e in events if e.kind in COMPUTE_FAULTS), key=lambda e: e.at_h)
+
+    def __call__(self, t_s: float) -> list[tuple[str, float]]:
+        out = []
+        while self._due and self._due[0].at_h * 3600.0 <= t_s:
+            ev = self._due.pop(0)
+            out.append((COMPUTE_FAULTS[ev.kind], ev.duration_s))
+        return out

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from apc.assembly import build_estimator, load
 from apc.audit import null_logger
 from apc.clock import VirtualClock
+from apc.compute import Parts
 from apc.recipe.loader import LoadedRecipe
 from apc.types import Mode, Sample, Write, WriteResult
 from apc.unit import Unit
@@ -98,8 +99,8 @@ class Cell:
 
     def reload(self) -> None:
         recipe = self.loaded.recipe
-        self.unit.request_reload(self.loaded, build_estimator(recipe, self.loaded.path.parent),
-                                 AlwaysMove(("anode_move",)), who="pytest", where="test", utc=self.clock.utc())
+        parts = Parts(build_estimator(recipe, self.loaded.path.parent), AlwaysMove(("anode_move",)))
+        self.unit.request_reload(self.loaded, parts, who="pytest", where="test", utc=self.clock.utc())
 
     def step(self, n: int = 1) -> list[dict[str, object]]:
         out = []

@@ -10,7 +10,8 @@ import pytest
 
 from apc.assembly import load
 from apc.hmi.client_cmds import HmiClientError, request_reload
-from apc.runtime import build_estimator_controller, reload_callback
+from apc.runtime import reload_callback
+from apc.unit_parts import build_parts
 from apc.types import Mode
 from tests.helpers.sim_harness import ND_RECIPE, SimUnit
 from tests.test_hmi_server import UNIT, VT, Audit, Pki, hmi, pki, read, session, write  # noqa: F401 (fixture)
@@ -50,8 +51,7 @@ def test_reload_while_on_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     su.go_on()
     old_sha, controller = su.unit.loaded.sha256, su.unit.controller
     new = load(write_recipe(tmp_path, retuned))
-    estimator, new_controller = build_estimator_controller(new, su.unit)
-    why = su.unit.request_reload(new, estimator, new_controller, who="erin", where="test", utc=su.clock.utc())
+    why = su.unit.request_reload(new, build_parts(new), who="erin", where="test", utc=su.clock.utc())
     assert why.startswith("unit is ON")
     rec = su.step()[0]
     assert rec["mode"]["actual"] == "ON" and "recipe_reload" not in rec

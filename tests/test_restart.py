@@ -130,7 +130,8 @@ def test_a_process_start_on_a_real_plant_never_requests_on(tmp_path: Path) -> No
                     await asyncio.sleep(0.002)
 
             ticker = asyncio.create_task(plant_clock())
-            code = await runtime.run_site(site, speed=500.0, hours=1.0, record_dir=tmp_path / "rec", out=out)
+            code = await runtime.run_site(site, speed=500.0, hours=1.0, record_dir=tmp_path / "rec", out=out,
+                                          compute_workers=0)  # 10 ms cycles: no room for a worker round trip
             stop.set()
             await ticker
             return code, out.getvalue()

@@ -91,11 +91,11 @@ def summary(out: str, name: str) -> tuple[int, int, int]:
 
 
 def test_failing_unit_does_not_stop_the_other(tmp_path: Path, built: dict[str, Unit]) -> None:
-    """One unit's estimator raising every cycle is caught at that unit (shed, audited, recorded, counted as errors); the other unit reaches ON and writes."""
+    """One unit's estimator raising every cycle (computing in the runtime's process) is caught at that unit (shed, audited, recorded, counted as errors); the other unit reaches ON and writes."""
     site = load_site_file(write_site(tmp_path))
     out = io.StringIO()
     rdir = tmp_path / "rec"
-    code = asyncio.run(runtime.run_site(site, speed=SPEED, hours=1.0, record_dir=rdir, out=out))
+    code = asyncio.run(runtime.run_site(site, speed=SPEED, hours=1.0, record_dir=rdir, out=out, compute_workers=0))
     text = out.getvalue()
     assert code == 1  # errors happened
     good_cycles, _, good_errors = summary(text, "good")
@@ -134,6 +134,7 @@ def test_stop_event_stops_cleanly_and_closes_recorders(tmp_path: Path, built: di
         nonlocal trigger
         stop = asyncio.Event()
         task = asyncio.create_task(runtime.run_site(site, speed=SPEED, hours=2.0, record_dir=rdir, out=out,
+                                                    compute_workers=0,
                                                     stop=stop))
         while not built.get("good"):
             await asyncio.sleep(0)
@@ -166,7 +167,8 @@ def test_sigint_stops_cleanly(tmp_path: Path, built: dict[str, Unit]) -> None:
 
     async def main() -> int:
         nonlocal trigger
-        task = asyncio.create_task(runtime.run_site(site, speed=SPEED, hours=2.0, record_dir=rdir, out=out))
+        task = asyncio.create_task(runtime.run_site(site, speed=SPEED, hours=2.0, record_dir=rdir, out=out,
+                                                    compute_workers=0))
         while not built.get("good"):
             await asyncio.sleep(0)
         trigger = StopAfter(built["good"], 30, lambda: os.kill(os.getpid(), signal.SIGINT))

@@ -474,8 +474,22 @@ class ModesSection:
     """Mode and shed behaviour."""
 
     shed_after_bad_cycles: int = 6
-    """Consecutive cycles with bad inputs, guard or permissive failures before a shed."""
+    """Consecutive cycles with bad inputs, guard or permissive failures (or late answers) before a shed."""
     readback_fault_cycles: int = 3
+    compute_deadline_s: float | None = None
+    """Wall-clock time (in plant seconds: divided by the speed of an accelerated run) the estimator and
+    controller have to answer each cycle in ``apc run``; a later answer is never used. ``None``: half
+    the period. Offline simulation has no deadline (iteration caps bound it)."""
+    max_input_age_s: float | None = None
+    """A move whose inputs were read longer ago than this is not written. ``None``: one period."""
+
+    def __post_init__(self) -> None:
+        if self.shed_after_bad_cycles < 1 or self.readback_fault_cycles < 1:
+            raise ValueError("shed_after_bad_cycles and readback_fault_cycles must be >= 1")
+        for name in ("compute_deadline_s", "max_input_age_s"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < float("inf"):
+                raise ValueError(f"{name} must be a number > 0 (or omitted)")
 
 
 @dataclass(frozen=True)
@@ -587,6 +601,9 @@ class Site:
     state_dir: str = "state"
     """Where units keep their state files (furnace batches; on a real plant, each unit's latched shed,
     operator limits, MV enables and electrode moves), relative to the site file."""
+    compute_workers: int = -1
+    """Processes the units' estimators and controllers run in (``apc run``): -1 one per core, 0 in the
+    runtime's own process (no isolation: a slow or hung computation delays every unit; debugging only)."""
     fsync_interval_s: float = 1.0
     """The audit log and the flight records are fsynced this often (wall seconds): a power loss loses
     at most this long of them. State files are fsynced on every change."""
@@ -601,3 +618,5 @@ class Site:
             raise ValueError("speed must be > 0")
         if not 0 < self.fsync_interval_s <= 60:
             raise ValueError("fsync_interval_s must be in (0, 60] seconds")
+        if self.compute_workers < -1:
+            raise ValueError("compute_workers must be -1 (one per core), 0 (in process) or a count")
