@@ -288,6 +288,62 @@ def test_secure_session_must_present_its_own_channel_certificate(pki: Pki, tmp_p
         "BadCertificateInvalid", "BadCertificateInvalid"]
 
 
+def test_a_failed_activation_cannot_take_over_another_session(pki: Pki, tmp_path: Path) -> None:
+    """A live session's (sequential) token used from another certificate is refused before any password check,
+    and leaves nothing bound: the following Write is refused; a refused CreateSession cannot be activated."""
+    audit = Audit()
+    su = SimUnit(audit=audit.logger, name=UNIT)
+    su.unit.request_mode(Mode.ON, who="test", where="test", utc=su.clock.utc())
+    evil_cert, evil_key = make_certificate(tmp_path, "evil", "urn:apc:test:client", ["localhost"])
+    anonymous = ua.ActivateSessionParameters()
+    anonymous.UserIdentityToken = ua.AnonymousIdentityToken(PolicyId="anonymous")
+    anonymous.ClientSignature = ua.SignatureData()
+
+    async def scenario() -> dict[str, str]:
+        got = {}
+        sign_encrypt = ua.MessageSecurityMode.SignAndEncrypt
+        async with hmi(pki, su, audit) as srv:
+            victim = hmi_clients.FromAddress(srv.endpoint_url, "127.0.0.1")
+            victim.application_uri = application_uri_of(pki.client_cert)
+            victim.set_user("olga")
+            victim.set_password(PASSWORDS["olga"])
+            await victim.set_security(SecurityPolicyBasic256Sha256, str(pki.client_cert), str(pki.client_key),
+                                      server_certificate=str(pki.server_cert))
+            async with victim:
+                token = victim.uaclient.session.authentication_token
+                ns = srv.namespace_index
+                for who, cert, key in (("untrusted", evil_cert, evil_key),
+                                       ("other HMI", pki.other_cert, pki.other_key)):
+                    policy = await channel_policy(pki, cert, key, sign_encrypt)
+                    async with raw_channel(srv.endpoint_url, policy, sign_encrypt) as uac:
+                        uac.session.restore_authentication_token(token)
+                        got[f"{who}: activate"] = await status_of(uac.activate_session(anonymous))
+                        got[f"{who}: activate as olga"] = await status_of(
+                            uac.activate_session(password_login("olga", PASSWORDS["olga"])))
+                        got[f"{who}: write"] = await status_of(uac.write(mode_write(ns, "OFF")))
+                policy = await channel_policy(pki, evil_cert, evil_key, sign_encrypt)
+                async with raw_channel(srv.endpoint_url, policy, sign_encrypt) as uac:
+                    got["untrusted: create"] = await status_of(uac.create_session(session_params(
+                        srv.endpoint_url, certificate=der_of(evil_cert), app_uri="urn:apc:test:client")))
+                    got["untrusted: activate own"] = await status_of(
+                        uac.activate_session(password_login("olga", PASSWORDS["olga"])))
+                    got["untrusted: write own"] = await status_of(uac.write(mode_write(ns, "OFF")))
+        return got
+
+    assert asyncio.run(scenario()) == {
+        "untrusted: activate": "BadSessionIdInvalid", "untrusted: activate as olga": "BadSessionIdInvalid",
+        "untrusted: write": "BadUserAccessDenied",
+        "other HMI: activate": "BadSessionIdInvalid", "other HMI: activate as olga": "BadSessionIdInvalid",
+        "other HMI: write": "BadUserAccessDenied",
+        "untrusted: create": "BadCertificateUntrusted", "untrusted: activate own": "BadSessionIdInvalid",
+        "untrusted: write own": "BadUserAccessDenied"}
+    assert su.unit.modes.requested is Mode.ON
+    assert len(audit.events("hmi_login")) == 1 and audit.events("hmi_login_refused") == [], \
+        "only the victim's own login: no password was checked for the others"
+    assert [e["why"] for e in audit.events("hmi_session_refused")].count(
+        "session was created on another certificate or security") == 4
+
+
 def test_insecure_loopback_endpoint_still_serves_sessions_and_discovery(pki: Pki) -> None:
     """With allow_insecure_loopback on 127.0.0.1 a raw None-channel session logs in and writes (the demo's case)."""
     audit = Audit()
@@ -398,8 +454,8 @@ def test_login_flood_from_one_peer_neither_delays_another_peer_nor_stalls_the_lo
         return result["flood"], result["operator"], gaps.max_gap_s
 
     flooded, ok, max_gap_s = asyncio.run(scenario())
-    assert len(flooded) == 40 and set(flooded) == {"BadUserAccessDenied"}
-    assert ok == "Good"
+    assert len(flooded) == 40 and set(flooded) == {"BadUserAccessDenied"}, flooded
+    assert ok == "Good", ok
     # the outsider's checks: its free failures plus the one that blocks it; plus the operator's own
     assert pool.checks_run <= throttle.free_failures + 1 + 1
     assert throttle.blocked_s(f"peer {OUTSIDER}") > 0 and throttle.blocked_s("peer 127.0.0.1") == 0

@@ -17,7 +17,13 @@ channel's security policy URI and mode against what the server offers:
   the mode is wrong), unless the server was built with
   ``insecure_loopback`` *and* the peer address is loopback.
 * CreateSession over a secure channel must carry the channel's own client
-  certificate (else asyncua would validate another, or none at all).
+  certificate (else asyncua would validate another, or none at all). A
+  refused CreateSession leaves no half-made session on the channel.
+* ActivateSession of a session created on another channel (asyncua's
+  reconnect path, found by its authentication token, which asyncua numbers
+  sequentially) needs the same client certificate and security as at its
+  creation; and a failed ActivateSession never leaves another session bound
+  to the channel (asyncua binds it before checking the client signature).
 * ActivateSession with a username token: the token is decrypted here and the
   password checked by :class:`~apc.hmi.login.LoginGate` off the event loop;
   asyncua's ``get_user`` then only consumes the verdict.
@@ -38,6 +44,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
+from weakref import WeakKeyDictionary
 
 import asyncua
 from asyncua import Server, ua
@@ -50,7 +57,7 @@ from asyncua.server.internal_server import InternalServer
 from asyncua.server.uaprocessor import UaProcessor
 from asyncua.ua.ua_binary import struct_from_binary, uatcp_to_binary
 
-from apc.hmi.login import LoginGate, LoginSource, certificate_thumbprint, client_uri
+from apc.hmi.login import LoginGate, LoginSource, LoginVerdict, certificate_thumbprint, client_uri
 
 __all__ = ["ChannelGuard", "ChannelGuardError", "ChannelRules", "GuardedProcessor", "GuardedServer",
            "check_hook_points", "is_loopback_host", "service_name"]
@@ -138,6 +145,15 @@ class ChannelRules:
                                     f"the guard expects {sorted((_policy_name(u), _mode_name(m)) for u, m in want)}")
 
 
+@dataclass(frozen=True)
+class SessionOrigin:
+    """The channel a session was created on: its client certificate and security."""
+
+    thumbprint: str
+    policy_uri: str
+    mode: ua.MessageSecurityMode
+
+
 class ChannelGuard:
     """The rules, the login gate and the audit log shared by every guarded connection."""
 
@@ -147,6 +163,8 @@ class ChannelGuard:
         self.gate = gate
         self._audit = audit
         self._utc = clock_utc
+        self.origins: WeakKeyDictionary[Any, SessionOrigin] = WeakKeyDictionary()
+        """Where each live session of this server was created (forgotten with the session)."""
 
     def audit(self, event: str, who: str, where: str, **fields: Any) -> None:
         """One warning-level audit event."""
@@ -199,26 +217,77 @@ class GuardedProcessor(UaProcessor):  # type: ignore[misc]
         if code:
             return self._refuse(typeid, requesthdr, seqhdr, code, why)
         secure = policy.Mode != _NONE_MODE
+        channel_cert = policy.peer_certificate if secure else None
         if typeid == _CREATE_SESSION:
             if secure:
-                code, why = self._session_certificate_refusal(body, policy.peer_certificate)
+                code, why = self._session_certificate_refusal(body, channel_cert)
                 if code:
                     return self._refuse(typeid, requesthdr, seqhdr, code, why, event="hmi_session_refused")
-            try:
-                return bool(await super()._process_message(typeid, requesthdr, seqhdr, body))
-            except (ServiceError, ua.UaStatusCodeError) as exc:
-                self._guard.audit("hmi_session_refused", self._who(), self.where, service="CreateSession",
-                                  status=ua.StatusCode(exc.code).name, why="CreateSession refused",
-                                  client=client_uri(policy.peer_certificate))
-                raise
-        if typeid == _ACTIVATE_SESSION and self._guard.gate is not None:
-            verdict = await self._check_login(requesthdr, body, policy.peer_certificate if secure else None)
-            if verdict is not None:
-                if not verdict.ok:
-                    raise ServiceError(verdict.status)  # audited by the gate
-                with self._guard.gate.handoff(verdict):
-                    return bool(await super()._process_message(typeid, requesthdr, seqhdr, body))
+            return await self._create_session(typeid, requesthdr, seqhdr, body, self._origin())
+        if typeid == _ACTIVATE_SESSION:
+            return await self._activate_session(typeid, requesthdr, seqhdr, body, channel_cert)
         return bool(await super()._process_message(typeid, requesthdr, seqhdr, body))
+
+    def _origin(self) -> SessionOrigin:
+        policy = self._connection.security_policy
+        secure = policy.Mode != _NONE_MODE
+        return SessionOrigin(certificate_thumbprint(policy.peer_certificate) if secure else "", policy.URI,
+                             policy.Mode)
+
+    async def _create_session(self, typeid: ua.NodeId, requesthdr: Any, seqhdr: Any, body: Any,
+                              origin: SessionOrigin) -> bool:
+        """asyncua's CreateSession; a refused one is audited and leaves no half-made session behind."""
+        previous = self.session
+        try:
+            ok = bool(await super()._process_message(typeid, requesthdr, seqhdr, body))
+        except (ServiceError, ua.UaStatusCodeError) as exc:
+            await self._drop_session_since(previous)
+            self._guard.audit("hmi_session_refused", self._who(), self.where, service="CreateSession",
+                              status=ua.StatusCode(exc.code).name, why="CreateSession refused",
+                              client=client_uri(self._connection.security_policy.peer_certificate))
+            raise
+        except BaseException:
+            await self._drop_session_since(previous)
+            raise
+        if self.session is not None and self.session is not previous:
+            self._guard.origins[self.session] = origin
+        return ok
+
+    async def _drop_session_since(self, previous: Any) -> None:
+        """Close a session asyncua bound to this channel during a request that then failed."""
+        made, self.session = self.session, previous
+        if made is not None and made is not previous and not made.is_activated():
+            try:
+                await made.close_session(True)
+            except Exception:  # the request already failed; closing is best effort
+                _log.exception("closing a half-made HMI session failed")
+
+    async def _activate_session(self, typeid: ua.NodeId, requesthdr: Any, seqhdr: Any, body: Any,
+                                channel_cert: bytes | None) -> bool:
+        """ActivateSession: the session must be this channel's or come from the same certificate; the
+        password is checked off the loop; a failure never leaves another session bound here."""
+        previous = self.session
+        target = previous or self.iserver.lookup_external_session(requesthdr.AuthenticationToken)
+        if target is None or target.nonce is None:  # unknown, or CreateSession never completed
+            return self._refuse(typeid, requesthdr, seqhdr, ua.StatusCodes.BadSessionIdInvalid,
+                                "no session to activate", event="hmi_session_refused")
+        if previous is None and self._guard.origins.get(target) != self._origin():
+            return self._refuse(typeid, requesthdr, seqhdr, ua.StatusCodes.BadSessionIdInvalid,
+                                "session was created on another certificate or security", event="hmi_session_refused")
+        verdict = None
+        if self._guard.gate is not None:
+            verdict = await self._check_login(target, body, channel_cert)
+            if verdict is not None and not verdict.ok:
+                raise ServiceError(verdict.status)  # audited by the gate
+        try:
+            if verdict is None or self._guard.gate is None:
+                return bool(await super()._process_message(typeid, requesthdr, seqhdr, body))
+            with self._guard.gate.handoff(verdict):
+                return bool(await super()._process_message(typeid, requesthdr, seqhdr, body))
+        except BaseException:
+            if self.session is not previous:  # asyncua bound the looked-up session before it failed
+                self.session = previous
+            raise
 
     def _refuse(self, typeid: ua.NodeId, requesthdr: Any, seqhdr: Any, code: int, why: str,
                 event: str = "hmi_service_refused") -> bool:
@@ -242,16 +311,13 @@ class GuardedProcessor(UaProcessor):  # type: ignore[misc]
             return ua.StatusCodes.BadCertificateInvalid, "CreateSession certificate is not the secure channel's"
         return 0, ""
 
-    async def _check_login(self, requesthdr: Any, body: Any, channel_cert: bytes | None) -> Any:
+    async def _check_login(self, session: Any, body: Any, channel_cert: bytes | None) -> LoginVerdict | None:
         """The gate's verdict for a username token; None when asyncua refuses the request by itself."""
         assert self._guard.gate is not None
         params = struct_from_binary(ua.ActivateSessionParameters, body.copy())
         token = params.UserIdentityToken
         if not isinstance(token, ua.UserNameIdentityToken):
             return None  # asyncua refuses other tokens (or get_user finds no verdict and refuses)
-        session = self.session or self.iserver.lookup_external_session(requesthdr.AuthenticationToken)
-        if session is None:
-            return None  # asyncua answers BadSessionIdInvalid
         try:
             username, password = self.iserver.decrypt_user_token(session, token)
         except Exception:

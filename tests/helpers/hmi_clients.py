@@ -43,20 +43,20 @@ class FromAddress(Client):  # type: ignore[misc]
 
 
 async def login(url: str, server_cert: Path, user: str, password: str, *, cert: Path, key: Path,
-                source: str = "127.0.0.1", read: tuple[str, str] | None = None) -> str:
+                source: str = "127.0.0.1", read: tuple[str, str] | None = None, timeout_s: float = 3) -> str:
     """One SignAndEncrypt login from ``source``: 'Good' (after reading node ``read`` = (namespace URI,
-    string id) when given) or the name of the status it was refused with."""
-    client = FromAddress(url, source)
+    string id) when given), the name of the status it was refused with, or 'Timeout'."""
+    client = FromAddress(url, source, timeout=timeout_s)
     client.application_uri = application_uri_of(cert)
     client.set_user(user)
     client.set_password(password)
     await client.set_security(SecurityPolicyBasic256Sha256, str(cert), str(key), server_certificate=str(server_cert))
     try:
         await client.connect()
-    except ua.UaStatusCodeError as exc:
+    except (ua.UaStatusCodeError, TimeoutError) as exc:
         with suppress(Exception):
             await client.disconnect()
-        return str(ua.StatusCode(exc.code).name)
+        return str(ua.StatusCode(exc.code).name) if isinstance(exc, ua.UaStatusCodeError) else "Timeout"
     try:
         if read is not None:
             ns = await client.get_namespace_index(read[0])
@@ -95,7 +95,7 @@ async def flood(spec: Flood) -> dict[str, Any]:
         for wave in range(spec.waves):
             out += await asyncio.gather(*(
                 login(spec.url, Path(spec.server_cert), spec.user, f"guess-{wave}-{i}-xyzzy", source=spec.source,
-                      cert=Path(spec.cert), key=Path(spec.key)) for i in range(spec.per_wave)))
+                      cert=Path(spec.cert), key=Path(spec.key), timeout_s=10) for i in range(spec.per_wave)))
             if wave == spec.operator_after:
                 halfway.set()
         return out
@@ -104,7 +104,7 @@ async def flood(spec: Flood) -> dict[str, Any]:
         await halfway.wait()
         return await login(spec.url, Path(spec.server_cert), spec.user, spec.operator_password,
                            cert=Path(spec.operator_cert), key=Path(spec.operator_key),
-                           read=(spec.operator_read[0], spec.operator_read[1]))
+                           read=(spec.operator_read[0], spec.operator_read[1]), timeout_s=10)
 
     flooded, ok = await asyncio.gather(guesses(), operator())
     return {"flood": flooded, "operator": ok}
