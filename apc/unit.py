@@ -153,6 +153,8 @@ class _Cycle:
     write_utc: float = 0.0
     late: str = ""
     """Which answer missed the deadline (``estimate`` or ``plan``), '' when none."""
+    shed: bool = False
+    """A shed was latched in this cycle outside the mode decision (a fault, a lost computation)."""
 
 
 class Unit:
@@ -675,6 +677,7 @@ class Unit:
         c.decision = self.modes.latch(reason, previous)
         if c.decision.new_shed:
             self.sheds += 1
+            c.shed = True
         self._remember(c.utc)
 
     async def _control(self, c: _Cycle) -> None:
@@ -976,6 +979,8 @@ class Unit:
         self.guard_clamps += clamps
         decision = c.decision or ModeDecision(self.modes.requested, self.modes.actual, self.modes.actual,
                                               self.modes.shed_reason, "", False)
+        if c.shed and not decision.new_shed:  # latched before the mode decision of this cycle
+            decision = dataclasses.replace(decision, new_shed=True)
         P_diag = None if estimate.P is None else [estimate.P[i][i] for i in range(len(estimate.x))]
         rec: dict[str, Any] = {
             "k": c.k,

@@ -59,7 +59,7 @@ import numpy as np
 
 from apc.recipe.schema import MPC_CV_RANKS, MpcSection, MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan
-from controllers.nlp_attempt import disturbance_vector, ipopt_attempt
+from controllers.nlp_attempt import OUT_OF_TIME, SolveDeadline, disturbance_vector, ipopt_attempt, solve_deadline
 from controllers.plan_hold import plan_status
 from sim.models.base import ProcessModel
 
@@ -87,9 +87,6 @@ _REL_MARGIN = 1e-6
 """Moves stay this share inside rate and step limits (float rounding vs the guard)."""
 _HOLD_DEADBAND = 0.01
 """At a DCS-reported limit, moves away from it smaller than this share of a cycle's rate are not made."""
-
-_TIMED_OUT = "Maximum_WallTime_Exceeded"
-"""IPOPT's status when ``max_solve_wall_s`` ran out."""
 
 _log = logging.getLogger(__name__)
 
@@ -439,8 +436,12 @@ class CellMpc:
         }
         if not cfg.mumps_scaling:
             common.update({"ipopt.mumps_scaling": 0, "ipopt.mumps_permuting_scaling": 0})
-        if self.real_time and cfg.max_solve_wall_s > 0:
-            common["ipopt.max_wall_time"] = cfg.max_solve_wall_s
+        self._deadline: float | None = None
+        self._stop: SolveDeadline | None = None
+        if self.real_time:  # one wall-clock budget for the warm and the cold attempt of a solve
+            nlp_fn = funcs["nlp"]
+            self._stop = SolveDeadline("cell_mpc_deadline", nlp_fn.nnz_in(0), nlp_fn.nnz_out(1))
+            common["iteration_callback"] = self._stop
         # Warm: from the shifted last solution. Gradient-based scaling would shrink the objective
         # by the soft penalties and drown the economic terms in the barrier; unscaled with a small
         # initial barrier a warm solve takes a few iterations.
@@ -470,6 +471,10 @@ class CellMpc:
         self._last_limits: dict[str, MvConstraint] | None = None
         self._t_prev: float | None = None
         self._last_out: dict[str, float] = {}
+
+    def set_deadline(self, deadline_mono: float | None) -> None:
+        """Real time: the next solves stop by this ``time.monotonic()`` (and within ``max_solve_wall_s``)."""
+        self._deadline = deadline_mono
 
     def track(self, applied: Mapping[str, float]) -> None:
         """MVs the APC does not drive: forget the last value sent. (An increment's minimum interval
@@ -645,6 +650,8 @@ class CellMpc:
                lim: Mapping[str, MvConstraint], measured: Mapping[str, float], warm: bool = True) -> tuple[_Solution | None, int, float, str]:
         """Warm attempt from the last solution (when there is one and ``warm``), else or when it
         fails a cold attempt; returns (solution or None, iterations, wall seconds, reason)."""
+        if self._stop is not None:
+            self._stop.arm(solve_deadline(self._deadline, self.cfg.max_solve_wall_s))
         data = self._problem_data(estimate, applied, measured)
         if isinstance(data, str):
             return None, 0, 0.0, data
@@ -665,7 +672,7 @@ class CellMpc:
                 args.update(lam_x0=lam_x0, lam_g0=lam_g0)
             res, iters, elapsed, status = ipopt_attempt(self._warm, args)
             how = "warm"
-        if res is None and status != _TIMED_OUT:  # a timed-out attempt used the solve's budget
+        if res is None and status not in OUT_OF_TIME:  # a timed-out attempt used the solve's budget
             first = f"warm {status} after {iters} it, " if how == "warm" else ""
             res, it2, t2, status = ipopt_attempt(self._cold, dict(x0=self._cold_guess(P, u_now, lbx, ubx), **bounds))
             iters, elapsed = iters + it2, elapsed + t2

@@ -60,7 +60,7 @@ from apc.curve_preview import CurvePreview
 from apc.recipe.furnace_tuning import FurnaceMpcSection
 from apc.recipe.schema import MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan, SolverStatus
-from controllers.nlp_attempt import disturbance_vector, ipopt_attempt
+from controllers.nlp_attempt import OUT_OF_TIME, SolveDeadline, disturbance_vector, ipopt_attempt, solve_deadline
 from controllers.plan_hold import plan_status
 from estimators.furnace_ekf import TUNINGS, biased_parameters
 from sim.models.base import ProcessModel
@@ -76,7 +76,6 @@ _REL_MARGIN = 1e-6
 """Moves stay this share inside rate limits (float rounding vs the guard)."""
 _HOLD_DEADBAND = 0.01
 """At a DCS-reported limit, moves away from it smaller than this share of a cycle's rate are not made."""
-_TIMED_OUT = "Maximum_WallTime_Exceeded"
 _SLACK_START = 0.1
 
 
@@ -328,8 +327,11 @@ class FurnaceMpc:
         common = {"ipopt.print_level": 0, "print_time": False, "ipopt.sb": "yes", "expand": True,
                   "calc_lam_p": False, "ipopt.max_iter": cfg.max_iter, "ipopt.tol": cfg.tol,
                   "ipopt.acceptable_tol": cfg.acceptable_tol, "ipopt.acceptable_iter": 5}
-        if self.real_time and cfg.max_solve_wall_s > 0:
-            common["ipopt.max_wall_time"] = cfg.max_solve_wall_s
+        self._deadline: float | None = None
+        self._stop: SolveDeadline | None = None
+        if self.real_time:  # one wall-clock budget for the warm and the cold attempt of a solve
+            self._stop = SolveDeadline("furnace_mpc_deadline", w.numel(), g.numel())
+            common["iteration_callback"] = self._stop
         warm = {**common, "ipopt.warm_start_init_point": "yes", "ipopt.warm_start_bound_push": 1e-6,
                 "ipopt.warm_start_mult_bound_push": 1e-6, "ipopt.mu_init": 1e-4, **self.ipopt_options}
         cold = {**common, **self.ipopt_options}
@@ -355,6 +357,10 @@ class FurnaceMpc:
         self._p_bias = 0.0
         self._p_bias_t: float | None = None
         self._plim_first: float | None = None
+
+    def set_deadline(self, deadline_mono: float | None) -> None:
+        """Real time: the next solves stop by this ``time.monotonic()`` (and within ``max_solve_wall_s``)."""
+        self._deadline = deadline_mono
 
     def track(self, applied: Mapping[str, float]) -> None:
         """MVs the APC does not drive: forget the last value sent (moves start from the readback)."""
@@ -651,6 +657,8 @@ class FurnaceMpc:
     def _solve(self, t_s: float, estimate: Estimate, applied: Mapping[str, float], en: Mapping[str, bool],
                lim: Mapping[str, MvConstraint], measured: Mapping[str, float], preview: CurvePreview,
                warm: bool = True) -> tuple[_Solution | None, int, float, str]:
+        if self._stop is not None:
+            self._stop.arm(solve_deadline(self._deadline, self.cfg.max_solve_wall_s))
         data = self._problem(estimate, applied, measured, preview)
         if isinstance(data, str):
             return None, 0, 0.0, data
@@ -662,7 +670,7 @@ class FurnaceMpc:
             guess = self._warm_guess(t_s, x0, xs, P, lbx, ubx)
             res, iters, elapsed, status = ipopt_attempt(self._warm, dict(x0=guess, **bounds))
             how = "warm"
-        if res is None and status != _TIMED_OUT:
+        if res is None and status not in OUT_OF_TIME:
             first = f"warm {status} after {iters} it, " if how == "warm" else ""
             res, it2, t2, status = ipopt_attempt(self._cold, dict(x0=self._cold_guess(P, u_now, lbx, ubx), **bounds))
             iters, elapsed, how = iters + it2, elapsed + t2, f"{first}cold"

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import time
 import shutil
 from pathlib import Path
 from typing import Any
@@ -310,10 +311,25 @@ def test_wall_time_budget_applies_in_real_time_only(loaded: LoadedRecipe) -> Non
     online = CellMpc(model, model.parameter_vector(r.model.parameters), cfg, r.io.mvs, r.limits, r.period_s,
                      real_time=True)
     plan = online.step(0.0, est(), APPLIED, all_on(), {})
-    assert plan.status is SolverStatus.FAILED and "Maximum_WallTime_Exceeded" in plan.reason
+    assert plan.status is SolverStatus.FAILED and "User_Requested_Stop" in plan.reason
     assert "cold" in plan.reason and "warm" not in plan.reason  # first solve: one cold attempt only
     with pytest.raises(ValueError, match="max_solve_wall_s"):
         MpcSection(max_solve_wall_s=-1.0)
+
+
+def test_the_cycle_deadline_stops_warm_and_cold_attempts_together(loaded: LoadedRecipe) -> None:
+    """A deadline already past when a real-time solve starts stops its warm attempt at once and leaves the cold one no budget of its own."""
+    r = loaded.recipe
+    model = get_model(r.model.name)
+    online = CellMpc(model, model.parameter_vector(r.model.parameters), r.controller.mpc, r.io.mvs, r.limits,  # type: ignore[arg-type]
+                     r.period_s, real_time=True)
+    assert online.step(0.0, est(), APPLIED, all_on(), {}).status is SolverStatus.OK  # a plan to warm-start from
+    online.set_deadline(time.monotonic() - 1.0)
+    lim = {n: MvConstraint(b.lo, b.hi) for n, b in online.bindings.items()}
+    lim["current_sp"] = MvConstraint(5.0, 5.8)  # new limits: a solve is due now
+    plan = online.step(5.0, est(), APPLIED, all_on(), {}, lim)
+    assert "User_Requested_Stop (warm, 0 iterations in all)" in plan.reason and "cold" not in plan.reason
+    assert plan.status is SolverStatus.HELD  # the last plan is followed meanwhile
 
 
 def test_runtime_builds_the_mpc_for_wall_clock_and_sim_for_virtual_time(tmp_path: Path) -> None:
