@@ -42,7 +42,7 @@ from plant_io.errors import PlantIOError, PlantLinkDown
 
 MAX_READ_REGISTERS = 125
 MAX_READ_BITS = 2000
-COMPANION_SUFFIXES = (".quality", ".sample_ts")
+COMPANION_SUFFIXES = (".quality", ".sample_ts", ".source_ts")
 """Companion registers applied to the tag they follow (see :meth:`ModbusPlantIO.read`)."""
 
 _DT = AsyncModbusTcpClient.DATATYPE
@@ -260,7 +260,9 @@ class ModbusPlantIO:
         Modbus carries no quality or sample time. Where the device map has them as companion
         registers, bound as ``<tag>.quality`` (0 good, 1 uncertain, 2 bad) and
         ``<tag>.sample_ts`` (UTC POSIX seconds a lab or dip sample was taken, 0: none), they are
-        read in the same requests and applied to ``<tag>``'s sample.
+        read in the same requests and applied to ``<tag>``'s sample; so is ``<tag>.source_ts`` (UTC
+        POSIX seconds of the device's last update of ``<tag>``, 0: none), the sample's source timestamp
+        (a value that keeps changing while this stops is stale).
         """
         wanted = list(tags)
         companions = [f"{t}{suffix}" for t in wanted for suffix in COMPANION_SUFFIXES
@@ -272,14 +274,16 @@ class ModbusPlantIO:
                 continue
             q = out.get(f"{tag}.quality")
             ts = out.get(f"{tag}.sample_ts")
+            src = out.get(f"{tag}.source_ts")
             quality = sample.quality
             if q is not None:
                 code = q.value if q.usable else 2.0
                 quality = Quality.BAD if code >= 2 or quality is Quality.BAD else (
                     Quality.UNCERTAIN if code >= 1 else quality)
             sample_ts = ts.value if ts is not None and ts.usable and ts.value > 0 else sample.sample_ts
-            if quality is not sample.quality or sample_ts != sample.sample_ts:
-                out[tag] = Sample(sample.value, quality, sample.source_ts, sample.receive_ts, sample_ts)
+            source_ts = src.value if src is not None and src.usable and src.value > 0 else sample.source_ts
+            if quality is not sample.quality or sample_ts != sample.sample_ts or source_ts != sample.source_ts:
+                out[tag] = Sample(sample.value, quality, source_ts, sample.receive_ts, sample_ts)
         for extra in companions:
             out.pop(extra, None)
         return out

@@ -167,7 +167,8 @@ class SimulatedFurnaceIO:
         for tag in tags:
             if tag.startswith("furnace.") and tag[8:] in meas:
                 r = meas[tag[8:]]
-                out[tag] = Sample(float(r.value), Quality(r.quality), utc, utc)
+                source_ts = utc if r.source_t_s is None else utc - (now - r.source_t_s)  # a stale source stops
+                out[tag] = Sample(float(r.value), Quality(r.quality), source_ts, utc)
             elif tag in dcs:
                 out[tag] = Sample(float(dcs[tag]), Quality.GOOD, utc, utc)
         return out

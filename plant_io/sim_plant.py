@@ -219,7 +219,8 @@ class SimulatedCellIO:
                 if r is None:
                     continue  # no dip or lab result yet
                 sample_ts = None if r.sample_ts is None else utc0 + r.sample_ts
-                out[tag] = Sample(float(r.value), Quality(r.quality), utc, utc, sample_ts)
+                source_ts = utc if r.source_t_s is None else utc0 + r.source_t_s  # a stale source stops its clock
+                out[tag] = Sample(float(r.value), Quality(r.quality), source_ts, utc, sample_ts)
             elif tag in dcs:
                 out[tag] = Sample(float(dcs[tag]), Quality.GOOD, utc, utc)
         return out

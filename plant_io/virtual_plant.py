@@ -47,7 +47,9 @@ Modbus TCP (zero-based PDU addresses, one device id per unit)
   at 0, 2, 4, ...; then one uint16 ``<tag>.quality`` per measured tag, sorted
   (0 good, 1 uncertain, 2 bad or no value yet); then one uint32
   ``<tag>.sample_ts`` per lab/dip tag (plant UTC POSIX seconds when the sample
-  was taken, 0 before the first). A bad or missing value reads NaN, which
+  was taken, 0 before the first); then one uint32 ``<tag>.source_ts`` per other
+  measured tag (plant UTC POSIX seconds of the instrument's last update: it
+  stops while an ``input_fault`` of kind ``stale`` lasts). A bad or missing value reads NaN, which
   :class:`~plant_io.modbus_client.ModbusPlantIO` reports as BAD; an uncertain
   value reads as the value and that client (which has no quality for Modbus)
   reports it GOOD: only the ``.quality`` register tells. Coils and discrete
@@ -131,6 +133,7 @@ QUALITY_REGISTER: Mapping[Quality, int] = {Quality.GOOD: 0, Quality.UNCERTAIN: 1
 """Value of a Modbus ``<tag>.quality`` register (2 also when there is no value yet)."""
 QUALITY_SUFFIX = ".quality"
 SAMPLE_TS_SUFFIX = ".sample_ts"
+SOURCE_TS_SUFFIX = ".source_ts"
 
 # Cell signals whose readings carry the time the sample was taken (dip, lab).
 _CELL_SAMPLED = frozenset({"cell.bath_temp_dip_degC", "cell.oxide_lab_wtpct"})
@@ -279,6 +282,9 @@ def modbus_map(io: SimulatedIO) -> dict[str, ModbusTag]:
     for tag in sorted(sampled_tags(io)):
         out[tag + SAMPLE_TS_SUFFIX] = ModbusTag("input", address, "uint32", "big")
         address += 2
+    for tag in sorted(measured_tags(io) - sampled_tags(io)):
+        out[tag + SOURCE_TS_SUFFIX] = ModbusTag("input", address, "uint32", "big")
+        address += 2
     return out
 
 
@@ -404,7 +410,8 @@ class _OpcUaServer:
                 dv = ua.DataValue(ua.Variant(None, ua.VariantType.Null),
                                   ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData), scan_ts, scan_ts)
             else:
-                source = _utc_datetime(s.sample_ts) if s.sample_ts is not None else scan_ts
+                source = (_utc_datetime(s.sample_ts) if s.sample_ts is not None
+                          else _utc_datetime(s.source_ts) if s.source_ts is not None else scan_ts)
                 dv = ua.DataValue(ua.Variant(_ua_value(data_type, s.value), vt), ua.StatusCode(_UA_STATUS[s.quality]),
                                   source, scan_ts)
             await server.write_attribute_value(nodes[tag], dv)
@@ -504,6 +511,10 @@ class _ModbusServer:
             elif tag.endswith(QUALITY_SUFFIX):
                 s = samples.get(tag[: -len(QUALITY_SUFFIX)])
                 regs.append(QUALITY_REGISTER[Quality.BAD] if s is None else QUALITY_REGISTER[s.quality])
+            elif tag.endswith(SOURCE_TS_SUFFIX):
+                s = samples.get(tag[: -len(SOURCE_TS_SUFFIX)])
+                ts = 0 if s is None or s.source_ts is None else int(s.source_ts)
+                regs.extend(AsyncModbusTcpClient.convert_to_registers(ts, _U32, word_order="big"))
             else:
                 s = samples.get(tag[: -len(SAMPLE_TS_SUFFIX)])
                 ts = 0 if s is None or s.sample_ts is None else int(round(s.sample_ts))

@@ -35,6 +35,7 @@ class Reading:
     value: float
     quality: str  # "good" | "uncertain" | "bad"
     sample_ts: float | None = None  # plant seconds when a sample was taken
+    source_t_s: float | None = None  # plant seconds of the source timestamp, when it is not now (stale)
 
 
 def draw_parameters(model: ProcessModel, scenario: Scenario, seed: int) -> dict[str, float]:
@@ -145,6 +146,8 @@ class CellPlant:
         self._events = list(scenario.events)
         self._active_faults: list[tuple[float, Event]] = []
         self._frozen: dict[str, float] = {}
+        self._spikes: dict[str, tuple[float, float]] = {}
+        self._stale_since: dict[str, float] = {}
         self._aux = self._eval_aux()
         self._voltage_meas = self._aux[self._aux_index["cell_voltage_V"]]
 
@@ -198,6 +201,11 @@ class CellPlant:
             elif ev.kind == "anode_change":
                 self._x[self.model.state_names.index("acd_cm")] += ev.value
                 self._x[self.model.state_names.index("bath_temp_degC")] -= 3.0
+            elif ev.kind == "input_fault" and ev.fault == "spike":
+                self._spikes[ev.signal] = (ev.value, self.t_s + self._dt)  # one plant step: one sample
+                continue
+            elif ev.kind == "input_fault" and ev.fault == "stale":
+                self._stale_since.setdefault(ev.signal, self.t_s)
             self._active_faults.append((end, ev))
         self._active_faults = [(end, ev) for end, ev in self._active_faults if end > self.t_s]
 
@@ -279,6 +287,13 @@ class CellPlant:
 
     # ------------------------------------------------------------- outputs
     def _faulted(self, signal: str, reading: Reading) -> Reading:
+        spike = self._spikes.get(signal)
+        if spike is not None and self.t_s <= spike[1]:  # one in-range outlier sample
+            return Reading(spike[0], reading.quality, reading.sample_ts)
+        stale = [ev for ev in self.active_events("input_fault") if ev.signal == signal and ev.fault == "stale"]
+        if stale:  # the value goes on; its source timestamp stopped when the fault began
+            return Reading(reading.value, reading.quality, reading.sample_ts, self._stale_since[signal])
+        self._stale_since.pop(signal, None)
         for ev in self.active_events("input_fault"):
             if ev.signal != signal:
                 continue

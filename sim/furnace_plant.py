@@ -183,6 +183,8 @@ class FurnacePlant:
         self._events = list(scenario.events)
         self._active: list[tuple[float, Event]] = []
         self._frozen: dict[str, float] = {}
+        self._spikes: dict[str, tuple[float, float]] = {}
+        self._stale_since: dict[str, float] = {}
         self._meas = self._measure_now()
 
     def _draw(self, seed: int) -> dict[str, float]:
@@ -210,6 +212,11 @@ class FurnacePlant:
     def _events_due(self) -> None:
         while self._events and self._events[0].at_h * 3600.0 <= self.t_s:
             ev = self._events.pop(0)
+            if ev.kind == "input_fault" and ev.fault == "spike":
+                self._spikes[ev.signal] = (ev.value, self.t_s + self._dt)  # one plant step: one sample
+                continue
+            if ev.kind == "input_fault" and ev.fault == "stale":
+                self._stale_since.setdefault(ev.signal, self.t_s)
             self._active.append((self.t_s + ev.duration_h * 3600.0, ev))
         self._active = [(end, ev) for end, ev in self._active if end > self.t_s]
 
@@ -251,6 +258,14 @@ class FurnacePlant:
         out = {}
         for name, value in self._meas.items():
             r = Reading(value, "good")
+            spike = self._spikes.get(name)
+            if spike is not None and self.t_s <= spike[1]:  # one in-range outlier sample
+                out[name] = Reading(spike[0], "good")
+                continue
+            if any(ev.signal == name and ev.fault == "stale" for ev in self.active_events("input_fault")):
+                out[name] = Reading(value, "good", source_t_s=self._stale_since[name])
+                continue
+            self._stale_since.pop(name, None)
             for ev in self.active_events("input_fault"):
                 if ev.signal == name:
                     if ev.fault == "frozen":

@@ -146,3 +146,25 @@ def test_a_worker_killed_with_sigkill_is_respawned_and_its_units_come_back_in_st
             assert after[-1]["estimate"]["health"] == "ok"  # rebuilt in the new worker and warmed up again
         else:
             assert sheds == [] and cycles[-1]["mode"]["actual"] == "ON", name
+
+
+def test_compute_faults_in_virtual_time_are_deterministic() -> None:
+    """In virtual time (apc sim) a compute_stall makes 60 s of answers late (the unit holds, then sheds) and a compute_crash loses the parts (shed, fresh estimator warming up): the same on every run."""
+    from tests.helpers.sim_harness import SimUnit, event_from_cycle, scenario
+
+    def run() -> list[tuple[Any, ...]]:
+        events = [{"at_h": event_from_cycle(800), "kind": "compute_stall", "duration_s": 60.0},
+                  {"at_h": event_from_cycle(1000), "kind": "compute_crash"}]
+        su = SimUnit(scen=scenario(events=events), seed=9)
+        su.go_on(790)
+        recs = su.step(1100 - su.k)
+        return [(r["k"], r.get("late"), r["shed"], r["shed_reason"], r["estimate"]["health"]) for r in recs]
+
+    first = run()
+    assert first == run()
+    late = [k for k, late, *_ in first if late]
+    assert len(late) == 12 and late[0] >= 799  # 60 s of 5 s cycles
+    sheds = [(k, why) for k, _, shed, why, _ in first if shed]
+    assert sheds[0][1].startswith("estimator: compute late")
+    crash = [row for row in first if row[3].startswith("compute worker restarted")]
+    assert crash and any(h.startswith("warming up") for *_, h in first if _[0] > crash[0][0])
