@@ -14,10 +14,17 @@ Jacobian ``F = ∂x⁺/∂x`` (CasADi ``jacobian``); measurement functions are b
 the same way from ``model.h``, ``model.aux`` or a state.
 
 Delayed samples (lab results, dips) are fused at their sample time by
-re-filtering: every cycle's prior, inputs and accepted measurements are kept
-in a bounded history; a late sample rolls the filter back to the newest
-buffered time at or before its sample time, is fused there, and the buffered
-cycles are re-propagated and their measurements re-applied up to now.
+re-filtering: every cycle's prior, inputs, transition Jacobian ``F`` and noise
+``Q``, and its accepted measurements with their linearisation, are kept in a
+bounded history. A late sample rolls the filter back to the newest buffered
+time at or before its sample time and is fused there exactly; the buffered
+cycles since are re-filtered *linearised about the trajectory the filter
+took*: x⁻ = x⁻_old + F (x⁺_prev − x⁺_prev,old), P⁻ = F P⁺ F' + Q, and each
+measurement is re-applied with h(x) ≈ h(x_lin) + H (x − x_lin). That is the
+extended Kalman filter's own first-order model of the interval, costs linear
+algebra only (no model evaluations: about 30 ms for an hour of 5 s cycles
+against 0.2–0.8 s for re-propagating the model), and differs from a full
+nonlinear re-run by second-order terms of the correction.
 
 The filter is pure: no clocks, no I/O. Problems (held inputs, gated outliers,
 samples too old, covariance repairs) are appended to :attr:`ModelEkf.events`
@@ -104,6 +111,21 @@ class UpdateResult:
 
 
 @dataclass
+class _Meas:
+    """One accepted scalar measurement of a buffered cycle, with the linearisation it was fused with."""
+
+    name: str
+    z: float
+    R: float
+    H: np.ndarray
+    """Its Jacobian row at ``x_lin``."""
+    hx: float
+    """h(x_lin)."""
+    x_lin: np.ndarray
+    """The state it was fused at."""
+
+
+@dataclass
 class _Step:
     """One buffered cycle: prior at ``t_s`` after a step of ``dt_s`` with ``u``, ``d``."""
 
@@ -113,7 +135,13 @@ class _Step:
     d: np.ndarray
     x_prior: np.ndarray
     P_prior: np.ndarray
-    meas: list[tuple[str, float, float]] = field(default_factory=list)  # (name, z, R) accepted
+    meas: list[_Meas] = field(default_factory=list)
+    F: np.ndarray | None = None
+    """Transition Jacobian of the step that led here (``None`` for the first)."""
+    Q: np.ndarray | None = None
+    """Its process noise."""
+    x_post: np.ndarray | None = None
+    """The state after this cycle's measurements (set when the next cycle predicts)."""
 
 
 class _Ekf(ExtendedKalmanFilter):  # type: ignore[misc]
@@ -373,7 +401,7 @@ class ModelEkf:
             Q = A @ Q @ A.T + Qh
         return xk, F, Q
 
-    def _predict_kf(self, dt: float, u: np.ndarray, d: np.ndarray) -> None:
+    def _predict_kf(self, dt: float, u: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         kf = self._kf
         x_next, F, Q = self._propagate(self.x, dt, u, d)
         if not np.all(np.isfinite(x_next)) or not np.all(np.isfinite(F)):
@@ -384,6 +412,7 @@ class ModelEkf:
         kf.F, kf.Q = F, Q
         kf.predict()  # x = f(x); P = F P F' + Q
         self._check_spd("predict")
+        return F, Q
 
     def predict(self, dt: float, u: np.ndarray, d: np.ndarray) -> None:
         """Advance ``dt`` seconds with inputs ``u`` and disturbances ``d``.
@@ -398,9 +427,10 @@ class ModelEkf:
         u = self._hold(u, self._u_last, "u")
         d = self._hold(d, self._d_last, "d")
         self._u_last, self._d_last = u, d
-        self._predict_kf(dt, u, d)
+        self._hist[-1].x_post = self.x.copy()
+        F, Q = self._predict_kf(dt, u, d)
         self.t_s += dt
-        self._hist.append(_Step(self.t_s, dt, u, d, self.x.copy(), self.P.copy()))
+        self._hist.append(_Step(self.t_s, dt, u, d, self.x.copy(), self.P.copy(), F=F, Q=Q))
         while len(self._hist) > 1 and self._hist[1].t_s <= self.t_s - self.history_s:
             self._hist.popleft()
 
@@ -434,15 +464,22 @@ class ModelEkf:
 
 
     def _apply(self, name: str, z: float, R: float, u: np.ndarray, d: np.ndarray,
-               gate: bool) -> tuple[bool, float, float]:
-        """Gate, then fuse one scalar measurement with filterpy's Joseph-form update."""
-        hx, H = self._eval_h(name, u, d)
+               gate: bool, lin: tuple[np.ndarray, float, np.ndarray] | None = None) -> tuple[bool, float, float, _Meas]:
+        """Gate, then fuse one scalar measurement with filterpy's Joseph-form update; ``lin`` = (H,
+        h(x_lin), x_lin) fuses it linearised about ``x_lin`` instead of evaluating the model."""
+        if lin is None:
+            hx, H = self._eval_h(name, u, d)
+            meas = _Meas(name, z, R, H, hx, self.x.copy())
+        else:
+            H, hx0, x_lin = lin
+            hx = hx0 + (H @ (self.x - x_lin)).item()  # h(x) ≈ h(x_lin) + H (x − x_lin)
+            meas = _Meas(name, z, R, H, hx0, x_lin)
         # y = z - h(x);  S = H P H' + R
         y = z - hx
         S = (H @ self.P @ H.T).item() + R
         sigma = abs(y) / math.sqrt(S) if S > 0 else math.inf
         if gate and not sigma <= self.gate_sigma:
-            return False, y, sigma
+            return False, y, sigma, meas
         x_prior = self._kf.x.copy()
         P_prior = self._kf.P.copy()
         # K = P H' S⁻¹;  x = x + K y;  P = (I - K H) P (I - K H)' + K R K'
@@ -450,10 +487,10 @@ class ModelEkf:
         x = self.x
         if not np.all(np.isfinite(x)) or not np.all(np.isfinite(self._kf.P)):
             self._kf.x, self._kf.P = x_prior, P_prior
-            return False, y, math.nan
+            return False, y, math.nan, meas
         self._kf.x = np.clip(x, self._lo, self._hi).reshape(-1, 1)
         self._check_spd(f"update {name}")
-        return True, y, sigma
+        return True, y, sigma, meas
 
     def update(self, name: str, z: float, R: float, t_sample_s: float | None = None, *,
                gate: bool = True) -> UpdateResult:
@@ -473,9 +510,9 @@ class ModelEkf:
             return UpdateResult(name, False, z, reason="not finite")
         if t_sample_s is None or t_sample_s >= self._hist[-1].t_s:
             step = self._hist[-1]
-            ok, y, sigma = self._apply(name, z, R, step.u, step.d, gate=gate)
+            ok, y, sigma, meas = self._apply(name, z, R, step.u, step.d, gate=gate)
             if ok:
-                step.meas.append((name, z, R))
+                step.meas.append(meas)
             return self._result(name, z, ok, y, sigma, t_sample_s, delayed=False)
         return self._update_delayed(name, z, R, float(t_sample_s), gate)
 
@@ -503,21 +540,37 @@ class ModelEkf:
             k -= 1
         kf = self._kf
         x_now, P_now = kf.x.copy(), kf.P.copy()
+        hist[-1].x_post = x_now.reshape(-1).copy()
         step = hist[k]
         kf.x, kf.P = step.x_prior.reshape(-1, 1).copy(), step.P_prior.copy()
-        for m_name, m_z, m_R in step.meas:
-            self._apply(m_name, m_z, m_R, step.u, step.d, gate=False)
-        ok, y, sigma = self._apply(name, z, R, step.u, step.d, gate=gate)
+        # At the sample's cycle: exactly (the model evaluated), with that cycle's own measurements.
+        old_meas = list(step.meas)
+        step.meas = [self._apply(m.name, m.z, m.R, step.u, step.d, gate=False)[3] for m in old_meas]
+        ok, y, sigma, meas = self._apply(name, z, R, step.u, step.d, gate=gate)
         if not ok:
             kf.x, kf.P = x_now, P_now
+            step.meas = old_meas
             return self._result(name, z, False, y, sigma, t_sample_s, delayed=True)
-        step.meas.append((name, z, R))
+        step.meas.append(meas)
+        # Since then: linearised about the trajectory the filter took (see module docstring).
+        x_old_prev = step.x_post if step.x_post is not None else x_now.reshape(-1)
+        if k < len(hist) - 1:
+            step.x_post = self.x.copy()
         for j in range(k + 1, len(hist)):
             s = hist[j]
-            self._predict_kf(s.dt_s, s.u, s.d)
+            x_new_prev = self.x.copy()
+            step_prev_old = x_old_prev
+            x_old_prev = s.x_post if s.x_post is not None else x_now.reshape(-1)
+            assert s.F is not None and s.Q is not None
+            # x⁻ = x⁻_old + F (x⁺_prev − x⁺_prev,old);  P⁻ = F P⁺ F' + Q
+            x_prior = np.clip(s.x_prior + s.F @ (x_new_prev - step_prev_old), self._lo, self._hi)
+            kf.x, kf.P = x_prior.reshape(-1, 1), s.F @ kf.P @ s.F.T + s.Q
+            self._check_spd("re-filter")
             s.x_prior, s.P_prior = self.x.copy(), self.P.copy()
-            for m_name, m_z, m_R in s.meas:
-                self._apply(m_name, m_z, m_R, s.u, s.d, gate=False)
+            s.meas = [self._apply(m.name, m.z, m.R, s.u, s.d, gate=False, lin=(m.H, m.hx, m.x_lin))[3]
+                      for m in s.meas]
+            if j < len(hist) - 1:
+                s.x_post = self.x.copy()
         return self._result(name, z, True, y, sigma, t_sample_s, delayed=True)
 
     # ------------------------------------------------------------- read-outs
@@ -534,8 +587,8 @@ class ModelEkf:
         x_now, P_now = kf.x.copy(), kf.P.copy()
         try:
             kf.x, kf.P = step.x_prior.reshape(-1, 1).copy(), step.P_prior.copy()
-            for m_name, m_z, m_R in step.meas:
-                self._apply(m_name, m_z, m_R, step.u, step.d, gate=False)
+            for m in step.meas:
+                self._apply(m.name, m.z, m.R, step.u, step.d, gate=False)
             return self.x.copy(), self.P.copy()
         finally:
             kf.x, kf.P = x_now, P_now
