@@ -31,6 +31,7 @@ from apc.recipe.errors import RecipeError
 from apc.recipe.loader import LoadedSite
 from apc.recipe.schema import SiteUnit
 from apc.scheduler import ScheduleStats, run_periodic, stop_on_signals
+from apc.service_notify import ServiceNotifier, feed_watchdog
 from apc.journal import DeferredStream, sync_periodically
 from apc.types import Mode
 from apc.unit import Unit
@@ -105,6 +106,7 @@ async def run_site(
     durability: asyncio.Task[None] | None = None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock.utc()))
     results: list[ScheduleStats] = []
+    notifier = ServiceNotifier()
     n_workers = site.compute_workers if compute_workers is None else compute_workers
     pool = ComputePool(default_workers() if n_workers < 0 else n_workers, log=audit, speed=run_speed) \
         if n_workers != 0 else None
@@ -158,12 +160,19 @@ async def run_site(
         if pool is not None:
             print(f"compute: {pool.workers} worker process(es)", file=out, flush=True)
         start_s = clock.monotonic()  # plant time went on while the units were built: start from now
+        last_cycle = {u.name: time.monotonic() for u in units}
         tasks = [asyncio.create_task(_run_unit(u, clock, hours, stop, audit, out, status_every_s, hmi,
                                                phase=i / len(units), speed=run_speed, deadlines=pool is not None,
-                                               start_s=start_s))
+                                               start_s=start_s, last_cycle=last_cycle))
                  for i, u in enumerate(units)]
+        periods = {u.name: u.recipe.period_s / run_speed for u in units}
+        watchdog = asyncio.create_task(feed_watchdog(notifier, last_cycle, lambda u: max(3 * periods[u], 5.0), stop))
+        notifier.notify("READY=1", f"STATUS=site {site.site}: {len(units)} unit(s) running")
         results = await asyncio.gather(*tasks)
+        stop.set()
+        await watchdog
     finally:  # every resource is released even when another one fails to close
+        notifier.notify("STOPPING=1")
         closers: list[Callable[[], Awaitable[None]]] = []
         if durability is not None:
             task_d = durability
@@ -319,7 +328,8 @@ def _hmi_server(loaded: LoadedSite, units: list[Unit], audit: Any, clock: RealCl
 
 async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asyncio.Event, audit: Any,
                     out: TextIO, status_every_s: float, hmi: HmiServer | None = None, *, phase: float = 0.0,
-                    speed: float = 1.0, deadlines: bool = True, start_s: float = 0.0) -> ScheduleStats:
+                    speed: float = 1.0, deadlines: bool = True, start_s: float = 0.0,
+                    last_cycle: dict[str, float] | None = None) -> ScheduleStats:
     """One unit's cycles on its slots ``t0 + k·period`` for ``hours`` from ``start_s``, ``t0`` the first
     period boundary after ``start_s`` plus ``phase·period`` (units of a site are spread over the period
     so their reads, solves and writes do not land on one instant)."""
@@ -335,6 +345,8 @@ async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asy
             await unit.io.reconnect_if_due()  # bounded by the endpoint's timeout; never raises
         deadline = time.monotonic() + deadline_wall_s if deadlines else None
         rec = await unit.cycle(k, slot, clock.monotonic(), clock.utc(), deadline)
+        if last_cycle is not None:
+            last_cycle[unit.name] = time.monotonic()  # what the service watchdog is fed on
         if hmi is not None:
             await hmi.publish(unit.name, rec)
             if unit.batch is not None:
