@@ -204,6 +204,7 @@ def build_sim_unit(
     header_extra: dict[str, Any] | None = None,
     real_time: bool = False,
     compute: ComputeFactory | None = None,
+    record_factory: RecordFactory | None = None,
 ) -> tuple[Unit, SimulatedCellIO]:
     """A unit controlling an in-process simulated cell (``real_time``: see :func:`build_controller`;
     ``compute``: where its estimator and controller run, default this process)."""
@@ -225,7 +226,7 @@ def build_sim_unit(
             "scenario": scenario.name, "controller": controller_kind or recipe.controller.kind,
             **(header_extra or {}),
         }
-        recorder = FlightRecorder(record_path, header)
+        recorder = (record_factory or FlightRecorder)(record_path, header)
     unit = Unit(
         name, loaded, io, None, None, compute=unit_compute, clock=clock if real_time else None,
         audit=audit, recorder=recorder, kpi=KpiAccumulator(kpis) if with_kpis else None, truth=io.truth,
@@ -235,3 +236,5 @@ def build_sim_unit(
 
 
 RecorderFactory = Callable[[str], Path | None]
+RecordFactory = Callable[[Path, dict[str, Any]], Recorder]
+"""``factory(path, header)``: the recorder of a unit's flight record (default :class:`FlightRecorder`)."""

@@ -30,6 +30,7 @@ from sim.furnace_plant import FurnacePlant, FurnaceScenario
 from sim.scenario import ComputeFaultFeed
 
 if TYPE_CHECKING:
+    from apc.assembly import RecordFactory
     from apc.unit_parts import ComputeFactory
 from sim.models import get_model
 
@@ -144,6 +145,7 @@ def build_furnace_sim_unit(
     real_time: bool = False,
     state_dir: Path | None = None,
     compute: ComputeFactory | None = None,
+    record_factory: RecordFactory | None = None,
 ) -> tuple[Unit, SimulatedFurnaceIO, Batch]:
     """A unit controlling an in-process simulated furnace, with its batch (persisted under ``state_dir``;
     ``compute``: where its estimator and controller run, default this process)."""
@@ -175,7 +177,7 @@ def build_furnace_sim_unit(
         header = {"unit": name, "recipe": recipe.name, "recipe_sha256": loaded.sha256, "seed": seed,
                   "period_s": recipe.period_s, "started_utc": clock.utc(), "furnace_kpi": kpis.to_mapping(),
                   "scenario": scenario.name, "controller": kind, **(header_extra or {})}
-        recorder = FlightRecorder(record_path, header)
+        recorder = (record_factory or FlightRecorder)(record_path, header)
     unit = Unit(name, loaded, io, None, None, compute=unit_compute, clock=clock if real_time else None, audit=audit,
                 recorder=recorder, kpi=FurnaceKpiAccumulator(kpis) if with_kpis else None, truth=io.truth,
                 batch=batch, compute_faults=ComputeFaultFeed(scenario.events))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
+from pathlib import Path
 from typing import Callable, Iterable, Protocol, TextIO
 
 
@@ -59,7 +61,7 @@ def _sync(target: TextIO | Syncable | None) -> None:
     if hasattr(target, "sync"):
         target.sync()
     elif not target.closed:
-        os.fsync(target.fileno())
+        os.fsync(target.fileno())  # the descriptor of the moment (a rotation may have just replaced it)
 
 
 async def sync_periodically(targets: Callable[[], Iterable[TextIO | Syncable | None]], interval_s: float,
@@ -75,3 +77,68 @@ async def sync_periodically(targets: Callable[[], Iterable[TextIO | Syncable | N
                 await asyncio.to_thread(_sync, target)
         if stop.is_set():
             return
+
+
+class RotatingTextFile:
+    """An append-only text file (the audit log) that rotates by size or UTC day: the full one is
+    renamed ``<stem>.<n><suffix>`` and gzipped in the background; files ``<stem>*.gz`` older than
+    ``keep_days`` are deleted at each rotation (0: kept). ``utc`` is the runtime's clock (its day
+    decides the daily rotation)."""
+
+    def __init__(self, path: Path, *, max_bytes: int, daily: bool, keep_days: float,
+                 utc: Callable[[], float]) -> None:
+        self.path = Path(path)
+        self._max_bytes = max_bytes
+        self._daily = daily
+        self._keep_s = keep_days * 86400.0
+        self._utc = utc
+        self._file: TextIO = open(self.path, "a", encoding="utf-8")
+        self._size = self.path.stat().st_size
+        self._day = int(utc() // 86400.0)
+        self._n = max((int(p.name.split(".")[-3]) for p in self.path.parent.glob(f"{self.path.stem}.*{self.path.suffix}.gz")
+                       if p.name.split(".")[-3].isdigit()), default=0)
+        self._pending: list[threading.Thread] = []
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._file.closed
+
+    def fileno(self) -> int:
+        """The current file's descriptor (for fsync)."""
+        return self._file.fileno()
+
+    def write(self, text: str) -> int:
+        """Append ``text``, rotating first when the file is full or the UTC day changed."""
+        day = int(self._utc() // 86400.0)
+        if self._size >= self._max_bytes or (self._daily and day != self._day):
+            self._rotate()
+            self._day = day
+        n = self._file.write(text)
+        self._size += len(text.encode("utf-8"))
+        return n
+
+    def flush(self) -> None:
+        """Flush to the operating system."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close and wait for files being compressed."""
+        self._file.close()
+        for t in self._pending:
+            t.join()
+
+    def _rotate(self) -> None:
+        from apc.recorder import _expire, _gzip_and_remove
+
+        self._file.close()
+        self._n += 1
+        rotated = self.path.with_name(f"{self.path.stem}.{self._n:04d}{self.path.suffix}")
+        os.replace(self.path, rotated)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._size = 0
+        t = threading.Thread(target=_gzip_and_remove, args=(rotated,), name=f"gzip-{rotated.name}", daemon=False)
+        t.start()
+        self._pending = [p for p in self._pending if p.is_alive()] + [t]
+        if self._keep_s > 0:
+            _expire(self.path.parent, self.path.stem, self._keep_s)

@@ -19,6 +19,13 @@ The format is documented in ``docs/flight_record.md``. In short:
   ``Infinity`` and ``-Infinity`` (Python's :mod:`json` default), so they
   round-trip exactly. Tools other than Python's :mod:`json` may need an option
   to accept them.
+* Version 2: what did not change since the previous cycle is not written again.
+  A cycle line may carry ``"_same": [...]`` naming top-level keys, or
+  ``"key.subkey"`` second-level keys, whose values equal the previous cycle's
+  (the previous line after the same header); :func:`iter_record` puts them back,
+  so readers see whole cycles. Lossless; the first cycle after a header is whole.
+* Segments (:class:`RotatingRecorder`): a record may go on in numbered
+  segments ``<stem>.<n>.apcrec.gz`` (gzip), each starting with its own header.
 
 Versioning rule: new fields may be added at any time without a version bump;
 renaming or removing a field, or changing its meaning or unit, bumps
@@ -29,8 +36,11 @@ from __future__ import annotations
 
 import enum
 import gc
+import gzip
 import json
+import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +60,7 @@ __all__ = [
     "RecordEntry",
     "RecordError",
     "RecordFile",
+    "RotatingRecorder",
     "iter_record",
     "read_record",
 ]
@@ -57,8 +68,11 @@ __all__ = [
 FORMAT = "apc-flight-record"
 """Value of the ``"format"`` key of every header line."""
 
-FORMAT_VERSION = 1
-"""Version written by this module; readers accept this version and older."""
+FORMAT_VERSION = 2
+"""Version written by this module; readers accept this version and older (1: no ``_same``)."""
+
+SAME = "_same"
+"""Key of the list of values a v2 cycle line left out because they equal the previous cycle's."""
 
 _RESERVED_HEADER_KEYS = frozenset({"format", "version"})
 
@@ -124,6 +138,48 @@ def _check_header(path: Path, obj: Any, line_no: int) -> dict[str, Any]:
     return obj
 
 
+def elide(record: Mapping[str, Any], prev: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """``record`` without the values equal to ``prev``'s (top level and one level down), listed in
+    ``_same`` (format version 2); ``record`` itself when nothing repeats or there is no ``prev``."""
+    if prev is None:
+        return record
+    out: dict[str, Any] = {}
+    same: list[str] = []
+    for key, value in record.items():
+        old = prev.get(key, _MISSING)
+        if old is not _MISSING and old == value:
+            same.append(key)
+        elif isinstance(value, dict) and isinstance(old, dict):
+            sub = {}
+            for k, v in value.items():
+                if k in old and old[k] == v:
+                    same.append(f"{key}.{k}")
+                else:
+                    sub[k] = v
+            out[key] = sub
+        else:
+            out[key] = value
+    if not same:
+        return record
+    out[SAME] = same
+    return out
+
+
+def restore(line: Mapping[str, Any], prev: Mapping[str, Any]) -> dict[str, Any]:
+    """The whole cycle behind a v2 ``line`` (its ``_same`` values taken from ``prev``, the previous cycle)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in line.items() if k != SAME}
+    for path in line[SAME]:
+        key, _, sub = path.partition(".")
+        if sub:
+            out.setdefault(key, {})[sub] = prev[key][sub]
+        else:
+            out[key] = prev[key]
+    return out
+
+
+_MISSING = object()
+
+
 class Recorder(Protocol):
     """What the unit loop needs from a recorder."""
 
@@ -161,6 +217,7 @@ class FlightRecorder:
         self._fsync = fsync
         self._fd: int | None = None
         self._cycles_written = 0
+        self._prev: Mapping[str, Any] | None = None
         clash = _RESERVED_HEADER_KEYS.intersection(header)
         if clash:
             raise ValueError(f"header must not set reserved key(s) {sorted(clash)}")
@@ -204,10 +261,16 @@ class FlightRecorder:
         """Write one cycle as one line; durable against process kill on return."""
         if self._fd is None:
             raise ValueError(f"flight recorder {self._path} is closed")
-        if "format" in record:
-            raise ValueError("cycle records must not have a 'format' key (reserved for headers)")
-        self._write(_encode_line(record))
+        if "format" in record or SAME in record:
+            raise ValueError(f"cycle records must not have a 'format' or {SAME!r} key (reserved)")
+        self._write(_encode_line(elide(record, self._prev)))
+        self._prev = record
         self._cycles_written += 1
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes in the file now."""
+        return self._size
 
     def sync(self) -> None:
         """fsync the record (safe from another thread: only the descriptor is touched); no-op when closed."""
@@ -405,7 +468,8 @@ def iter_record(path: Path | str) -> Iterator[RecordEntry]:
     p = Path(path)
     pending_error: tuple[int, str] | None = None
     line_no = 0
-    with open(p, "rb") as f:
+    prev: dict[str, Any] | None = None
+    with (gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")) as f:
         for raw in f:
             if pending_error is not None:  # a bad line was not the last one
                 raise RecordError(p, pending_error[1], pending_error[0])
@@ -422,8 +486,14 @@ def iter_record(path: Path | str) -> Iterator[RecordEntry]:
                 pending_error = (line_no, f"corrupt line: expected a JSON object, got {type(obj).__name__}")
                 continue
             if line_no == 1 or "format" in obj:
+                prev = None
                 yield RecordEntry(line_no, "header", _check_header(p, obj, line_no))
             else:
+                if SAME in obj:
+                    if prev is None:
+                        raise RecordError(p, f"{SAME!r} in the first cycle after a header", line_no)
+                    obj = restore(obj, prev)
+                prev = obj
                 yield RecordEntry(line_no, "cycle", obj)
     if pending_error is not None:
         if pending_error[0] == 1:
@@ -454,3 +524,105 @@ def read_record(path: Path | str) -> RecordFile:
         if gc_was_enabled:
             gc.enable()
     return RecordFile(headers=tuple(headers), cycles=tuple(cycles), truncated_tail=truncated)
+
+
+# -- segments ------------------------------------------------------------------
+
+
+class RotatingRecorder:
+    """A flight record in segments: the current one ``<stem>.apcrec``; when it passes ``max_bytes``
+    or a cycle's UTC day differs from its first's (``daily``), it is closed, renamed
+    ``<stem>.<n>.apcrec`` and gzipped in a background thread to ``<stem>.<n>.apcrec.gz``, and a new
+    current segment starts with the header (``"segment": n + 1``). Segments of the unit
+    (``<unit>-*.apcrec.gz`` in the directory) older than ``keep_days`` are deleted at each rotation
+    (0: kept). ``sync`` and ``close`` act on the current segment; ``close`` waits for compressions.
+    """
+
+    def __init__(self, path: Path, header: Mapping[str, Any], *, max_bytes: int, daily: bool = True,
+                 keep_days: float = 0.0, prefix: str | None = None, fsync: bool = False) -> None:
+        self._path = Path(path)
+        self._header = dict(header)
+        self._max_bytes = max_bytes
+        self._daily = daily
+        self._keep_s = keep_days * 86400.0
+        self._prefix = prefix if prefix is not None else self._path.name.split("-")[0]
+        self._fsync = fsync
+        self._segment = 0
+        self._day: int | None = None
+        self._pending: list[Any] = []
+        self._current = FlightRecorder(self._path, self._header, fsync=fsync)
+        self._cycles = 0
+
+    @property
+    def path(self) -> Path:
+        """The current segment."""
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._current.closed
+
+    @property
+    def cycles_written(self) -> int:
+        """Cycles appended by this writer, over all segments."""
+        return self._cycles
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Append one cycle, rotating first when the segment is full or the UTC day changed."""
+        utc = record.get("utc")
+        day = int(utc // 86400.0) if isinstance(utc, (int, float)) and math.isfinite(utc) else None
+        if self._day is None:
+            self._day = day
+        if self._current.size_bytes >= self._max_bytes or (self._daily and day is not None and day != self._day):
+            self._rotate()
+            self._day = day
+        self._current.append(record)
+        self._cycles += 1
+
+    def sync(self) -> None:
+        """fsync the current segment."""
+        self._current.sync()
+
+    def close(self) -> None:
+        """Close the current segment and wait for segments being compressed."""
+        self._current.close()
+        for done in self._pending:
+            done.join()
+        self._pending.clear()
+
+    def _rotate(self) -> None:
+        self._current.close()
+        self._segment += 1
+        closed = self._path.with_name(f"{self._path.stem}.{self._segment:04d}{self._path.suffix}")
+        os.replace(self._path, closed)
+        self._current = FlightRecorder(self._path, {**self._header, "segment": self._segment + 1,
+                                                    "previous_segment": closed.name + ".gz"}, fsync=self._fsync)
+        worker = threading.Thread(target=_gzip_and_remove, args=(closed,), name=f"gzip-{closed.name}", daemon=False)
+        worker.start()
+        self._pending = [t for t in self._pending if t.is_alive()] + [worker]
+        if self._keep_s > 0:
+            _expire(self._path.parent, f"{self._prefix}-", self._keep_s)
+
+
+def _gzip_and_remove(path: Path) -> None:
+    """``path`` → ``path.gz`` (written to a temporary name first), then ``path`` removed."""
+    tmp = path.with_name(path.name + ".gz.tmp")
+    with open(path, "rb") as src, gzip.open(tmp, "wb", compresslevel=6) as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+    os.replace(tmp, path.with_name(path.name + ".gz"))
+    path.unlink()
+
+
+def _expire(directory: Path, prefix: str, keep_s: float) -> None:
+    """Delete compressed segments and rotated audit logs starting with ``prefix`` older than ``keep_s``."""
+    import time
+
+    cutoff = time.time() - keep_s
+    for p in directory.glob(f"{prefix}*.gz"):
+        try:
+            if p.stat().st_mtime < cutoff:
+                p.unlink()
+        except OSError:  # already gone, or not ours to delete: retention is best effort
+            pass

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from apc.assembly import AssemblyError
+from apc.assembly import AssemblyError, RecordFactory
 from apc.batch import Batch
 from apc.hmi.users import UsersFileError, check_private_file
 from apc.furnace_assembly import batch_for
@@ -82,7 +82,8 @@ def build_remote_unit(name: str, loaded: LoadedRecipe, binding_file: Path, clock
                       record_path: Path | None = None, state_dir: Path | None = None,
                       real_time: bool = True, state: UnitStateFile | None = None,
                       compute: ComputeFactory | None = None,
-                      compute_faults: Callable[[float], Sequence[tuple[str, float]]] | None = None) -> Unit:
+                      compute_faults: Callable[[float], Sequence[tuple[str, float]]] | None = None,
+                      record_factory: RecordFactory | None = None) -> Unit:
     """A unit controlling a plant over OPC UA / Modbus (cells, or furnaces with their batch); ``state``:
     its state file across restarts (see :mod:`apc.unit_state`); ``compute``: where its estimator and
     controller run (default this process)."""
@@ -99,7 +100,7 @@ def build_remote_unit(name: str, loaded: LoadedRecipe, binding_file: Path, clock
     unit_compute = (compute or inline_compute)(name, loaded, kind, real_time, batch.preview if batch else None)
     recorder: Recorder = NullRecorder()
     if record_path is not None:
-        recorder = FlightRecorder(record_path, {
+        recorder = (record_factory or FlightRecorder)(record_path, {
             "unit": name, "recipe": recipe.name, "recipe_sha256": loaded.sha256, "period_s": recipe.period_s,
             "started_utc": clock.utc(), "controller": kind, "plant": str(binding_file)})
     return Unit(name, loaded, io, None, None, compute=unit_compute, clock=clock if real_time else None, audit=audit,

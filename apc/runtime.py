@@ -29,10 +29,11 @@ from apc.clock import RealClock
 from apc.kpi import format_kpis
 from apc.recipe.errors import RecipeError
 from apc.recipe.loader import LoadedSite
-from apc.recipe.schema import SiteUnit
+from apc.recipe.schema import Site, SiteUnit
+from apc.recorder import RotatingRecorder
 from apc.scheduler import ScheduleStats, run_periodic, stop_on_signals
 from apc.service_notify import ServiceNotifier, feed_watchdog
-from apc.journal import DeferredStream, sync_periodically
+from apc.journal import DeferredStream, RotatingTextFile, sync_periodically
 from apc.types import Mode
 from apc.unit import Unit
 from apc.unit_state import STATE_FILE_NAME, UnitStateFile
@@ -94,7 +95,7 @@ async def run_site(
     # Until the start is accepted nothing is written: audit events wait here, new records are removed.
     journal = DeferredStream()
     audit = make_logger(journal, site=site.site)
-    audit_file: TextIO | None = None
+    audit_file: RotatingTextFile | None = None
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     units: list[Unit] = []
@@ -124,8 +125,10 @@ async def run_site(
         for su in site.units:
             record = rdir / f"{su.name}-{stamp}.apcrec"
             existed = record.exists()
+            records = _record_factory(site, su.name)
             unit, real_plant = _build_unit(loaded, su, clock, audit, record, bindings_dir,
-                                           simulated_bindings=virtual_plant is not None, pool=pool, vp=vp)
+                                           simulated_bindings=virtual_plant is not None, pool=pool, vp=vp,
+                                           record_factory=records)
             if not existed and record.exists():
                 new_records.append(record)
             units.append(unit)
@@ -137,8 +140,9 @@ async def run_site(
             hmi = _hmi_server(loaded, units, audit, clock)
             await hmi.start()
         # The start is accepted: from here on everything is journalled.
-        audit_file = open(rdir / "audit.jsonl", "a", encoding="utf-8")
-        journal.commit(audit_file)
+        audit_file = RotatingTextFile(rdir / "audit.jsonl", max_bytes=int(site.rotate_mb * 1e6),
+                                      daily=site.rotate_daily, keep_days=site.keep_days, utc=clock.utc)
+        journal.commit(audit_file)  # type: ignore[arg-type]
         new_records = []
         if vp is not None:
             vp_task = asyncio.create_task(vp.serve_until(stop))
@@ -223,9 +227,18 @@ def clock_speed(clock: RealClock) -> float:
     return clock._speed  # noqa: SLF001 - read-only view for the banner
 
 
+def _record_factory(site: Site, unit: str) -> Callable[[Path, dict[str, Any]], RotatingRecorder]:
+    """A unit's flight record in rotated, gzipped segments with the site's retention."""
+    def make(path: Path, header: dict[str, Any]) -> RotatingRecorder:
+        return RotatingRecorder(path, header, max_bytes=int(site.rotate_mb * 1e6), daily=site.rotate_daily,
+                                keep_days=site.keep_days, prefix=unit)
+    return make
+
+
 def _build_unit(loaded: LoadedSite, su: SiteUnit, clock: RealClock, audit: Any, record: Path,
                 bindings_dir: Path | None = None, *, simulated_bindings: bool = False, pool: ComputePool | None = None,
-                vp: VirtualPlant | None = None) -> tuple[Unit, bool]:
+                vp: VirtualPlant | None = None,
+                record_factory: Callable[[Path, dict[str, Any]], RotatingRecorder] | None = None) -> tuple[Unit, bool]:
     """One unit of the site, and whether its plant outlives this process (a real plant).
 
     Against its plant over OPC UA / Modbus (a binding file in the site, or
@@ -242,15 +255,17 @@ def _build_unit(loaded: LoadedSite, su: SiteUnit, clock: RealClock, audit: Any, 
         state = UnitStateFile(state_dir / STATE_FILE_NAME, su.name) if real_plant else None
         faults = ComputeFaultFeed(vp.io(su.name).plant.scenario.events) if vp is not None and not real_plant else None
         return build_remote_unit(su.name, recipe, binding_file, clock, audit=audit, record_path=record,
-                                 state_dir=state_dir, state=state, compute=compute, compute_faults=faults), real_plant
+                                 state_dir=state_dir, state=state, compute=compute, compute_faults=faults,
+                                 record_factory=record_factory), real_plant
     if recipe.recipe.is_furnace:
         scenario = load_furnace_scenario(su.plant.scenario if su.plant.scenario != "nominal"
                                          else DEFAULT_SCENARIOS[recipe.recipe.unit_kind])
         unit, _, _ = build_furnace_sim_unit(su.name, recipe, scenario, su.plant.seed, clock, audit=audit,
-                                            record_path=record, real_time=True, state_dir=state_dir, compute=compute)
+                                            record_path=record, real_time=True, state_dir=state_dir, compute=compute,
+                                            record_factory=record_factory)
         return unit, False
     unit, _ = build_sim_unit(su.name, recipe, load_scenario(su.plant.scenario), su.plant.seed, clock, audit=audit,
-                             record_path=record, real_time=True, compute=compute)
+                             record_path=record, real_time=True, compute=compute, record_factory=record_factory)
     return unit, False
 
 

@@ -284,3 +284,85 @@ def test_sigkill_loses_at_most_the_cycle_in_progress(tmp_path: Path) -> None:
     assert last + 1 <= n <= last + 2
     for i, got in enumerate(rf.cycles):
         assert got == helper.cycle(i)
+
+
+def test_version_2_leaves_out_what_repeats_and_reads_back_whole_cycles(tmp_path: Path) -> None:
+    """Values equal to the previous cycle's (whole keys and second-level keys) are not written again, yet every cycle reads back equal to what was appended; the first cycle after a header is whole."""
+    path = tmp_path / "r.apcrec"
+    cycles = [{"k": i, "t_s": 5.0 * i, "mode": {"requested": "ON", "actual": "ON"},
+               "estimate": {"names": ["a", "b"], "x": [float(i), 2.0], "health": "ok"},
+               "plan": {"predicted": {"T": [1.0, 2.0, 3.0]}, "status": "ok" if i % 2 else "held"},
+               "shed_reason": "", "nan": float("nan")} for i in range(6)]
+    with FlightRecorder(path, HEADER) as rec:
+        for c in cycles:
+            rec.append(c)
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert "_same" not in lines[1]
+    assert {"mode", "estimate.names", "estimate.health", "plan.predicted", "shed_reason"} <= set(lines[2]["_same"])
+    assert "names" not in lines[2]["estimate"] and "mode" not in lines[2]
+    back = read_record(path).cycles
+    assert len(back) == 6
+    for got, want in zip(back, cycles):
+        assert {k: v for k, v in got.items() if k != "nan"} == {k: v for k, v in want.items() if k != "nan"}
+        assert math.isnan(got["nan"])
+    full = sum(len(json.dumps(c)) for c in cycles[1:])
+    written = sum(len(json.dumps(x)) for x in lines[2:])
+    assert written < 0.85 * full
+
+
+def test_rotating_record_splits_into_gzipped_segments_that_read_back_in_order(tmp_path: Path) -> None:
+    """Past max_bytes (and at a UTC midnight) the record goes on in a new segment; closed segments are gzipped, every cycle is found once in order, and each segment's header names its number."""
+    from apc.recorder import RotatingRecorder
+
+    path = tmp_path / "cell-01-run.apcrec"
+    day = 86400.0 * 20000
+    rec = RotatingRecorder(path, HEADER, max_bytes=800, daily=True, prefix="cell-01")
+    for k in range(60):
+        rec.append({"k": k, "utc": day - 300.0 + 10.0 * k, "x": [float(k)] * 5})
+    rec.close()
+    segments = sorted(tmp_path.glob("cell-01-run.*.apcrec.gz"))
+    assert len(segments) >= 3 and not list(tmp_path.glob("*.apcrec.tmp"))
+    ks = [c["k"] for seg in segments for c in read_record(seg).cycles] + [c["k"] for c in read_record(path).cycles]
+    assert ks == list(range(60))
+    heads = [read_record(seg).headers[0] for seg in segments] + [read_record(path).headers[0]]
+    assert [h.get("segment", 1) for h in heads] == list(range(1, len(heads) + 1))
+    midnight = [c["k"] for seg in segments for c in read_record(seg).cycles[:1]] + [read_record(path).cycles[0]["k"]]
+    assert 30 in midnight  # the first cycle of the new UTC day opens a segment
+
+
+def test_retention_deletes_old_segments_of_the_unit_only(tmp_path: Path) -> None:
+    """At a rotation, the unit's compressed segments older than keep_days are deleted; other units' files stay."""
+    import os
+    import time
+
+    from apc.recorder import RotatingRecorder
+
+    old = tmp_path / "cell-01-old.0001.apcrec.gz"
+    other = tmp_path / "cell-02-old.0001.apcrec.gz"
+    for p in (old, other):
+        p.write_bytes(b"")
+        os.utime(p, (time.time() - 40 * 86400, time.time() - 40 * 86400))
+    rec = RotatingRecorder(tmp_path / "cell-01-new.apcrec", HEADER, max_bytes=200, keep_days=30, prefix="cell-01")
+    for k in range(10):
+        rec.append({"k": k, "utc": 1.0e9 + k})
+    rec.close()
+    assert not old.exists() and other.exists()
+
+
+def test_audit_log_rotates_by_size_and_day_and_gzips_the_old_ones(tmp_path: Path) -> None:
+    """The audit log starts a new file past its size or at a UTC midnight; the old ones are gzipped and every line is kept once."""
+    import gzip
+
+    from apc.journal import RotatingTextFile
+
+    now = [86400.0 * 20000 - 50.0]
+    log = RotatingTextFile(tmp_path / "audit.jsonl", max_bytes=300, daily=True, keep_days=0, utc=lambda: now[0])
+    for i in range(40):
+        log.write(json.dumps({"event": "e", "i": i}) + "\n")
+        now[0] += 5.0
+    log.close()
+    old = sorted(tmp_path.glob("audit.*.jsonl.gz"))
+    assert len(old) >= 3
+    lines = [json.loads(x) for p in old for x in gzip.open(p, "rt").read().splitlines()]
+    lines += [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [x["i"] for x in lines] == list(range(40))

@@ -604,6 +604,12 @@ class Site:
     compute_workers: int = -1
     """Processes the units' estimators and controllers run in (``apc run``): -1 one per core, 0 in the
     runtime's own process (no isolation: a slow or hung computation delays every unit; debugging only)."""
+    rotate_mb: float = 256.0
+    """Flight records and the audit log start a new (gzipped) segment past this size, MB."""
+    rotate_daily: bool = True
+    """… and at each UTC midnight."""
+    keep_days: float = 90.0
+    """Compressed segments and audit logs older than this are deleted (0: kept for ever)."""
     fsync_interval_s: float = 1.0
     """The audit log and the flight records are fsynced this often (wall seconds): a power loss loses
     at most this long of them. State files are fsynced on every change."""
@@ -618,5 +624,7 @@ class Site:
             raise ValueError("speed must be > 0")
         if not 0 < self.fsync_interval_s <= 60:
             raise ValueError("fsync_interval_s must be in (0, 60] seconds")
+        if not self.rotate_mb > 0 or not self.keep_days >= 0:
+            raise ValueError("rotate_mb must be > 0 and keep_days >= 0")
         if self.compute_workers < -1:
             raise ValueError("compute_workers must be -1 (one per core), 0 (in process) or a count")
