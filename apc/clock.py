@@ -16,6 +16,19 @@ class RealClock:
         self._mono0 = time.monotonic()
         self._utc0 = time.time()
 
+    @property
+    def speed(self) -> float:
+        """The real-time multiple in force."""
+        return self._speed
+
+    def set_speed(self, speed: float) -> None:
+        """Run at ``speed`` from now on; the scaled time line goes on from where it is (no jump)."""
+        if speed <= 0:
+            raise ValueError("speed must be > 0")
+        now = self.monotonic()
+        self._speed = speed
+        self._mono0 = time.monotonic() - now / speed
+
     def monotonic(self) -> float:
         """Scaled seconds since the clock was made."""
         return (time.monotonic() - self._mono0) * self._speed

@@ -35,7 +35,7 @@ import pickle
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from apc.compute import ComputeError, ComputeLate, ComputeLost, ControlRequest
 from apc.compute_worker import FRAME_HEADER, frame
@@ -78,11 +78,12 @@ class _Worker:
 class ComputePool:
     """``workers`` compute processes shared by a runtime's units (see module docstring)."""
 
-    def __init__(self, workers: int, *, log: Any, speed: float = 1.0, ping_s: float = 1.0,
+    def __init__(self, workers: int, *, log: Any, speed: Callable[[], float] = lambda: 1.0, ping_s: float = 1.0,
                  hang_s: float = 10.0) -> None:
         if workers < 1:
             raise ValueError("a compute pool needs at least one worker")
         self.speed = speed
+        """The run's real-time multiple (a stall of plant seconds lasts this much shorter)."""
         self._log = log
         self._ping_s = ping_s
         self._hang_s = hang_s
@@ -344,7 +345,7 @@ class PooledCompute:
     def inject(self, fault: str, duration_s: float = 0.0) -> None:
         """A scenario fault: ``stall`` the unit's thread for ``duration_s`` plant seconds, or ``crash`` its worker."""
         if fault == "stall":
-            self._pool._write(self._worker, ("stall", self.unit, duration_s / self._pool.speed))  # noqa: SLF001
+            self._pool._write(self._worker, ("stall", self.unit, duration_s / self._pool.speed()))  # noqa: SLF001
         elif fault == "crash":
             self._pool._write(self._worker, ("crash",))  # noqa: SLF001
         else:

@@ -33,6 +33,7 @@ from apc.recipe.schema import Site, SiteUnit
 from apc.recorder import RotatingRecorder
 from apc.scheduler import ScheduleStats, run_periodic, stop_on_signals
 from apc.service_notify import ServiceNotifier, feed_watchdog
+from apc.speed_governor import govern_speed
 from apc.journal import DeferredStream, RotatingTextFile, sync_periodically
 from apc.types import Mode
 from apc.unit import Unit
@@ -109,7 +110,7 @@ async def run_site(
     results: list[ScheduleStats] = []
     notifier = ServiceNotifier()
     n_workers = site.compute_workers if compute_workers is None else compute_workers
-    pool = ComputePool(default_workers() if n_workers < 0 else n_workers, log=audit, speed=run_speed) \
+    pool = ComputePool(default_workers() if n_workers < 0 else n_workers, log=audit, speed=lambda: clock.speed) \
         if n_workers != 0 else None
     try:
         if pool is not None:
@@ -165,16 +166,21 @@ async def run_site(
             print(f"compute: {pool.workers} worker process(es)", file=out, flush=True)
         start_s = clock.monotonic()  # plant time went on while the units were built: start from now
         last_cycle = {u.name: time.monotonic() for u in units}
+        unit_stats = [ScheduleStats() for _ in units]
         tasks = [asyncio.create_task(_run_unit(u, clock, hours, stop, audit, out, status_every_s, hmi,
-                                               phase=i / len(units), speed=run_speed, deadlines=pool is not None,
-                                               start_s=start_s, last_cycle=last_cycle))
+                                               phase=i / len(units), deadlines=pool is not None,
+                                               start_s=start_s, last_cycle=last_cycle, stats=unit_stats[i]))
                  for i, u in enumerate(units)]
-        periods = {u.name: u.recipe.period_s / run_speed for u in units}
-        watchdog = asyncio.create_task(feed_watchdog(notifier, last_cycle, lambda u: max(3 * periods[u], 5.0), stop))
+        periods = {u.name: u.recipe.period_s for u in units}
+        watchdog = asyncio.create_task(feed_watchdog(notifier, last_cycle,
+                                                     lambda u: max(3 * periods[u] / clock.speed, 5.0), stop))
+        governor = asyncio.create_task(govern_speed(clock, lambda: sum(u.compute_late for u in units), unit_stats,
+                                                    stop, out, audit))
         notifier.notify("READY=1", f"STATUS=site {site.site}: {len(units)} unit(s) running")
         results = await asyncio.gather(*tasks)
         stop.set()
         await watchdog
+        await governor
     finally:  # every resource is released even when another one fails to close
         notifier.notify("STOPPING=1")
         closers: list[Callable[[], Awaitable[None]]] = []
@@ -224,7 +230,7 @@ async def run_site(
 
 def clock_speed(clock: RealClock) -> float:
     """The clock's real-time multiple."""
-    return clock._speed  # noqa: SLF001 - read-only view for the banner
+    return clock.speed
 
 
 def _record_factory(site: Site, unit: str) -> Callable[[Path, dict[str, Any]], RotatingRecorder]:
@@ -343,8 +349,8 @@ def _hmi_server(loaded: LoadedSite, units: list[Unit], audit: Any, clock: RealCl
 
 async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asyncio.Event, audit: Any,
                     out: TextIO, status_every_s: float, hmi: HmiServer | None = None, *, phase: float = 0.0,
-                    speed: float = 1.0, deadlines: bool = True, start_s: float = 0.0,
-                    last_cycle: dict[str, float] | None = None) -> ScheduleStats:
+                    deadlines: bool = True, start_s: float = 0.0, last_cycle: dict[str, float] | None = None,
+                    stats: ScheduleStats | None = None) -> ScheduleStats:
     """One unit's cycles on its slots ``t0 + k·period`` for ``hours`` from ``start_s``, ``t0`` the first
     period boundary after ``start_s`` plus ``phase·period`` (units of a site are spread over the period
     so their reads, solves and writes do not land on one instant)."""
@@ -353,12 +359,11 @@ async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asy
     t0_s = math.ceil(start_s / period) * period + phase * period
     end_s = None if hours is None else start_s + hours * 3600.0
     log = audit.bind(unit=unit.name)
-    deadline_wall_s = unit.compute_deadline_s / speed
 
     async def cycle(k: int, slot: float) -> None:
         if isinstance(unit.io, Reconnecting):
             await unit.io.reconnect_if_due()  # bounded by the endpoint's timeout; never raises
-        deadline = time.monotonic() + deadline_wall_s if deadlines else None
+        deadline = time.monotonic() + unit.compute_deadline_s / clock.speed if deadlines else None
         rec = await unit.cycle(k, slot, clock.monotonic(), clock.utc(), deadline)
         if last_cycle is not None:
             last_cycle[unit.name] = time.monotonic()  # what the service watchdog is fed on
@@ -372,4 +377,4 @@ async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asy
     def on_error(k: int, exc: BaseException) -> None:
         log.error("cycle_failed", utc=clock.utc(), cycle=k, error=f"{type(exc).__name__}: {exc}")
 
-    return await run_periodic(cycle, clock, period, t0_s=t0_s, end_s=end_s, stop=stop, on_error=on_error)
+    return await run_periodic(cycle, clock, period, t0_s=t0_s, end_s=end_s, stop=stop, on_error=on_error, stats=stats)

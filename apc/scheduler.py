@@ -40,13 +40,15 @@ async def run_periodic(
     end_s: float | None = None,
     stop: asyncio.Event | None = None,
     on_error: Callable[[int, BaseException], None] | None = None,
+    stats: ScheduleStats | None = None,
 ) -> ScheduleStats:
-    """Run ``cycle`` on its slots until ``max_cycles``, slot time ``end_s`` or ``stop``.
+    """Run ``cycle`` on its slots until ``max_cycles``, slot time ``end_s`` or ``stop``; ``stats``: the
+    counters to update (a supervisor may watch them while it runs).
 
     An exception in one cycle is counted and reported to ``on_error``; the
     schedule goes on (a unit's failure never stops the loop that runs it).
     """
-    stats = ScheduleStats()
+    stats = stats if stats is not None else ScheduleStats()
     t0 = clock.monotonic() if t0_s is None else t0_s
     k = 0
     while (max_cycles is None or stats.cycles < max_cycles) and not (stop is not None and stop.is_set()):
