@@ -45,7 +45,7 @@ def laid_out(tmp_path: Path) -> Path:
     """deploy/setup-site.sh run as the README says (passwords from the environment), then given free ports."""
     etc, var = tmp_path / "etc", tmp_path / "var"
     env = {**os.environ, "APC_OPERATOR_PASSWORD": "olga-password-1", "APC_ENGINEER_PASSWORD": "erin-password-1",
-           "APC": f"{sys.executable} -m apc.cli"}
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # as the README's env PATH=
     done = subprocess.run(["bash", str(ROOT / "deploy" / "setup-site.sh"), str(etc), str(var)], capture_output=True,
                           text=True, env=env, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
