@@ -45,6 +45,11 @@ from apc.unit_parts import PartsSpec
 
 BUILD_TIMEOUT_S = 600.0
 """Longest a worker may take to build a unit (the first MPC compile of a machine takes a minute)."""
+BUILD_HANG_S = 120.0
+"""Silence tolerated from a worker while it builds units: building CasADi functions holds the
+interpreter lock for seconds at a time, and a start of hundreds of units on a loaded machine keeps a
+worker from answering its pings for longer than ``hang_s``. A build that never ends is caught by
+:data:`BUILD_TIMEOUT_S`."""
 
 
 def default_workers() -> int:
@@ -70,6 +75,8 @@ class _Worker:
     pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
     units: dict[str, PartsSpec] = field(default_factory=dict)
     pong: int = 0
+    builds: set[int] = field(default_factory=set)
+    """Request ids of builds and prepares not yet answered."""
     ping: int = 0
     last_pong_mono: float = 0.0
     stats: WorkerStats = field(default_factory=WorkerStats)
@@ -188,10 +195,13 @@ class ComputePool:
     def _request(self, w: _Worker, message: tuple[Any, ...]) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         w.pending[message[1]] = fut
+        if message[0] in ("build", "prepare"):
+            w.builds.add(message[1])
         try:
             self._write(w, message)
         except ComputeLost as exc:
             w.pending.pop(message[1], None)
+            w.builds.discard(message[1])
             fut.set_exception(exc)
         return fut
 
@@ -215,6 +225,7 @@ class ComputePool:
             w.pong, w.last_pong_mono = max(w.pong, msg[1]), time.monotonic()
             return
         fut = w.pending.pop(msg[1], None)
+        w.builds.discard(msg[1])
         if kind == "result":
             w.stats.answers += 1
             w.stats.cpu_s += msg[4]
@@ -233,6 +244,7 @@ class ComputePool:
 
     def _fail_pending(self, w: _Worker, exc: Exception) -> None:
         pending, w.pending = w.pending, {}
+        w.builds.clear()
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(exc)
@@ -259,7 +271,7 @@ class ComputePool:
                 proc = w.process
                 if proc is None or proc.returncode is not None:
                     continue
-                if now - w.last_pong_mono > self._hang_s:
+                if now - w.last_pong_mono > (max(self._hang_s, BUILD_HANG_S) if w.builds else self._hang_s):
                     self._log.error("compute_worker_hung", worker=w.index, silent_s=round(now - w.last_pong_mono, 1))
                     proc.kill()  # the reader sees the end of its output and respawns it
                     w.last_pong_mono = now

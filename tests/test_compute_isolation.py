@@ -6,6 +6,7 @@ judging every loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -17,7 +18,9 @@ import pytest
 import yaml
 
 import apc.runtime as runtime
-from apc.assembly import load_site_file
+import apc.compute_pool as compute_pool
+from apc.assembly import load, load_site_file
+from apc.audit import make_logger
 from apc.compute_pool import ComputePool
 from apc.plant_sim_cli import load_plant_file
 from apc.recorder import read_record
@@ -168,3 +171,30 @@ def test_compute_faults_in_virtual_time_are_deterministic() -> None:
     assert sheds[0][1].startswith("estimator: compute late")
     crash = [row for row in first if row[3].startswith("compute worker restarted")]
     assert crash and any(h.startswith("warming up") for *_, h in first if _[0] > crash[0][0])
+
+
+@pytest.mark.parametrize("patient", [True, False])
+def test_a_worker_that_is_busy_building_is_not_taken_for_hung(monkeypatch: pytest.MonkeyPatch, patient: bool) -> None:
+    """Building units holds a worker's interpreter for longer than the hang limit: while builds are outstanding the pool waits (no kill), without that patience it would kill and respawn the worker."""
+    if not patient:
+        monkeypatch.setattr(compute_pool, "BUILD_HANG_S", 0.0)
+    log_lines = io.StringIO()
+    loaded = load(ROOT / "recipes" / "vim_furnace.yaml")
+
+    async def main() -> list[int]:
+        pool = ComputePool(1, log=make_logger(log_lines), ping_s=0.02, hang_s=0.05)
+        await pool.start()
+        try:
+            for i in range(6):  # each build holds the interpreter well over 50 ms (CasADi expansion)
+                pool.factory(f"furnace-{i}", loaded, "mpc", True)
+            with contextlib.suppress(Exception):
+                await pool.ready(timeout_s=120.0)
+            return [s.restarts for s in pool.stats()]
+        finally:
+            await pool.close()
+
+    restarts = asyncio.run(main())
+    if patient:
+        assert restarts == [0], log_lines.getvalue()
+    else:  # the same load without the patience: the worker is killed mid-build
+        assert restarts[0] >= 1
