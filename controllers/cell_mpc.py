@@ -61,7 +61,7 @@ from apc.recipe.schema import MPC_CV_RANKS, MpcSection, MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan
 from controllers.nlp_attempt import OUT_OF_TIME, SolveDeadline, disturbance_vector, ipopt_attempt, solve_deadline
 from controllers.plan_hold import plan_status
-from sim.models.base import ProcessModel
+from sim.models.base import ProcessModel, rk4
 
 BIAS_PARAMETERS = (
     ("heat_loss_bias", "heat_loss_resistance_K_kW", "log"),
@@ -301,14 +301,7 @@ class CellMpc:
         m, cfg = self.model, self.cfg
         x, u = ca.SX.sym("x", len(m.states)), ca.SX.sym("u", len(m.inputs))
         d, p = ca.SX.sym("d", len(m.disturbances)), ca.SX.sym("p", len(m.parameters))
-        h = self.step_s / cfg.rk4_substeps
-        xk = x
-        for _ in range(cfg.rk4_substeps):
-            k1 = m.f(xk, u, d, p)
-            k2 = m.f(xk + h / 2 * k1, u, d, p)
-            k3 = m.f(xk + h / 2 * k2, u, d, p)
-            k4 = m.f(xk + h * k3, u, d, p)
-            xk = xk + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        xk = rk4(lambda z: m.f(z, u, d, p), x, self.step_s / cfg.rk4_substeps, cfg.rk4_substeps)[-1]
         nondiff = {"is_diff_in": [True, True, False, False]}  # no derivatives for d, p (not decided)
         step = ca.Function("cell_mpc_step", [x, u, d, p], [xk], ["x", "u", "d", "p"], ["x_next"], nondiff)
         si = {n: i for i, n in enumerate(m.state_names)}

@@ -63,7 +63,7 @@ from apc.types import Estimate, MvConstraint, MvKind, Plan, SolverStatus
 from controllers.nlp_attempt import OUT_OF_TIME, SolveDeadline, disturbance_vector, ipopt_attempt, solve_deadline
 from controllers.plan_hold import plan_status
 from estimators.furnace_ekf import TUNINGS, biased_parameters
-from sim.models.base import ProcessModel
+from sim.models.base import ProcessModel, rk4
 
 PRESSURE = "chamber_pressure_Pa"
 """Model state limited by ``pressure_limit_Pa``."""
@@ -227,17 +227,8 @@ class FurnaceMpc:
         nd, npar = len(m.disturbances), len(m.parameters)
         x, u = ca.SX.sym("x", nx), ca.SX.sym("u", nu)
         d, p = ca.SX.sym("d", nd), ca.SX.sym("p", npar)
-        h = self.step_s / cfg.rk4_substeps
-        xk = x
-        inner = []  # states at the substep ends inside a step (fast constraints are checked there too)
-        for i in range(cfg.rk4_substeps):
-            k1 = m.f(xk, u, d, p)
-            k2 = m.f(xk + h / 2 * k1, u, d, p)
-            k3 = m.f(xk + h / 2 * k2, u, d, p)
-            k4 = m.f(xk + h * k3, u, d, p)
-            xk = xk + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-            if i < cfg.rk4_substeps - 1:
-                inner.append(xk)
+        # states at the substep ends inside a step (fast constraints are checked there too)
+        *inner, xk = rk4(lambda z: m.f(z, u, d, p), x, self.step_s / cfg.rk4_substeps, cfg.rk4_substeps)
         n_in = len(inner)
         step = ca.Function("furnace_mpc_step", [x, u, d, p], [xk])
         # Signals at one point: controlled, band signals, pressure, ΔT (the ones configured).

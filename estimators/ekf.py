@@ -42,7 +42,7 @@ import casadi as ca
 import numpy as np
 from filterpy.kalman import ExtendedKalmanFilter
 
-from sim.models.base import ProcessModel
+from sim.models.base import ProcessModel, rk4
 
 _SPD_JITTER_REL = 1e-9
 """Diagonal inflation (relative to the mean variance) tried first when P is not SPD."""
@@ -279,12 +279,8 @@ class ModelEkf:
         nb = nx + len(self.biases)
         x = xa[:nx]
         f = self.model.f
-        k1 = f(x, u, d, pe)
-        k2 = f(x + dt / 2 * k1, u, d, pe)
-        k3 = f(x + dt / 2 * k2, u, d, pe)
-        k4 = f(x + dt * k3, u, d, pe)
         decay = [ca.exp(-dt / c.tau_s) * xa[nb + j] for j, c in enumerate(self.noise_states)]  # b⁺ = e^(−dt/τ) b
-        x_next = ca.vertcat(x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4), xa[nx:nb], *decay)  # biases: b⁺ = b
+        x_next = ca.vertcat(rk4(lambda z: f(z, u, d, pe), x, dt)[-1], xa[nx:nb], *decay)  # biases: b⁺ = b
         A = ca.jacobian(x_next, xa)
         return ca.Function("ekf_step", [xa, u, d, p, dt], [x_next, A], {"cse": True})
 

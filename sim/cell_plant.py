@@ -19,7 +19,7 @@ import casadi as ca
 import numpy as np
 
 from sim.models import get_model
-from sim.models.base import ProcessModel
+from sim.models.base import ProcessModel, rk4
 from sim.models.nd_cell import M_ND_KG_PER_MOL, F_C_PER_MOL
 from sim.scenario import Event, Scenario
 
@@ -92,13 +92,7 @@ def _plant_step_function(model: ProcessModel, dt_s: float) -> ca.Function:
             a[aux_index["pfc_rate_kgco2e_h"]] / 3600.0,
         )
 
-    h = dt_s
-    k1 = rhs(xa)
-    k2 = rhs(xa + h / 2 * k1)
-    k3 = rhs(xa + h / 2 * k2)
-    k4 = rhs(xa + h * k3)
-    x_next = xa + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    return ca.Function("cell_plant_step", [xa, u, d, p, wall], [x_next])
+    return ca.Function("cell_plant_step", [xa, u, d, p, wall], rk4(rhs, xa, dt_s))
 
 
 class CellPlant:

@@ -22,6 +22,7 @@ import yaml
 
 from sim.cell_plant import Reading
 from sim.models import get_model
+from sim.models.base import rk4
 from sim.scenario import Event, ScenarioError
 
 FURNACE_SCENARIO_DIR = Path(__file__).with_name("scenarios") / "furnace"
@@ -153,11 +154,7 @@ def _step_function(model_name: str, dt_s: float) -> ca.Function:
     def rhs(zz: ca.SX) -> ca.SX:
         return ca.vertcat(m.f(zz[:nx], u, d, p), power / 3600.0)
 
-    k1 = rhs(z)
-    k2 = rhs(z + dt_s / 2 * k1)
-    k3 = rhs(z + dt_s / 2 * k2)
-    k4 = rhs(z + dt_s * k3)
-    return ca.Function(f"{model_name}_plant_step", [z, u, d, p], [z + dt_s / 6 * (k1 + 2 * k2 + 2 * k3 + k4)])
+    return ca.Function(f"{model_name}_plant_step", [z, u, d, p], rk4(rhs, z, dt_s))
 
 
 class FurnacePlant:

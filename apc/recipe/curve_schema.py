@@ -334,6 +334,8 @@ def check_against_model(
     """
     import casadi as ca  # heavy; only needed here
 
+    from sim.models.base import rk4
+
     name = curve.controlled
     if name not in model.state_names and name not in model.aux_names:
         return [f"controlled: '{name}' is not a state or aux signal of model '{model.name}'"]
@@ -386,11 +388,7 @@ def check_against_model(
     g = ca.vertcat(*[f_hold[j] for j in keep], c_hold - T0)
     G = ca.Function("hold", [z, T0], [g, ca.jacobian(g, z), ca.jacobian(f_hold, x)])
     # RK4 step with symbolic step length; also returns ctrl after the step.
-    k1 = model.f(x, u, d, pp)
-    k2 = model.f(x + h / 2 * k1, u, d, pp)
-    k3 = model.f(x + h / 2 * k2, u, d, pp)
-    k4 = model.f(x + h * k3, u, d, pp)
-    x_next = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    x_next = rk4(lambda z: model.f(z, u, d, pp), x, h)[-1]
     ctrl_fn = ca.Function("ctrl", [x, u], [ctrl])
     step = ca.Function("step", [x, u, h], [x_next, ctrl_fn(x_next, u)])
 

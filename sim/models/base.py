@@ -8,7 +8,7 @@ inputs, disturbances, parameters (time-invariant models; time in seconds).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import casadi as ca
 import numpy as np
@@ -115,15 +115,27 @@ class ProcessModel:
         u = ca.SX.sym("u", len(self.inputs))
         d = ca.SX.sym("d", len(self.disturbances))
         p = ca.SX.sym("p", len(self.parameters))
-        h = dt_s / substeps
-        xk = x
-        for _ in range(substeps):
-            k1 = self.f(xk, u, d, p)
-            k2 = self.f(xk + h / 2 * k1, u, d, p)
-            k3 = self.f(xk + h / 2 * k2, u, d, p)
-            k4 = self.f(xk + h * k3, u, d, p)
-            xk = xk + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        xk = rk4(lambda z: self.f(z, u, d, p), x, dt_s / substeps, substeps)[-1]
         return ca.Function(f"{self.name}_rk4", [x, u, d, p], [xk], ["x", "u", "d", "p"], ["x_next"])
+
+
+SymT = TypeVar("SymT", ca.SX, ca.MX)
+
+
+def rk4(rhs: Callable[[SymT], SymT], x: SymT, h: SymT | float, substeps: int = 1) -> list[SymT]:
+    """Classical RK4 of ``dx/dt = rhs(x)`` in ``substeps`` steps of length ``h``; the state at the
+    end of every substep (the last one is the end of the interval). The one integrator of the
+    project: models, plants, filters and controllers all step through it."""
+    out = []
+    xk = x
+    for _ in range(substeps):
+        k1 = rhs(xk)
+        k2 = rhs(xk + h / 2 * k1)
+        k3 = rhs(xk + h / 2 * k2)
+        k4 = rhs(xk + h * k3)
+        xk = xk + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        out.append(xk)
+    return out
 
 
 def smooth_pos(x: ca.SX, width: float) -> ca.SX:
