@@ -99,7 +99,7 @@ def build_furnace_controller(recipe: Recipe, kind: str, preview_source: Callable
             model = get_model(recipe.model.name)
             return FurnaceMpc(model, model.parameter_vector(recipe.model.parameters), c.furnace_mpc, recipe.io.mvs,
                               recipe.limits, recipe.period_s, preview_source, c.period_multiple, c.hold_cycles,
-                              real_time=real_time)
+                              real_time=real_time, biases=TUNINGS[model.name].biases)
     except ValueError as exc:
         raise FurnaceAssemblyError(str(exc)) from None
     raise FurnaceAssemblyError(f"controller {kind!r} is not available for furnaces")

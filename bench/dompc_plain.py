@@ -47,7 +47,8 @@ with warnings.catch_warnings():  # do-mpc warns that its optional PyTorch part i
     import do_mpc
 
 from apc.types import Estimate, MvConstraint, MvKind
-from controllers.cell_mpc import _SOFT_RANK, PREDICTED, CellMpc, _Solution
+from controllers.cell_mpc import _SOFT_RANK, PREDICTED, CellMpc
+from controllers.mpc_skeleton import Solution
 
 
 class DoMpcPlain(CellMpc):
@@ -117,8 +118,8 @@ class DoMpcPlain(CellMpc):
 
     # ------------------------------------------------------------- solving
     def _solve(self, t_s: float, estimate: Estimate, applied: Mapping[str, float], en: Mapping[str, bool],
-               lim: Mapping[str, MvConstraint], measured: Mapping[str, float],
-               warm: bool = True) -> tuple[_Solution | None, int, float, str]:
+               lim: Mapping[str, MvConstraint], measured: Mapping[str, float], ctx: object = None,
+               warm: bool = True) -> tuple[Solution | None, int, float, str]:
         """One do-mpc ``make_step`` with this cycle's parameters and input bounds (limits in force)."""
         data = self._problem_data(estimate, applied, measured)
         if isinstance(data, str):
@@ -154,6 +155,5 @@ class DoMpcPlain(CellMpc):
         U_pts = np.hstack([U, U[:, -1:]])
         cv = np.hstack([np.asarray(self._point(X[:, k], U_pts[:, k], d, p)[1]) for k in range(self.N + 1)])
         predicted = {name: tuple(float(v) for v in cv[r]) for r, name in enumerate(PREDICTED)}
-        empty = np.zeros(0)
-        sol = _Solution(t_s, x0, np.ones(self.nx), empty, empty, empty, U, predicted)
+        sol = Solution(t_s, x0, np.ones(self.nx), np.zeros(0), U, predicted)
         return sol, iters, elapsed, f"ok (do-mpc, {iters} it)"

@@ -50,7 +50,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -59,8 +58,8 @@ import numpy as np
 
 from apc.recipe.schema import MPC_CV_RANKS, MpcSection, MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan
-from controllers.nlp_attempt import OUT_OF_TIME, SolveDeadline, disturbance_vector, ipopt_attempt, solve_deadline
-from controllers.plan_hold import plan_status
+from controllers.mpc_skeleton import SLACK_START, MpcSkeleton, Solution, bind_mvs, setpoint_bounds
+from controllers.nlp_attempt import disturbance_vector
 from sim.models.base import ProcessModel, rk4
 
 BIAS_PARAMETERS = (
@@ -78,15 +77,6 @@ PREDICTED = ("bath_temp_degC", "dissolved_oxide_wtpct", "metal_temp_degC", "ae_m
 
 _SOFT_RANK = (0, 1, 2, 2, 3, 3)
 """Rank (index in ``MPC_CV_RANKS``) of each soft-constraint residual at one point."""
-
-_SLACK_START = 0.1
-"""Cold initial guess: each slack this far (violation units) above what its soft constraint
-needs, so the interior-point start is feasible and off the slack bounds."""
-
-_REL_MARGIN = 1e-6
-"""Moves stay this share inside rate and step limits (float rounding vs the guard)."""
-_HOLD_DEADBAND = 0.01
-"""At a DCS-reported limit, moves away from it smaller than this share of a cycle's rate are not made."""
 
 _log = logging.getLogger(__name__)
 
@@ -166,44 +156,7 @@ def _compile(exe: str, src: str, lib: Path) -> None:
         os.replace(out, lib)
 
 
-@dataclass(frozen=True)
-class MvBinding:
-    """One recipe MV as the MPC sees it."""
-
-    name: str
-    kind: MvKind
-    input_index: int
-    lo: float
-    """Operator ∩ engineering low limit (increments: position)."""
-    hi: float
-    rate_per_s: float
-    max_step: float | None
-    min_interval_s: float
-
-    def step_cap(self, period_s: float) -> float:
-        """Increments: largest single move."""
-        return self.max_step if self.max_step is not None else self.rate_per_s * period_s
-
-    def max_rate_h(self, period_s: float) -> float:
-        """Increments: largest average move rate per hour (step cap over the minimum interval)."""
-        return self.step_cap(period_s) / max(self.min_interval_s, period_s) * 3600.0
-
-
-@dataclass
-class _Solution:
-    """A converged solve: the plan and what the warm start needs."""
-
-    t_s: float
-    x0: np.ndarray
-    xs: np.ndarray
-    w: np.ndarray
-    lam_x: np.ndarray
-    lam_g: np.ndarray
-    U: np.ndarray  # nu × N, absolute inputs
-    predicted: dict[str, tuple[float, ...]]
-
-
-class CellMpc:
+class CellMpc(MpcSkeleton):
     """Nonlinear MPC of the cell; see the module docstring.
 
     ``ipopt_options`` (class attribute) adds or overrides IPOPT/nlpsol options
@@ -230,37 +183,16 @@ class CellMpc:
         simulation leaves it False, so that only the iteration cap limits a solve (deterministic).
     """
 
-    ipopt_options: dict[str, object] = {}
+    cfg: MpcSection
 
     def __init__(self, model: ProcessModel, p_nominal: np.ndarray, cfg: MpcSection, mvs: Mapping[str, MvSpec],
                  limits: Mapping[str, MvLimits], period_s: float, period_multiple: int = 1,
                  hold_cycles: int = 6, real_time: bool = False) -> None:
-        self.model = model
-        self.cfg = cfg
-        self.period_s = float(period_s)
-        self.solve_every_s = float(period_multiple) * self.period_s
-        self.hold_cycles = int(hold_cycles)
-        self.real_time = bool(real_time)
-        self.N = cfg.horizon_steps
-        self.step_s = cfg.step_multiple * self.period_s
-        self.p_nominal = np.asarray(p_nominal, dtype=float)
+        self._setup(model, p_nominal, cfg, period_s, period_multiple, hold_cycles, real_time)
         self._check_model()
-        self.bindings = self._bind(mvs, limits)
-        missing = [d for d in model.disturbance_names
-                   if d not in cfg.disturbance_values and d not in cfg.disturbance_inputs]
-        if missing:
-            raise ValueError(f"controller.mpc: model disturbance(s) {missing} need a value in disturbance_values "
-                             "or an input in disturbance_inputs")
-        unknown = [n for n in sorted(set(cfg.disturbance_values) | set(cfg.disturbance_inputs))
-                   if n not in model.disturbance_names]
-        if unknown:
-            raise ValueError(f"controller.mpc: {unknown} are not disturbances of model {model.name!r}")
-        unknown_mv = sorted(set(cfg.move_weights) - set(self.bindings))
-        if unknown_mv:
-            raise ValueError(f"controller.mpc.move_weights: unknown MV(s) {unknown_mv}")
+        self.bindings = bind_mvs(model, mvs, limits, self._check_mv)
+        self._check_disturbances()
         self._build()
-        self.solve_times: list[float] = []
-        """Wall time of every solve, seconds (for benchmarks)."""
         self.reset()
 
     # ------------------------------------------------------------- set-up
@@ -275,25 +207,15 @@ class CellMpc:
             if absent:
                 raise ValueError(f"model {m.name!r} has no {group}(s) {absent} the cell MPC needs")
 
-    def _bind(self, mvs: Mapping[str, MvSpec], limits: Mapping[str, MvLimits]) -> dict[str, MvBinding]:
-        out: dict[str, MvBinding] = {}
-        inputs = self.model.input_names
-        for name, spec in mvs.items():
-            if spec.model_input not in inputs:
-                raise ValueError(f"MV {name!r}: model input {spec.model_input!r} unknown")
-            if spec.kind is MvKind.PULSE:
-                raise ValueError(f"MV {name!r}: pulse MVs are not supported by the cell MPC")
-            if spec.kind is MvKind.INCREMENT:
-                rate_unit = self.model.unit_of(spec.model_input)
-                if rate_unit != f"{spec.unit}/h":
-                    raise ValueError(f"increment MV {name!r} ({spec.unit}) must drive a rate input in "
-                                     f"{spec.unit}/h; {spec.model_input!r} is in {rate_unit}")
-            lim = limits[name]
-            lo = max(lim.operator[0], lim.engineering[0])
-            hi = min(lim.operator[1], lim.engineering[1])
-            out[name] = MvBinding(name, spec.kind, inputs.index(spec.model_input), lo, hi, lim.rate_per_s,
-                                  lim.max_step, lim.min_interval_s)
-        return out
+    def _check_mv(self, name: str, spec: MvSpec) -> None:
+        """The cell MPC drives setpoints and increments whose model input is a rate in their unit per hour."""
+        if spec.kind is MvKind.PULSE:
+            raise ValueError(f"MV {name!r}: pulse MVs are not supported by the cell MPC")
+        if spec.kind is MvKind.INCREMENT:
+            rate_unit = self.model.unit_of(spec.model_input)
+            if rate_unit != f"{spec.unit}/h":
+                raise ValueError(f"increment MV {name!r} ({spec.unit}) must drive a rate input in "
+                                 f"{spec.unit}/h; {spec.model_input!r} is in {rate_unit}")
 
     def _stage_functions(self) -> tuple[ca.Function, ca.Function]:
         """One prediction step (RK4) and one point (soft residuals, CVs, economic cost), both SX;
@@ -333,7 +255,6 @@ class CellMpc:
         m, cfg, N = self.model, self.cfg, self.N
         nx, nu, nd, npar = len(m.states), len(m.inputs), len(m.disturbances), len(m.parameters)
         nr = len(MPC_CV_RANKS)
-        self.nx, self.nu = nx, nu
         step, point = self._stage_functions()
 
         x0, xs = ca.MX.sym("x0", nx), ca.MX.sym("xs", nx)
@@ -412,7 +333,7 @@ class CellMpc:
         need = []
         for r in range(len(MPC_CV_RANKS)):
             worst = ca.mmin(ca.vertcat(*[r_sym[j] for j, rank in enumerate(_SOFT_RANK) if rank == r]))
-            need.append(ca.fmax(0.0, -worst) + _SLACK_START)
+            need.append(ca.fmax(0.0, -worst) + SLACK_START)
         need_fn = ca.Function("cell_mpc_need", [r_sym], [ca.vertcat(*need)])
         DZr = (Xr - ca.repmat(x0, 1, N)) / ca.repmat(xs, 1, N)
         return ca.Function("cell_mpc_guess", [U, P], [DZr, need_fn.map(N + 1)(res)])
@@ -421,20 +342,11 @@ class CellMpc:
         """Warm and cold IPOPT solvers sharing one set of NLP functions: compiled C when configured
         and a compiler works, else expanded to CasADi's SX interpreter."""
         cfg = self.cfg
-        common = {
-            "ipopt.print_level": 0, "print_time": False, "ipopt.sb": "yes",
-            "calc_lam_p": False, "no_nlp_grad": True,  # no parameter multipliers: nothing to derive
-            "ipopt.max_iter": cfg.max_iter, "ipopt.tol": cfg.tol, "ipopt.acceptable_tol": cfg.acceptable_tol,
-            "ipopt.acceptable_iter": 5,
-        }
+        nlp_fn = funcs["nlp"]
+        common = self._ipopt_common("cell_mpc", nlp_fn.nnz_in(0), nlp_fn.nnz_out(1))
+        common["no_nlp_grad"] = True  # no parameter multipliers: nothing to derive
         if not cfg.mumps_scaling:
             common.update({"ipopt.mumps_scaling": 0, "ipopt.mumps_permuting_scaling": 0})
-        self._deadline: float | None = None
-        self._stop: SolveDeadline | None = None
-        if self.real_time:  # one wall-clock budget for the warm and the cold attempt of a solve
-            nlp_fn = funcs["nlp"]
-            self._stop = SolveDeadline("cell_mpc_deadline", nlp_fn.nnz_in(0), nlp_fn.nnz_out(1))
-            common["iteration_callback"] = self._stop
         # Warm: from the shifted last solution. Gradient-based scaling would shrink the objective
         # by the soft penalties and drown the economic terms in the barrier; unscaled with a small
         # initial barrier a warm solve takes a few iterations.
@@ -454,65 +366,7 @@ class CellMpc:
         self._warm = ca.nlpsol("cell_mpc_warm", "ipopt", funcs["nlp"], {**warm, **shared})
         self._cold = ca.nlpsol("cell_mpc_cold", "ipopt", funcs["nlp"], {**cold, **shared})
 
-    # ------------------------------------------------------------ protocol
-    def reset(self) -> None:
-        """Forget plans, warm start, failure count and move memory."""
-        self._sol: _Solution | None = None
-        self._fails = 0
-        self._next_solve_t: float | None = None
-        self._last_enabled: dict[str, bool] | None = None
-        self._last_limits: dict[str, MvConstraint] | None = None
-        self._t_prev: float | None = None
-        self._last_out: dict[str, float] = {}
-
-    def set_deadline(self, deadline_mono: float | None) -> None:
-        """Real time: the next solves stop by this ``time.monotonic()`` (and within ``max_solve_wall_s``)."""
-        self._deadline = deadline_mono
-
-    def track(self, applied: Mapping[str, float]) -> None:
-        """MVs the APC does not drive: forget the last value sent. (An increment's minimum interval
-        comes from the unit's ``since_last_move_s``, never from memory this could lose.)"""
-        for name in applied:
-            self._last_out.pop(name, None)
-
-    def step(self, t_s: float, estimate: Estimate, applied: Mapping[str, float],
-             enabled: Mapping[str, bool], disturbances: Mapping[str, float],
-             constraints: Mapping[str, MvConstraint] | None = None) -> Plan:
-        """Solve when due (or when the enable flags, limits or DCS at-limit status changed), else
-        follow the plan; see module docstring. Without ``constraints`` the recipe limits hold."""
-        dt = self.period_s if self._t_prev is None else t_s - self._t_prev
-        self._t_prev = t_s
-        en = {n: bool(enabled.get(n, False)) and n in applied for n in self.bindings}
-        lim = {n: (constraints or {}).get(n) or MvConstraint(b.lo, b.hi) for n, b in self.bindings.items()}
-        flags_changed = en != self._last_enabled
-        due = (flags_changed or lim != self._last_limits or self._next_solve_t is None
-               or t_s >= self._next_solve_t - 1e-9 * self.period_s)
-        iterations, solve_time, reason = 0, 0.0, ""
-        if due:
-            self._next_solve_t = t_s + self.solve_every_s
-            self._last_enabled = dict(en)
-            self._last_limits = lim
-            # New enable flags make the last plan a poor start (e.g. STANDBY -> ON): solve cold.
-            sol, iterations, solve_time, reason = self._solve(t_s, estimate, applied, en, lim, disturbances,
-                                                              warm=not flags_changed)
-            if sol is not None:
-                self._sol, self._fails = sol, 0
-            else:
-                self._fails += 1
-        plan = self._valid_plan(t_s)
-        status, reason, follow = plan_status(self._fails, self.hold_cycles, plan is not None, due, reason)
-        plan = plan if follow else None
-        moves = self._emit(t_s, dt, applied, en, lim, plan)
-        return Plan(moves, plan.predicted if plan is not None else {}, status, iterations, solve_time, reason)
-
     # ------------------------------------------------------------- solving
-    def _valid_plan(self, t_s: float) -> _Solution | None:
-        """The last converged plan while its remainder covers ``t_s``."""
-        sol = self._sol
-        if sol is None or t_s - sol.t_s >= self.N * self.step_s:
-            return None
-        return sol
-
     def _parameters(self, estimate: Estimate) -> np.ndarray:
         p = self.p_nominal.copy()
         names = self.model.parameter_names
@@ -553,18 +407,8 @@ class CellMpc:
             if b.kind is MvKind.SETPOINT:
                 if not en[b.name]:
                     continue
-                r = b.rate_per_s * self.step_s
-                a = u_now[i]
-                # At a DCS limit the MV may only move away from it; above/below the limits in force
-                # it comes back at full rate.
-                top = min(c.high, a) if c.hold_up else c.high
-                bottom = max(c.low, a) if c.hold_down else c.low
-                for k in range(N):
-                    lo, hi = max(bottom, a - r * (k + 1)), min(top, a + r * (k + 1))
-                    if lo > hi:
-                        lo = hi = (a - r * (k + 1)) if a > top else (a + r * (k + 1)) if a < bottom else a
-                    lbu[i, k], ubu[i, k] = lo, hi
-                lbdu[i, :], ubdu[i, :] = -r, r
+                lbu[i, :], ubu[i, :] = setpoint_bounds(b, float(u_now[i]), c, self.step_s, N)
+                lbdu[i, :], ubdu[i, :] = -b.rate_per_s * self.step_s, b.rate_per_s * self.step_s
             else:
                 pos = float(applied[b.name])
                 lo, hi = min(c.low, pos), max(c.high, pos)
@@ -640,11 +484,10 @@ class CellMpc:
         return x0, p, u_now, d
 
     def _solve(self, t_s: float, estimate: Estimate, applied: Mapping[str, float], en: Mapping[str, bool],
-               lim: Mapping[str, MvConstraint], measured: Mapping[str, float], warm: bool = True) -> tuple[_Solution | None, int, float, str]:
+               lim: Mapping[str, MvConstraint], measured: Mapping[str, float], ctx: object = None,
+               warm: bool = True) -> tuple[Solution | None, int, float, str]:
         """Warm attempt from the last solution (when there is one and ``warm``), else or when it
         fails a cold attempt; returns (solution or None, iterations, wall seconds, reason)."""
-        if self._stop is not None:
-            self._stop.arm(solve_deadline(self._deadline, self.cfg.max_solve_wall_s))
         data = self._problem_data(estimate, applied, measured)
         if isinstance(data, str):
             return None, 0, 0.0, data
@@ -657,104 +500,25 @@ class CellMpc:
         P = np.concatenate([x0, xs, u_now, d, p, u_range])
         lbx, ubx, lbg, ubg = self._bounds(t_s, u_now, applied, en, lim)
         bounds = dict(p=P, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
-        res, iters, elapsed, status, how = None, 0, 0.0, "", "cold"
-        if warm and self._sol is not None:
+
+        def warm_start() -> dict[str, object]:
             w0, lam_x0, lam_g0 = self._warm_guess(t_s, x0, xs, lbx, ubx)
-            args: dict[str, object] = dict(x0=w0, **bounds)
-            if lam_x0 is not None:
-                args.update(lam_x0=lam_x0, lam_g0=lam_g0)
-            res, iters, elapsed, status = ipopt_attempt(self._warm, args)
-            how = "warm"
-        if res is None and status not in OUT_OF_TIME:  # a timed-out attempt used the solve's budget
-            first = f"warm {status} after {iters} it, " if how == "warm" else ""
-            res, it2, t2, status = ipopt_attempt(self._cold, dict(x0=self._cold_guess(P, u_now, lbx, ubx), **bounds))
-            iters, elapsed = iters + it2, elapsed + t2
-            how = f"{first}cold"
-        self.solve_times.append(elapsed)
+            return {"x0": w0} if lam_x0 is None else {"x0": w0, "lam_x0": lam_x0, "lam_g0": lam_g0}
+
+        res, iters, elapsed, how = self._attempts(self._warm, self._cold, bounds,
+                                                  warm_start if warm and self._sol is not None else None,
+                                                  lambda: self._cold_guess(P, u_now, lbx, ubx))
         if res is None:
-            return None, iters, elapsed, f"IPOPT {status} ({how}, {iters} iterations in all)"
+            return None, iters, elapsed, how
         w = np.asarray(res["x"]).ravel()
         _, U, cv, S = (np.asarray(v) for v in self._readout(w, P))
         predicted = {name: tuple(float(v) for v in cv[r]) for r, name in enumerate(PREDICTED)}
-        sol = _Solution(t_s, x0, xs, w, np.asarray(res["lam_x"]).ravel(), np.asarray(res["lam_g"]).ravel(),
-                        np.array(U), predicted)
+        sol = Solution(t_s, x0, xs, w, np.array(U), predicted, np.asarray(res["lam_x"]).ravel(),
+                       np.asarray(res["lam_g"]).ravel())
         active = [f"{name} {S[r].max():.2g}u" for r, name in enumerate(MPC_CV_RANKS) if S[r].max() > 1e-3]
         reason = f"ok ({how}, {iters} it)" + (f"; soft: {', '.join(active)}" if active else "")
         return sol, iters, elapsed, reason
 
-    # ------------------------------------------------------------- moves
-    def _emit(self, t_s: float, dt: float, applied: Mapping[str, float], en: Mapping[str, bool],
-              lim: Mapping[str, MvConstraint], sol: _Solution | None) -> dict[str, float]:
-        """This cycle's move of each MV from the plan, inside the limits in force and never into a
-        limit the DCS reports; held (readback / no move) without a plan."""
-        moves: dict[str, float] = {}
-        rate_dt = min(max(dt, 0.0), self.period_s) if dt > 0 else self.period_s
-        for b in self.bindings.values():
-            if b.name not in applied:
-                continue
-            a, c = float(applied[b.name]), lim[b.name]
-            if b.kind is MvKind.SETPOINT:
-                if not en[b.name] or sol is None:
-                    moves[b.name] = a
-                    self._last_out.pop(b.name, None)
-                    continue
-                j = min(max(int((t_s - sol.t_s) / self.step_s + 1e-9), 0), self.N - 1)
-                target = min(max(float(sol.U[b.input_index, j]), c.low), c.high)
-                r = b.rate_per_s * rate_dt * (1.0 - _REL_MARGIN)
-                # At a DCS limit: never toward it, and no creeping off it by the solver's interior
-                # tolerance (that would clear the DCS status and start a push-clamp chatter).
-                if c.hold_up:
-                    target = a if target > a - _HOLD_DEADBAND * r else target
-                if c.hold_down:
-                    target = a if target < a + _HOLD_DEADBAND * r else target
-                lo, hi = a - r, a + r
-                last = self._last_out.get(b.name)
-                if last is not None and max(lo, last - r) <= min(hi, last + r):
-                    lo, hi = max(lo, last - r), min(hi, last + r)
-                value = min(max(target, lo), hi)
-                moves[b.name] = value
-                self._last_out[b.name] = value
-            else:
-                moves[b.name] = 0.0
-                if not en[b.name] or sol is None:
-                    continue
-                if not c.since_last_move_s >= b.min_interval_s:
-                    continue
-                window = max(b.min_interval_s, self.period_s)
-                delta = self._planned_displacement(sol, b.input_index, t_s, window)
-                cap = b.step_cap(rate_dt) * (1.0 - _REL_MARGIN)
-                lo = 0.0 if c.hold_down else max(-cap, min(0.0, c.low - a))
-                hi = 0.0 if c.hold_up else min(cap, max(0.0, c.high - a))
-                delta = min(max(delta, lo), hi)
-                while delta > 0 and a + delta > c.high:
-                    delta = math.nextafter(delta, 0.0)
-                while delta < 0 and a + delta < c.low:
-                    delta = math.nextafter(delta, 0.0)
-                if abs(delta) < self.cfg.min_increment:
-                    continue
-                moves[b.name] = delta
-        return moves
-
-    def _planned_displacement(self, sol: _Solution, i: int, t_s: float, window_s: float) -> float:
-        """Integral of the planned rate (per hour) of input ``i`` over [t_s, t_s + window_s]."""
-        total = 0.0
-        t_a, t_b = t_s - sol.t_s, t_s - sol.t_s + window_s
-        for k in range(self.N):
-            lo, hi = max(t_a, k * self.step_s), min(t_b, (k + 1) * self.step_s)
-            if hi > lo:
-                total += float(sol.U[i, k]) * (hi - lo) / 3600.0
-        return total
-
-    def planned(self, mv: str) -> tuple[float, ...]:
-        """The last converged plan of one MV per step: setpoint values, or rates per hour for
-        increment MVs; empty without a plan."""
-        if self._sol is None:
-            return ()
-        return tuple(float(v) for v in self._sol.U[self.bindings[mv].input_index])
-
-    def solve_time_stats(self) -> dict[str, float]:
-        """Median and 99th percentile of the solve wall times so far, seconds."""
-        if not self.solve_times:
-            return {"n": 0, "median_s": math.nan, "p99_s": math.nan}
-        a = np.array(self.solve_times)
-        return {"n": float(len(a)), "median_s": float(np.median(a)), "p99_s": float(np.percentile(a, 99))}
+    def _min_increment(self) -> float:
+        """Increment MVs: planned moves smaller than ``min_increment`` are rounded to zero."""
+        return self.cfg.min_increment

@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import casadi as ca
 import numpy as np
@@ -60,9 +60,9 @@ from apc.curve_preview import CurvePreview
 from apc.recipe.furnace_tuning import FurnaceMpcSection
 from apc.recipe.schema import MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan, SolverStatus
-from controllers.nlp_attempt import OUT_OF_TIME, SolveDeadline, disturbance_vector, ipopt_attempt, solve_deadline
-from controllers.plan_hold import plan_status
-from estimators.furnace_ekf import TUNINGS, biased_parameters
+from controllers.mpc_skeleton import SLACK_START, MpcSkeleton, Solution, bind_mvs, setpoint_bounds
+from controllers.nlp_attempt import disturbance_vector
+from estimators.furnace_ekf import BiasState, biased_parameters
 from sim.models.base import ProcessModel, rk4
 
 PRESSURE = "chamber_pressure_Pa"
@@ -72,37 +72,16 @@ CORE_SURFACE_DT = "core_surface_dT_K"
 
 _BIG = 1.0e4
 """Stands for an infinite limit in the NLP parameters (K, K per step)."""
-_REL_MARGIN = 1e-6
-"""Moves stay this share inside rate limits (float rounding vs the guard)."""
-_HOLD_DEADBAND = 0.01
-"""At a DCS-reported limit, moves away from it smaller than this share of a cycle's rate are not made."""
-_SLACK_START = 0.1
 
 
 @dataclass(frozen=True)
-class MvBinding:
-    """One recipe MV as the MPC sees it."""
+class _StepContext:
+    """What a step hands its solve: the batch's preview."""
 
-    name: str
-    input_index: int
-    lo: float
-    hi: float
-    rate_per_s: float
+    preview: CurvePreview
 
 
-@dataclass
-class _Solution:
-    """A converged solve: the plan and what the warm start needs."""
-
-    t_s: float
-    x0: np.ndarray
-    xs: np.ndarray
-    w: np.ndarray
-    U: np.ndarray  # nu × N, absolute inputs
-    predicted: dict[str, tuple[float, ...]]
-
-
-class FurnaceMpc:
+class FurnaceMpc(MpcSkeleton):
     """Nonlinear MPC of a furnace; see the module docstring.
 
     ``ipopt_options`` (class attribute) adds or overrides IPOPT/nlpsol options (benchmarks only).
@@ -130,27 +109,19 @@ class FurnaceMpc:
         ``cfg.max_iter`` limits a solve (deterministic).
     """
 
-    ipopt_options: dict[str, object] = {}
+    cfg: FurnaceMpcSection
 
     def __init__(self, model: ProcessModel, p_nominal: np.ndarray, cfg: FurnaceMpcSection,
                  mvs: Mapping[str, MvSpec], limits: Mapping[str, MvLimits], period_s: float,
                  preview_source: Callable[[], CurvePreview], period_multiple: int = 1, hold_cycles: int = 6,
-                 real_time: bool = False) -> None:
-        if not period_s > 0 or period_multiple < 1:
-            raise ValueError("period_s must be > 0 and period_multiple >= 1")
-        self.model = model
-        self.cfg = cfg
-        self.p_nominal = np.asarray(p_nominal, dtype=float)
-        self.period_s = float(period_s)
-        self.solve_every_s = float(period_multiple) * self.period_s
+                 real_time: bool = False, biases: Sequence[BiasState] = ()) -> None:
+        self._setup(model, p_nominal, cfg, period_s, period_multiple, hold_cycles, real_time)
         self.preview_source = preview_source
-        self.hold_cycles = int(hold_cycles)
-        self.real_time = bool(real_time)
-        self.N = cfg.horizon_steps
-        self.step_s = cfg.step_multiple * self.period_s
-        self.nx, self.nu = len(model.states), len(model.inputs)
+        self.biases = tuple(biases)
+        """The filter's parameter biases (the kind's filter tuning): applied to the nominal parameters,
+        and their σ propagated into the pressure back-off."""
         self._check_model()
-        self.bindings = self._bind(mvs, limits)
+        self.bindings = bind_mvs(model, mvs, limits, self._check_mv)
         driven = {b.input_index for b in self.bindings.values()}
         free = [n for i, n in enumerate(model.input_names) if i not in driven and n not in cfg.fixed_inputs]
         if free:
@@ -158,22 +129,10 @@ class FurnaceMpc:
         unknown = sorted(set(cfg.fixed_inputs) - set(model.input_names))
         if unknown:
             raise ValueError(f"controller.mpc.fixed_inputs: {unknown} are not inputs of model {model.name!r}")
-        missing = [n for n in model.disturbance_names
-                   if n not in cfg.disturbance_values and n not in cfg.disturbance_inputs]
-        if missing:
-            raise ValueError(f"controller.mpc: model disturbance(s) {missing} need a value in disturbance_values "
-                             "or an input in disturbance_inputs")
-        unknown = sorted((set(cfg.disturbance_values) | set(cfg.disturbance_inputs)) - set(model.disturbance_names))
-        if unknown:
-            raise ValueError(f"controller.mpc: {unknown} are not disturbances of model {model.name!r}")
-        unknown = sorted(set(cfg.move_weights) - set(self.bindings))
-        if unknown:
-            raise ValueError(f"controller.mpc.move_weights: unknown MV(s) {unknown}")
+        self._check_disturbances()
         self._heat = [i for i, s in enumerate(model.inputs) if s.unit == "kW"]
         self._log = structlog.get_logger(__name__).bind(model=model.name)
         self._build()
-        self.solve_times: list[float] = []
-        """Wall time of every solve, s."""
         self.reset()
 
     # ------------------------------------------------------------- set-up
@@ -197,20 +156,10 @@ class FurnaceMpc:
         if cfg.core_surface_dT_max_K is not None and CORE_SURFACE_DT not in m.aux_names:
             raise ValueError(f"controller.mpc.core_surface_dT_max_K: model {m.name!r} has no aux {CORE_SURFACE_DT!r}")
 
-    def _bind(self, mvs: Mapping[str, MvSpec], limits: Mapping[str, MvLimits]) -> dict[str, MvBinding]:
-        out: dict[str, MvBinding] = {}
-        for name, spec in mvs.items():
-            if spec.model_input not in self.model.input_names:
-                raise ValueError(f"MV {name!r}: model input {spec.model_input!r} unknown")
-            if spec.kind is not MvKind.SETPOINT:
-                raise ValueError(f"MV {name!r}: the furnace MPC drives setpoint MVs only, not {spec.kind.value}")
-            if name not in limits:
-                raise ValueError(f"MV {name!r}: no limits")
-            lim = limits[name]
-            lo = max(lim.operator[0], lim.engineering[0])
-            hi = min(lim.operator[1], lim.engineering[1])
-            out[name] = MvBinding(name, self.model.input_names.index(spec.model_input), lo, hi, lim.rate_per_s)
-        return out
+    def _check_mv(self, name: str, spec: MvSpec) -> None:
+        """The furnace MPC drives setpoint MVs only."""
+        if spec.kind is not MvKind.SETPOINT:
+            raise ValueError(f"MV {name!r}: the furnace MPC drives setpoint MVs only, not {spec.kind.value}")
 
     def _sym_signal(self, name: str, x: ca.SX, u: ca.SX, d: ca.SX, p: ca.SX) -> ca.SX:
         m = self.model
@@ -315,14 +264,7 @@ class FurnaceMpc:
         g = ca.vertcat(ca.vec(g_dyn), ca.vec(g_du), g_soft)
         self._n_gdyn, self._n_gdu = nx * N, nu * N
         nlp = {"x": w, "p": P, "f": J, "g": g}
-        common = {"ipopt.print_level": 0, "print_time": False, "ipopt.sb": "yes", "expand": True,
-                  "calc_lam_p": False, "ipopt.max_iter": cfg.max_iter, "ipopt.tol": cfg.tol,
-                  "ipopt.acceptable_tol": cfg.acceptable_tol, "ipopt.acceptable_iter": 5}
-        self._deadline: float | None = None
-        self._stop: SolveDeadline | None = None
-        if self.real_time:  # one wall-clock budget for the warm and the cold attempt of a solve
-            self._stop = SolveDeadline("furnace_mpc_deadline", w.numel(), g.numel())
-            common["iteration_callback"] = self._stop
+        common = {**self._ipopt_common("furnace_mpc", w.numel(), g.numel()), "expand": True}
         warm = {**common, "ipopt.warm_start_init_point": "yes", "ipopt.warm_start_bound_push": 1e-6,
                 "ipopt.warm_start_mult_bound_push": 1e-6, "ipopt.mu_init": 1e-4, **self.ipopt_options}
         cold = {**common, **self.ipopt_options}
@@ -337,35 +279,18 @@ class FurnaceMpc:
 
     # ------------------------------------------------------------ protocol
     def reset(self) -> None:
-        """Forget plans, warm start, failure count and move memory."""
-        self._sol: _Solution | None = None
-        self._fails = 0
-        self._next_solve_t: float | None = None
-        self._last_key: tuple[object, ...] | None = None
-        self._t_prev: float | None = None
-        self._last_out: dict[str, float] = {}
+        """Forget plans, warm start, failure count, move memory and the pressure corrections."""
+        super().reset()
         self._p_hold = False
         self._p_bias = 0.0
         self._p_bias_t: float | None = None
         self._plim_first: float | None = None
 
-    def set_deadline(self, deadline_mono: float | None) -> None:
-        """Real time: the next solves stop by this ``time.monotonic()`` (and within ``max_solve_wall_s``)."""
-        self._deadline = deadline_mono
-
-    def track(self, applied: Mapping[str, float]) -> None:
-        """MVs the APC does not drive: forget the last value sent (moves start from the readback)."""
-        for name in applied:
-            self._last_out.pop(name, None)
-
-    def step(self, t_s: float, estimate: Estimate, applied: Mapping[str, float],
-             enabled: Mapping[str, bool], disturbances: Mapping[str, float],
-             constraints: Mapping[str, MvConstraint] | None = None) -> Plan:
-        """Solve when due, else follow the plan; see the module docstring."""
-        dt = self.period_s if self._t_prev is None else t_s - self._t_prev
-        self._t_prev = t_s
-        en = {n: bool(enabled.get(n, False)) and n in applied for n in self.bindings}
-        lim = {n: (constraints or {}).get(n) or MvConstraint(b.lo, b.hi) for n, b in self.bindings.items()}
+    def _before_solve(self, t_s: float, dt: float, estimate: Estimate, applied: Mapping[str, float],
+                      en: Mapping[str, bool], lim: dict[str, MvConstraint]
+                      ) -> tuple[dict[str, MvConstraint], _StepContext, object, Plan | None]:
+        """The batch's preview (its state is part of the solve key), the pressure corrections and the
+        power hold at the pressure limit; outside RUNNING without a hold temperature: no heat."""
         preview = self.preview_source()
         p_est, p_meas = self._pressures(estimate)
         self._update_pressure_bias(t_s, p_est, p_meas)
@@ -373,48 +298,18 @@ class FurnaceMpc:
                                    preview.running and math.isfinite(preview.stage_power_at(0))):
             lim = {n: dataclasses.replace(c, hold_up=True) if self.bindings[n].input_index in self._heat else c
                    for n, c in lim.items()}
+        ctx = _StepContext(preview)
         if not preview.running and preview.hold_degC is None:
             self._sol, self._fails, self._next_solve_t, self._last_key = None, 0, None, None
             # no heat: power inputs to their low limit, other MVs held
-            moves = self._emit(dt, applied, en, lim,
-                               lambda b: lim[b.name].low if b.input_index in self._heat else None)
-            return Plan(moves, {}, SolverStatus.OK, 0, 0.0, f"no heat: batch {preview.state.value}")
-        key = (tuple(sorted(en.items())), tuple(sorted(lim.items())), preview.state)
-        changed = key != self._last_key
-        # a new limit or hold keeps the warm start (clipped to the new bounds); new enables or batch state do not
-        cold = self._last_key is None or key[0] != self._last_key[0] or key[2] != self._last_key[2]
-        due = changed or self._next_solve_t is None or t_s >= self._next_solve_t - 1e-9 * self.period_s
-        iterations, solve_time, reason = 0, 0.0, ""
-        if due:
-            self._next_solve_t = t_s + self.solve_every_s
-            self._last_key = key
-            sol, iterations, solve_time, reason = self._solve(t_s, estimate, applied, en, lim, disturbances,
-                                                              preview, warm=not cold)
-            if sol is not None:
-                self._sol, self._fails = sol, 0
-            else:
-                self._fails += 1
-                self._log.warning("furnace_mpc_solve_failed", reason=reason, fails=self._fails)
-        plan = self._valid_plan(t_s)
-        status, reason, follow = plan_status(self._fails, self.hold_cycles, plan is not None, due, reason)
-        plan = plan if follow else None
-        j = 0 if plan is None else min(max(int((t_s - plan.t_s) / self.step_s + 1e-9), 0), self.N - 1)
-        moves = self._emit(dt, applied, en, lim,
-                           lambda b: None if plan is None else float(plan.U[b.input_index, j]))
-        return Plan(moves, plan.predicted if plan is not None else {}, status, iterations, solve_time, reason)
+            moves = self._emit(t_s, dt, applied, en, lim,
+                               lambda b: lim[b.name].low if b.input_index in self._heat else None, None)
+            return lim, ctx, preview.state, Plan(moves, {}, SolverStatus.OK, 0, 0.0,
+                                                 f"no heat: batch {preview.state.value}")
+        return lim, ctx, preview.state, None
 
-    def solve_time_stats(self) -> dict[str, float]:
-        """Count, median and maximum of the solve wall times so far, s."""
-        if not self.solve_times:
-            return {"n": 0.0, "median_s": math.nan, "max_s": math.nan}
-        a = np.array(self.solve_times)
-        return {"n": float(len(a)), "median_s": float(np.median(a)), "max_s": float(a.max())}
-
-    def planned(self, mv: str) -> tuple[float, ...]:
-        """The last converged plan of one MV per step (empty without a plan)."""
-        if self._sol is None:
-            return ()
-        return tuple(float(v) for v in self._sol.U[self.bindings[mv].input_index])
+    def _solve_failed(self, reason: str) -> None:
+        self._log.warning("furnace_mpc_solve_failed", reason=reason, fails=self._fails)
 
     # ------------------------------------------------------------- solving
     def _pressures(self, estimate: Estimate) -> tuple[float, float]:
@@ -463,12 +358,6 @@ class FurnaceMpc:
             self._p_hold = False
         return self._p_hold
 
-    def _valid_plan(self, t_s: float) -> _Solution | None:
-        sol = self._sol
-        if sol is None or t_s - sol.t_s >= self.N * self.step_s:
-            return None
-        return sol
-
     def _reference(self, preview: CurvePreview) -> tuple[np.ndarray, ...]:
         """Target, upper, lower (K), ramp rate (K per step) and stage power (kW, NaN where the curve
         asks for a temperature) at the prediction points k = 1..N."""
@@ -514,18 +403,10 @@ class FurnaceMpc:
         for b in self.bindings.values():
             if not en[b.name]:
                 continue
-            i, c, a = b.input_index, lim[b.name], u_now[b.input_index]
-            r = b.rate_per_s * self.step_s
-            top = min(c.high, a) if c.hold_up else c.high
-            bottom = max(c.low, a) if c.hold_down else c.low
-            heat = i in self._heat
-            for k in range(N):
-                top_k = min(top, stage[k]) if heat and math.isfinite(stage[k]) else top
-                lo, hi = max(bottom, a - r * (k + 1)), min(top_k, a + r * (k + 1))
-                if lo > hi:  # outside the limits in force: come back at full rate
-                    lo = hi = (a - r * (k + 1)) if a > top_k else (a + r * (k + 1)) if a < bottom else a
-                lbu[i, k], ubu[i, k] = lo, hi
-            lbdu[i, :], ubdu[i, :] = -r, r
+            i = b.input_index
+            lbu[i, :], ubu[i, :] = setpoint_bounds(b, float(u_now[i]), lim[b.name], self.step_s, N,
+                                                   stage if i in self._heat else None)
+            lbdu[i, :], ubdu[i, :] = -b.rate_per_s * self.step_s, b.rate_per_s * self.step_s
         lbx = np.concatenate([np.full(self._n_dz, -np.inf), lbu.ravel(order="F"), np.zeros(self._n_s)])
         ubx = np.concatenate([np.full(self._n_dz, np.inf), ubu.ravel(order="F"), np.full(self._n_s, np.inf)])
         lbg = np.concatenate([np.zeros(self._n_gdyn), lbdu.ravel(order="F"), np.zeros(self._n_gsoft)])
@@ -551,7 +432,7 @@ class FurnaceMpc:
             block = -res[pos:pos + N * per].reshape((N, per)).max(axis=1)
             need[row] = np.maximum(need[row], block)
             pos += N * per
-        w[self._n_dz + self._n_u:] = (need + _SLACK_START).ravel(order="F")
+        w[self._n_dz + self._n_u:] = (need + SLACK_START).ravel(order="F")
         return w
 
     def _cold_guess(self, P: np.ndarray, u_now: np.ndarray, lbx: np.ndarray, ubx: np.ndarray) -> np.ndarray:
@@ -585,7 +466,7 @@ class FurnaceMpc:
             x0 = np.array([float(estimate.value(n)) for n in m.state_names])
         except (KeyError, ValueError) as exc:
             return f"estimate lacks model states ({exc})"
-        p = biased_parameters(m, self.p_nominal, estimate.as_dict())
+        p = biased_parameters(m, self.p_nominal, estimate.as_dict(), self.biases)
         u_now = np.array([float(cfg.fixed_inputs.get(n, math.nan)) for n in m.input_names])
         for b in self.bindings.values():
             u_now[b.input_index] = float(applied.get(b.name, math.nan))
@@ -633,41 +514,34 @@ class FurnaceMpc:
         base = x0[i_p] + xs[i_p] * np.asarray(self._sim(U, P))[i_p]
         var = np.full(N, self._std(estimate, PRESSURE) ** 2)
         values = estimate.as_dict()
-        tuning = TUNINGS.get(self.model.name)
-        for bias in (tuning.biases if tuning is not None else ()):
+        for bias in self.biases:
             sigma = self._std(estimate, bias.name)
             if sigma <= 0 or not math.isfinite(float(values.get(bias.name, math.nan))):
                 continue
             moved = P.copy()
             moved[off:off + npar] = biased_parameters(self.model, self.p_nominal,
-                                                      {**values, bias.name: values[bias.name] + sigma})
+                                                      {**values, bias.name: values[bias.name] + sigma}, self.biases)
             traj = x0[i_p] + xs[i_p] * np.asarray(self._sim(U, moved))[i_p]
             var += np.nan_to_num(traj - base, nan=0.0) ** 2
         return self.cfg.backoff_sigmas * np.sqrt(var)
 
     def _solve(self, t_s: float, estimate: Estimate, applied: Mapping[str, float], en: Mapping[str, bool],
-               lim: Mapping[str, MvConstraint], measured: Mapping[str, float], preview: CurvePreview,
-               warm: bool = True) -> tuple[_Solution | None, int, float, str]:
-        if self._stop is not None:
-            self._stop.arm(solve_deadline(self._deadline, self.cfg.max_solve_wall_s))
-        data = self._problem(estimate, applied, measured, preview)
+               lim: Mapping[str, MvConstraint], measured: Mapping[str, float], ctx: object = None,
+               warm: bool = True) -> tuple[Solution | None, int, float, str]:
+        """Warm attempt from the shifted last solution, a cold one when it fails."""
+        assert isinstance(ctx, _StepContext)
+        data = self._problem(estimate, applied, measured, ctx.preview)
         if isinstance(data, str):
             return None, 0, 0.0, data
         x0, u_now, P, xs, stage = data
         lbx, ubx, lbg, ubg = self._bounds(u_now, en, lim, stage)
         bounds = dict(p=P, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
-        res, iters, elapsed, status, how = None, 0, 0.0, "", "cold"
-        if warm and self._sol is not None:
-            guess = self._warm_guess(t_s, x0, xs, P, lbx, ubx)
-            res, iters, elapsed, status = ipopt_attempt(self._warm, dict(x0=guess, **bounds))
-            how = "warm"
-        if res is None and status not in OUT_OF_TIME:
-            first = f"warm {status} after {iters} it, " if how == "warm" else ""
-            res, it2, t2, status = ipopt_attempt(self._cold, dict(x0=self._cold_guess(P, u_now, lbx, ubx), **bounds))
-            iters, elapsed, how = iters + it2, elapsed + t2, f"{first}cold"
-        self.solve_times.append(elapsed)
+        res, iters, elapsed, how = self._attempts(
+            self._warm, self._cold, bounds,
+            (lambda: {"x0": self._warm_guess(t_s, x0, xs, P, lbx, ubx)}) if warm and self._sol is not None else None,
+            lambda: self._cold_guess(P, u_now, lbx, ubx))
         if res is None:
-            return None, iters, elapsed, f"IPOPT {status} ({how}, {iters} iterations in all)"
+            return None, iters, elapsed, how
         w = np.asarray(res["x"]).ravel()
         _, U, SIG = (np.asarray(v) for v in self._readout(w, P))
         names = [self.cfg.controlled, *self.cfg.band_signals]
@@ -677,41 +551,4 @@ class FurnaceMpc:
         S = w[self._n_dz + self._n_u:].reshape((len(self._slack_names), self.N), order="F")
         active = [f"{n} {S[r].max():.2g}" for r, n in enumerate(self._slack_names) if S[r].max() > 1e-3]
         reason = f"ok ({how}, {iters} it)" + (f"; soft: {', '.join(active)}" if active else "")
-        return _Solution(t_s, x0, xs, w, np.array(U), predicted), iters, elapsed, reason
-
-    # ------------------------------------------------------------- moves
-    def _move(self, b: MvBinding, target: float, a: float, c: MvConstraint, rate_dt: float) -> float:
-        """``target`` inside the limits in force, never toward a DCS limit, within the rate from the
-        readback and the last output."""
-        target = min(max(target, c.low), c.high)
-        r = b.rate_per_s * rate_dt * (1.0 - _REL_MARGIN)
-        if c.hold_up:
-            target = a if target > a - _HOLD_DEADBAND * r else target
-        if c.hold_down:
-            target = a if target < a + _HOLD_DEADBAND * r else target
-        lo, hi = a - r, a + r
-        last = self._last_out.get(b.name)
-        if last is not None and max(lo, last - r) <= min(hi, last + r):
-            lo, hi = max(lo, last - r), min(hi, last + r)
-        value = min(max(target, lo), hi)
-        self._last_out[b.name] = value
-        return value
-
-    def _emit(self, dt: float, applied: Mapping[str, float], en: Mapping[str, bool],
-              lim: Mapping[str, MvConstraint], target: Callable[[MvBinding], float | None]) -> dict[str, float]:
-        """This cycle's moves: each enabled MV toward ``target(b)`` (limited by :meth:`_move`); an MV
-        not enabled, or whose target is None, stays at its readback."""
-        moves: dict[str, float] = {}
-        rate_dt = min(max(dt, 0.0), self.period_s) if dt > 0 else self.period_s
-        for b in self.bindings.values():
-            if b.name not in applied:
-                continue
-            a = float(applied[b.name])
-            want = target(b) if en[b.name] else None
-            if want is None:
-                moves[b.name] = a
-                self._last_out.pop(b.name, None)
-            else:
-                moves[b.name] = self._move(b, want, a, lim[b.name], rate_dt)
-        return moves
-
+        return Solution(t_s, x0, xs, w, np.array(U), predicted), iters, elapsed, reason

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import structlog
@@ -120,12 +120,12 @@ the biases listed here, so a filter built with another ``tuning`` needs a contro
 biases."""
 
 
-def biased_parameters(model: ProcessModel, p_nominal: np.ndarray, values: Mapping[str, float]) -> np.ndarray:
-    """Nominal parameters with the filter's biases found in ``values`` applied (log: p·e^b, add: p + b);
+def biased_parameters(model: ProcessModel, p_nominal: np.ndarray, values: Mapping[str, float],
+                      biases: Sequence[BiasState]) -> np.ndarray:
+    """Nominal parameters with the filter's ``biases`` found in ``values`` applied (log: p·e^b, add: p + b);
     biases absent from ``values`` (or not finite) count as 0."""
     p = np.asarray(p_nominal, dtype=float).copy()
-    tuning = TUNINGS.get(model.name)
-    for b in (tuning.biases if tuning is not None else ()):
+    for b in biases:
         v = values.get(b.name)
         if v is None or not math.isfinite(float(v)) or b.parameter not in model.parameter_names:
             continue

@@ -23,7 +23,7 @@ from apc.recipe.schema import MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan, Quality, Sample, SolverStatus, ValidatedInput, Verdict
 from controllers.furnace_mpc import FurnaceMpc
 from controllers.furnace_pid import FurnacePid
-from estimators.furnace_ekf import FurnaceEkf
+from estimators.furnace_ekf import TUNINGS, FurnaceEkf
 from sim.models import get_model
 from sim.models.base import ProcessModel
 
@@ -227,13 +227,15 @@ ANN_MPC = FurnaceMpcSection(controlled="core_temp_degC", horizon_steps=18, step_
 def vim_mpc(cfg: FurnaceMpcSection = VIM_MPC, **kw: Any) -> FurnaceMpc:
     """VIM MPC on nominal parameters, 10 s steps, solving every 20 s."""
     return FurnaceMpc(VIM, VIM.parameter_vector(), cfg, mv_specs(VIM_MVS, {"power": "kW"}), VIM_LIMITS,
-                      VIM_PERIOD_S, lambda: VIM_CURVE.preview(0.0, 40, 10.0), period_multiple=4, **kw)
+                      VIM_PERIOD_S, lambda: VIM_CURVE.preview(0.0, 40, 10.0), period_multiple=4,
+                      biases=TUNINGS["vim_furnace"].biases, **kw)
 
 
 def ann_mpc(cfg: FurnaceMpcSection = ANN_MPC) -> FurnaceMpc:
     """Annealer MPC on nominal parameters, 10 min steps over 3 h, solving every 10 min."""
     return FurnaceMpc(ANN, ANN.parameter_vector(), cfg, mv_specs(ANN_MVS, {"heater": "kW", "fan": "1"}),
-                      ANN_LIMITS, ANN_PERIOD_S, lambda: ANN_CURVE.preview(0.0, 40, 600.0), period_multiple=10)
+                      ANN_LIMITS, ANN_PERIOD_S, lambda: ANN_CURVE.preview(0.0, 40, 600.0), period_multiple=10,
+                      biases=TUNINGS["annealing_furnace"].biases)
 
 
 def vim_ekf() -> FurnaceEkf:
