@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable
 
-from apc.types import Quality, Sample, Write, WriteResult
+from apc.types import WriteResult
+from plant_io.sim_adapter import SimulatedPlantIO
 from sim.furnace_plant import FurnacePlant
 
 
@@ -131,53 +132,9 @@ class FurnaceDcs:
         return frozenset(tags)
 
 
-class SimulatedFurnaceIO:
-    """PlantIO for one simulated furnace, advanced to the clock's time on every read."""
+class SimulatedFurnaceIO(SimulatedPlantIO[FurnacePlant, FurnaceDcs]):
+    """PlantIO for one simulated furnace with its DCS side (tags ``furnace.<output>``)."""
 
     def __init__(self, plant: FurnacePlant, now_s: Callable[[], float], utc: Callable[[], float]) -> None:
-        self.plant = plant
-        self.dcs = FurnaceDcs(plant)
-        self._now_s = now_s
-        self._utc = utc
-
-    def tags(self) -> frozenset[str]:
-        """Every tag this adapter serves (readable or writable)."""
-        measured = {f"furnace.{n}" for n in self.plant.model.output_names}
-        return frozenset(measured) | frozenset(self.dcs.readbacks(0.0)) | self.dcs.writable()
-
-    async def connect(self) -> None:
-        """Nothing to open."""
-
-    async def close(self) -> None:
-        """Nothing to release."""
-
-    def _sync(self) -> float:
-        now = self._now_s()
-        self.plant.advance_to(now)
-        self.dcs.scan(now)
-        return now
-
-    async def read(self, tags: Sequence[str]) -> Mapping[str, Sample]:
-        """Read ``tags``: measurements with their quality, DCS tags good."""
-        now = self._sync()
-        utc = self._utc()
-        meas = self.plant.measurements()
-        dcs = self.dcs.readbacks(now)
-        out: dict[str, Sample] = {}
-        for tag in tags:
-            if tag.startswith("furnace.") and tag[8:] in meas:
-                r = meas[tag[8:]]
-                source_ts = utc if r.source_t_s is None else utc - (now - r.source_t_s)  # a stale source stops
-                out[tag] = Sample(float(r.value), Quality(r.quality), source_ts, utc)
-            elif tag in dcs:
-                out[tag] = Sample(float(dcs[tag]), Quality.GOOD, utc, utc)
-        return out
-
-    async def write(self, writes: Sequence[Write]) -> Sequence[WriteResult]:
-        """Apply writes in order, as the DCS would accept or ignore them."""
-        now = self._sync()
-        return [self.dcs.apply(w.tag, w.value, now) for w in writes]
-
-    def truth(self) -> dict[str, float]:
-        """Simulator truth (KPIs only; never used for control)."""
-        return self.plant.truth()
+        super().__init__(plant, FurnaceDcs(plant), {f"furnace.{n}": n for n in plant.model.output_names}, frozenset(),
+                         now_s, utc)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable
 
-from apc.types import Quality, Sample, Write, WriteResult
+from apc.types import WriteResult
+from plant_io.sim_adapter import SimulatedPlantIO
 from sim.cell_plant import CellPlant
 
 # Signal tags served for an electrolysis cell.
@@ -164,6 +165,13 @@ class DcsSide:
             "dcs.heartbeat": self.dcs_heartbeat(now_s),
         }
 
+    def writable(self) -> frozenset[str]:
+        """Tags the APC may write."""
+        return WRITABLE
+
+
+SAMPLED = frozenset({"cell.bath_temp_dip_degC", "cell.oxide_lab_wtpct"})
+"""Cell signals whose readings carry the time the sample was taken (dip, lab)."""
 
 WRITABLE = frozenset({
     "apc.heartbeat", "feed.apc_active", "feed.sp_kg_h", "current.apc_active", "current.sp_kA",
@@ -171,65 +179,10 @@ WRITABLE = frozenset({
 })
 
 
-class SimulatedCellIO:
-    """PlantIO for one simulated cell, advanced to the clock's time on every read."""
+class SimulatedCellIO(SimulatedPlantIO[CellPlant, DcsSide]):
+    """PlantIO for one simulated cell with its DCS side (see the module docstring)."""
 
     def __init__(self, plant: CellPlant, now_s: Callable[[], float], utc: Callable[[], float]) -> None:
         sc = plant.scenario
-        self.plant = plant
-        self.dcs = DcsSide(plant, sc.dcs_shed_timeout_s, sc.dcs_local_feed_kg_h, sc.dcs_heartbeat_period_s)
-        self._now_s = now_s
-        self._utc = utc
-        self._utc0: float | None = None
-        self._connected = False
-
-    def tags(self) -> frozenset[str]:
-        """Every tag this adapter serves (readable or writable)."""
-        return frozenset(MEASURED) | frozenset(self.dcs.readbacks(0.0)) | WRITABLE
-
-    async def connect(self) -> None:
-        """Nothing to open; marks the adapter usable."""
-        self._connected = True
-
-    async def close(self) -> None:
-        """Marks the adapter closed."""
-        self._connected = False
-
-    def _sync(self) -> float:
-        now = self._now_s()
-        self.plant.advance_to(now)
-        self.dcs.scan(now)
-        return now
-
-    async def read(self, tags: Sequence[str]) -> Mapping[str, Sample]:
-        """Read ``tags``: measurements with quality and sample times, DCS tags good."""
-        now = self._sync()
-        utc = self._utc()
-        if self._utc0 is None:
-            # Fixed once: recomputed per read on a real clock it would jitter, and a lab or dip
-            # sample would come back with a new sample time (a "new" sample) every cycle.
-            self._utc0 = utc - now
-        utc0 = self._utc0
-        meas = self.plant.measurements()
-        dcs = self.dcs.readbacks(now)
-        out: dict[str, Sample] = {}
-        for tag in tags:
-            if tag in MEASURED:
-                r = meas.get(MEASURED[tag])
-                if r is None:
-                    continue  # no dip or lab result yet
-                sample_ts = None if r.sample_ts is None else utc0 + r.sample_ts
-                source_ts = utc if r.source_t_s is None else utc0 + r.source_t_s  # a stale source stops its clock
-                out[tag] = Sample(float(r.value), Quality(r.quality), source_ts, utc, sample_ts)
-            elif tag in dcs:
-                out[tag] = Sample(float(dcs[tag]), Quality.GOOD, utc, utc)
-        return out
-
-    async def write(self, writes: Sequence[Write]) -> Sequence[WriteResult]:
-        """Apply writes in order, as the DCS would accept or ignore them."""
-        now = self._sync()
-        return [self.dcs.apply(w.tag, w.value, now) for w in writes]
-
-    def truth(self) -> dict[str, float]:
-        """Simulator truth (KPIs only; never used for control)."""
-        return self.plant.truth()
+        dcs = DcsSide(plant, sc.dcs_shed_timeout_s, sc.dcs_local_feed_kg_h, sc.dcs_heartbeat_period_s)
+        super().__init__(plant, dcs, MEASURED, SAMPLED, now_s, utc)

@@ -27,7 +27,7 @@ OPC UA (NoSecurity, anonymous, role User: nobody bypasses the access levels)
   (``*.apc_active``, ``*.remote``, ``*.at_high_limit``), Int16 for the APC
   heartbeat (as a DCS holds it: the APC wraps it at 32767), Double for every other
   tag (values, setpoints, counters). AccessLevel CurrentWrite on exactly the
-  adapter's writable set (:func:`writable_tags`). StatusCode from the simulated
+  adapter's writable set (``SimulatedPlantIO.writable_tags``). StatusCode from the simulated
   quality: Good, Uncertain, BadSensorFailure; BadWaitingForInitialData while a
   lab or dip result does not exist yet. SourceTimestamp: the plant UTC of the
   scan; for lab and dip results the plant UTC at which the sample was taken (the
@@ -112,14 +112,15 @@ from apc.types import Quality, Sample, Write
 from plant_io.bindings import ModbusTag, OpcUaTag
 from plant_io.modbus_client import decode_registers
 from plant_io.sim_furnace import SimulatedFurnaceIO
-from plant_io.sim_plant import MEASURED, WRITABLE, SimulatedCellIO
+from plant_io.sim_adapter import SimulatedPlantIO
+from plant_io.sim_plant import SimulatedCellIO
 from sim.cell_plant import CellPlant
 from sim.furnace_plant import FurnacePlant, FurnaceScenario, load_furnace_scenario
 from sim.scenario import Scenario, load_scenario
 
 UnitKind = Literal["cell", "furnace"]
 PlantProtocol = Literal["opcua", "modbus"]
-SimulatedIO = SimulatedCellIO | SimulatedFurnaceIO
+SimulatedIO = SimulatedPlantIO[Any, Any]
 
 URI_PREFIX = "urn:apc:virtual-plant:"
 """Namespace URI of unit ``u`` is ``URI_PREFIX + u``."""
@@ -134,9 +135,6 @@ QUALITY_REGISTER: Mapping[Quality, int] = {Quality.GOOD: 0, Quality.UNCERTAIN: 1
 QUALITY_SUFFIX = ".quality"
 SAMPLE_TS_SUFFIX = ".sample_ts"
 SOURCE_TS_SUFFIX = ".source_ts"
-
-# Cell signals whose readings carry the time the sample was taken (dip, lab).
-_CELL_SAMPLED = frozenset({"cell.bath_temp_dip_degC", "cell.oxide_lab_wtpct"})
 
 _UA_STATUS: Mapping[Quality, int] = {
     Quality.GOOD: ua.StatusCodes.Good,
@@ -220,25 +218,6 @@ def build_unit_io(unit: VirtualUnit, clock: Clock) -> SimulatedIO:
     return SimulatedFurnaceIO(FurnacePlant(fsc, unit.seed), clock.monotonic, clock.utc)
 
 
-def writable_tags(io: SimulatedIO) -> frozenset[str]:
-    """Tags the APC may write to ``io`` (its DCS side's writable set)."""
-    if isinstance(io, SimulatedCellIO):
-        return WRITABLE
-    return io.dcs.writable()
-
-
-def measured_tags(io: SimulatedIO) -> frozenset[str]:
-    """Field measurements of ``io`` (the tags that can carry a quality other than Good)."""
-    if isinstance(io, SimulatedCellIO):
-        return frozenset(MEASURED)
-    return frozenset(f"furnace.{n}" for n in io.plant.model.output_names)
-
-
-def sampled_tags(io: SimulatedIO) -> frozenset[str]:
-    """Measurements that are lab or dip samples (their readings carry the sample time)."""
-    return _CELL_SAMPLED if isinstance(io, SimulatedCellIO) else frozenset()
-
-
 def is_flag(tag: str) -> bool:
     """True for flag tags (Boolean over OPC UA)."""
     return tag.endswith(FLAG_SUFFIXES)
@@ -260,14 +239,14 @@ def _ua_value(data_type: str, value: float) -> bool | int | float:
 
 def opcua_map(unit: VirtualUnit, io: SimulatedIO) -> dict[str, OpcUaTag]:
     """OPC UA binding of every tag of ``unit``, sorted by tag."""
-    writable = writable_tags(io)
+    writable = io.writable_tags()
     return {tag: OpcUaTag(f"nsu={unit.namespace_uri};s={tag}", _opcua_type(tag), tag in writable)  # type: ignore[arg-type]
             for tag in sorted(io.tags())}
 
 
 def modbus_map(io: SimulatedIO) -> dict[str, ModbusTag]:
     """Modbus register map of ``io``: holding, input values, quality and sample-time registers."""
-    writable = writable_tags(io)
+    writable = io.writable_tags()
     out: dict[str, ModbusTag] = {}
     for i, tag in enumerate(sorted(writable)):
         out[tag] = ModbusTag("holding", 2 * i, "int16" if tag == APC_HEARTBEAT else "float32", "big", writable=True)
@@ -276,13 +255,13 @@ def modbus_map(io: SimulatedIO) -> dict[str, ModbusTag]:
     for tag in readable:
         out[tag] = ModbusTag("input", address, "float32", "big")
         address += 2
-    for tag in sorted(measured_tags(io)):
+    for tag in sorted(io.measured_tags()):
         out[tag + QUALITY_SUFFIX] = ModbusTag("input", address, "uint16")
         address += 1
-    for tag in sorted(sampled_tags(io)):
+    for tag in sorted(io.sampled_tags()):
         out[tag + SAMPLE_TS_SUFFIX] = ModbusTag("input", address, "uint32", "big")
         address += 2
-    for tag in sorted(measured_tags(io) - sampled_tags(io)):
+    for tag in sorted(io.measured_tags() - io.sampled_tags()):
         out[tag + SOURCE_TS_SUFFIX] = ModbusTag("input", address, "uint32", "big")
         address += 2
     return out
@@ -318,7 +297,7 @@ class _Unit:
     def __init__(self, spec: VirtualUnit, clock: Clock) -> None:
         self.spec = spec
         self.io = build_unit_io(spec, clock)
-        self.writable = writable_tags(self.io)
+        self.writable = self.io.writable_tags()
         self.readable = tuple(sorted(self.io.tags() - self.writable))
         self.opcua = opcua_map(spec, self.io)
         self.modbus = modbus_map(self.io)

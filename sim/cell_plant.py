@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
-from typing import Mapping
 
 import casadi as ca
 import numpy as np
@@ -21,37 +19,12 @@ import numpy as np
 from sim.models import get_model
 from sim.models.base import ProcessModel, rk4
 from sim.models.nd_cell import M_ND_KG_PER_MOL, F_C_PER_MOL
+from sim.plant_events import Reading, ScenarioEvents, draw_parameters
 from sim.scenario import Event, Scenario
 
 MODEL_NAME = "nd_electrolysis_cell"
 # Extra plant states after the model's: wall temperature, then integrals.
 _EXTRA = ("wall_temp_degC", "sludge_kg", "metal_made_kg", "charge_kAh", "energy_kWh", "pfc_kg_co2e")
-
-
-@dataclass(frozen=True)
-class Reading:
-    """One plant measurement as the field instrument reports it."""
-
-    value: float
-    quality: str  # "good" | "uncertain" | "bad"
-    sample_ts: float | None = None  # plant seconds when a sample was taken
-    source_t_s: float | None = None  # plant seconds of the source timestamp, when it is not now (stale)
-
-
-def draw_parameters(model: ProcessModel, scenario: Scenario, seed: int) -> dict[str, float]:
-    """True plant parameters: scenario values, perturbed per seed (clipped at 3 sigma)."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
-    nominal = dict(zip(model.parameter_names, model.parameter_vector(scenario.plant_parameters)))
-    out = dict(nominal)
-    for name in model.parameter_names:  # fixed order keeps draws reproducible
-        sigma = scenario.parameter_spread.get(name)
-        if sigma:
-            z = float(np.clip(rng.standard_normal(), -3.0, 3.0))
-            out[name] = nominal[name] * (1.0 + sigma * z)
-    unknown = set(scenario.parameter_spread) - set(nominal)
-    if unknown:
-        raise KeyError(f"parameter_spread names unknown parameters: {sorted(unknown)}")
-    return out
 
 
 def _plant_step_function(model: ProcessModel, dt_s: float) -> ca.Function:
@@ -107,7 +80,8 @@ class CellPlant:
         self.scenario = scenario
         self.seed = seed
         self.model = get_model(MODEL_NAME)
-        self.params = draw_parameters(self.model, scenario, seed)
+        self.params = draw_parameters(self.model, scenario.plant_parameters, scenario.parameter_spread, seed,
+                                      scenario.name)
         self._p = np.array([self.params[n] for n in self.model.parameter_names])
         self._dt = scenario.plant_dt_s
         self._step = _plant_step_function(self.model, self._dt)
@@ -137,11 +111,7 @@ class CellPlant:
         self._next_dip_t = scenario.dip_interval_h * 3600.0
         self._next_lab_t = scenario.lab_interval_h * 3600.0
         self._next_tap_t = scenario.tap_interval_h * 3600.0
-        self._events = list(scenario.events)
-        self._active_faults: list[tuple[float, Event]] = []
-        self._frozen: dict[str, float] = {}
-        self._spikes: dict[str, tuple[float, float]] = {}
-        self._stale_since: dict[str, float] = {}
+        self._events = ScenarioEvents(scenario.events)
         self._aux = self._eval_aux()
         self._voltage_meas = self._aux[self._aux_index["cell_voltage_V"]]
 
@@ -185,9 +155,7 @@ class CellPlant:
         return np.asarray(self.model.aux(x, [self.current_kA, 0.0, 0.0], d, p)).ravel()
 
     def _events_due(self) -> None:
-        while self._events and self._events[0].at_h * 3600.0 <= self.t_s:
-            ev = self._events.pop(0)
-            end = self.t_s + ev.duration_h * 3600.0
+        for ev in self._events.due(self.t_s, self._dt):
             if ev.kind == "current_order":
                 self.current_sp_kA = ev.value
             elif ev.kind == "ambient_step":
@@ -195,17 +163,10 @@ class CellPlant:
             elif ev.kind == "anode_change":
                 self._x[self.model.state_names.index("acd_cm")] += ev.value
                 self._x[self.model.state_names.index("bath_temp_degC")] -= 3.0
-            elif ev.kind == "input_fault" and ev.fault == "spike":
-                self._spikes[ev.signal] = (ev.value, self.t_s + self._dt)  # one plant step: one sample
-                continue
-            elif ev.kind == "input_fault" and ev.fault == "stale":
-                self._stale_since.setdefault(ev.signal, self.t_s)
-            self._active_faults.append((end, ev))
-        self._active_faults = [(end, ev) for end, ev in self._active_faults if end > self.t_s]
 
     def active_events(self, kind: str) -> list[Event]:
         """Events of ``kind`` in force now (for the DCS side and measurements)."""
-        return [ev for end, ev in self._active_faults if ev.kind == kind and end > self.t_s]
+        return self._events.active(kind, self.t_s)
 
     def _one_step(self) -> None:
         dt = self._dt
@@ -280,29 +241,6 @@ class CellPlant:
             self._one_step()
 
     # ------------------------------------------------------------- outputs
-    def _faulted(self, signal: str, reading: Reading) -> Reading:
-        spike = self._spikes.get(signal)
-        if spike is not None and self.t_s <= spike[1]:  # one in-range outlier sample
-            return Reading(spike[0], reading.quality, reading.sample_ts)
-        stale = [ev for ev in self.active_events("input_fault") if ev.signal == signal and ev.fault == "stale"]
-        if stale:  # the value goes on; its source timestamp stopped when the fault began
-            return Reading(reading.value, reading.quality, reading.sample_ts, self._stale_since[signal])
-        self._stale_since.pop(signal, None)
-        for ev in self.active_events("input_fault"):
-            if ev.signal != signal:
-                continue
-            if ev.fault == "bad":
-                return Reading(reading.value, "bad", reading.sample_ts)
-            if ev.fault == "uncertain":
-                return Reading(reading.value, "uncertain", reading.sample_ts)
-            if ev.fault == "nan":
-                return Reading(float("nan"), "good", reading.sample_ts)
-            if ev.fault == "frozen":
-                frozen = self._frozen.setdefault(signal, reading.value)
-                return Reading(frozen, "good", reading.sample_ts)
-        self._frozen.pop(signal, None)
-        return reading
-
     def measurements(self) -> dict[str, Reading]:
         """What the field instruments report now (dips and lab results may be absent)."""
         out = {
@@ -315,7 +253,7 @@ class CellPlant:
             out["bath_temp_dip_degC"] = self._dip
         if self._lab is not None:
             out["oxide_lab_wtpct"] = self._lab
-        return {name: self._faulted(name, r) for name, r in out.items()}
+        return {name: self._events.reading(name, r, self.t_s) for name, r in out.items()}
 
     def truth(self) -> dict[str, float]:
         """The simulator's truth, for KPIs and estimator benchmarks only."""

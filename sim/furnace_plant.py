@@ -12,18 +12,17 @@ reproducible from the seed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import casadi as ca
 import numpy as np
-import yaml
 
-from sim.cell_plant import Reading
 from sim.models import get_model
 from sim.models.base import rk4
-from sim.scenario import Event, ScenarioError
+from sim.plant_events import Reading, ScenarioEvents, draw_parameters
+from sim.scenario_loader import Event, ScenarioError, load_scenario_file, scenario_from_mapping
 
 FURNACE_SCENARIO_DIR = Path(__file__).with_name("scenarios") / "furnace"
 FURNACE_EVENT_KINDS = ("input_fault", "dcs_heartbeat_freeze", "loop_local", "compute_stall", "compute_crash")
@@ -70,55 +69,9 @@ class FurnaceScenario:
     events: tuple[Event, ...] = ()
 
 
-def _mapping(data: Any, where: str) -> dict[str, float]:
-    if not isinstance(data, Mapping):
-        raise ScenarioError(f"{where} must be a mapping")
-    try:
-        return {str(k): float(v) for k, v in data.items()}
-    except (TypeError, ValueError) as exc:
-        raise ScenarioError(f"{where}: {exc}") from None
-
-
 def furnace_scenario_from_mapping(data: Mapping[str, Any], where: str) -> FurnaceScenario:
     """Build a furnace scenario from parsed YAML, with errors naming ``where`` and the key."""
-    if not isinstance(data, Mapping):
-        raise ScenarioError(f"{where}: top level must be a mapping")
-    known = {f.name for f in fields(FurnaceScenario)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ScenarioError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    kw: dict[str, Any] = dict(data)
-    for key in ("plant_parameters", "parameter_spread", "initial", "disturbances", "noise", "relative_noise",
-                "actuator_lag_s", "initial_inputs"):
-        if key in kw:
-            kw[key] = _mapping(kw[key] or {}, f"{where}: {key}")
-    pis = {}
-    for name, spec in (kw.get("local_pi") or {}).items():
-        try:
-            pis[str(name)] = LocalPi(**spec)
-        except TypeError as exc:
-            raise ScenarioError(f"{where}: local_pi.{name}: {exc}") from None
-    kw["local_pi"] = pis
-    limits = {}
-    for name, pair in (kw.get("output_limits") or {}).items():
-        lo, hi = (float(v) for v in pair)
-        if not lo < hi:
-            raise ScenarioError(f"{where}: output_limits.{name} must be [low, high]")
-        limits[str(name)] = (lo, hi)
-    kw["output_limits"] = limits
-    events = []
-    for i, ev in enumerate(kw.get("events") or []):
-        if not isinstance(ev, Mapping) or ev.get("kind") not in FURNACE_EVENT_KINDS:
-            raise ScenarioError(f"{where}: events[{i}].kind must be one of {FURNACE_EVENT_KINDS}")
-        try:
-            events.append(Event(**ev))
-        except TypeError as exc:
-            raise ScenarioError(f"{where}: events[{i}]: {exc}") from None
-    kw["events"] = tuple(sorted(events, key=lambda e: e.at_h))
-    try:
-        sc = FurnaceScenario(**kw)
-    except TypeError as exc:
-        raise ScenarioError(f"{where}: {exc}") from None
+    sc = scenario_from_mapping(FurnaceScenario, data, where, FURNACE_EVENT_KINDS)
     try:
         get_model(sc.model)
     except KeyError as exc:
@@ -128,17 +81,7 @@ def furnace_scenario_from_mapping(data: Mapping[str, Any], where: str) -> Furnac
 
 def load_furnace_scenario(name_or_path: str) -> FurnaceScenario:
     """Load ``sim/scenarios/furnace/NAME.yaml`` (or a path to a YAML file)."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = FURNACE_SCENARIO_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in FURNACE_SCENARIO_DIR.glob("*.yaml"))
-        raise ScenarioError(f"furnace scenario {name_or_path!r} not found; shipped: {known}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path.name}: {exc}") from None
-    return furnace_scenario_from_mapping(data, path.name)
+    return load_scenario_file(name_or_path, FURNACE_SCENARIO_DIR, furnace_scenario_from_mapping, "furnace scenario")
 
 
 def _step_function(model_name: str, dt_s: float) -> ca.Function:
@@ -164,7 +107,7 @@ class FurnacePlant:
         self.scenario = scenario
         self.seed = seed
         self.model = m = get_model(scenario.model)
-        self.params = self._draw(seed)
+        self.params = draw_parameters(m, scenario.plant_parameters, scenario.parameter_spread, seed, scenario.name)
         self._p = np.array([self.params[n] for n in m.parameter_names])
         self._dt = scenario.plant_dt_s
         self._step = _step_function(scenario.model, self._dt)
@@ -177,26 +120,8 @@ class FurnacePlant:
         self.setpoints = {n: float(scenario.initial_inputs.get(n, 0.0)) for n in m.input_names}
         self.applied = dict(self.setpoints)
         self.t_s = 0.0
-        self._events = list(scenario.events)
-        self._active: list[tuple[float, Event]] = []
-        self._frozen: dict[str, float] = {}
-        self._spikes: dict[str, tuple[float, float]] = {}
-        self._stale_since: dict[str, float] = {}
+        self._events = ScenarioEvents(scenario.events)
         self._meas = self._measure_now()
-
-    def _draw(self, seed: int) -> dict[str, float]:
-        m, sc = self.model, self.scenario
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
-        nominal = dict(zip(m.parameter_names, m.parameter_vector(sc.plant_parameters)))
-        unknown = set(sc.parameter_spread) - set(nominal)
-        if unknown:
-            raise ScenarioError(f"{sc.name}: parameter_spread names unknown parameters {sorted(unknown)}")
-        out = dict(nominal)
-        for name in m.parameter_names:  # fixed order keeps draws reproducible
-            sigma = sc.parameter_spread.get(name)
-            if sigma:
-                out[name] = nominal[name] * (1.0 + sigma * float(np.clip(rng.standard_normal(), -3.0, 3.0)))
-        return out
 
     # --------------------------------------------------------------- inputs
     def set_input(self, name: str, value: float) -> None:
@@ -206,24 +131,13 @@ class FurnacePlant:
         self.setpoints[name] = float(value)
 
     # ------------------------------------------------------------- dynamics
-    def _events_due(self) -> None:
-        while self._events and self._events[0].at_h * 3600.0 <= self.t_s:
-            ev = self._events.pop(0)
-            if ev.kind == "input_fault" and ev.fault == "spike":
-                self._spikes[ev.signal] = (ev.value, self.t_s + self._dt)  # one plant step: one sample
-                continue
-            if ev.kind == "input_fault" and ev.fault == "stale":
-                self._stale_since.setdefault(ev.signal, self.t_s)
-            self._active.append((self.t_s + ev.duration_h * 3600.0, ev))
-        self._active = [(end, ev) for end, ev in self._active if end > self.t_s]
-
     def active_events(self, kind: str) -> list[Event]:
         """Events of ``kind`` in force now."""
-        return [ev for end, ev in self._active if ev.kind == kind and end > self.t_s]
+        return self._events.active(kind, self.t_s)
 
     def _one_step(self) -> None:
         dt = self._dt
-        self._events_due()
+        self._events.due(self.t_s, dt)  # furnace events all act through active_events and readings
         for name, sp in self.setpoints.items():
             tau = self.scenario.actuator_lag_s.get(name, 0.0)
             a = 1.0 - math.exp(-dt / tau) if tau > 0 else 1.0
@@ -252,28 +166,7 @@ class FurnacePlant:
     # ------------------------------------------------------------- outputs
     def measurements(self) -> dict[str, Reading]:
         """What the field instruments report now (with scenario faults applied)."""
-        out = {}
-        for name, value in self._meas.items():
-            r = Reading(value, "good")
-            spike = self._spikes.get(name)
-            if spike is not None and self.t_s <= spike[1]:  # one in-range outlier sample
-                out[name] = Reading(spike[0], "good")
-                continue
-            if any(ev.signal == name and ev.fault == "stale" for ev in self.active_events("input_fault")):
-                out[name] = Reading(value, "good", source_t_s=self._stale_since[name])
-                continue
-            self._stale_since.pop(name, None)
-            for ev in self.active_events("input_fault"):
-                if ev.signal == name:
-                    if ev.fault == "frozen":
-                        r = Reading(self._frozen.setdefault(name, value), "good")
-                    else:
-                        r = Reading(math.nan if ev.fault == "nan" else value,
-                                    "good" if ev.fault == "nan" else ev.fault)
-            if r.value == value:
-                self._frozen.pop(name, None)
-            out[name] = r
-        return out
+        return {name: self._events.reading(name, Reading(value, "good"), self.t_s) for name, value in self._meas.items()}
 
     def truth(self) -> dict[str, float]:
         """States, aux signals and energy: for KPIs and benchmarks only."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sim.cell_plant import CellPlant, draw_parameters
+from sim.cell_plant import CellPlant
 from sim.models import get_model
 from sim.scenario import SCENARIO_DIR, Scenario, ScenarioError, load_scenario, scenario_from_mapping
 
@@ -79,10 +79,10 @@ def test_same_seed_same_parameters_and_bit_identical_trajectory() -> None:
 
 
 def test_parameter_spread_naming_unknown_parameter_is_rejected() -> None:
-    """A parameter_spread entry naming no model parameter raises KeyError naming it."""
+    """A parameter_spread entry naming no model parameter raises ScenarioError naming it and the scenario."""
     sc = dataclasses.replace(NOMINAL, parameter_spread={"no_such_param": 0.1})
-    with pytest.raises(KeyError, match="no_such_param"):
-        draw_parameters(MODEL, sc, 0)
+    with pytest.raises(ScenarioError, match="nominal.*no_such_param"):
+        CellPlant(sc, 0)
 
 
 # ------------------------------------------------------------------ plant ≠ model
