@@ -37,19 +37,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_sim(args: argparse.Namespace) -> int:
     from apc.assembly import AssemblyError, load
     from apc.audit import make_logger
+    from apc.kinds import kind_of
     from apc.kpi import format_kpis
     from apc.simulate import simulate
-    from sim.scenario import ScenarioError, load_scenario
+    from sim.scenario_loader import ScenarioError
 
     try:
         loaded = load(args.recipe)
-        if loaded.recipe.is_furnace:
-            from apc.furnace_assembly import DEFAULT_SCENARIOS
-            from sim.furnace_plant import load_furnace_scenario
-
-            scenario = load_furnace_scenario(args.scenario or DEFAULT_SCENARIOS[loaded.recipe.unit_kind])
-        else:
-            scenario = load_scenario(args.scenario or "nominal")
+        scenario = kind_of(loaded.recipe).load_scenario(args.scenario)
     except (RecipeError, ScenarioError) as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -75,7 +70,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         m = result.meta
         print(f"{m['recipe']} · scenario {m['scenario']} · seed {m['seed']} · {m['hours']:g} h · "
               f"controller {m['controller']}")
-        print(format_kpis(result.kpis))
+        print(format_kpis(result.kpis, kind_of(loaded.recipe).kpi_labels))
         if args.timings:
             print(f"wall {result.wall_s:.2f} s for {result.sim_s / 3600:g} simulated h "
                   f"({result.speedup:.0f}x real time)")
@@ -93,7 +88,7 @@ def _json(obj: object) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from apc.kpi import format_kpis, report
+    from apc.kpi import format_kpis, record_kpi_labels, report
     from apc.recorder import RecordError
 
     try:
@@ -101,7 +96,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except (RecordError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(_json({"kpis": kpis}) if args.json else format_kpis(kpis))
+    print(_json({"kpis": kpis}) if args.json else format_kpis(kpis, record_kpi_labels(args.file)))
     return 0
 
 
@@ -111,7 +106,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from apc.hmi.server import HmiServerError
     from apc.hmi.users import UsersFileError
     from apc.runtime import run_site
-    from sim.scenario import ScenarioError
+    from sim.scenario_loader import ScenarioError
 
     try:
         site = load_site_file(args.site)

@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping
 
 from apc.compute import ComputeError, ComputeLate, ComputeLost, ControlRequest
 from apc.compute_worker import FRAME_HEADER, frame
+from apc.kinds import kind_of
 from apc.recipe.loader import LoadedRecipe
 from apc.types import Estimate, Plan, ValidatedInput
 from apc.unit_parts import PartsSpec
@@ -159,13 +160,13 @@ class ComputePool:
                 preview_source: object = None) -> PooledCompute:
         """A :data:`~apc.unit_parts.ComputeFactory`: ``unit``'s parts built in a worker from ``loaded``'s file."""
         spec = PartsSpec(unit, str(loaded.path), loaded.sha256, controller_kind, real_time)
-        return self.attach(unit, spec, furnace=loaded.recipe.is_furnace)
+        return self.attach(unit, spec, batch=kind_of(loaded.recipe).has_batch)
 
-    def attach(self, unit: str, spec: PartsSpec, *, furnace: bool) -> PooledCompute:
+    def attach(self, unit: str, spec: PartsSpec, *, batch: bool) -> PooledCompute:
         """Give ``unit`` to the next worker and have it built there (see :meth:`ready`)."""
         w = self._workers[self._next % len(self._workers)]
         self._next += 1
-        compute = PooledCompute(self, w, unit, spec, furnace)
+        compute = PooledCompute(self, w, unit, spec, batch)
         self._units[unit] = compute
         w.units[unit] = spec
         compute.building = self._request(w, ("build", next(self._rid), unit, spec))
@@ -290,20 +291,20 @@ def _retrieved(fut: asyncio.Future[Any]) -> None:
 class PooledCompute:
     """One unit's :class:`~apc.compute.UnitCompute` in a :class:`ComputePool` worker."""
 
-    def __init__(self, pool: ComputePool, worker: _Worker, unit: str, spec: PartsSpec, furnace: bool) -> None:
+    def __init__(self, pool: ComputePool, worker: _Worker, unit: str, spec: PartsSpec, batch: bool) -> None:
         self._pool = pool
         self._worker = worker
         self.unit = unit
         self.spec = spec
-        self._furnace = furnace
+        self._batch = batch
         self.building: asyncio.Future[Any] | None = None
         self.lost = ""
         """Why the unit's parts were lost (a worker restart), reported once by the next request."""
 
     @property
     def needs_preview(self) -> bool:
-        """Furnace controllers in a worker read the preview from each control request."""
-        return self._furnace
+        """Controllers of units with a batch read its preview from each control request in a worker."""
+        return self._batch
 
     @property
     def worker_index(self) -> int:

@@ -43,9 +43,8 @@ from plant_io.virtual_plant import (
     VirtualUnit,
     generate_bindings,
 )
-from apc.furnace_assembly import DEFAULT_SCENARIOS
-from sim.furnace_plant import FurnaceScenario, load_furnace_scenario
-from sim.scenario import Scenario, ScenarioError, load_scenario
+from apc.kinds import kind_of
+from sim.scenario_loader import ScenarioError
 
 PLANT_SCHEMA_VERSION = 1
 DEFAULT_PORTS: Mapping[str, int] = {"opcua": 4840, "modbus": 5020}
@@ -159,20 +158,15 @@ def virtual_units(site: LoadedSite, plant: PlantFile) -> list[VirtualUnit]:
     for su in site.site.units:
         at = plant.units[su.name]
         protocol: PlantProtocol = "modbus" if at.protocol == "modbus" else "opcua"
-        if site.recipes[su.name].recipe.is_furnace:
-            name = (DEFAULT_SCENARIOS[site.recipes[su.name].recipe.unit_kind] if su.plant.scenario == "nominal"
-                    else su.plant.scenario)
-            out.append(VirtualUnit(su.name, load_furnace_scenario(name), su.plant.seed, "furnace",
-                                   protocol, at.port, at.device_id))
-        else:
-            out.append(VirtualUnit(su.name, load_scenario(su.plant.scenario), su.plant.seed, "cell",
-                                   protocol, at.port, at.device_id))
+        kind = kind_of(site.recipes[su.name].recipe)
+        out.append(VirtualUnit(su.name, kind.load_scenario(su.plant.scenario), su.plant.seed, kind.name,
+                               protocol, at.port, at.device_id))
     return out
 
 
 def default_scan_s(units: list[VirtualUnit]) -> float:
     """The smallest integration step of the units' scenarios (the plants change no faster)."""
-    steps = [u.scenario.plant_dt_s for u in units if isinstance(u.scenario, (Scenario, FurnaceScenario))]
+    steps = [float(u.scenario.plant_dt_s) for u in units if not isinstance(u.scenario, str)]
     return min(steps) if steps else 5.0
 
 

@@ -117,7 +117,7 @@ class Controller(Protocol):
 
 
 class BatchRunner(Protocol):
-    """A furnace batch following its heating curve (see :mod:`apc.batch`)."""
+    """A batch following a curve, e.g. a furnace's heating curve (see :mod:`apc.batch`)."""
 
     def update(self, t_s: float, values: Mapping[str, float]) -> CurvePreview:
         """Advance the batch to ``t_s`` with this cycle's signal values; the reference in force."""
@@ -125,6 +125,10 @@ class BatchRunner(Protocol):
 
     def status(self) -> Mapping[str, Any]:
         """State, segment and soak progress, for the HMI and the record."""
+        ...
+
+    def preview(self) -> CurvePreview:
+        """The reference from now on (what a controller in this process reads)."""
         ...
 
     @property

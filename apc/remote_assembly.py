@@ -22,10 +22,9 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from apc.assembly import AssemblyError, RecordFactory
-from apc.batch import Batch
+from apc.assembly import AssemblyError, RecordFactory, record_header
 from apc.hmi.users import UsersFileError, check_private_file
-from apc.furnace_assembly import batch_for
+from apc.kinds import kind_of
 from apc.protocols import Clock, PlantIO
 from apc.recipe.loader import LoadedRecipe
 from apc.recipe.schema import Recipe
@@ -90,18 +89,11 @@ def build_remote_unit(name: str, loaded: LoadedRecipe, binding_file: Path, clock
     recipe = loaded.recipe
     io = build_plant_io(binding_file, recipe, clock, log=audit.bind(unit=name))
     kind = recipe.controller.kind
-    batch = None
-    if recipe.is_furnace:
-        curve, section = batch_for(recipe, kind)
-        state_path = None if state_dir is None else state_dir / section.state_file
-        bound = audit.bind(unit=name)
-        batch = (Batch.restore(curve, section, state_path, bound, clock.monotonic())
-                 if state_path is not None and state_path.exists() else Batch(curve, section, state_path, bound))
+    batch = kind_of(recipe).new_batch(loaded, kind, state_dir, audit.bind(unit=name), clock.monotonic())
     unit_compute = (compute or inline_compute)(name, loaded, kind, real_time, batch.preview if batch else None)
     recorder: Recorder = NullRecorder()
     if record_path is not None:
-        recorder = (record_factory or FlightRecorder)(record_path, {
-            "unit": name, "recipe": recipe.name, "recipe_sha256": loaded.sha256, "period_s": recipe.period_s,
-            "started_utc": clock.utc(), "controller": kind, "plant": str(binding_file)})
+        recorder = (record_factory or FlightRecorder)(record_path, record_header(name, loaded, clock, kind,
+                                                                                 plant=str(binding_file)))
     return Unit(name, loaded, io, None, None, compute=unit_compute, clock=clock if real_time else None, audit=audit,
                 recorder=recorder, batch=batch, state=state, compute_faults=compute_faults)

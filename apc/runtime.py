@@ -18,7 +18,6 @@ from typing import Any, Awaitable, Callable, Mapping, TextIO
 from apc.assembly import AssemblyError, build_sim_unit, load
 from apc.compute import ComputeError, ComputeLost
 from apc.compute_pool import ComputePool, default_workers
-from apc.furnace_assembly import DEFAULT_SCENARIOS, build_furnace_sim_unit
 from apc.hmi.server import HmiServer, ReloadCallback
 from apc.hmi.users import load_users
 from apc.protocols import Reconnecting
@@ -26,6 +25,7 @@ from apc.plant_sim_cli import PlantFile, default_scan_s, virtual_units
 from apc.remote_assembly import build_remote_unit
 from apc.audit import make_logger
 from apc.clock import RealClock
+from apc.kinds import kind_of
 from apc.kpi import format_kpis
 from apc.recipe.errors import RecipeError
 from apc.recipe.loader import LoadedSite
@@ -39,32 +39,16 @@ from apc.types import Mode
 from apc.unit import Unit
 from apc.unit_state import STATE_FILE_NAME, UnitStateFile
 from plant_io.virtual_plant import VirtualPlant, generate_bindings
-from sim.furnace_plant import load_furnace_scenario
-from sim.scenario import ComputeFaultFeed, load_scenario
+from sim.scenario_loader import ComputeFaultFeed
 
 
 def _status_line(unit: Unit, rec: dict[str, Any]) -> str:
-    truth = rec.get("truth") or {}
-    est = rec["estimate"]
-    values = dict(zip(est["names"], est["x"]))
-    values.update(est["extras"])
+    """One status line: modes, the kind's own figures, shed or hold."""
     mode = rec["mode"]
     shed = f" shed: {rec['shed_reason']}" if rec["shed_reason"] else ""
     hold = f" hold: {mode['hold']}" if mode["hold"] and not shed else ""
-    batch = rec.get("batch")
-    if batch is not None:
-        controlled = unit.recipe.curve.controlled if unit.recipe.curve else ""
-        return (f"{unit.name:10s} {mode['requested']:>7s}/{mode['actual']:<7s} batch {batch['state']} "
-                f"segment {batch['segment']} {batch['kind'] or '-'}  target={batch['target_degC']:7.1f} degC  "
-                f"{controlled}={values.get(controlled, float('nan')):7.1f} (est) "
-                f"{truth.get(controlled, float('nan')):7.1f} (sim) degC{shed}{hold}")
-    sim = (f"  T_bath(sim)={truth.get('bath_temp_degC', float('nan')):7.1f} degC  "
-           f"oxide(sim)={truth.get('dissolved_oxide_wtpct', float('nan')):4.2f} wt%") if truth else ""
-    return (
-        f"{unit.name:10s} {mode['requested']:>7s}/{mode['actual']:<7s} "
-        f"U={values.get('cell_voltage_V', float('nan')):6.3f} V  "
-        f"feed={rec['readback'].get('oxide_feed', float('nan')):5.2f} kg/h{sim}{shed}{hold}"
-    )
+    middle = kind_of(unit.recipe).status_line(unit.recipe, rec)
+    return f"{unit.name:10s} {mode['requested']:>7s}/{mode['actual']:<7s} {middle}{shed}{hold}"
 
 
 async def run_site(
@@ -223,7 +207,7 @@ async def run_site(
         if u.stage_faults:
             print("  faults by block: " + ", ".join(f"{k} {v}" for k, v in sorted(u.stage_faults.items())), file=out)
         if u.kpi is not None:
-            print(format_kpis(u.kpi.result()), file=out)
+            print(format_kpis(u.kpi.result(), kind_of(u.recipe).kpi_labels), file=out)
     out.flush()
     return 0 if all(n == 0 for n in errors) else 1
 
@@ -263,15 +247,9 @@ def _build_unit(loaded: LoadedSite, su: SiteUnit, clock: RealClock, audit: Any, 
         return build_remote_unit(su.name, recipe, binding_file, clock, audit=audit, record_path=record,
                                  state_dir=state_dir, state=state, compute=compute, compute_faults=faults,
                                  record_factory=record_factory), real_plant
-    if recipe.recipe.is_furnace:
-        scenario = load_furnace_scenario(su.plant.scenario if su.plant.scenario != "nominal"
-                                         else DEFAULT_SCENARIOS[recipe.recipe.unit_kind])
-        unit, _, _ = build_furnace_sim_unit(su.name, recipe, scenario, su.plant.seed, clock, audit=audit,
-                                            record_path=record, real_time=True, state_dir=state_dir, compute=compute,
-                                            record_factory=record_factory)
-        return unit, False
-    unit, _ = build_sim_unit(su.name, recipe, load_scenario(su.plant.scenario), su.plant.seed, clock, audit=audit,
-                             record_path=record, real_time=True, compute=compute, record_factory=record_factory)
+    scenario = kind_of(recipe.recipe).load_scenario(su.plant.scenario)
+    unit, _ = build_sim_unit(su.name, recipe, scenario, su.plant.seed, clock, audit=audit, record_path=record,
+                             real_time=True, state_dir=state_dir, compute=compute, record_factory=record_factory)
     return unit, False
 
 

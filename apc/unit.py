@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 from apc.compute import ComputeLate, ComputeLost, ControlRequest, InlineCompute, Parts, UnitCompute
 from apc.guard import NO_MOVE, GuardDecision, GuardRequest, OutputGuard, ReadbackMonitor
 from apc.heartbeat import DEFAULT_COUNTER_MAX, HeartbeatCounter, HeartbeatWatch
+from apc.kinds import kind_of
 from apc.modes import ModeConditions, ModeDecision, ModeManager
 from apc.protocols import BatchRunner, Clock, Controller, CounterTags, Estimator, KpiSink, PlantIO
 from apc.recipe.loader import LoadedRecipe
@@ -419,10 +420,7 @@ class Unit:
         changed = [k for k in before if before[k] != after[k]]
         if changed:
             return f"tag bindings changed ({', '.join(changed)}): a reload may not change tags or MV kinds; restart"
-        if old.is_furnace and (new.controller.kind != old.controller.kind or new.curve != old.curve
-                               or new.batch != old.batch):
-            return "furnace controller kind, curve or batch section changed: the batch in progress is kept; restart"
-        return ""
+        return kind_of(new).reload_refusal(old, new)
 
     def refuse_reload(self, why: str, who: str, where: str, utc: float, new_sha256: str = "") -> str:
         """Audit a refused reload (``recipe_reload_refused``); returns ``why``."""
@@ -565,10 +563,8 @@ class Unit:
         sees nothing, so its clocks stop (an open-loop prediction never counts)."""
         if self.batch is None:
             return
-        p = self.batch.update(c.t_s, c.values if c.estimate.healthy and not c.link_error else {})
-        c.batch = {"state": p.state.value, "segment": p.segment, "kind": p.segment_kind,
-                   "target_degC": p.target_degC[0], "upper_degC": p.upper_degC[0], "lower_degC": p.lower_degC[0],
-                   "hold_degC": p.hold_degC, "soak_done_s": p.soak_done_s, "stage_power_kW": p.stage_power_at(0)}
+        preview = self.batch.update(c.t_s, c.values if c.estimate.healthy and not c.link_error else {})
+        c.batch = dict(preview.record_entry())
 
     def _readbacks(self, c: _Cycle) -> dict[str, float]:
         """MV readbacks (absent when unreadable); increments: a position change nobody wrote is a move."""

@@ -7,7 +7,7 @@ filter does not steer the plant it is judged on) against the simulated cell
 for ``--days`` (default 7) on the nominal scenario, seeds 11–13 (seeds 1–10
 are reserved for tuning), with a flight record. Then, for each estimator
 variant, it replays the recorded inputs and readbacks through the estimator
-the runtime builds (``apc.assembly.build_estimator``) and prints, for each
+the runtime builds (``apc.kinds.electrolysis_cell.assembly.build_estimator``) and prints, for each
 hidden state, the RMSE against the truth after a 6 h burn-in and the share of
 cycles with the truth inside the reported 2σ band, beside what a plant has
 today:
@@ -46,7 +46,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from apc.assembly import build_estimator, load
+from apc.assembly import load
+from apc.kinds.electrolysis_cell.assembly import build_estimator
 from apc.recipe.schema import Recipe
 from apc.recorder import iter_record
 from apc.types import Quality, Sample, ValidatedInput, Verdict

@@ -25,7 +25,7 @@ from pathlib import Path
 import structlog
 
 from apc.assembly import load
-from apc.furnace_assembly import DEFAULT_SCENARIOS
+from apc.kinds import kind_of
 from apc.recorder import iter_record
 from apc.simulate import simulate
 from sim.furnace_plant import load_furnace_scenario
@@ -47,7 +47,7 @@ def main() -> None:
     loaded = load(args.recipe)
     recipe = loaded.recipe
     assert recipe.curve is not None and recipe.batch is not None
-    sc = load_furnace_scenario(DEFAULT_SCENARIOS[recipe.unit_kind])
+    sc = kind_of(recipe).load_scenario(None)
     nominal = dict(zip(get_model(sc.model).parameter_names, get_model(sc.model).parameter_vector(sc.plant_parameters)))
     worst = {n: nominal[n] * (1.0 + SLOW_DIRECTION.get(n, 0) * 3.0 * sigma) for n, sigma in sc.parameter_spread.items()}
     worst_sc = dataclasses.replace(sc, name=f"{sc.name}-worst", parameter_spread={},

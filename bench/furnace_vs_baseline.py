@@ -6,7 +6,7 @@ once with ``--controller mpc`` per seed on the furnace's nominal scenario,
 whose seeds vary the load (charge / coil mass) and the plant parameters
 around the recipe's nominal model. Same plant, same seed, same noise for
 both. KPIs are judged on the simulator's truth (the true load core or
-charge), with the fixed keys of :mod:`apc.furnace_kpi`; a batch whose true
+charge), with the fixed keys of :mod:`apc.kinds.furnace.kpi`; a batch whose true
 core did not complete its soak fails, whatever the estimate said.
 
 Targets checked per seed for the MPC: tracking RMSE at most half the
@@ -29,9 +29,8 @@ from typing import Any
 import structlog
 
 from apc.assembly import load
-from apc.furnace_assembly import DEFAULT_SCENARIOS
-from apc.furnace_kpi import FURNACE_KPI_KEYS
-from apc.provenance import furnace_simulator_sha256
+from apc.kinds import kind_of
+from apc.kinds.furnace.kpi import FURNACE_KPI_KEYS
 from apc.simulate import SimResult, simulate
 from sim.furnace_plant import load_furnace_scenario
 
@@ -44,7 +43,7 @@ def _job(args: tuple[str, int, str]) -> tuple[str, int, str, dict[str, Any], flo
     furnace, seed, controller = args
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))  # quiet workers
     loaded = load(RECIPES[furnace])
-    scenario = load_furnace_scenario(DEFAULT_SCENARIOS[loaded.recipe.unit_kind])
+    scenario = kind_of(loaded.recipe).load_scenario(None)
     res: SimResult = asyncio.run(simulate(loaded, scenario, seed=seed, controller=controller))  # type: ignore[arg-type]
     return furnace, seed, controller, res.kpis, res.wall_s
 
@@ -83,8 +82,8 @@ def main() -> None:
     args = ap.parse_args()
     seeds = _seeds(args.seeds)
     furnaces = list(RECIPES) if args.furnace == "both" else [args.furnace]
-    print(f"Furnace MPC vs PID baseline, seeds {seeds}\nfurnace simulator_sha256 {furnace_simulator_sha256()}",
-          flush=True)
+    hashes = "\n".join(f"{f} simulator_sha256 {kind_of(load(RECIPES[f]).recipe).simulator_sha256()}" for f in furnaces)
+    print(f"Furnace MPC vs PID baseline, seeds {seeds}\n{hashes}", flush=True)
     jobs = [(f, s, c) for f in furnaces for s in seeds for c in CONTROLLERS]
     runs: dict[tuple[str, int, str], dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:

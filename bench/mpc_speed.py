@@ -45,7 +45,7 @@ import numpy as np
 from apc.assembly import build_sim_unit, load
 from apc.audit import null_logger
 from apc.clock import VirtualClock
-from apc.kpi import KPI_KEYS
+from apc.kinds.electrolysis_cell.kpi import KPI_KEYS
 from apc.recipe.loader import LoadedRecipe
 from apc.recorder import iter_record
 from apc.simulate import run_on, simulate

@@ -35,7 +35,7 @@ from typing import Any
 from apc.assembly import build_sim_unit, load
 from apc.audit import null_logger
 from apc.clock import VirtualClock
-from apc.provenance import baseline_sha256, simulator_sha256
+from apc.kinds import kind_of
 from apc.simulate import run_on
 from sim.models import get_model
 from sim.scenario import load_scenario
@@ -68,7 +68,7 @@ async def _run(seed: int, controller: str, hours: float, scenario_name: str) -> 
                               controller_kind=controller)  # type: ignore[arg-type]
     lowest = [math.inf]
 
-    def observe() -> None:
+    def observe(record: object) -> None:
         lowest[0] = min(lowest[0], float(io.truth()["metal_temp_degC"]))
 
     t0 = time.perf_counter()
@@ -119,8 +119,8 @@ def main() -> None:
         model.parameter_names.index("metal_melting_degC")])
     print(f"MPC vs baseline: {RECIPE.name} (sha256 {loaded.sha256[:12]}), scenario {args.scenario}, "
           f"seeds {seeds}, {args.days:g} days each\n"
-          f"simulator_sha256 {simulator_sha256()}\n"
-          f"baseline_sha256  {baseline_sha256((loaded.recipe.controller.baseline, loaded.recipe.estimator.filtered))}",
+          f"simulator_sha256 {kind_of(loaded.recipe).simulator_sha256()}\n"
+          f"baseline_sha256  {kind_of(loaded.recipe).baseline_sha256(loaded.recipe)}",
           flush=True)
     jobs = [(s, c, args.days * 24.0, args.scenario) for s in seeds for c in CONTROLLERS]
     runs: dict[tuple[int, str], Run] = {}

@@ -56,7 +56,8 @@ from typing import Mapping
 import casadi as ca
 import numpy as np
 
-from apc.recipe.schema import MPC_CV_RANKS, MpcSection, MvLimits, MvSpec
+from apc.kinds.electrolysis_cell.recipe import MPC_CV_RANKS, MpcSection
+from apc.recipe.schema import MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan
 from controllers.mpc_skeleton import SLACK_START, MpcSkeleton, Solution, bind_mvs, setpoint_bounds
 from controllers.nlp_attempt import disturbance_vector

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Mapping
 
-from apc.recipe.schema import TrackingFeedSection
+from apc.kinds.electrolysis_cell.recipe import TrackingFeedSection
 from apc.types import Estimate, MvConstraint, Plan, SolverStatus
 
 

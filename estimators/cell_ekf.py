@@ -29,7 +29,7 @@ from typing import Mapping
 
 import numpy as np
 
-from apc.recipe.schema import EkfSection, Recipe
+from apc.kinds.electrolysis_cell.recipe import CellRecipe, EkfSection
 from apc.types import Estimate, ValidatedInput, Verdict
 from estimators.ekf import BiasState, FilterEvent, ModelEkf, NoiseState
 from sim.models.base import ProcessModel
@@ -153,7 +153,7 @@ class EkfBindings:
     tapped: str | None = None
 
 
-def bindings_for(recipe: Recipe) -> EkfBindings:
+def bindings_for(recipe: CellRecipe) -> EkfBindings:
     """Bindings found in a recipe by unit, role and model input.
 
     Voltage: the input in V; current: in kA; dip: the sample input in degC;

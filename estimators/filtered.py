@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from apc.recipe.schema import FilteredEstimatorSection
+from apc.kinds.electrolysis_cell.recipe import FilteredEstimatorSection
 from apc.types import Estimate, ValidatedInput
 
 NAMES = (

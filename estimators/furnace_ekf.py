@@ -4,7 +4,7 @@ One class for either furnace model (``vim_furnace``, ``annealing_furnace``), bui
 :class:`estimators.ekf.ModelEkf` with the recipe's nominal parameters. It estimates every model
 state, including what is never measured: the VIM charge enthalpy (hence charge temperature and
 liquid fraction) behind the lagged immersion thermocouple, the annealer's load core behind the gas
-and outer-wrap thermocouples, plus random-walk parameter biases (:data:`TUNINGS`) that absorb the
+and outer-wrap thermocouples, plus random-walk parameter biases (the kind's tuning) that absorb the
 model's largest uncertainties (coupling efficiency, outgassing, heat losses, gas-to-load transfer,
 the annealer's load mass, which differs from batch to batch). A controller applies the same biases
 to its nominal parameters (:func:`biased_parameters`), which makes its predictions offset-free.
@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import structlog
-from scipy.optimize import brentq
 
 from apc.types import Estimate, ValidatedInput, Verdict
 from estimators.ekf import BiasState, ModelEkf
 from sim.models.base import ProcessModel
+
+
+Seeder = Callable[[ProcessModel, np.ndarray, dict[str, float], Mapping[str, float]], None]
+"""``seed(model, p, x0, measured)``: fill ``x0`` (state name → value) from the first measurements."""
 
 
 @dataclass(frozen=True)
@@ -58,66 +60,9 @@ class FurnaceFilterTuning:
     """Model inputs no MV drives: value held in the prediction."""
     std_signals: tuple[str, ...] = ()
     """Aux signals whose std is reported in extras."""
-
-
-TUNINGS: Mapping[str, FurnaceFilterTuning] = MappingProxyType({
-    "vim_furnace": FurnaceFilterTuning(
-        biases=(
-            BiasState("coupling_bias", "coupling_efficiency", "log"),
-            BiasState("outgassing_bias", "outgassing_per_K_Pa_m3_K", "log"),
-            BiasState("base_outgassing_bias", "outgassing_base_Pa_m3_s", "log"),
-            BiasState("melt_degassing_bias", "melt_degassing_Pa_m3_kg", "log"),
-        ),
-        initial={"charge_enthalpy_MJ": 0.0, "wall_temp_degC": 25.0, "tc_temp_degC": 25.0,
-                 "chamber_pressure_Pa": 0.05, "evaporated_kg": 0.0, "coupling_bias": 0.0,
-                 "outgassing_bias": 0.0, "base_outgassing_bias": 0.0, "melt_degassing_bias": 0.0},
-        initial_std={"charge_enthalpy_MJ": 0.15, "wall_temp_degC": 20.0, "tc_temp_degC": 1.0,
-                     "chamber_pressure_Pa": 0.05, "evaporated_kg": 1e-3, "coupling_bias": 0.15,
-                     "outgassing_bias": 0.3, "base_outgassing_bias": 0.5, "melt_degassing_bias": 0.3},
-        # The melt's gas release comes in bursts the nominal model only roughly knows: the pressure
-        # state may move fast (the gauge is trusted), else the gate rejects the real rise.
-        process_std_per_sqrt_h={"charge_enthalpy_MJ": 0.3, "wall_temp_degC": 10.0, "tc_temp_degC": 1.0,
-                                "chamber_pressure_Pa": 1.0, "evaporated_kg": 0.01, "coupling_bias": 0.05,
-                                "outgassing_bias": 0.1, "base_outgassing_bias": 0.2, "melt_degassing_bias": 0.3},
-        measurement_std={"tc_temp_degC": 1.0, "chamber_pressure_Pa": 0.02},
-        measurement_rel_std={"chamber_pressure_Pa": 0.04},
-        bounds={"charge_enthalpy_MJ": (-5.0, 200.0), "wall_temp_degC": (0.0, 2000.0),
-                "tc_temp_degC": (0.0, 2000.0), "chamber_pressure_Pa": (0.0, 1.0e5),
-                "evaporated_kg": (0.0, 1.0e3), "coupling_bias": (-1.0, 1.0), "outgassing_bias": (-2.0, 2.0),
-                "base_outgassing_bias": (-3.0, 3.0), "melt_degassing_bias": (-2.0, 2.0)},
-        disturbance_values={"cooling_water_temp_degC": 25.0, "leak_rate_Pa_m3_s": 1.0e-3},
-        std_signals=("charge_temp_degC", "liquid_fraction"),
-    ),
-    "annealing_furnace": FurnaceFilterTuning(
-        biases=(
-            BiasState("loss_bias", "loss_resistance_K_kW", "log"),
-            BiasState("transfer_bias", "convective_hA_kW_K", "log"),
-            BiasState("core_bias", "core_resistance_K_kW", "log"),
-            BiasState("mass_bias", "load_mass_t", "log"),
-        ),
-        initial={"gas_temp_degC": 25.0, "surface_temp_degC": 25.0, "core_temp_degC": 25.0,
-                 "load_tc_temp_degC": 25.0, "loss_bias": 0.0, "transfer_bias": 0.0, "core_bias": 0.0,
-                 "mass_bias": 0.0},
-        initial_std={"gas_temp_degC": 1.0, "surface_temp_degC": 3.0, "core_temp_degC": 5.0,
-                     "load_tc_temp_degC": 1.0, "loss_bias": 0.2, "transfer_bias": 0.2, "core_bias": 0.2,
-                     "mass_bias": 0.15},
-        process_std_per_sqrt_h={"gas_temp_degC": 2.0, "surface_temp_degC": 1.0, "core_temp_degC": 0.5,
-                                "load_tc_temp_degC": 0.5, "loss_bias": 0.01, "transfer_bias": 0.02, "core_bias": 0.0,
-                                "mass_bias": 0.0},
-        measurement_std={"gas_temp_degC": 1.0, "load_tc_temp_degC": 1.0},
-        measurement_rel_std={},
-        bounds={"gas_temp_degC": (-50.0, 1000.0), "surface_temp_degC": (-50.0, 1000.0),
-                "core_temp_degC": (-50.0, 1000.0), "load_tc_temp_degC": (-50.0, 1000.0),
-                "loss_bias": (-1.5, 1.5), "transfer_bias": (-1.5, 1.5), "core_bias": (-1.5, 1.5),
-                "mass_bias": (-0.7, 0.7)},
-        disturbance_values={"ambient_temp_degC": 25.0},
-        input_values={"gas_flow_frac": 1.0},
-        std_signals=("core_surface_dT_K",),
-    ),
-})
-"""Default filter tuning per registered furnace model (read-only). :func:`biased_parameters` applies
-the biases listed here, so a filter built with another ``tuning`` needs a controller that knows its
-biases."""
+    seed: Seeder | None = None
+    """Sets the initial state from the first valid measurements (by model output name), e.g. a
+    charge enthalpy from the thermocouple; None: the tuning's ``initial`` as it is."""
 
 
 def biased_parameters(model: ProcessModel, p_nominal: np.ndarray, values: Mapping[str, float],
@@ -141,45 +86,6 @@ def _value(v: ValidatedInput | None) -> float:
     return float(v.sample.value)
 
 
-def _seed_vim(model: ProcessModel, p: np.ndarray, x0: dict[str, float], meas: Mapping[str, float]) -> None:
-    """Charge and wall at the thermocouple; enthalpy by inverting the model's T(H)."""
-    temp = meas.get("tc_temp_degC", math.nan)
-    if not math.isfinite(temp):
-        return
-    i_t = model.aux_names.index("charge_temp_degC")
-    x = np.array([x0[n] for n in model.state_names])
-    u = np.zeros(len(model.inputs))
-    d = np.zeros(len(model.disturbances))
-    i_h = model.state_names.index("charge_enthalpy_MJ")
-
-    def temp_of(h_MJ: float) -> float:
-        x[i_h] = h_MJ
-        return float(np.asarray(model.aux(x, u, d, p)).ravel()[i_t])
-
-    lo, hi = -5.0, 200.0
-    if temp_of(lo) < temp < temp_of(hi):
-        x0["charge_enthalpy_MJ"] = float(brentq(lambda h: temp_of(h) - temp, lo, hi, xtol=1e-6))
-    x0["wall_temp_degC"] = temp
-
-
-def _seed_annealer(model: ProcessModel, p: np.ndarray, x0: dict[str, float], meas: Mapping[str, float]) -> None:
-    """Surface and core at the load thermocouple (else at the gas thermocouple)."""
-    for src in ("load_tc_temp_degC", "gas_temp_degC"):
-        v = meas.get(src, math.nan)
-        if math.isfinite(v):
-            x0["surface_temp_degC"] = v
-            x0["core_temp_degC"] = v
-            if "load_tc_temp_degC" not in meas:
-                x0["load_tc_temp_degC"] = v
-            return
-
-
-_SEEDERS: dict[str, Callable[[ProcessModel, np.ndarray, dict[str, float], Mapping[str, float]], None]] = {
-    "vim_furnace": _seed_vim,
-    "annealing_furnace": _seed_annealer,
-}
-
-
 class FurnaceEkf:
     """EKF of a furnace on the recipe's nominal model; see the module docstring.
 
@@ -198,8 +104,8 @@ class FurnaceEkf:
         Nominal cycle time (health timeouts).
     disturbance_inputs : Mapping[str, str]
         Recipe input name → model disturbance, fed when valid (else the tuning's value).
-    tuning : FurnaceFilterTuning, optional
-        Defaults to :data:`TUNINGS` ``[model.name]``.
+    tuning : FurnaceFilterTuning
+        The unit kind's tuning for this model (biases, noise, bounds, seeding).
     initial, initial_std, process_std_per_sqrt_h, measurement_std, disturbance_values : Mapping
         Per-name overrides of the tuning.
     gate_sigma : float
@@ -213,17 +119,13 @@ class FurnaceEkf:
     def __init__(self, model: ProcessModel, p_nominal: np.ndarray, measurements: Mapping[str, str],
                  mv_inputs: Mapping[str, str], period_s: float, *,
                  disturbance_inputs: Mapping[str, str] | None = None,
-                 tuning: FurnaceFilterTuning | None = None,
+                 tuning: FurnaceFilterTuning,
                  initial: Mapping[str, float] | None = None,
                  initial_std: Mapping[str, float] | None = None,
                  process_std_per_sqrt_h: Mapping[str, float] | None = None,
                  measurement_std: Mapping[str, float] | None = None,
                  disturbance_values: Mapping[str, float] | None = None,
                  gate_sigma: float = 5.0, relearn_after: int = 3, health_gap_periods: int = 12) -> None:
-        if tuning is None:
-            if model.name not in TUNINGS:
-                raise ValueError(f"no default filter tuning for model {model.name!r}; pass tuning=")
-            tuning = TUNINGS[model.name]
         self.model = model
         self.tuning = tuning
         self.p = np.asarray(p_nominal, dtype=float).copy()
@@ -331,7 +233,7 @@ class FurnaceEkf:
         for name, v in meas.items():
             if name in m.state_names:
                 x0[name] = v
-        seeder = _SEEDERS.get(m.name)
+        seeder = self.tuning.seed
         if seeder is not None:
             seeder(m, self.p, x0, meas)
         u0 = np.where(np.isfinite(u), u, 0.0)

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from apc.recipe.schema import SoftSensorSection
+from apc.kinds.electrolysis_cell.recipe import SoftSensorSection
 from apc.types import ValidatedInput, Verdict
 from estimators.features import FeatureBindings, FeatureBuilder
 

@@ -107,18 +107,12 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from apc.clock import VirtualClock
+from apc.kinds import get_kind, kind_names
 from apc.protocols import Clock
 from apc.types import Quality, Sample, Write
 from plant_io.bindings import ModbusTag, OpcUaTag
 from plant_io.modbus_client import decode_registers
-from plant_io.sim_furnace import SimulatedFurnaceIO
 from plant_io.sim_adapter import SimulatedPlantIO
-from plant_io.sim_plant import SimulatedCellIO
-from sim.cell_plant import CellPlant
-from sim.furnace_plant import FurnacePlant, FurnaceScenario, load_furnace_scenario
-from sim.scenario import Scenario, load_scenario
-
-UnitKind = Literal["cell", "furnace"]
 PlantProtocol = Literal["opcua", "modbus"]
 SimulatedIO = SimulatedPlantIO[Any, Any]
 
@@ -155,15 +149,16 @@ class VirtualPlantError(ValueError):
 class VirtualUnit:
     """One simulated unit and where it is served.
 
-    ``scenario`` is a scenario name (``sim/scenarios``, or ``sim/scenarios/furnace``
-    for furnaces), a YAML path, or a scenario object. ``device_id`` is the Modbus
-    unit id (units sharing a Modbus port need distinct ids); OPC UA ignores it.
+    ``kind`` is a registered unit kind (:mod:`apc.kinds`); ``scenario`` one of its scenario names
+    (``sim/scenarios``, or ``sim/scenarios/furnace`` for furnaces), a YAML path, or a scenario
+    object. ``device_id`` is the Modbus unit id (units sharing a Modbus port need distinct ids);
+    OPC UA ignores it.
     """
 
     name: str
-    scenario: str | Scenario | FurnaceScenario
+    scenario: Any
     seed: int = 0
-    kind: UnitKind = "cell"
+    kind: str = "electrolysis_cell"
     protocol: PlantProtocol = "opcua"
     port: int = 4840
     device_id: int = 1
@@ -172,8 +167,11 @@ class VirtualUnit:
         where = f"unit {self.name!r}"
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise VirtualPlantError(f"{where}: name must match {_NAME_RE.pattern}")
-        if self.kind not in ("cell", "furnace"):
-            raise VirtualPlantError(f"{where}: kind must be 'cell' or 'furnace', got {self.kind!r}")
+        if self.kind not in kind_names():
+            raise VirtualPlantError(f"{where}: kind must be one of {list(kind_names())}, got {self.kind!r}")
+        if not isinstance(self.scenario, str) and not isinstance(self.scenario, get_kind(self.kind).scenario_type):
+            raise VirtualPlantError(f"{where}: a {type(self.scenario).__name__} is not a scenario of unit kind "
+                                    f"{self.kind!r}")
         if self.protocol not in ("opcua", "modbus"):
             raise VirtualPlantError(f"{where}: protocol must be 'opcua' or 'modbus', got {self.protocol!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -182,10 +180,6 @@ class VirtualUnit:
             raise VirtualPlantError(f"{where}: port must be in [1, 65535], got {self.port!r}")
         if isinstance(self.device_id, bool) or not isinstance(self.device_id, int) or not 1 <= self.device_id <= 247:
             raise VirtualPlantError(f"{where}: device_id must be in [1, 247], got {self.device_id!r}")
-        if isinstance(self.scenario, Scenario) and self.kind != "cell":
-            raise VirtualPlantError(f"{where}: a cell scenario needs kind 'cell'")
-        if isinstance(self.scenario, FurnaceScenario) and self.kind != "furnace":
-            raise VirtualPlantError(f"{where}: a furnace scenario needs kind 'furnace'")
 
     @property
     def namespace_uri(self) -> str:
@@ -209,13 +203,10 @@ class UnitBindings:
 
 
 def build_unit_io(unit: VirtualUnit, clock: Clock) -> SimulatedIO:
-    """The in-process adapter (plant + DCS side) of ``unit`` on ``clock``."""
-    if unit.kind == "cell":
-        sc = unit.scenario if isinstance(unit.scenario, Scenario) else load_scenario(str(unit.scenario))
-        return SimulatedCellIO(CellPlant(sc, unit.seed), clock.monotonic, clock.utc)
-    fsc = (unit.scenario if isinstance(unit.scenario, FurnaceScenario)
-           else load_furnace_scenario(str(unit.scenario)))
-    return SimulatedFurnaceIO(FurnacePlant(fsc, unit.seed), clock.monotonic, clock.utc)
+    """The in-process adapter (plant + DCS side) of ``unit`` on ``clock``, from its kind."""
+    kind = get_kind(unit.kind)
+    scenario = kind.load_scenario(unit.scenario) if isinstance(unit.scenario, str) else unit.scenario
+    return kind.simulated_io(scenario, unit.seed, clock)
 
 
 def is_flag(tag: str) -> bool:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from apc.recipe.schema import FilteredEstimatorSection, TrackingFeedSection
+from apc.kinds.electrolysis_cell.recipe import FilteredEstimatorSection, TrackingFeedSection
 from apc.types import Estimate, MvConstraint, Quality, Sample, ValidatedInput, Verdict
 from controllers.tracking_feed import FeedPhase, MvNames, TrackingFeedController
 from estimators.filtered import NAMES, UNITS, FilteredEstimator

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from apc.recipe.schema import EkfSection
+from apc.kinds.electrolysis_cell.recipe import EkfSection
 from apc.types import Estimate, Quality, Sample, ValidatedInput, Verdict
 from estimators.cell_ekf import CellEkf, EkfBindings
 from sim.cell_plant import CellPlant

@@ -14,9 +14,11 @@ from typing import Any
 import casadi as ca
 import pytest
 
-from apc.assembly import AssemblyError, build_controller, load
+from apc.assembly import AssemblyError, load
+from apc.kinds.electrolysis_cell.assembly import build_controller
 from apc.recipe.loader import LoadedRecipe
-from apc.recipe.schema import MpcSection, Recipe
+from apc.kinds.electrolysis_cell.recipe import MpcSection
+from apc.recipe.schema import Recipe
 from apc.recorder import iter_record
 from apc.simulate import simulate
 from apc.types import Estimate, MvConstraint, MvKind, SolverStatus

@@ -9,10 +9,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pytest
 
-from apc.assembly import load
 from apc.audit import make_logger, null_logger
 from apc.clock import VirtualClock
-from apc.furnace_assembly import build_furnace_sim_unit
+from apc.assembly import build_sim_unit, load
 from apc.types import Mode, Write, WriteResult
 from sim.furnace_plant import load_furnace_scenario
 from tests.helpers.sim_harness import ROOT, SimUnit, run_sync
@@ -92,8 +91,9 @@ def test_a_furnace_batch_raising_sheds_the_unit() -> None:
     """A batch runner raising in its update sheds the furnace unit with the batch block named, counted and recorded."""
     loaded = load(VIM)
     clock = VirtualClock()
-    unit, _, batch = build_furnace_sim_unit("vim", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
-                                            audit=null_logger(), with_kpis=False)
+    unit, _ = build_sim_unit("vim", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
+                             audit=null_logger(), with_kpis=False)
+    batch = unit.batch
     unit.request_mode(Mode.ON, who="test", where="batch", utc=clock.utc())
     recs = []
     for k in range(400):

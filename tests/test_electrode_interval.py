@@ -15,7 +15,8 @@ from typing import Mapping, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apc.assembly import build_estimator, load
+from apc.assembly import load
+from apc.kinds.electrolysis_cell.assembly import build_estimator
 from apc.audit import null_logger
 from apc.clock import VirtualClock
 from apc.compute import Parts

@@ -23,7 +23,9 @@ from apc.recipe.schema import MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan, Quality, Sample, SolverStatus, ValidatedInput, Verdict
 from controllers.furnace_mpc import FurnaceMpc
 from controllers.furnace_pid import FurnacePid
-from estimators.furnace_ekf import TUNINGS, FurnaceEkf
+from apc.kinds.annealing_furnace.filter_tuning import ANNEALING_TUNING
+from apc.kinds.vacuum_furnace.filter_tuning import VIM_TUNING
+from estimators.furnace_ekf import FurnaceEkf
 from sim.models import get_model
 from sim.models.base import ProcessModel
 
@@ -228,24 +230,24 @@ def vim_mpc(cfg: FurnaceMpcSection = VIM_MPC, **kw: Any) -> FurnaceMpc:
     """VIM MPC on nominal parameters, 10 s steps, solving every 20 s."""
     return FurnaceMpc(VIM, VIM.parameter_vector(), cfg, mv_specs(VIM_MVS, {"power": "kW"}), VIM_LIMITS,
                       VIM_PERIOD_S, lambda: VIM_CURVE.preview(0.0, 40, 10.0), period_multiple=4,
-                      biases=TUNINGS["vim_furnace"].biases, **kw)
+                      biases=VIM_TUNING.biases, **kw)
 
 
 def ann_mpc(cfg: FurnaceMpcSection = ANN_MPC) -> FurnaceMpc:
     """Annealer MPC on nominal parameters, 10 min steps over 3 h, solving every 10 min."""
     return FurnaceMpc(ANN, ANN.parameter_vector(), cfg, mv_specs(ANN_MVS, {"heater": "kW", "fan": "1"}),
                       ANN_LIMITS, ANN_PERIOD_S, lambda: ANN_CURVE.preview(0.0, 40, 600.0), period_multiple=10,
-                      biases=TUNINGS["annealing_furnace"].biases)
+                      biases=ANNEALING_TUNING.biases)
 
 
 def vim_ekf() -> FurnaceEkf:
     """VIM filter on nominal parameters."""
-    return FurnaceEkf(VIM, VIM.parameter_vector(), VIM_MEAS, VIM_MVS, VIM_PERIOD_S)
+    return FurnaceEkf(VIM, VIM.parameter_vector(), VIM_MEAS, VIM_MVS, VIM_PERIOD_S, tuning=VIM_TUNING)
 
 
 def ann_ekf() -> FurnaceEkf:
     """Annealer filter on nominal parameters."""
-    return FurnaceEkf(ANN, ANN.parameter_vector(), ANN_MEAS, ANN_MVS, ANN_PERIOD_S)
+    return FurnaceEkf(ANN, ANN.parameter_vector(), ANN_MEAS, ANN_MVS, ANN_PERIOD_S, tuning=ANNEALING_TUNING)
 
 
 def run_vim(controller: Any, estimator: Any, curve: Curve = VIM_CURVE, duration_s: float | None = None,

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 from asyncua import ua
 
-from apc.assembly import load
 from apc.audit import null_logger
 from apc.cli import main
 from apc.clock import VirtualClock
-from apc.furnace_assembly import build_furnace_sim_unit
-from apc.furnace_kpi import FURNACE_KPI_KEYS
+from apc.assembly import build_sim_unit, load
+from apc.kinds.furnace.kpi import FURNACE_KPI_KEYS
 from apc.hmi.server import HmiServer, hmi_node_id
 from apc.hmi.users import load_users
 from apc.runtime import _first_mode, hmi_batch_status
@@ -57,8 +56,9 @@ def test_restart_mid_soak_comes_back_held_with_soak_time_done_and_unit_in_standb
 
     async def first_run() -> float:
         clock = VirtualClock()
-        unit, _, batch = build_furnace_sim_unit("vim", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
-                                                audit=null_logger(), with_kpis=False, state_dir=tmp_path)
+        unit, _ = build_sim_unit("vim", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
+                                 audit=null_logger(), with_kpis=False, state_dir=tmp_path)
+        batch = unit.batch
         unit.request_mode(Mode.ON, who="test", where="restart", utc=clock.utc())
         period = loaded.recipe.period_s
         for k in range(3000):
@@ -75,8 +75,9 @@ def test_restart_mid_soak_comes_back_held_with_soak_time_done_and_unit_in_standb
 
     done_s = asyncio.run(first_run())
     clock = VirtualClock()
-    unit, _, batch = build_furnace_sim_unit("vim", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
-                                            audit=null_logger(), with_kpis=False, state_dir=tmp_path)
+    unit, _ = build_sim_unit("vim", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
+                             audit=null_logger(), with_kpis=False, state_dir=tmp_path)
+    batch = unit.batch
     status = batch.status()
     assert status["state"] == "held" and status["segment"] == soak_index
     restored = batch.snapshot()["soak_done_s"]
@@ -92,8 +93,9 @@ def test_hmi_batch_commands_start_hold_resume_abort(pki: Pki) -> None:  # noqa: 
 
     async def run() -> None:
         clock = VirtualClock()
-        unit, _, batch = build_furnace_sim_unit("vim-1", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
-                                                audit=null_logger(), with_kpis=False)
+        unit, _ = build_sim_unit("vim-1", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
+                                 audit=null_logger(), with_kpis=False)
+        batch = unit.batch
         unit.request_mode(Mode.ON, who="test", where="hmi", utc=clock.utc())
         for k in range(12):
             clock.set(k * 5.0)
@@ -140,8 +142,9 @@ def test_hmi_shows_the_batch_status_every_cycle_without_type_errors(pki: Pki) ->
 
     async def run() -> None:
         clock = VirtualClock()
-        unit, _, batch = build_furnace_sim_unit("vim-1", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
-                                                audit=null_logger(), with_kpis=False)
+        unit, _ = build_sim_unit("vim-1", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
+                                 audit=null_logger(), with_kpis=False)
+        batch = unit.batch
         srv = HmiServer({"vim-1": unit}, load_users(pki.users), endpoint_url=f"opc.tcp://127.0.0.1:{free_port()}/apc",
                         cert_path=pki.server_cert, key_path=pki.server_key, trusted_clients=pki.trusted,
                         audit=null_logger(), clock_utc=clock.utc)
@@ -172,8 +175,9 @@ def test_soak_clock_stops_while_the_plant_link_is_down() -> None:
 
     async def run() -> None:
         clock = VirtualClock()
-        unit, io, batch = build_furnace_sim_unit("vim", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
-                                                 audit=null_logger(), with_kpis=False, controller_kind="mpc")
+        unit, io = build_sim_unit("vim", loaded, load_furnace_scenario("vim_nominal"), 3, clock,
+                                  audit=null_logger(), with_kpis=False, controller_kind="mpc")
+        batch = unit.batch
         unit.request_mode(Mode.ON, who="test", where="link", utc=clock.utc())
         k = 0
 

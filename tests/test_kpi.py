@@ -10,17 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from apc.kpi import (
-    FARADAY_C_PER_MOL,
-    KPI_KEYS,
-    M_ND_G_PER_MOL,
-    ND_KG_PER_KAH,
-    KpiAccumulator,
-    KpiConfig,
-    format_kpis,
-    kpis_to_json,
-    report,
-)
+from apc.kinds.electrolysis_cell.kpi import KPI_KEYS, KPI_LABELS, ND_KG_PER_KAH, KpiAccumulator, KpiConfig
+from apc.kpi import format_kpis, kpis_to_json, report
+from sim.models.nd_cell import F_C_PER_MOL, M_ND_KG_PER_MOL
 from apc.recorder import FlightRecorder, RecordError
 
 CONTRACT_KEYS = [
@@ -126,9 +118,9 @@ def test_energy_per_kg_and_no_metal_is_nan() -> None:
 
 
 def test_faraday_constant_is_computed_from_molar_mass_and_faraday() -> None:
-    """The Nd Faraday yield equals M_Nd/(3F) per kA*h, about 1.7939 kg."""
-    assert M_ND_G_PER_MOL == 144.242 and FARADAY_C_PER_MOL == 96485.33
-    expected = 1000.0 * 3600.0 / (3 * 96485.33) * 144.242 / 1000.0
+    """The Nd Faraday yield equals M_Nd/(3F) per kA*h with the model's constants, about 1.7939 kg."""
+    assert M_ND_KG_PER_MOL == 0.144242 and F_C_PER_MOL == 96485.33212
+    expected = 1000.0 * 3600.0 / (3 * 96485.33212) * 0.144242
     assert ND_KG_PER_KAH == pytest.approx(expected, rel=1e-15)
     assert 1.7939 <= ND_KG_PER_KAH < 1.7940
 
@@ -338,7 +330,7 @@ def test_format_and_json_output() -> None:
     acc.add(0.0, truth(), 0, False)
     acc.add(5.0, truth(), 0, False)
     kpis = acc.result()
-    table = format_kpis(kpis)
+    table = format_kpis(kpis, KPI_LABELS)
     lines = table.splitlines()
     assert len(lines) == len(KPI_KEYS)
     assert "n/a" in table  # CE and energy/kg: no metal, no charge

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 import apc.runtime as runtime
-from apc.assembly import build_estimator, build_controller, load, load_site_file
+from apc.assembly import load, load_site_file
+from apc.kinds.electrolysis_cell.assembly import build_controller, build_estimator
 from apc.audit import make_logger
 from apc.clock import VirtualClock
 from apc.recipe.errors import RecipeError

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from apc.recipe.loader import convert
-from apc.recipe.schema import SoftSensorSection
+from apc.kinds.electrolysis_cell.recipe import SoftSensorSection
 from apc.types import Quality, Sample, ValidatedInput, Verdict
 from estimators.soft_sensor import SoftSensor, SoftSensorError, load_soft_sensor
 

@@ -281,7 +281,7 @@ def test_mixed_site_two_cells_share_an_opcua_server_and_a_furnace_on_modbus(tmp_
         ua_port = free_port()
         vp = VirtualPlant([VirtualUnit("cell-01", "nominal", 1, port=ua_port),
                            VirtualUnit("cell-02", "nominal", 2, port=ua_port),
-                           VirtualUnit("vim-01", "vim_nominal", 1, kind="furnace", protocol="modbus",
+                           VirtualUnit("vim-01", "vim_nominal", 1, kind="vacuum_furnace", protocol="modbus",
                                        port=free_port())], clock)
         async with vp:
             clients = _clients(vp, clock, tmp_path)
@@ -332,8 +332,8 @@ def test_refuses_insecure_remote_hosts_and_inconsistent_configs() -> None:
     twins = [VirtualUnit(n, "nominal", 1, protocol="modbus", port=5020) for n in ("a", "b")]
     with pytest.raises(VirtualPlantError, match="distinct device_id"):
         VirtualPlant(twins, VirtualClock())
-    with pytest.raises(VirtualPlantError, match="needs kind 'cell'"):
-        VirtualUnit("f", scenario("nominal"), kind="furnace")
+    with pytest.raises(VirtualPlantError, match="Scenario is not a scenario of unit kind 'vacuum_furnace'"):
+        VirtualUnit("f", scenario("nominal"), kind="vacuum_furnace")
 
 
 def _cli(argv: Sequence[str]) -> argparse.Namespace:

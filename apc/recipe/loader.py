@@ -29,9 +29,11 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from apc.recipe.errors import Problem, RecipeError
 from apc.recipe.permissive import PermissiveSyntaxError, parse_permissive
-from apc.recipe.curve_schema import check_against_model
 from apc.recipe.schema import IoSection, Recipe, Site
 from apc.types import MvKind
+
+if typing.TYPE_CHECKING:
+    from apc.kinds import UnitKind
 
 __all__ = [
     "Converter",
@@ -429,6 +431,7 @@ def _cross_check(
     extra_names: frozenset[str],
     provider: SignalNamesProvider | None,
     files: FileCheck | None = None,
+    kind: UnitKind | None = None,
 ) -> None:
     """Checks across sections, run on whichever sections converted cleanly."""
     add = conv.problem
@@ -461,15 +464,6 @@ def _cross_check(
             add(_at(root, "model", "name"), "model.name", f"cannot list the model's signal names: {exc}")
     elif io is not None and provider is None:
         known = frozenset(io.inputs) | frozenset(io.mvs) | extra_names
-    curve, batch = parts.get("curve"), parts.get("batch")
-    if known is not None and curve is not None:
-        for unknown in sorted(curve.signal_names() - known):
-            add(_at(root, "curve", key_line=True), "curve", f"unknown signal '{unknown}'" + _suggest(unknown, known))
-    if known is not None and batch is not None:
-        for key in ("soak_signal", "baseline_soak_signal"):
-            name = getattr(batch, key)
-            if name is not None and name not in known:
-                add(_at(root, "batch", key), f"batch.{key}", f"unknown signal '{name}'" + _suggest(name, known))
     for name, p in permissives.items():
         line = _at(root, "permissives", name, "expr")
         try:
@@ -482,18 +476,8 @@ def _cross_check(
                 add(line, f"permissives.{name}.expr", f"unknown signal '{unknown}'" + _suggest(unknown, known))
 
     _check_files(conv, root, parts, recipe, files)
-    controller = parts.get("controller")
-    furnace = parts.get("unit_kind") in ("vacuum_furnace", "annealing_furnace")
-    if furnace:
-        _check_furnace(conv, root, parts)
-    elif controller is not None and controller.kind == "baseline" and controller.baseline is None:
-        add(_at(root, "controller"), "controller.baseline", "required when controller.kind is 'baseline'")
-    if not furnace and controller is not None and controller.kind == "mpc" and controller.mpc is None:
-        add(_at(root, "controller"), "controller.mpc", "required when controller.kind is 'mpc'")
-    estimator = parts.get("estimator")
-    if controller is not None and controller.mpc is not None and estimator is not None and estimator.kind != "ekf":
-        add(_at(root, "controller", "mpc", key_line=True), "controller.mpc",
-            f"the MPC predicts from the Kalman filter's states: needs estimator.kind 'ekf', not {estimator.kind!r}")
+    if kind is not None:
+        kind.cross_check(_Checks(conv, root, parts, known))
 
 
 def _check_files(conv: Converter, root: Node, parts: dict[str, Any], recipe: Recipe | None,
@@ -517,42 +501,23 @@ def _check_files(conv: Converter, root: Node, parts: dict[str, Any], recipe: Rec
         conv.problem(_at(root, *keys) if keys else 1, field_path, message)
 
 
-def _check_furnace(conv: Converter, root: Node, parts: dict[str, Any]) -> None:
-    """A furnace needs its curve, batch and the controller section of its kind; the curve must be
-    one the model can heat at the power MV's engineering high limit."""
-    add = conv.problem
-    controller, curve, io = parts.get("controller"), parts.get("curve"), parts.get("io")
-    for key in ("curve", "batch"):
-        if key in parts and parts[key] is None or key not in parts and _child(root, key)[1] is None:
-            add(_at(root, "unit_kind"), key, "a furnace recipe needs this section")
-    if controller is not None:
-        if controller.kind == "baseline" and controller.pid is None:
-            add(_at(root, "controller"), "controller.pid", "required when a furnace's controller.kind is 'baseline'")
-        if controller.kind == "mpc" and controller.furnace_mpc is None:
-            add(_at(root, "controller"), "controller.furnace_mpc",
-                "required when a furnace's controller.kind is 'mpc'")
-    model_sec, limits = parts.get("model"), parts.get("limits")
-    if curve is None or model_sec is None or io is None or limits is None:
-        return
-    from sim.models import get_model  # the model check needs the registry (imported lazily)
+class _Checks:
+    """A unit kind's view of the recipe being loaded (:class:`apc.kinds.RecipeChecks`)."""
 
-    try:
-        model = get_model(model_sec.name)
-    except KeyError:
-        return  # reported by the model-name check
-    heat = [n for n, mv in io.mvs.items() if mv.model_input.endswith("_kW") and n in limits]
-    if not heat:
-        add(_at(root, "io", "mvs"), "io.mvs", "a furnace needs an MV driving a power input (…_kW)")
-        return
-    mv = io.mvs[heat[0]]
-    top_kW = limits[heat[0]].engineering[1]
-    for k, seg in enumerate(curve.segments):
-        if seg.power_kW is not None and seg.power_kW > top_kW:
-            add(_at(root, "curve", "segments", k, "power_kW"), f"curve.segments[{k}].power_kW",
-                f"{seg.power_kW:g} kW exceeds the engineering high limit of {heat[0]} ({top_kW:g} kW)")
-    for message in check_against_model(curve, model, model_sec.parameters, limits[heat[0]].engineering[1],
-                                       power_input=mv.model_input):
-        add(_at(root, "curve", "segments"), "curve.segments", message)
+    def __init__(self, conv: Converter, root: Node, parts: dict[str, Any], known: frozenset[str] | None) -> None:
+        self._conv, self._root, self.parts, self.known = conv, root, parts, known
+
+    def problem(self, keys: tuple[str | int, ...], field: str, message: str, key_line: bool = False) -> None:
+        """Report ``message`` for ``field`` at the line of ``keys``."""
+        self._conv.problem(_at(self._root, *keys, key_line=key_line), field, message)
+
+    def has_section(self, key: str) -> bool:
+        """True when the file has the top-level key ``key``."""
+        return _child(self._root, key)[1] is not None
+
+    def unknown_signal(self, keys: tuple[str | int, ...], field: str, name: str, key_line: bool = False) -> None:
+        """Report that ``name`` is no signal the recipe provides (with the closest one)."""
+        self.problem(keys, field, f"unknown signal '{name}'" + _suggest(name, self.known or ()), key_line)
 
 
 def _check_tags(conv: Converter, root: Node, io: IoSection) -> None:
@@ -607,6 +572,25 @@ def _sorted(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.file, p.line or 0))
 
 
+def _kind_of(conv: Converter, root: Node) -> UnitKind | None:
+    """The unit kind the recipe names (None, with a problem at ``unit_kind``, when it names none or an
+    unregistered one: the generic sections are still checked)."""
+    from apc.kinds import UnknownKindError, get_kind, kind_names
+
+    _, node = _child(root, "unit_kind")
+    if node is None:
+        return None  # reported as a missing required field
+    if not isinstance(node, ScalarNode) or node.tag == _NULL_TAG:
+        return None  # reported by the conversion (expected a string)
+    try:
+        return get_kind(str(node.value))
+    except UnknownKindError:
+        names = kind_names()
+        conv.problem(_line(node), "unit_kind", f"unknown unit kind {node.value!r}; known: {list(names)}"
+                     + _suggest(str(node.value), names))
+        return None
+
+
 def _recipe_from(
     path: Path,
     problems: list[Problem],
@@ -622,9 +606,11 @@ def _recipe_from(
         problems.extend(file_problems)
         return None
     conv = Converter(str(path))
-    parts = conv.fields(Recipe, root, "") or {}
-    recipe = None if conv.problems else conv.build(Recipe, root, "", parts)
-    _cross_check(conv, root, parts, recipe, extra_names, provider, files)
+    kind = _kind_of(conv, root)
+    cls = kind.recipe_class if kind is not None else Recipe
+    parts = conv.fields(cls, root, "") or {}
+    recipe = None if conv.problems else conv.build(cls, root, "", parts)
+    _cross_check(conv, root, parts, recipe, extra_names, provider, files, kind)
     problems.extend(_sorted(file_problems + conv.problems))
     if recipe is None or conv.problems:
         return None

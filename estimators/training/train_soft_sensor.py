@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
-from apc.recipe.schema import SoftSensorSection
+from apc.kinds.electrolysis_cell.recipe import SoftSensorSection
 from apc.types import Quality, Sample, ValidatedInput, Verdict
 from estimators.features import FEATURES, FeatureBindings, FeatureBuilder, check_feature_names
 

@@ -1,0 +1,111 @@
+"""How a furnace recipe becomes a batch, a filter and a controller: the furnace Kalman filter with
+the kind's tuning, the PID baseline or the curve MPC, and the KPIs a batch is judged by."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+from apc.assembly import AssemblyError
+from apc.curve_preview import CurvePreview
+from apc.kinds.furnace.kpi import FurnaceKpiConfig
+from apc.kinds.furnace.recipe import FurnaceRecipe
+from apc.protocols import Controller, Estimator
+from apc.recipe.curve_schema import BatchSection, CurveSection
+from apc.types import Estimate, ValidatedInput
+from controllers.furnace_mpc import FurnaceMpc
+from controllers.furnace_pid import FurnacePid
+from estimators.furnace_ekf import FurnaceEkf, FurnaceFilterTuning
+from sim.models import get_model
+
+
+class FurnaceAssemblyError(AssemblyError):
+    """A furnace recipe asks for something this build cannot assemble."""
+
+
+def furnace_signal_names(recipe: FurnaceRecipe, tuning: FurnaceFilterTuning) -> Iterable[str]:
+    """Estimate signals a furnace recipe may name (permissives, curve, hold-until conditions)."""
+    model = get_model(recipe.model.name)
+    biases = tuple(b.name for b in tuning.biases)
+    stds = tuple(f"{n}_std" for n in model.state_names + tuning.std_signals)
+    return model.state_names + model.aux_names + biases + stds + tuple(recipe.io.inputs)
+
+
+class _MeasuredHealth:
+    """The filter for a controller that reads only measurements (the PID baseline): the filter's
+    own health is reported in ``extras['filter_healthy']`` and never holds the unit."""
+
+    def __init__(self, inner: Estimator) -> None:
+        self.inner = inner
+
+    def update(self, t_s: float, inputs: Mapping[str, ValidatedInput], applied: Mapping[str, float]) -> Estimate:
+        """The filter's estimate, declared healthy; see the class docstring."""
+        est = self.inner.update(t_s, inputs, applied)
+        extras = {**est.extras, "filter_healthy": 1.0 if est.healthy else 0.0}
+        return replace(est, health="ok", extras=extras)
+
+    def reset(self) -> None:
+        """Forget all history."""
+        self.inner.reset()
+
+
+def build_furnace_estimator(recipe: FurnaceRecipe, controller_kind: str, tuning: FurnaceFilterTuning) -> Estimator:
+    """The furnace filter on the recipe's nominal model; it gates only the MPC (which uses its states)."""
+    model = get_model(recipe.model.name)
+    io_ = recipe.io
+    measurements = {n: s.model_output for n, s in io_.inputs.items() if s.model_output}
+    if not measurements:
+        raise FurnaceAssemblyError("a furnace recipe needs inputs with model_output (what the filter fuses)")
+    try:
+        ekf = FurnaceEkf(model, model.parameter_vector(recipe.model.parameters), measurements,
+                         {n: mv.model_input for n, mv in io_.mvs.items()}, recipe.period_s, tuning=tuning)
+    except ValueError as exc:
+        raise FurnaceAssemblyError(str(exc)) from None
+    return ekf if controller_kind == "mpc" else _MeasuredHealth(ekf)
+
+
+def build_furnace_controller(recipe: FurnaceRecipe, kind: str, preview_source: Callable[[], CurvePreview],
+                             tuning: FurnaceFilterTuning, *, real_time: bool = False) -> Controller:
+    """PID baseline or curve MPC, both reading the batch's preview from ``preview_source``."""
+    c = recipe.controller
+    try:
+        if kind == "baseline":
+            if c.pid is None:
+                raise FurnaceAssemblyError("controller 'baseline' needs the controller.pid section")
+            return FurnacePid(c.pid, recipe.limits, recipe.period_s, preview_source, c.hold_cycles)
+        if kind == "mpc":
+            if c.furnace_mpc is None:
+                raise FurnaceAssemblyError("controller 'mpc' needs the controller.furnace_mpc section")
+            model = get_model(recipe.model.name)
+            return FurnaceMpc(model, model.parameter_vector(recipe.model.parameters), c.furnace_mpc, recipe.io.mvs,
+                              recipe.limits, recipe.period_s, preview_source, c.period_multiple, c.hold_cycles,
+                              real_time=real_time, biases=tuning.biases)
+    except ValueError as exc:
+        raise FurnaceAssemblyError(str(exc)) from None
+    raise FurnaceAssemblyError(f"controller {kind!r} is not available for furnaces")
+
+
+def batch_for(recipe: FurnaceRecipe, kind: str) -> tuple[CurveSection, BatchSection]:
+    """Curve and batch settings for ``kind``: the MPC runs the recipe's as written; the PID
+    baseline runs them as plants do, on its measured signal with the fixed soak extension."""
+    assert recipe.curve is not None and recipe.batch is not None
+    b = recipe.batch
+    if kind != "baseline" or recipe.controller.pid is None:
+        return recipe.curve, b
+    signal = b.baseline_soak_signal or recipe.controller.pid.measurement
+    return (replace(recipe.curve, controlled=signal),
+            replace(b, soak_signal=signal, soak_extension_min=b.baseline_soak_extension_min))
+
+
+def furnace_kpi_config(recipe: FurnaceRecipe) -> FurnaceKpiConfig:
+    """KPI judgement: the curve's controlled signal, soaks and process limits (the same for both
+    controllers, whatever margins a controller keeps)."""
+    curve = recipe.curve
+    assert curve is not None
+    return FurnaceKpiConfig(
+        controlled=curve.controlled,
+        soak_required_s=tuple(s.time_s for s in curve.segments if s.kind == "soak"),
+        pressure_limit_Pa=curve.pressure_limit_Pa,
+        core_surface_dT_max_K=curve.core_surface_dT_max_K,
+    )
