@@ -1,22 +1,31 @@
-"""Process models, each defined once in CasADi, looked up by name."""
+"""Process models, each defined once in CasADi, looked up by name.
+
+Every module of this package that defines ``MODEL_NAME`` and ``build() -> ProcessModel`` is a model;
+adding one is adding its module.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from functools import lru_cache
 from typing import Callable
 
 from sim.models.base import ProcessModel
 
 
-
+@lru_cache(maxsize=1)
 def _register() -> dict[str, Callable[[], ProcessModel]]:
-    from sim.models import annealing_furnace, nd_cell, vim_furnace
-
-    return {
-        "nd_electrolysis_cell": nd_cell.build,
-        "vim_furnace": vim_furnace.build,
-        "annealing_furnace": annealing_furnace.build,
-    }
+    builders: dict[str, Callable[[], ProcessModel]] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        name = getattr(module, "MODEL_NAME", None)
+        if name is None:
+            continue
+        if name in builders:
+            raise RuntimeError(f"two models named {name!r} in {__name__}")
+        builders[name] = module.build
+    return builders
 
 
 @lru_cache(maxsize=None)

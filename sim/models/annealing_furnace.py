@@ -78,6 +78,10 @@ PARAMETERS = (
 )
 
 
+MODEL_NAME = "annealing_furnace"
+"""The name recipes give this model (``model.name``)."""
+
+
 def build() -> ProcessModel:
     """Build the symbolic annealing furnace model."""
     x = ca.SX.sym("x", len(STATES))
@@ -114,7 +118,7 @@ def build() -> ProcessModel:
     args = [x, u, d, p]
     names = ["x", "u", "d", "p"]
     return ProcessModel(
-        name="annealing_furnace",
+        name=MODEL_NAME,
         states=STATES,
         inputs=INPUTS,
         disturbances=DISTURBANCES,

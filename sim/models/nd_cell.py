@@ -124,6 +124,10 @@ PARAMETERS = (
 )
 
 
+MODEL_NAME = "nd_electrolysis_cell"
+"""The name recipes give this model (``model.name``)."""
+
+
 def build() -> ProcessModel:
     """Build the symbolic cell model."""
     x = ca.SX.sym("x", len(STATES))
@@ -216,7 +220,7 @@ def build() -> ProcessModel:
     args = [x, u, d, p]
     names = ["x", "u", "d", "p"]
     return ProcessModel(
-        name="nd_electrolysis_cell",
+        name=MODEL_NAME,
         states=STATES,
         inputs=INPUTS,
         disturbances=DISTURBANCES,

@@ -123,6 +123,10 @@ def _smooth_ramp_slope(z: ca.SX, width: ca.SX) -> ca.SX:
     return 0.5 * (1.0 + z / ca.sqrt(z * z + width * width))
 
 
+MODEL_NAME = "vim_furnace"
+"""The name recipes give this model (``model.name``)."""
+
+
 def build() -> ProcessModel:
     """Build the symbolic VIM furnace model."""
     x = ca.SX.sym("x", len(STATES))
@@ -186,7 +190,7 @@ def build() -> ProcessModel:
     args = [x, u, d, p]
     names = ["x", "u", "d", "p"]
     return ProcessModel(
-        name="vim_furnace",
+        name=MODEL_NAME,
         states=STATES,
         inputs=INPUTS,
         disturbances=DISTURBANCES,
