@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any
 from dataclasses import dataclass
+
+from apc.cycle_record import BatchRecord
 
 
 class BatchState(enum.Enum):
@@ -73,12 +74,11 @@ class CurvePreview:
         """Stage power at point ``k``, NaN where the curve asks for a temperature."""
         return self.stage_power_kW[k] if self.stage_power_kW else math.nan
 
-    def record_entry(self) -> dict[str, Any]:
-        """The reference in force now, as a cycle's flight record holds it (``batch``)."""
-        return {"state": self.state.value, "segment": self.segment, "kind": self.segment_kind,
-                "target_degC": self.target_degC[0], "upper_degC": self.upper_degC[0],
-                "lower_degC": self.lower_degC[0], "hold_degC": self.hold_degC, "soak_done_s": self.soak_done_s,
-                "stage_power_kW": self.stage_power_at(0)}
+    def record_entry(self) -> BatchRecord:
+        """The reference in force now, as a cycle's record holds it (``batch``)."""
+        return BatchRecord(self.state.value, self.segment, self.segment_kind, self.target_degC[0],
+                           self.upper_degC[0], self.lower_degC[0], self.hold_degC, self.soak_done_s,
+                           self.stage_power_at(0))
 
     @property
     def running(self) -> bool:

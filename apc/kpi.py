@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from apc.cycle_record import CycleRecord
 from apc.kinds import get_kind, kind_names
 from apc.protocols import KpiSink
 from apc.recorder import RecordError, iter_record
@@ -108,12 +109,8 @@ def report(path: Path | str) -> dict[str, float | int]:
                 raise RecordError(p, f"resumed header changes the '{key}' configuration", entry.line_no)
         elif entry.kind == "cycle":
             assert acc is not None  # iter_record guarantees a header first
-            c = entry.data
             try:
-                truth = c["truth"]
-                if truth is None:
-                    raise KeyError("truth")
-                acc.add(c["t_s"], truth, c["guard"]["clamps"], c["shed"], c.get("batch"))
+                acc.add(CycleRecord.from_json(entry.data))
             except KeyError as exc:
                 raise RecordError(
                     p, f"cycle lacks {exc} needed for the KPI report (is this a simulated run?)", entry.line_no

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from apc.curve_preview import CurvePreview
+from apc.cycle_record import CycleRecord
 
 from apc.types import Estimate, MvConstraint, Plan, Sample, ValidatedInput, Write, WriteResult
 
@@ -156,9 +157,8 @@ class BatchRunner(Protocol):
 class KpiSink(Protocol):
     """Accumulates KPIs from the simulator's truth, cycle by cycle (cells and furnace batches)."""
 
-    def add(self, t_s: float, truth: Mapping[str, float], guard_clamps: int, shed: bool,
-            batch: Mapping[str, Any] | None = None) -> None:
-        """One cycle; ``batch`` is the furnace batch reference in force (None for cells)."""
+    def add(self, record: CycleRecord) -> None:
+        """One cycle's record (it carries the simulator's truth; ``KeyError`` when it does not)."""
         ...
 
     def result(self) -> Mapping[str, float | int]:

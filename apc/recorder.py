@@ -46,6 +46,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterator, Literal, Mapping, Protocol
 
+from apc.cycle_record import CycleRecord
+
 try:  # POSIX only; on other platforms the single-writer lock is skipped.
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX
@@ -454,7 +456,12 @@ class RecordFile:
 
     headers: tuple[dict[str, Any], ...]
     cycles: tuple[dict[str, Any], ...]
+    """Cycle objects as the file holds them (JSON)."""
     truncated_tail: bool
+
+    def cycle_records(self) -> tuple[CycleRecord, ...]:
+        """The cycles as typed records (``KeyError`` names a key a cycle lacks)."""
+        return tuple(CycleRecord.from_json(c) for c in self.cycles)
 
 
 def iter_record(path: Path | str) -> Iterator[RecordEntry]:

@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Mapping, TextIO
 from apc.assembly import AssemblyError, build_sim_unit, load
 from apc.compute import ComputeError, ComputeLost
 from apc.compute_pool import ComputePool, default_workers
+from apc.cycle_record import CycleRecord
 from apc.hmi.server import HmiServer, ReloadCallback
 from apc.hmi.users import load_users
 from apc.protocols import Reconnecting
@@ -42,13 +43,13 @@ from plant_io.virtual_plant import VirtualPlant, generate_bindings
 from sim.scenario_loader import ComputeFaultFeed
 
 
-def _status_line(unit: Unit, rec: dict[str, Any]) -> str:
+def _status_line(unit: Unit, rec: CycleRecord) -> str:
     """One status line: modes, the kind's own figures, shed or hold."""
-    mode = rec["mode"]
-    shed = f" shed: {rec['shed_reason']}" if rec["shed_reason"] else ""
-    hold = f" hold: {mode['hold']}" if mode["hold"] and not shed else ""
+    mode = rec.mode
+    shed = f" shed: {rec.shed_reason}" if rec.shed_reason else ""
+    hold = f" hold: {mode.hold}" if mode.hold and not shed else ""
     middle = kind_of(unit.recipe).status_line(unit.recipe, rec)
-    return f"{unit.name:10s} {mode['requested']:>7s}/{mode['actual']:<7s} {middle}{shed}{hold}"
+    return f"{unit.name:10s} {mode.requested:>7s}/{mode.actual:<7s} {middle}{shed}{hold}"
 
 
 async def run_site(
@@ -349,7 +350,7 @@ async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asy
             await hmi.publish(unit.name, rec)
             if unit.batch is not None:
                 await hmi.update_batch(unit.name, hmi_batch_status(unit.batch.status()))
-        if k % every == 0 or rec["shed"]:
+        if k % every == 0 or rec.shed:
             print(f"{(slot - start_s) / 3600.0:6.2f} h  {_status_line(unit, rec)}", file=out, flush=True)
 
     def on_error(k: int, exc: BaseException) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from apc.assembly import ControllerKind, build_sim_unit
 from apc.audit import null_logger
 from apc.clock import VirtualClock
+from apc.cycle_record import CycleRecord
 from apc.kinds import kind_of
 from apc.recipe.loader import LoadedRecipe
 from apc.scheduler import ScheduleStats, run_periodic
@@ -73,7 +74,7 @@ async def simulate(
     driver = kind.sim_driver(unit, clock)
     done = asyncio.Event()
 
-    def after_cycle(record: Any) -> None:
+    def after_cycle(record: CycleRecord) -> None:
         if driver.after_cycle(record, clock.monotonic()):
             done.set()
 
@@ -91,7 +92,7 @@ async def simulate(
 
 
 async def run_on(unit: Unit, clock: VirtualClock, hours: float, *, who: str, where: str,
-                 after_cycle: Callable[[Any], None] | None = None,
+                 after_cycle: Callable[[CycleRecord], None] | None = None,
                  stop: asyncio.Event | None = None) -> ScheduleStats:
     """Request ON for ``unit`` and run its cycles for ``hours`` of virtual time from 0 (or until
     ``stop``); ``after_cycle(record)`` is called after each cycle (benchmarks observe the plant there)."""

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from apc.compute import ComputeLate, ComputeLost, ControlRequest, InlineCompute, Parts, UnitCompute
+from apc.cycle_record import (BatchRecord, CycleRecord, DecisionRecord, EstimateRecord, InputRecord,
+                               ModeRecord, PlanRecord, TimingRecord, WriteRecord)
 from apc.guard import NO_MOVE, GuardDecision, GuardRequest, OutputGuard, ReadbackMonitor
 from apc.heartbeat import DEFAULT_COUNTER_MAX, HeartbeatCounter, HeartbeatWatch
 from apc.kinds import kind_of
@@ -136,7 +138,7 @@ class _Cycle:
     applied: dict[str, float] = field(default_factory=dict)
     estimate: Estimate = field(default_factory=lambda: Estimate((), (), (), None, "not estimated"))
     values: dict[str, float] = field(default_factory=dict)
-    batch: dict[str, Any] | None = None
+    batch: BatchRecord | None = None
     decision: ModeDecision | None = None
     constraints: dict[str, MvConstraint] = field(default_factory=dict)
     plan: Plan | None = None
@@ -207,8 +209,8 @@ class Unit:
         self.state = state
         self._saved: UnitMemory | None = None
         recipe = loaded.recipe
-        self.mvs = {n: MvState(n, spec, recipe.limits[n]) for n, spec in recipe.io.mvs.items()}
-        self.modes = ModeManager(recipe.estimator.warmup_s, recipe.modes.shed_after_bad_cycles)
+        self.mvs = self._mv_states(recipe, {})
+        self.modes = self._mode_manager(recipe, None)
         self.heartbeat = HeartbeatWatch(recipe.io.heartbeat.dcs_timeout_s)
         apc_tag = recipe.io.heartbeat.apc_tag
         self.apc_heartbeat = HeartbeatCounter(io.counter_max(apc_tag) if isinstance(io, CounterTags)
@@ -226,6 +228,27 @@ class Unit:
         self._hb_write_error = ""
         self._write_faults = ""
         self._pending_reload: _PendingReload | None = None
+
+    @staticmethod
+    def _mv_states(recipe: Recipe, old: Mapping[str, MvState]) -> dict[str, MvState]:
+        """The recipe's MV states. They start released (bumpless next ON); from ``old`` (a reload)
+        each keeps its enable, last move, sequence and position."""
+        def state(n: str, spec: MvSpec) -> MvState:
+            prev = old.get(n)
+            if prev is None:
+                return MvState(n, spec, recipe.limits[n])
+            return MvState(n, spec, recipe.limits[n], enabled=prev.enabled, last_move_mono=prev.last_move_mono,
+                           last_move_utc=prev.last_move_utc, sequence=prev.sequence, position=prev.position)
+        return {n: state(n, spec) for n, spec in recipe.io.mvs.items()}
+
+    @staticmethod
+    def _mode_manager(recipe: Recipe, old: ModeManager | None) -> ModeManager:
+        """The recipe's mode manager; from ``old`` (a reload) it keeps the requested and actual mode and
+        a latched shed, and its warm-up starts again (the new estimator has no history)."""
+        modes = ModeManager(recipe.estimator.warmup_s, recipe.modes.shed_after_bad_cycles)
+        if old is not None:
+            modes.requested, modes.actual, modes.shed_reason = old.requested, old.actual, old.shed_reason
+        return modes
 
     def _configure(self, loaded: LoadedRecipe) -> None:
         """Everything derived from the recipe (construction and reload): MV limits and states are
@@ -455,20 +478,14 @@ class Unit:
         old_loaded, recipe = self.loaded, pending.loaded.recipe
         sections = [f.name for f in dataclasses.fields(recipe)
                     if getattr(recipe, f.name) != getattr(old_loaded.recipe, f.name)]
-        old_mvs = self.mvs  # new states start released (bumpless next ON); enable, moves and sequence kept
-        self.mvs = {n: MvState(n, spec, recipe.limits[n], enabled=old_mvs[n].enabled,
-                               last_move_mono=old_mvs[n].last_move_mono, last_move_utc=old_mvs[n].last_move_utc,
-                               sequence=old_mvs[n].sequence, position=old_mvs[n].position)
-                    for n, spec in recipe.io.mvs.items()}
+        old_mvs = self.mvs
+        self.mvs = self._mv_states(recipe, old_mvs)
         for n, mv in self.mvs.items():  # the recipe's operator limits replace those in force (e.g. from the HMI)
             if mv.limits.operator != old_mvs[n].limits.operator:
                 self.audit.info("operator_limits", utc=utc, who=pending.who, where=pending.where, mv=n,
                                 old=list(old_mvs[n].limits.operator), new=list(mv.limits.operator),
                                 why="recipe reload")
-        modes = ModeManager(recipe.estimator.warmup_s, recipe.modes.shed_after_bad_cycles)
-        modes.requested, modes.actual = self.modes.requested, self.modes.actual
-        modes.shed_reason = self.modes.shed_reason
-        self.modes = modes  # warm-up starts again: the new estimator has no history
+        self.modes = self._mode_manager(recipe, self.modes)
         self.compute.install(pending.parts)
         self._configure(pending.loaded)
         self.audit.info("recipe_reload", utc=utc, cycle=k, who=pending.who, where=pending.where,
@@ -488,8 +505,8 @@ class Unit:
         return tuple(dict.fromkeys(tags))
 
     async def cycle(self, k: int, scheduled_s: float, t_s: float, utc: float,
-                    deadline_mono: float | None = None) -> dict[str, Any]:
-        """Run one cycle at monotonic time ``t_s``; returns the flight-record entry (never raises).
+                    deadline_mono: float | None = None) -> CycleRecord:
+        """Run one cycle at monotonic time ``t_s``; returns its record (never raises).
 
         ``deadline_mono`` bounds the estimator's and controller's answers (``time.monotonic()``;
         ``None`` in virtual time, where iteration caps bound them)."""
@@ -564,7 +581,7 @@ class Unit:
         if self.batch is None:
             return
         preview = self.batch.update(c.t_s, c.values if c.estimate.healthy and not c.link_error else {})
-        c.batch = dict(preview.record_entry())
+        c.batch = preview.record_entry()
 
     def _readbacks(self, c: _Cycle) -> dict[str, float]:
         """MV readbacks (absent when unreadable); increments: a position change nobody wrote is a move."""
@@ -968,8 +985,8 @@ class Unit:
                         old=c.applied.get(name), new=w.value, clamps=list(d.clamps) if d else [],
                         why=self._last_plan.reason if self._last_plan else "", mode=mode, ok=r.ok, detail=r.detail)
 
-    def _record(self, c: _Cycle) -> dict[str, Any]:
-        """9. the flight-record entry (and KPIs); a record that cannot be written sheds the unit."""
+    def _record(self, c: _Cycle) -> CycleRecord:
+        """9. the cycle's record (flight record, KPIs, HMI); a record that cannot be written sheds the unit."""
         decisions, plan, estimate = c.decisions, c.plan, c.estimate
         clamps = sum(1 for d in decisions.values() if d.clamps)
         self.guard_clamps += clamps
@@ -977,62 +994,42 @@ class Unit:
                                               self.modes.shed_reason, "", False)
         if c.shed and not decision.new_shed:  # latched before the mode decision of this cycle
             decision = dataclasses.replace(decision, new_shed=True)
-        P_diag = None if estimate.P is None else [estimate.P[i][i] for i in range(len(estimate.x))]
-        rec: dict[str, Any] = {
-            "k": c.k,
-            "t_s": c.t_s,
-            "scheduled_mono_s": c.scheduled_s,
-            "actual_mono_s": c.t_s,
-            "utc": c.utc,
-            "inputs": {
-                n: ([v.sample.value, v.sample.quality.value, v.sample.source_ts, v.sample.receive_ts,
-                     v.sample.sample_ts, v.verdict.value] if v.sample is not None
-                    else [None, None, None, None, None, v.verdict.value])
-                for n, v in c.validated.items()
-            },
-            "estimate": {"names": list(estimate.names), "x": list(estimate.x), "P_diag": P_diag,
-                         "health": estimate.health, "extras": dict(estimate.extras)},
-            "mode": {"requested": decision.requested.value, "actual": decision.actual.value,
-                     "hold": decision.hold_reason, "mvs": {n: mv.enabled for n, mv in self.mvs.items()}},
-            "plan": None if plan is None else {
-                "moves": dict(plan.moves), "predicted": {n: list(v) for n, v in plan.predicted.items()},
-                "status": plan.status.value, "iterations": plan.iterations,
-                "solve_time_s": plan.solve_time_s, "reason": plan.reason},
-            "guard": {"clamps": clamps, "decisions": {
-                n: {"proposed": plan.moves.get(n) if plan else None, "value": d.value, "write": d.write,
-                    "clamps": list(d.clamps), "reason": d.reason} for n, d in decisions.items()}},
-            "writes": [{"tag": w.tag, "value": w.value, "ok": r.ok, "detail": r.detail}
-                       for w, r in zip(c.writes, c.results)],
-            "readback": dict(c.applied),
-            "dcs_at_limit": {n: ("high" if x.hold_up else "") + ("low" if x.hold_down else "")
-                             for n, x in c.constraints.items() if x.hold_up or x.hold_down},
-            "shed": decision.new_shed,
-            "shed_reason": decision.shed_reason,
-        }
-        if self.clock is not None:
-            rec["timing"] = {"read_s": c.read_utc - c.utc, "estimate_s": c.estimate_utc - c.utc,
-                             "plan_s": c.plan_utc - c.utc, "write_s": c.write_utc - c.utc}
-        if c.late:
-            rec["late"] = c.late
-        if c.fault is not None:
-            rec["fault"] = c.fault
-        if c.batch is not None:
-            rec["batch"] = c.batch
-        if c.reload is not None:
-            rec["recipe_reload"] = c.reload
-        if self.truth is not None:
-            truth = dict(self.truth())
-            rec["truth"] = truth
-            if self.kpi is not None:
-                self.kpi.add(c.t_s, truth, clamps, decision.new_shed, c.batch)
-        self._append(rec, c)
-        return rec
+        P_diag = None if estimate.P is None else tuple(estimate.P[i][i] for i in range(len(estimate.x)))
+        timing = None if self.clock is None else TimingRecord(
+            c.read_utc - c.utc, c.estimate_utc - c.utc, c.plan_utc - c.utc, c.write_utc - c.utc)
+        rec = CycleRecord(
+            k=c.k, t_s=c.t_s, scheduled_mono_s=c.scheduled_s, actual_mono_s=c.t_s, utc=c.utc,
+            inputs={n: (InputRecord(v.sample.value, v.sample.quality.value, v.sample.source_ts, v.sample.receive_ts,
+                                    v.sample.sample_ts, v.verdict.value) if v.sample is not None
+                        else InputRecord(None, None, None, None, None, v.verdict.value))
+                    for n, v in c.validated.items()},
+            estimate=EstimateRecord(tuple(estimate.names), tuple(estimate.x), P_diag, estimate.health,
+                                    dict(estimate.extras)),
+            mode=ModeRecord(decision.requested.value, decision.actual.value, decision.hold_reason,
+                            {n: mv.enabled for n, mv in self.mvs.items()}),
+            plan=None if plan is None else PlanRecord(
+                dict(plan.moves), {n: tuple(v) for n, v in plan.predicted.items()}, plan.status.value,
+                plan.iterations, plan.solve_time_s, plan.reason),
+            guard_clamps=clamps,
+            decisions={n: DecisionRecord(plan.moves.get(n) if plan else None, d.value, d.write, tuple(d.clamps),
+                                         d.reason) for n, d in decisions.items()},
+            writes=tuple(WriteRecord(w.tag, w.value, r.ok, r.detail) for w, r in zip(c.writes, c.results)),
+            readback=dict(c.applied),
+            dcs_at_limit={n: ("high" if x.hold_up else "") + ("low" if x.hold_down else "")
+                          for n, x in c.constraints.items() if x.hold_up or x.hold_down},
+            shed=decision.new_shed, shed_reason=decision.shed_reason, timing=timing, late=c.late,
+            fault=c.fault, batch=c.batch, recipe_reload=c.reload,
+            truth=None if self.truth is None else dict(self.truth()),
+        )
+        if rec.truth is not None and self.kpi is not None:
+            self.kpi.add(rec)
+        return self._append(rec, c)
 
-    def _append(self, rec: dict[str, Any], c: _Cycle) -> None:
+    def _append(self, rec: CycleRecord, c: _Cycle) -> CycleRecord:
         """Append the record; a failure latches "recorder failed" (the unit drives nothing until a
-        record can be written again and an operator asks)."""
+        record can be written again and an operator asks). Returns the record as it stands."""
         try:
-            self.recorder.append(rec)
+            self.recorder.append(rec.to_json())
         except Exception as exc:
             self.stage_faults["journal"] += 1
             first = not self._record_error
@@ -1041,10 +1038,11 @@ class Unit:
                 self._audit("error", "recorder_failed", utc=c.utc, cycle=c.k, why=self._record_error)
             if self.modes.actual is not Mode.OFF and self.modes.shed_reason != self._record_error:
                 self._shed_now(c, self._record_error)
-                rec["shed"], rec["shed_reason"] = True, self._record_error
-                rec["mode"]["actual"] = self.modes.actual.value
-            return
+                rec = dataclasses.replace(rec, shed=True, shed_reason=self._record_error,
+                                          mode=dataclasses.replace(rec.mode, actual=self.modes.actual.value))
+            return rec
         if self._record_error:
             why, self._record_error = self._record_error, ""
             self._audit("info", "journal_recovered", utc=c.utc, cycle=c.k, why=why)
+        return rec
 

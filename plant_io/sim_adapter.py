@@ -10,7 +10,7 @@ measurements.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Generic, Mapping, Protocol, Sequence, TypeVar
 
 from apc.types import Quality, Sample, Write, WriteResult
 from sim.plant_events import Reading
@@ -43,6 +43,40 @@ class DcsSide(Protocol):
 
     def writable(self) -> frozenset[str]:
         """Tags the APC may write."""
+
+
+class _EventTimeline(Protocol):
+    def active_events(self, kind: str) -> Sequence[Any]: ...
+
+
+class DcsHeartbeats:
+    """The two heartbeats of a simulated DCS: its own counter (frozen by a scenario's
+    ``dcs_heartbeat_freeze``) and the last change of the APC's, which keeps its loops remote."""
+
+    APC_TAG = "apc.heartbeat"
+
+    def __init__(self, plant: _EventTimeline, period_s: float) -> None:
+        self._plant = plant
+        self.period_s = period_s
+        self.apc_value = 0.0
+        self.apc_changed_s = -1e18
+
+    def dcs_counter(self, now_s: float) -> float:
+        """The DCS heartbeat counter at ``now_s``."""
+        frozen = self._plant.active_events("dcs_heartbeat_freeze")
+        if frozen:
+            now_s = min(ev.at_h * 3600.0 for ev in frozen)
+        return float(int(now_s / self.period_s))
+
+    def apc_written(self, value: float, now_s: float) -> WriteResult:
+        """The APC wrote its heartbeat."""
+        if value != self.apc_value:
+            self.apc_value, self.apc_changed_s = value, now_s
+        return WriteResult(self.APC_TAG, True)
+
+    def apc_fresh(self, now_s: float, timeout_s: float) -> bool:
+        """The APC's heartbeat changed within ``timeout_s``."""
+        return now_s - self.apc_changed_s <= timeout_s
 
 
 PlantT = TypeVar("PlantT", bound=SimulatedPlant)

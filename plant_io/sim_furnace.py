@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from apc.types import WriteResult
-from plant_io.sim_adapter import SimulatedPlantIO
+from plant_io.sim_adapter import DcsHeartbeats, SimulatedPlantIO
 from sim.furnace_plant import FurnacePlant
 
 
@@ -43,15 +43,13 @@ class FurnaceDcs:
         sc = plant.scenario
         self.plant = plant
         self.shed_timeout_s = sc.dcs_shed_timeout_s
-        self.heartbeat_period_s = sc.dcs_heartbeat_period_s
         self.loops = {n: _FurnaceLoop(n, *sc.output_limits.get(n, (-math.inf, math.inf)))
                       for n in plant.model.input_names}
-        self.apc_heartbeat = 0.0
-        self.apc_heartbeat_changed_s = -1e18
+        self.heartbeats = DcsHeartbeats(plant, sc.dcs_heartbeat_period_s)
 
     def scan(self, now_s: float) -> None:
         """One DCS scan: remote status, then the local fallback of loops that are not remote."""
-        hb_fresh = now_s - self.apc_heartbeat_changed_s <= self.shed_timeout_s
+        hb_fresh = self.heartbeats.apc_fresh(now_s, self.shed_timeout_s)
         local = {ev.signal for ev in self.plant.active_events("loop_local")}
         for loop in self.loops.values():
             ok = (loop.apc_active and hb_fresh and loop.name not in local
@@ -85,19 +83,10 @@ class FurnaceDcs:
         loop.integral = min(max(unclamped, loop.low), loop.high)  # no windup
         self.plant.set_input(loop.name, min(max(loop.integral + pi.kp * err, loop.low), loop.high))
 
-    def dcs_heartbeat(self, now_s: float) -> float:
-        """DCS heartbeat counter (frozen during a scenario freeze)."""
-        frozen = self.plant.active_events("dcs_heartbeat_freeze")
-        if frozen:
-            now_s = min(ev.at_h * 3600.0 for ev in frozen)
-        return float(int(now_s / self.heartbeat_period_s))
-
     def apply(self, tag: str, value: float, now_s: float) -> WriteResult:
         """Apply one APC write as a DCS would."""
-        if tag == "apc.heartbeat":
-            if value != self.apc_heartbeat:
-                self.apc_heartbeat, self.apc_heartbeat_changed_s = value, now_s
-            return WriteResult(tag, True)
+        if tag == DcsHeartbeats.APC_TAG:
+            return self.heartbeats.apc_written(value, now_s)
         name, _, attr = tag.rpartition(".")
         loop = self.loops.get(name)
         if loop is None:
@@ -116,7 +105,7 @@ class FurnaceDcs:
 
     def readbacks(self, now_s: float) -> dict[str, float]:
         """DCS-side tags: setpoints in force, remote and limit status, heartbeat."""
-        out = {"dcs.heartbeat": self.dcs_heartbeat(now_s)}
+        out = {"dcs.heartbeat": self.heartbeats.dcs_counter(now_s)}
         for name, loop in self.loops.items():
             sp = self.plant.setpoints[name]
             out[f"{name}.sp_readback"] = sp

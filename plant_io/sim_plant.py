@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from apc.types import WriteResult
-from plant_io.sim_adapter import SimulatedPlantIO
+from plant_io.sim_adapter import DcsHeartbeats, SimulatedPlantIO
 from sim.cell_plant import CellPlant
 
 # Signal tags served for an electrolysis cell.
@@ -54,10 +54,10 @@ class DcsSide:
     local_feed_kg_h: float
     heartbeat_period_s: float
     loops: dict[str, _Loop] = field(default_factory=dict)
-    apc_heartbeat: float = 0.0
-    apc_heartbeat_changed_s: float = -1e18
+    heartbeats: DcsHeartbeats = field(init=False)
 
     def __post_init__(self) -> None:
+        self.heartbeats = DcsHeartbeats(self.plant, self.heartbeat_period_s)
         self.loops = {
             "feed": _Loop("feed", "setpoint", "dcs_schedule"),
             "anode": _Loop("anode", "increment", "no_moves"),
@@ -86,7 +86,7 @@ class DcsSide:
     def scan(self, now_s: float) -> None:
         """One DCS scan: hold capped outputs at their cap, update remote status, apply fallbacks."""
         self._apply_caps()
-        hb_fresh = now_s - self.apc_heartbeat_changed_s <= self.shed_timeout_s
+        hb_fresh = self.heartbeats.apc_fresh(now_s, self.shed_timeout_s)
         for loop in self.loops.values():
             ok = loop.apc_active and hb_fresh and not self._locked_local(loop.name)
             if loop.kind == "setpoint":
@@ -100,20 +100,10 @@ class DcsSide:
             elif not loop.remote and ok:
                 loop.remote = True
 
-    def dcs_heartbeat(self, now_s: float) -> float:
-        """DCS heartbeat counter (frozen during a scenario freeze)."""
-        frozen = self.plant.active_events("dcs_heartbeat_freeze")
-        if frozen:
-            now_s = min(ev.at_h * 3600.0 for ev in frozen)
-        return float(int(now_s / self.heartbeat_period_s))
-
     def apply(self, tag: str, value: float, now_s: float) -> WriteResult:
         """Apply one APC write as a DCS would."""
-        if tag == "apc.heartbeat":
-            if value != self.apc_heartbeat:
-                self.apc_heartbeat = value
-                self.apc_heartbeat_changed_s = now_s
-            return WriteResult(tag, True)
+        if tag == DcsHeartbeats.APC_TAG:
+            return self.heartbeats.apc_written(value, now_s)
         loop_name, _, attr = tag.partition(".")
         loop = self.loops.get(loop_name)
         if loop is None:
@@ -162,7 +152,7 @@ class DcsSide:
             "feed.at_high_limit": 1.0 if self.feed_sp_kg_h >= self.output_cap("feed") else 0.0,
             "current.at_high_limit": 1.0 if plant.current_sp_kA >= self.output_cap("current") else 0.0,
             "anode.at_high_limit": 1.0 if plant.anode_position_cm >= self.output_cap("anode") else 0.0,
-            "dcs.heartbeat": self.dcs_heartbeat(now_s),
+            "dcs.heartbeat": self.heartbeats.dcs_counter(now_s),
         }
 
     def writable(self) -> frozenset[str]:

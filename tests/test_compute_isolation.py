@@ -57,7 +57,7 @@ def write_site(tmp: Path, n: int, events: dict[int, list[dict[str, Any]]]) -> tu
 
 
 def records(rdir: Path) -> dict[str, list[dict[str, Any]]]:
-    return {p.name.split("-2")[0]: list(read_record(p).cycles) for p in rdir.glob("*.apcrec")}
+    return {p.name.split("-2")[0]: list(read_record(p).cycle_records()) for p in rdir.glob("*.apcrec")}
 
 
 def audit(rdir: Path) -> list[dict[str, Any]]:
@@ -90,16 +90,16 @@ def test_a_stalled_computation_costs_only_its_own_unit(tmp_path: Path) -> None:
     assert len(recs) == 21
     stalled = recs.pop("cell-00")
     for name, cycles in recs.items():
-        on = [c for c in cycles if c["mode"]["actual"] == "ON"]
-        assert on and on[0]["t_s"] < stall_at_s, name  # engaged before the stall, and stayed so
-        assert all(c["mode"]["actual"] == "ON" for c in cycles if c["t_s"] >= on[0]["t_s"]), name
-        assert not any(c["shed"] or c.get("late") for c in cycles), name
-        assert all(w["ok"] for c in on for w in c["writes"]), name
-    during = [c for c in stalled if stall_at_s <= c["t_s"] < stall_at_s + stall_s]
-    assert during and all(c.get("late") for c in during)
-    assert any(c["shed"] and c["shed_reason"].startswith("estimator: compute late") for c in during)
-    assert not any(w["tag"] in MOVES for c in during for w in c["writes"])  # nothing from stale inputs
-    assert not any(w["tag"] in MOVES for c in stalled if c["t_s"] >= stall_at_s for w in c["writes"])
+        on = [c for c in cycles if c.mode.actual == "ON"]
+        assert on and on[0].t_s < stall_at_s, name  # engaged before the stall, and stayed so
+        assert all(c.mode.actual == "ON" for c in cycles if c.t_s >= on[0].t_s), name
+        assert not any(c.shed or c.late for c in cycles), name
+        assert all(w.ok for c in on for w in c.writes), name
+    during = [c for c in stalled if stall_at_s <= c.t_s < stall_at_s + stall_s]
+    assert during and all(c.late for c in during)
+    assert any(c.shed and c.shed_reason.startswith("estimator: compute late") for c in during)
+    assert not any(w.tag in MOVES for c in during for w in c.writes)  # nothing from stale inputs
+    assert not any(w.tag in MOVES for c in stalled if c.t_s >= stall_at_s for w in c.writes)
     late = [e for e in audit(rdir) if e["event"] == "compute_late"]
     assert {e["unit"] for e in late} == {"cell-00"}
 
@@ -141,14 +141,14 @@ def test_a_worker_killed_with_sigkill_is_respawned_and_its_units_come_back_in_st
     assert "status -9" in restarts[0]["why"]
     recs = records(rdir)
     for name, cycles in recs.items():
-        sheds = [c for c in cycles if c["shed"]]
+        sheds = [c for c in cycles if c.shed]
         if name in killed["units"]:
-            assert len(sheds) == 1 and sheds[0]["shed_reason"].startswith("compute worker restarted: compute worker 1")
-            after = [c for c in cycles if c["t_s"] > sheds[0]["t_s"]]
-            assert all(c["mode"]["actual"] == "STANDBY" for c in after)  # latched until an operator asks
-            assert after[-1]["estimate"]["health"] == "ok"  # rebuilt in the new worker and warmed up again
+            assert len(sheds) == 1 and sheds[0].shed_reason.startswith("compute worker restarted: compute worker 1")
+            after = [c for c in cycles if c.t_s > sheds[0].t_s]
+            assert all(c.mode.actual == "STANDBY" for c in after)  # latched until an operator asks
+            assert after[-1].estimate.health == "ok"  # rebuilt in the new worker and warmed up again
         else:
-            assert sheds == [] and cycles[-1]["mode"]["actual"] == "ON", name
+            assert sheds == [] and cycles[-1].mode.actual == "ON", name
 
 
 def test_compute_faults_in_virtual_time_are_deterministic() -> None:
@@ -161,7 +161,7 @@ def test_compute_faults_in_virtual_time_are_deterministic() -> None:
         su = SimUnit(scen=scenario(events=events), seed=9)
         su.go_on(790)
         recs = su.step(1100 - su.k)
-        return [(r["k"], r.get("late"), r["shed"], r["shed_reason"], r["estimate"]["health"]) for r in recs]
+        return [(r.k, r.late, r.shed, r.shed_reason, r.estimate.health) for r in recs]
 
     first = run()
     assert first == run()

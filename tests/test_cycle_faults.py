@@ -68,23 +68,23 @@ def test_an_exception_in_any_block_sheds_with_its_name_and_writes_only_the_safe_
     heal = inject(stage, su)
     recs = su.step(4)
     first = recs[0]
-    assert first["shed"] and first["mode"]["actual"] == "STANDBY"
-    reason = first["shed_reason"]
+    assert first.shed and first.mode.actual == "STANDBY"
+    reason = first.shed_reason
     assert reason.startswith("controller failed: RuntimeError: injected" if stage == "control"
                              else f"{stage} failed: RuntimeError: injected")
     assert su.unit.stage_faults[stage] >= 1
     for rec in recs:
-        assert all(w["tag"].endswith(SAFE_SUFFIXES) for w in rec["writes"]), rec["writes"]
-        assert all(w["value"] == 0.0 for w in rec["writes"] if w["tag"].endswith(".apc_active"))
-        assert any(w["tag"] == "apc.heartbeat" for w in rec["writes"])  # the APC itself is alive
+        assert all(w.tag.endswith(SAFE_SUFFIXES) for w in rec.writes), rec.writes
+        assert all(w.value == 0.0 for w in rec.writes if w.tag.endswith(".apc_active"))
+        assert any(w.tag == "apc.heartbeat" for w in rec.writes)  # the APC itself is alive
     if stage != "control":
         faults = [e for e in lines.events() if e["event"] == "cycle_fault"]
         assert faults and faults[0]["stage"] == stage and "injected" in faults[0]["why"]
-        assert recs[0]["fault"]["stage"] == stage
+        assert recs[0].fault["stage"] == stage
     heal()
-    assert all(r["mode"]["actual"] == "STANDBY" and r["shed_reason"] for r in su.step(5))  # latched
+    assert all(r.mode.actual == "STANDBY" and r.shed_reason for r in su.step(5))  # latched
     su.request(Mode.ON)
-    su.run_until(lambda r: r["mode"]["actual"] == "ON", 200)
+    su.run_until(lambda r: r.mode.actual == "ON", 200)
 
 
 def test_a_furnace_batch_raising_sheds_the_unit() -> None:
@@ -105,8 +105,8 @@ def test_a_furnace_batch_raising_sheds_the_unit() -> None:
         run_sync(unit.cycle(k, k * 5.0, clock.monotonic(), clock.utc()))
     assert recs, "the furnace never reached ON"
     rec = recs[0]
-    assert rec["shed"] and rec["shed_reason"].startswith("batch failed: RuntimeError: injected")
-    assert unit.stage_faults["batch"] == 1 and rec["fault"]["stage"] == "batch"
+    assert rec.shed and rec.shed_reason.startswith("batch failed: RuntimeError: injected")
+    assert unit.stage_faults["batch"] == 1 and rec.fault["stage"] == "batch"
 
 
 class Journal:
@@ -136,14 +136,14 @@ def test_a_record_that_cannot_be_written_stops_driving_until_it_can_and_an_opera
     su.unit.recorder = journal
     journal.full = True
     recs = su.step(6)
-    assert recs[0]["shed"] and recs[0]["shed_reason"].startswith("recorder failed: OSError")
-    assert not any(w["tag"] in MOVE_TAGS for r in recs[1:] for w in r["writes"])
+    assert recs[0].shed and recs[0].shed_reason.startswith("recorder failed: OSError")
+    assert not any(w.tag in MOVE_TAGS for r in recs[1:] for w in r.writes)
     su.request(Mode.ON)  # asked while the disk is still full: it stays out
-    assert all(r["mode"]["actual"] == "STANDBY" for r in su.step(5))
+    assert all(r.mode.actual == "STANDBY" for r in su.step(5))
     assert [e["event"] for e in lines.events()].count("recorder_failed") == 1
     journal.full = False
     su.request(Mode.ON)
-    su.run_until(lambda r: r["mode"]["actual"] == "ON", 200)  # after a new warm-up: a shed restarts it
+    su.run_until(lambda r: r.mode.actual == "ON", 200)  # after a new warm-up: a shed restarts it
     assert "journal_recovered" in [e["event"] for e in lines.events()]
 
 
@@ -164,11 +164,11 @@ def test_an_audit_log_that_cannot_be_written_stops_every_move() -> None:
     su = on_unit(lines)
     lines.full = True
     recs = su.step(5)
-    assert recs[0]["shed"] and recs[0]["shed_reason"].startswith("audit log failed: OSError")
-    assert not any(w["tag"] in MOVE_TAGS for r in recs for w in r["writes"])
+    assert recs[0].shed and recs[0].shed_reason.startswith("audit log failed: OSError")
+    assert not any(w.tag in MOVE_TAGS for r in recs for w in r.writes)
     lines.full = False
     su.request(Mode.ON)
-    su.run_until(lambda r: r["mode"]["actual"] == "ON", 200)
+    su.run_until(lambda r: r.mode.actual == "ON", 200)
 
 
 class Witness:
@@ -197,4 +197,4 @@ def test_every_move_is_audited_before_it_is_written() -> None:
     moved = [(tags, intent) for tags, intent in witness.seen if tags]
     assert moved
     for tags, intent in moved:
-        assert set(tags) <= {w["tag"] for w in intent}
+        assert set(tags) <= {w.tag for w in intent}

@@ -153,7 +153,7 @@ def test_shed_and_rerequest_keep_the_electrode_interval() -> None:
     cell.run_until_moves(1, 900)
     cell.tap.local_cycles = 2
     recs = cell.step(2)
-    assert any(r["shed"] for r in recs)
+    assert any(r.shed for r in recs)
     cell.request(Mode.ON)
     cell.step(int(min_interval(cell.loaded) / cell.period) + 20)
     assert gaps(cell.tap.moves) and min(gaps(cell.tap.moves)) >= min_interval(cell.loaded)

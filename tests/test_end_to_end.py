@@ -68,7 +68,7 @@ def _actual(unit: Unit) -> Mode:
 
 
 def _sp_writes(rec: dict[str, Any]) -> list[float]:
-    return [w["value"] for w in rec["writes"] if w["tag"] == SP_TAG and w["ok"]]
+    return [w.value for w in rec.writes if w.tag == SP_TAG and w.ok]
 
 
 def test_runtime_controls_virtual_plant_over_opcua_and_modbus(tmp_path: Path) -> None:
@@ -91,7 +91,7 @@ def test_runtime_controls_virtual_plant_over_opcua_and_modbus(tmp_path: Path) ->
                 assert written, name  # setpoint MVs are rewritten every ON cycle
                 dcs = vp.io(name).dcs
                 assert dcs.loops["feed"].remote and dcs.feed_sp_kg_h == pytest.approx(written[-1], abs=1e-4)
-                assert rec["readback"]["oxide_feed"] == pytest.approx(written[-1], abs=1e-4)
+                assert rec.readback["oxide_feed"] == pytest.approx(written[-1], abs=1e-4)
             for u in site.units.values():
                 await u.io.close()
 
@@ -158,7 +158,7 @@ def test_frozen_dcs_heartbeat_sheds_within_the_recipe_timeout(tmp_path: Path) ->
             shed_after_s = site.k * PERIOD_S - freeze_h * 3600.0
             timeout_s = unit.recipe.io.heartbeat.dcs_timeout_s
             assert timeout_s < shed_after_s <= timeout_s + 2 * PERIOD_S
-            assert "heartbeat" in site.last["cell-ua"]["shed_reason"]
+            assert "heartbeat" in site.last["cell-ua"].shed_reason
             await unit.io.close()
 
     asyncio.run(run())
@@ -178,7 +178,7 @@ def test_plant_server_restart_is_survived_standby_until_a_fresh_request(tmp_path
             await site.until(lambda: _actual(unit) is Mode.ON, 900)
             await vp.stop()
             await site.step(2)
-            reason = site.last["cell-ua"]["shed_reason"]
+            reason = site.last["cell-ua"].shed_reason
             assert _actual(unit) is Mode.STANDBY and "read failed" in reason, reason
             assert _sp_writes(site.last["cell-ua"]) == []
             await vp.start()

@@ -66,7 +66,7 @@ def test_restart_mid_soak_comes_back_held_with_soak_time_done_and_unit_in_standb
             rec = await unit.cycle(k, k * period, clock.monotonic(), clock.utc())
             status = batch.status()
             if status["state"] == "idle" and unit.modes.actual is Mode.ON:
-                values = {**dict(zip(rec["estimate"]["names"], rec["estimate"]["x"])), **rec["estimate"]["extras"]}
+                values = {**dict(zip(rec.estimate.names, rec.estimate.x)), **rec.estimate.extras}
                 assert batch.start(clock.monotonic(), "test", values[batch.curve.controlled]).accepted
             if status["state"] == "running" and status["segment"] == soak_index and \
                     batch.snapshot()["soak_done_s"] >= 240.0:

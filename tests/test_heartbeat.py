@@ -102,15 +102,15 @@ def test_int16_heartbeat_runs_past_its_wrap_over_the_protocol_without_a_shed(tmp
                 recs.append(await step())
             dcs = vp.io("cell").dcs
             assert all(loop.remote for loop in dcs.loops.values())
-            assert dcs.apc_heartbeat == recs[-1]["writes"][-1]["value"]
+            assert dcs.heartbeats.apc_value == recs[-1].writes[-1].value
             await unit.io.close()
             return recs
 
     recs = asyncio.run(run())
-    beats = [w["value"] for r in recs for w in r["writes"] if w["tag"] == HB]
-    assert all(w["ok"] for r in recs for w in r["writes"] if w["tag"] == HB)
+    beats = [w.value for r in recs for w in r.writes if w.tag == HB]
+    assert all(w.ok for r in recs for w in r.writes if w.tag == HB)
     assert 32767.0 in beats and beats[beats.index(32767.0) + 1] == 0.0 and beats[-1] > 0
-    assert not any(r["shed"] for r in recs) and all(r["mode"]["actual"] == "ON" for r in recs)
+    assert not any(r.shed for r in recs) and all(r.mode.actual == "ON" for r in recs)
 
 
 class RefusingHeartbeat:
@@ -161,14 +161,14 @@ def test_refused_heartbeat_write_sheds_hands_the_loops_back_and_is_audited() -> 
     su.step(3)
     tap.refuse = True
     rec = su.step()[0]
-    assert rec["shed"] and rec["shed_reason"].startswith("APC heartbeat write failed: BadOutOfRange")
-    flags = [w for w in rec["writes"] if w["tag"].endswith(".apc_active")]
-    assert flags and all(w["value"] == 0.0 and w["ok"] for w in flags[-3:])
+    assert rec.shed and rec.shed_reason.startswith("APC heartbeat write failed: BadOutOfRange")
+    flags = [w for w in rec.writes if w.tag.endswith(".apc_active")]
+    assert flags and all(w.value == 0.0 and w.ok for w in flags[-3:])
     su.request(Mode.ON)
     later = su.step(10)
-    assert all(r["mode"]["actual"] == "STANDBY" for r in later)
-    assert "APC heartbeat write failed" in later[-1]["mode"]["hold"]
+    assert all(r.mode.actual == "STANDBY" for r in later)
+    assert "APC heartbeat write failed" in later[-1].mode.hold
     failed = [e for e in lines.events() if e["event"] == "apc_heartbeat_write_failed"]
     assert len(failed) == 1 and failed[0]["why"] == "BadOutOfRange"
     tap.refuse = False
-    su.run_until(lambda r: r["mode"]["actual"] == "ON", 300)
+    su.run_until(lambda r: r.mode.actual == "ON", 300)

@@ -154,18 +154,18 @@ def test_operator_switches_unit_on_and_off_through_the_server(pki: Pki) -> None:
             await srv.publish(UNIT, rec)
             async with session(srv, pki.creds("vic")) as (c, ns):
                 assert await read(c, ns, "ActualMode") == "ON"
-                assert await read(c, ns, "Heartbeat") == rec["k"]
-                assert await read(c, ns, "MVs", "oxide_feed", "Value") == pytest.approx(rec["readback"]["oxide_feed"])
-                state = rec["estimate"]["names"][0]
+                assert await read(c, ns, "Heartbeat") == rec.k
+                assert await read(c, ns, "MVs", "oxide_feed", "Value") == pytest.approx(rec.readback["oxide_feed"])
+                state = rec.estimate.names[0]
                 sigma = await read(c, ns, "Estimate", state, "Sigma")
-                assert sigma == pytest.approx(math.sqrt(rec["estimate"]["P_diag"][0]))
+                assert sigma == pytest.approx(math.sqrt(rec.estimate.P_diag[0]))
             await request_mode(srv.endpoint_url, pki.creds("olga"), UNIT, Mode.OFF, timeout_s=3)
             off = su.step(2)
             assert su.unit.modes.actual is Mode.OFF
             assert [move_writes(r, recipe) for r in off] == [[], []]
             await srv.publish(UNIT, off[-1])
             units = await read_status(srv.endpoint_url, pki.creds("vic"), timeout_s=3)
-            assert [(u.name, u.requested, u.actual, u.heartbeat) for u in units] == [(UNIT, "OFF", "OFF", off[-1]["k"])]
+            assert [(u.name, u.requested, u.actual, u.heartbeat) for u in units] == [(UNIT, "OFF", "OFF", off[-1].k)]
             assert {m.name for m in units[0].mvs} == set(su.unit.mvs)
 
     asyncio.run(scenario())

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from apc.cycle_record import CycleRecord
 from apc.kinds.electrolysis_cell.kpi import KPI_KEYS, KPI_LABELS, ND_KG_PER_KAH, KpiAccumulator, KpiConfig
 from apc.kpi import format_kpis, kpis_to_json, report
 from sim.models.nd_cell import F_C_PER_MOL, M_ND_KG_PER_MOL
@@ -51,7 +52,7 @@ def truth(**kw: float) -> dict[str, float]:
 def run(cfg: KpiConfig, rows: list[tuple[float, dict[str, float]]]) -> dict[str, float | int]:
     acc = KpiAccumulator(cfg)
     for t, tr in rows:
-        acc.add(t, tr, 0, False)
+        acc.account(t, tr, 0, False)
     return acc.result()
 
 
@@ -63,7 +64,7 @@ def ae_rows(ae_times: set[float], *, period: float = 10.0, end: float = 400.0) -
 def test_result_has_exactly_the_contract_keys() -> None:
     """result() returns exactly the contracted KPI names, counts as ints."""
     acc = KpiAccumulator(KpiConfig(warmup_s=0.0, oxide_band_wtpct=(2.0, 4.0)))
-    acc.add(0.0, truth(), 1, True)
+    acc.account(0.0, truth(), 1, True)
     res = acc.result()
     assert list(res) == CONTRACT_KEYS == list(KPI_KEYS)
     for key in ("anode_effects", "guard_clamps", "sheds", "cycles"):
@@ -143,7 +144,7 @@ def test_warmup_cycles_are_excluded_from_windowed_kpis() -> None:
     acc = KpiAccumulator(cfg)
     # Warm-up: wild temperature, AE, out-of-band oxide, clamps and sheds.
     for i in range(10):  # t = 0..90
-        acc.add(
+        acc.account(
             i * 10.0,
             truth(bath_temp_degC=900.0, anode_effect=1.0, dissolved_oxide_wtpct=9.0, metal_kg=float(i), energy_kWh=5.0 * i),
             2,
@@ -151,7 +152,7 @@ def test_warmup_cycles_are_excluded_from_windowed_kpis() -> None:
         )
     # Window: t = 100..190, metal 10..19, energy 100..190 (step 10 per cycle).
     for i in range(10, 20):
-        acc.add(i * 10.0, truth(bath_temp_degC=1050.0, metal_kg=float(i), energy_kWh=10.0 * i, sludge_kg=0.5 * i), 1, False)
+        acc.account(i * 10.0, truth(bath_temp_degC=1050.0, metal_kg=float(i), energy_kWh=10.0 * i, sludge_kg=0.5 * i), 1, False)
     res = acc.result()
     assert res["anode_effects"] == 0
     assert res["anode_effect_min"] == 0.0
@@ -179,7 +180,7 @@ def test_no_cycle_past_warmup_gives_nan_and_zero_counts() -> None:
     """Without any post-warm-up cycle, windowed KPIs are NaN and AE counts are 0."""
     cfg = KpiConfig(warmup_s=1e9, oxide_band_wtpct=(2.0, 4.0))
     acc = KpiAccumulator(cfg)
-    acc.add(0.0, truth(anode_effect=1.0, sludge_kg=3.0), 4, True)
+    acc.account(0.0, truth(anode_effect=1.0, sludge_kg=3.0), 4, True)
     res = acc.result()
     for key in (
         "bath_temp_mean_degC",
@@ -208,9 +209,9 @@ def test_temperature_mean_and_std_match_numpy() -> None:
 def test_out_of_order_cycles_are_rejected() -> None:
     """Feeding a cycle earlier than the previous one is an error."""
     acc = KpiAccumulator(KpiConfig(warmup_s=0.0, oxide_band_wtpct=(2.0, 4.0)))
-    acc.add(10.0, truth(), 0, False)
+    acc.account(10.0, truth(), 0, False)
     with pytest.raises(ValueError, match="out of order"):
-        acc.add(5.0, truth(), 0, False)
+        acc.account(5.0, truth(), 0, False)
 
 
 def test_config_validation_and_mapping_round_trip() -> None:
@@ -251,10 +252,12 @@ def _simulated_cycles(n: int, period: float = 5.0) -> list[dict[str, Any]]:
                     "pfc_kg_co2e": pfc,
                     "sludge_kg": float(rng.uniform(0.0, 5.0)),
                 },
-                "guard": {"clamps": int(rng.integers(0, 3)), "decisions": {"feed": {"proposed": 1.0, "value": 0.9}}},
+                "guard": {"clamps": int(rng.integers(0, 3)), "decisions": {
+                    "feed": {"proposed": 1.0, "value": 0.9, "write": True, "clamps": ["rate"], "reason": ""}}},
                 "shed": bool(rng.random() < 0.02),
-                "shed_reason": None,
-                "plan": {"status": "optimal", "solve_time_s": float(rng.uniform(0, 0.1))},
+                "shed_reason": "",
+                "plan": {"moves": {"feed": 1.0}, "predicted": {}, "status": "ok", "iterations": 4,
+                         "solve_time_s": float(rng.uniform(0, 0.1)), "reason": ""},
             }
         )
     return cycles
@@ -269,7 +272,7 @@ def test_report_replay_equals_live_accumulator_exactly(tmp_path: Path) -> None:
               "started_utc": "2025-01-01T00:00:00Z", "kpi": cfg.to_mapping(), "scenario": "day", "controller": "mpc"}
     with FlightRecorder(path, header) as rec:
         for c in _simulated_cycles(2000):
-            live.add(c["t_s"], c["truth"], c["guard"]["clamps"], c["shed"])
+            live.add(CycleRecord.from_json(c))
             rec.append(c)
     live_res = live.result()
     replay = report(path)
@@ -285,7 +288,7 @@ def test_report_replay_equal_when_kpis_are_nan(tmp_path: Path) -> None:
     live = KpiAccumulator(cfg)
     with FlightRecorder(path, {"kpi": cfg.to_mapping()}) as rec:
         for c in _simulated_cycles(20):
-            live.add(c["t_s"], c["truth"], c["guard"]["clamps"], c["shed"])
+            live.add(CycleRecord.from_json(c))
             rec.append(c)
     assert report(path) == live.result()
 
@@ -299,7 +302,7 @@ def test_report_ignores_truncated_tail_and_follows_resumed_record(tmp_path: Path
     for part in (cycles[:150], cycles[150:]):
         with FlightRecorder(path, {"kpi": cfg.to_mapping()}) as rec:
             for c in part:
-                live.add(c["t_s"], c["truth"], c["guard"]["clamps"], c["shed"])
+                live.add(CycleRecord.from_json(c))
                 rec.append(c)
     with open(path, "ab") as f:
         f.write(b'{"k":300,"t_s":1500.0,"truth":{"bath_')
@@ -327,8 +330,8 @@ def test_report_errors_name_the_line(tmp_path: Path) -> None:
 def test_format_and_json_output() -> None:
     """The table lists every KPI aligned, NaN as n/a; JSON is strict, sorted, NaN as null."""
     acc = KpiAccumulator(KpiConfig(warmup_s=0.0, oxide_band_wtpct=(2.0, 4.0)))
-    acc.add(0.0, truth(), 0, False)
-    acc.add(5.0, truth(), 0, False)
+    acc.account(0.0, truth(), 0, False)
+    acc.account(5.0, truth(), 0, False)
     kpis = acc.result()
     table = format_kpis(kpis, KPI_LABELS)
     lines = table.splitlines()

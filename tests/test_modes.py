@@ -165,13 +165,13 @@ def test_sim_on_granted_warmup_after_first_healthy_cycle() -> None:
     su.request(Mode.ON)
     su.run_until(is_on, 1500)
     recs = su.records
-    healthy = first_index(recs, lambda r: r["estimate"]["health"] == "ok")
+    healthy = first_index(recs, lambda r: r.estimate.health == "ok")
     on = len(recs) - 1
     warmup = su.recipe.estimator.warmup_s
-    assert recs[on]["actual_mono_s"] - recs[healthy]["actual_mono_s"] == warmup
+    assert recs[on].actual_mono_s - recs[healthy].actual_mono_s == warmup
     for r in recs[:on]:
-        assert r["mode"] == {**r["mode"], "requested": "ON", "actual": "STANDBY"}
-        assert r["mode"]["hold"], "a refused ON must say why"
+        assert (r.mode.requested, r.mode.actual) == ("ON", "STANDBY")
+        assert r.mode.hold, "a refused ON must say why"
         assert move_writes(r, su.recipe) == []
 
 
@@ -190,15 +190,15 @@ def test_sim_input_fault_during_warmup_restarts_it() -> None:
     on = len(recs) - 1
 
     def healthy(r: dict) -> bool:  # type: ignore[type-arg]
-        return bool(r["estimate"]["health"] == "ok" and r["inputs"]["cell_voltage"][-1] == "ok")
+        return bool(r.estimate.health == "ok" and r.inputs["cell_voltage"].verdict == "ok")
 
     assert first_index(recs, healthy) < fault_from < on  # the fault did interrupt a warm-up
-    bad = [i for i, r in enumerate(recs) if r["inputs"]["cell_voltage"][-1] != "ok"]
+    bad = [i for i, r in enumerate(recs) if r.inputs["cell_voltage"].verdict != "ok"]
     assert bad[0] == fault_from
     again = next(i for i in range(bad[-1] + 1, len(recs)) if healthy(recs[i]))
     assert all(healthy(r) for r in recs[again:])
     warmup = su.recipe.estimator.warmup_s
-    assert recs[on]["actual_mono_s"] - recs[again]["actual_mono_s"] == warmup
+    assert recs[on].actual_mono_s - recs[again].actual_mono_s == warmup
 
 
 def test_sim_off_writes_no_setpoint_and_no_active_flag() -> None:
@@ -211,16 +211,16 @@ def test_sim_off_writes_no_setpoint_and_no_active_flag() -> None:
     handback = su.step()[0]
     off_recs += su.step(100)
     active_flags = [mv.active_flag for mv in su.recipe.io.mvs.values()]
-    assert handback["mode"]["actual"] == "OFF"
+    assert handback.mode.actual == "OFF"
     assert sorted(written(handback, f)[0] for f in active_flags) == [0.0, 0.0, 0.0]
     for r in off_recs + [handback]:
-        assert r["mode"]["actual"] == "OFF"
-        assert r["plan"] is None
+        assert r.mode.actual == "OFF"
+        assert r.plan is None
         assert move_writes(r, su.recipe) == []
-        assert all(w["value"] == 0.0 for w in r["writes"] if w["tag"] in active_flags)
+        assert all(w.value == 0.0 for w in r.writes if w.tag in active_flags)
         assert len(written(r, su.recipe.io.heartbeat.apc_tag)) == 1
     assert not any(loop.remote for loop in su.io.dcs.loops.values())
-    assert off_recs[-1]["readback"]["oxide_feed"] == su.io.plant.scenario.dcs_local_feed_kg_h
+    assert off_recs[-1].readback["oxide_feed"] == su.io.plant.scenario.dcs_local_feed_kg_h
 
 
 def test_sim_standby_computes_plan_but_writes_nothing() -> None:
@@ -228,14 +228,14 @@ def test_sim_standby_computes_plan_but_writes_nothing() -> None:
     su = SimUnit(seed=13)
     su.request(Mode.STANDBY)
     recs = su.step(600)
-    planned = [r for r in recs if r["plan"] is not None and r["plan"]["status"] == "ok"]
+    planned = [r for r in recs if r.plan is not None and r.plan.status == "ok"]
     assert len(planned) > 200
     for r in planned:
-        assert set(r["plan"]["moves"]) == set(su.recipe.io.mvs)
+        assert set(r.plan.moves) == set(su.recipe.io.mvs)
     for r in recs:
-        assert r["mode"]["actual"] == "STANDBY"
+        assert r.mode.actual == "STANDBY"
         assert move_writes(r, su.recipe) == []
-        flags = [w["value"] for w in r["writes"] if w["tag"].endswith("apc_active")]
+        flags = [w.value for w in r.writes if w.tag.endswith("apc_active")]
         assert flags == [0.0, 0.0, 0.0]
     assert not any(loop.remote for loop in su.io.dcs.loops.values())
 
@@ -249,17 +249,17 @@ def test_sim_shed_latches_until_requested_again() -> None:
     su.go_on()
     assert su.k < fault_from
     su.step(fault_from - su.k)
-    su.run_until(lambda r: r["shed"], 50)
+    su.run_until(lambda r: r.shed, 50)
     latched = su.step(400)  # fault lasts 72 cycles; afterwards everything is healthy again
-    assert latched[-1]["inputs"]["cell_voltage"][-1] == "ok"
-    assert latched[-1]["estimate"]["health"] == "ok"
+    assert latched[-1].inputs["cell_voltage"].verdict == "ok"
+    assert latched[-1].estimate.health == "ok"
     for r in latched:
-        assert r["mode"]["requested"] == "ON" and r["mode"]["actual"] == "STANDBY"
-        assert "cell_voltage" in r["shed_reason"] and not r["shed"]
+        assert r.mode.requested == "ON" and r.mode.actual == "STANDBY"
+        assert "cell_voltage" in r.shed_reason and not r.shed
         assert move_writes(r, su.recipe) == []
     su.request(Mode.ON)
     after = su.step()[0]
-    assert after["shed_reason"] == ""
+    assert after.shed_reason == ""
     # The inputs have been healthy for far longer than warmup_s: ON at once.
     assert is_on(after)
     assert written(after, "feed.sp_kg_h") and written(after, "current.sp_kA")
@@ -274,14 +274,14 @@ def test_sim_loop_taken_local_sheds_at_once_naming_the_loop() -> None:
     before = su.step(ev_k - su.k)
     assert all(is_on(r) for r in before[-5:])
     shed = su.step()[0]
-    assert shed["shed"] is True
-    assert "oxide_feed" in shed["shed_reason"] and "remote" in shed["shed_reason"]
+    assert shed.shed is True
+    assert "oxide_feed" in shed.shed_reason and "remote" in shed.shed_reason
     rest = su.step(200)
     for r in [shed] + rest:
-        assert r["mode"]["actual"] == "STANDBY"
+        assert r.mode.actual == "STANDBY"
         assert move_writes(r, su.recipe) == []
-    assert sum(r["shed"] for r in su.records) == 1
-    assert rest[-1]["readback"]["oxide_feed"] == su.io.plant.scenario.dcs_local_feed_kg_h
+    assert sum(r.shed for r in su.records) == 1
+    assert rest[-1].readback["oxide_feed"] == su.io.plant.scenario.dcs_local_feed_kg_h
 
 
 def test_sim_dcs_heartbeat_freeze_goes_standby_without_writes() -> None:
@@ -296,9 +296,9 @@ def test_sim_dcs_heartbeat_freeze_goes_standby_without_writes() -> None:
     freeze = su.step(int(freeze_h * 3600 / su.period) - 2)
     first_standby = first_index(freeze, lambda r: not is_on(r))
     assert timeout_cycles - 1 <= first_standby <= math.ceil(timeout_cycles) + 1
-    assert freeze[first_standby]["shed"] and "heartbeat" in freeze[first_standby]["shed_reason"]
+    assert freeze[first_standby].shed and "heartbeat" in freeze[first_standby].shed_reason
     for r in freeze[first_standby:]:
-        assert r["mode"]["actual"] == "STANDBY"
+        assert r.mode.actual == "STANDBY"
         assert move_writes(r, su.recipe) == []
         assert written(r, su.recipe.io.heartbeat.apc_tag)  # our heartbeat keeps counting
 
@@ -310,7 +310,7 @@ def test_sim_requested_mode_is_recorded_separately_from_actual(mode: Mode) -> No
     su.go_on()
     su.request(mode)
     r = su.step()[0]
-    assert r["mode"]["requested"] == mode.value and r["mode"]["actual"] == mode.value
+    assert r.mode.requested == mode.value and r.mode.actual == mode.value
     assert move_writes(r, su.recipe) == []
 
 
@@ -325,4 +325,4 @@ def test_sim_link_loss_shed_names_the_link_not_the_remote_status() -> None:
 
     su.unit.io.read = lost  # type: ignore[method-assign]
     shed = su.step()[0]
-    assert shed["shed"] and shed["shed_reason"].startswith("read failed: ConnectionError: plant link down")
+    assert shed.shed and shed.shed_reason.startswith("read failed: ConnectionError: plant link down")

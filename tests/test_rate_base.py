@@ -52,7 +52,7 @@ class Refusing:
 
 
 def current_writes(rec: dict[str, Any]) -> list[float]:
-    return [w["value"] for w in rec["writes"] if w["tag"] == CURRENT_TAG]
+    return [w.value for w in rec.writes if w.tag == CURRENT_TAG]
 
 
 def test_refused_writes_do_not_advance_the_ramp() -> None:
@@ -66,12 +66,12 @@ def test_refused_writes_do_not_advance_the_ramp() -> None:
     step = rate_step(su.recipe, "current_sp")
     tap.refuse = 2
     refused = su.step(2)
-    assert all(not w["ok"] for r in refused for w in r["writes"] if w["tag"] == CURRENT_TAG)
+    assert all(not w.ok for r in refused for w in r.writes if w.tag == CURRENT_TAG)
     rec = su.step()[0]
     (value,) = current_writes(rec)
-    readback = rec["readback"]["current_sp"]
+    readback = rec.readback["current_sp"]
     assert abs(value - readback) <= step + 1e-12
-    assert rec["readback"]["current_sp"] == refused[-1]["readback"]["current_sp"]
+    assert rec.readback["current_sp"] == refused[-1].readback["current_sp"]
 
 
 def test_a_long_gap_between_cycles_allows_one_period_of_rate() -> None:
@@ -83,4 +83,4 @@ def test_a_long_gap_between_cycles_allows_one_period_of_rate() -> None:
     su.k += 4  # the loop stalled for 25 s (the scheduler takes the next slot, the unit sees the gap)
     rec = su.step()[0]
     (value,) = current_writes(rec)
-    assert abs(value - rec["readback"]["current_sp"]) <= rate_step(su.recipe, "current_sp") + 1e-12
+    assert abs(value - rec.readback["current_sp"]) <= rate_step(su.recipe, "current_sp") + 1e-12

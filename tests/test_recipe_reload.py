@@ -54,7 +54,7 @@ def test_reload_while_on_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     why = su.unit.request_reload(new, build_parts(new), who="erin", where="test", utc=su.clock.utc())
     assert why.startswith("unit is ON")
     rec = su.step()[0]
-    assert rec["mode"]["actual"] == "ON" and "recipe_reload" not in rec
+    assert rec.mode.actual == "ON" and rec.recipe_reload is None
     assert su.unit.loaded.sha256 == old_sha and su.unit.controller is controller
     assert su.unit.mvs["oxide_feed"].limits.operator == (0, 20)
     (refused,) = audit.events("recipe_reload_refused")
@@ -78,17 +78,17 @@ def test_reload_in_standby_applies_limits_and_tuning_at_the_next_cycle(tmp_path:
     assert new_sha is not None and new_sha != old_sha
     assert su.unit.mvs["oxide_feed"].limits.operator == (0, 20), "nothing changes before the cycle boundary"
     rec = su.step()[0]
-    assert rec["recipe_reload"] == {"old_sha256": old_sha, "new_sha256": new_sha, "who": "erin"}
+    assert rec.recipe_reload == {"old_sha256": old_sha, "new_sha256": new_sha, "who": "erin"}
     assert su.unit.loaded.sha256 == new_sha and su.unit.pending_reload_sha256 is None
     assert su.unit.mvs["oxide_feed"].limits.operator == (2, 18)
     assert su.unit.controller is not old_controller and su.unit.controller.cfg.nominal_feed_kg_h == 9.0
     assert su.unit.mvs["anode_move"].enabled is False and su.unit.mvs["oxide_feed"].enabled is True
-    assert rec["mode"]["requested"] == rec["mode"]["actual"] == "STANDBY"
+    assert rec.mode.requested == rec.mode.actual == "STANDBY"
     assert "recipe_reload" not in su.step()[0], "applied once"
     (event,) = audit.events("recipe_reload")
     assert (event["who"], event["old"], event["new"], event["sections"]) == (
         "erin", old_sha, new_sha, ["controller", "limits"])
-    assert event["cycle"] == rec["k"] and event["what"] == str(path)
+    assert event["cycle"] == rec.k and event["what"] == str(path)
     (limits,) = audit.events("operator_limits")  # the operator limits in force changed: audited
     assert (limits["mv"], limits["old"], limits["new"], limits["why"]) == ("oxide_feed", [0, 20], [2, 18],
                                                                           "recipe reload")

@@ -106,15 +106,17 @@ def test_failing_unit_does_not_stop_the_other(tmp_path: Path, built: dict[str, U
     assert built["broken"].estimator.calls == bad_cycles  # type: ignore[attr-defined]
     good = read_record(next(rdir.glob("good-*.apcrec")))
     assert len(good.cycles) == good_cycles and not good.truncated_tail
-    on_writes = [c for c in good.cycles if c["mode"]["actual"] == "ON"
-                 and any(w["tag"] == "feed.sp_kg_h" and w["ok"] for w in c["writes"])]
+    on_writes = [c for c in good.cycle_records() if c.mode.actual == "ON"
+                 and any(w.tag == "feed.sp_kg_h" and w.ok for w in c.writes)]
     assert len(on_writes) > 20
     broken = read_record(next(rdir.glob("broken-*.apcrec")))
     assert len(broken.cycles) == bad_cycles and not broken.truncated_tail
-    assert all(c["fault"]["stage"] == "estimate" and c["mode"]["actual"] == "STANDBY" for c in broken.cycles)
-    assert broken.cycles[-1]["shed_reason"] == "estimate failed: ZeroDivisionError: estimator bug"
-    assert not any(w["tag"] in ("feed.sp_kg_h", "current.sp_kA", "anode.move_cm") for c in broken.cycles
-                   for w in c["writes"])
+    broken_cycles = broken.cycle_records()
+    assert all(c.fault is not None and c.fault["stage"] == "estimate" and c.mode.actual == "STANDBY"
+               for c in broken_cycles)
+    assert broken_cycles[-1].shed_reason == "estimate failed: ZeroDivisionError: estimator bug"
+    assert not any(w.tag in ("feed.sp_kg_h", "current.sp_kA", "anode.move_cm") for c in broken_cycles
+                   for w in c.writes)
     audit = [json.loads(line) for line in (rdir / "audit.jsonl").read_text().splitlines()]
     failed = [e for e in audit if e["event"] == "cycle_fault"]
     assert len(failed) == bad_cycles and {e["unit"] for e in failed} == {"broken"}

@@ -37,7 +37,7 @@ BENIGN = ("ok", "no_new_sample")
 
 def first_write(rec: dict[str, Any], tag: str) -> float:
     values = written(rec, tag)
-    assert len(values) == 1, (tag, rec["writes"])
+    assert len(values) == 1, (tag, rec.writes)
     return values[0]
 
 
@@ -56,14 +56,14 @@ def test_first_on_write_is_within_one_rate_step_of_readback(away: Mode, away_cyc
     assert is_on(last_on)
     su.request(away)
     su.step(away_cycles)
-    assert all(r["mode"]["actual"] == away.value for r in su.records[-away_cycles:])
+    assert all(r.mode.actual == away.value for r in su.records[-away_cycles:])
     su.request(Mode.ON)
     rec = su.run_until(is_on, 5)
-    rb = rec["readback"]
+    rb = rec.readback
     # Preconditions: APC memory and controller wish both differ from the DCS value by many rate steps.
     assert rb["oxide_feed"] == su.io.plant.scenario.dcs_local_feed_kg_h
     feed_step, current_step = rate_step(su.recipe, "oxide_feed"), rate_step(su.recipe, "current_sp")
-    wish = rec["plan"]["moves"]["oxide_feed"]
+    wish = rec.plan.moves["oxide_feed"]
     assert abs(written(last_on, "feed.sp_kg_h")[0] - rb["oxide_feed"]) > 10 * feed_step
     assert abs(wish - rb["oxide_feed"]) > 10 * feed_step
     assert rb["current_sp"] == 5.5
@@ -89,12 +89,12 @@ def test_reenabled_mv_starts_from_its_readback() -> None:
         assert written(r, "feed.sp_kg_h") == [] and written(r, "feed.apc_active") == [0.0]
         assert written(r, "current.apc_active") == [1.0]
     local = su.io.plant.scenario.dcs_local_feed_kg_h
-    assert disabled[-1]["readback"]["oxide_feed"] == local
+    assert disabled[-1].readback["oxide_feed"] == local
     su.enable("oxide_feed", True)
     rec = su.step()[0]
     assert is_on(rec)
     step = rate_step(su.recipe, "oxide_feed")
-    wish = rec["plan"]["moves"]["oxide_feed"]
+    wish = rec.plan.moves["oxide_feed"]
     assert abs(wish - local) > 10 * step
     assert first_write(rec, "feed.sp_kg_h") - local == pytest.approx(math.copysign(step, wish - local))
     assert written(rec, "feed.apc_active") == [1.0]
@@ -111,7 +111,7 @@ def test_disabled_mv_is_never_written_while_others_run(mv: str) -> None:
     mine = {spec.tag} | ({spec.sequence_tag} if spec.sequence_tag else set())
     assert all(is_on(r) for r in recs)
     for r in su.records:
-        assert [w for w in r["writes"] if w["tag"] in mine] == []
+        assert [w for w in r.writes if w.tag in mine] == []
         assert all(v == 0.0 for v in written(r, spec.active_flag))
     for other, ospec in su.recipe.io.mvs.items():
         if other == mv:
@@ -121,9 +121,9 @@ def test_disabled_mv_is_never_written_while_others_run(mv: str) -> None:
             assert all(len(written(r, ospec.tag)) == 1 for r in recs)
     # The controller did want to move it (else "never written" would prove nothing).
     if mv == "anode_move":
-        assert any(r["plan"]["moves"][mv] != 0.0 for r in recs)
+        assert any(r.plan.moves[mv] != 0.0 for r in recs)
     elif mv == "oxide_feed":
-        assert any(r["plan"]["moves"][mv] != r["readback"][mv] for r in recs)
+        assert any(r.plan.moves[mv] != r.readback[mv] for r in recs)
     loop = spec.tag.partition(".")[0]
     assert not su.io.dcs.loops[loop].remote
 
@@ -148,12 +148,12 @@ def test_bad_input_never_reaches_a_write_and_sheds(fault: str) -> None:
     frozen_cycles = su.recipe.io.inputs["cell_voltage"].frozen.cycles  # type: ignore[union-attr]
     assert fault_k <= first <= fault_k + (frozen_cycles - 1 if fault == "frozen" else 0)
     for i in flagged:
-        assert move_writes(recs[i], su.recipe) == [], recs[i]["k"]
-    sheds = [i for i, r in enumerate(recs) if r["shed"]]
+        assert move_writes(recs[i], su.recipe) == [], recs[i].k
+    sheds = [i for i, r in enumerate(recs) if r.shed]
     assert sheds == [first + su.recipe.modes.shed_after_bad_cycles - 1]
-    assert "cell_voltage" in recs[sheds[0]]["shed_reason"]
+    assert "cell_voltage" in recs[sheds[0]].shed_reason
     assert all(is_on(r) for r in recs[first:sheds[0]])  # held ON (no writes) until the shed
-    assert all(r["mode"]["actual"] == "STANDBY" for r in recs[sheds[0]:])
+    assert all(r.mode.actual == "STANDBY" for r in recs[sheds[0]:])
     beats = [first_write(r, su.recipe.io.heartbeat.apc_tag) for r in recs]
     assert beats == [float(i + 1) for i in range(len(recs))]
 
@@ -169,11 +169,11 @@ def test_short_input_fault_holds_without_shed_then_resumes() -> None:
     recs = su.step(10)
     bad = [i for i, r in enumerate(recs) if verdict(r, "cell_voltage") != "ok"]
     assert bad == [0, 1, 2]
-    assert all(is_on(r) and not r["shed"] for r in recs)
+    assert all(is_on(r) and not r.shed for r in recs)
     assert all(move_writes(recs[i], su.recipe) == [] for i in bad)
-    assert all(r["mode"]["hold"] for r in recs[:3])
+    assert all(r.mode.hold for r in recs[:3])
     for r in recs[3:]:
-        assert r["mode"]["hold"] == ""
+        assert r.mode.hold == ""
         assert len(written(r, "feed.sp_kg_h")) == 1 and len(written(r, "current.sp_kA")) == 1
 
 
@@ -199,13 +199,13 @@ def test_bad_input_is_held_by_the_guard_even_if_the_estimator_says_ok() -> None:
     su.step(fault_k - su.k)
     recs = su.step(20)
     assert verdict(recs[0], "cell_voltage") == "bad_quality"
-    assert recs[0]["plan"]["status"] == "ok" and recs[0]["plan"]["moves"]  # the controller did propose
+    assert recs[0].plan.status == "ok" and recs[0].plan.moves  # the controller did propose
     shed_at = su.recipe.modes.shed_after_bad_cycles - 1
     for r in recs[:shed_at]:
         assert is_on(r)
         assert move_writes(r, su.recipe) == []
-        assert all(not d["write"] and "inputs_not_ok" in d["reason"] for d in r["guard"]["decisions"].values())
-    assert recs[shed_at]["shed"] and "cell_voltage" in recs[shed_at]["shed_reason"]
+        assert all(not d.write and "inputs_not_ok" in d.reason for d in r.decisions.values())
+    assert recs[shed_at].shed and "cell_voltage" in recs[shed_at].shed_reason
     assert all(move_writes(r, su.recipe) == [] for r in recs)
 
 
@@ -229,11 +229,11 @@ def test_controller_exception_sheds_at_once_and_cycle_survives() -> None:
     su.step(5)
     su.unit.controller = Raising(su.unit.controller)
     recs = su.step(20)
-    assert recs[0]["shed"] and "controller failed" in recs[0]["shed_reason"]
-    assert "solver exploded" in recs[0]["shed_reason"]
-    assert [r["shed"] for r in recs[1:]] == [False] * 19
+    assert recs[0].shed and "controller failed" in recs[0].shed_reason
+    assert "solver exploded" in recs[0].shed_reason
+    assert [r.shed for r in recs[1:]] == [False] * 19
     for r in recs:
-        assert r["mode"]["actual"] == "STANDBY"
+        assert r.mode.actual == "STANDBY"
         assert move_writes(r, su.recipe) == []
         assert written(r, su.recipe.io.heartbeat.apc_tag)
 
@@ -257,22 +257,22 @@ def test_voltage_fault_shed_falls_back_without_anode_effect(voltage_fault_run: t
     assert result.kpis["anode_effects"] == 0
     rec = read_record(path)
     assert not rec.truncated_tail and len(rec.cycles) == 7200
-    cycles = rec.cycles
-    assert all(c["truth"]["anode_effect"] == 0.0 for c in cycles)
+    cycles = rec.cycle_records()
+    assert all(c.truth["anode_effect"] == 0.0 for c in cycles)
     sc = load_scenario("voltage_fault")
     fault = sc.events[0]
-    shed = [i for i, c in enumerate(cycles) if c["shed"]]
+    shed = [i for i, c in enumerate(cycles) if c.shed]
     assert len(shed) == 1
     s = shed[0]
-    assert fault.at_h * 3600 < cycles[s]["t_s"] <= fault.at_h * 3600 + 10 * 5.0
-    position = cycles[s]["readback"]["anode_move"]
+    assert fault.at_h * 3600 < cycles[s].t_s <= fault.at_h * 3600 + 10 * 5.0
+    position = cycles[s].readback["anode_move"]
     recipe = load(ND_RECIPE).recipe
     for c in cycles[s + 1:]:  # latched until the end: the DCS runs the cell
-        assert c["mode"]["actual"] == "STANDBY"
-        assert c["readback"]["oxide_feed"] == sc.dcs_local_feed_kg_h
-        assert c["readback"]["anode_move"] == position
+        assert c.mode.actual == "STANDBY"
+        assert c.readback["oxide_feed"] == sc.dcs_local_feed_kg_h
+        assert c.readback["anode_move"] == position
         assert move_writes(c, recipe) == []
-    assert cycles[-1]["t_s"] > (fault.at_h + fault.duration_h) * 3600  # the fault is over and still no AE
+    assert cycles[-1].t_s > (fault.at_h + fault.duration_h) * 3600  # the fault is over and still no AE
 
 
 # ------------------------------------------------------------- write list
@@ -305,15 +305,15 @@ def test_every_write_is_on_the_write_list_and_increments_are_sent_once() -> None
     assert {t for t, _, _ in applied} <= allowed
     assert all(ok for _, _, ok in applied)
     # What the record says was written is exactly what reached the DCS, in order.
-    recorded = [(w["tag"], w["value"]) for r in su.records for w in r["writes"]]
+    recorded = [(w.tag, w.value) for r in su.records for w in r.writes]
     assert recorded == [(t, v) for t, v, _ in applied]
-    assert all(w["ok"] for r in su.records for w in r["writes"])
+    assert all(w.ok for r in su.records for w in r.writes)
     anode = io_.mvs["anode_move"]
     seqs = [v for t, v, _ in applied if t == anode.sequence_tag]
     assert len(seqs) >= 2
     assert seqs == [float(i) for i in range(1, len(seqs) + 1)]
     for r in su.records:
-        tags = [w["tag"] for w in r["writes"]]
+        tags = [w.tag for w in r.writes]
         if anode.tag in tags:
             i = tags.index(anode.tag)
             assert tags.count(anode.tag) == 1 and tags[i + 1] == anode.sequence_tag
@@ -321,7 +321,7 @@ def test_every_write_is_on_the_write_list_and_increments_are_sent_once() -> None
             assert anode.sequence_tag not in tags
     increments = [v for t, v, _ in applied if t == anode.tag]
     assert moves == increments  # each move executed exactly once by the DCS
-    assert su.records[-1]["readback"]["anode_move"] == pytest.approx(sum(increments), abs=1e-12)
+    assert su.records[-1].readback["anode_move"] == pytest.approx(sum(increments), abs=1e-12)
     assert sum(is_on(r) for r in su.records) > 0.9 * len(su.records)
 
 
@@ -350,8 +350,8 @@ def test_audit_events_for_writes_mode_changes_and_requests() -> None:
     assert all("ts" in e for e in requests)
 
     mv_tags = {mv.tag: name for name, mv in su.recipe.io.mvs.items()}
-    expected_writes = [(r["k"], w["tag"], w["value"], r["readback"].get(mv_tags[w["tag"]]))
-                       for r in su.records for w in r["writes"] if w["tag"] in mv_tags]
+    expected_writes = [(r.k, w.tag, w.value, r.readback.get(mv_tags[w.tag]))
+                       for r in su.records for w in r.writes if w.tag in mv_tags]
     writes = [e for e in events if e["event"] == "write" and e["what"] in mv_tags]
     assert len(expected_writes) > 100
     assert [(e["cycle"], e["what"], e["new"], e["old"]) for e in writes] == expected_writes
@@ -360,9 +360,9 @@ def test_audit_events_for_writes_mode_changes_and_requests() -> None:
     expected_changes = []
     prev = "OFF"
     for r in su.records:
-        if r["mode"]["actual"] != prev:
-            expected_changes.append((r["k"], prev, r["mode"]["actual"]))
-            prev = r["mode"]["actual"]
+        if r.mode.actual != prev:
+            expected_changes.append((r.k, prev, r.mode.actual))
+            prev = r.mode.actual
     changes = [e for e in events if e["event"] == "mode_change"]
     assert [(e["cycle"], e["old"], e["new"]) for e in changes] == expected_changes
     assert [c[2] for c in expected_changes] == ["STANDBY", "ON", "STANDBY", "ON", "OFF"]
@@ -374,8 +374,8 @@ def test_record_carries_cycle_time() -> None:
     """Each cycle record carries t_s (the cycle's run time) as the flight-record format requires."""
     su = SimUnit(seed=28)
     recs = su.step(3)
-    assert [r["t_s"] for r in recs] == [0.0, 5.0, 10.0]
-    assert all(math.isfinite(r["utc"]) for r in recs)
+    assert [r.t_s for r in recs] == [0.0, 5.0, 10.0]
+    assert all(math.isfinite(r.utc) for r in recs)
 
 
 def test_setpoint_tags_cover_recipe() -> None:
@@ -395,7 +395,7 @@ def test_bad_auxiliary_input_never_holds_the_unit() -> None:
     su.step(fault_k + 120 - su.k)
     recs = su.records[fault_k + 1:]
     assert all(verdict(r, "metal_tapped") == "bad_quality" for r in recs)
-    assert all(is_on(r) and not r["shed"] and r["mode"]["hold"] == "" for r in recs)
+    assert all(is_on(r) and not r.shed and r.mode.hold == "" for r in recs)
     assert all(len(written(r, "feed.sp_kg_h")) == 1 for r in recs)
 
 
@@ -421,7 +421,7 @@ def test_controller_gets_limits_in_force_and_dcs_limit_status() -> None:
     su.unit.controller = Spy(su.unit.controller)
     su.go_on()
     rec = su.step(1)[0]
-    assert rec["dcs_at_limit"] == {}
+    assert rec.dcs_at_limit == {}
     c = seen[-1]["current_sp"]
     assert (c.low, c.high, c.hold_up, c.hold_down) == (5.0, 6.5, False, False)
     mv = su.unit.mvs["current_sp"]
@@ -435,5 +435,5 @@ def test_controller_gets_limits_in_force_and_dcs_limit_status() -> None:
     rec = su.step(1)[0]
     c = seen[-1]["current_sp"]
     assert (c.low, c.high, c.hold_up, c.hold_down) == (5.2, 6.1, True, False)
-    assert rec["dcs_at_limit"] == {"current_sp": "high"}
+    assert rec.dcs_at_limit == {"current_sp": "high"}
     assert not seen[-1]["oxide_feed"].hold_up

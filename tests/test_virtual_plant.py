@@ -85,7 +85,7 @@ def test_opcua_serves_every_tag_good_with_types_access_and_sample_times(tmp_path
                 assert snap[tag].source_ts == pytest.approx(truth[tag].sample_ts, abs=1e-3)
                 assert snap[tag].value == pytest.approx(truth[tag].value)
             assert snap["cell.voltage_V"].source_ts == pytest.approx(clock.utc(), abs=1e-3)
-            assert snap["dcs.heartbeat"].value == pytest.approx(vp.io("cell-01").dcs.dcs_heartbeat(clock.monotonic()))
+            assert snap["dcs.heartbeat"].value == pytest.approx(vp.io("cell-01").dcs.heartbeats.dcs_counter(clock.monotonic()))
             assert {snap[t].value for t in tags if t.endswith((".remote", ".apc_active"))} == {0.0}
             await client.close()
             # Only the DCS's writable set is writable: a binding claiming more is refused at connect.

@@ -67,6 +67,7 @@ from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User,
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.server.address_space import AttributeService
 
+from apc.cycle_record import CycleRecord
 from apc.hmi.certs import application_uri_of
 from apc.hmi.channel_guard import ChannelGuard, ChannelGuardError, ChannelRules, GuardedServer, is_loopback_host
 from apc.hmi.login import HmiUserManager, LoginGate, PasswordPool
@@ -500,44 +501,43 @@ class HmiServer:
         if bad:
             _log.warning("HMI node update failed: %s", bad)
 
-    async def publish(self, unit_name: str, record: Mapping[str, Any]) -> None:
-        """Update the unit's nodes from one flight-record entry (one batched write; no-op when stopped)."""
+    async def publish(self, unit_name: str, record: CycleRecord) -> None:
+        """Update the unit's nodes from one cycle's record (one batched write; no-op when stopped)."""
         nodes = self._unit_nodes(unit_name)
         if nodes is None:
             return
         unit = self._units[unit_name]
-        ts = dt.datetime.fromtimestamp(float(record["utc"]), dt.timezone.utc)
-        mode = record["mode"]
+        ts = dt.datetime.fromtimestamp(float(record.utc), dt.timezone.utc)
+        mode = record.mode
         f = nodes.fixed
         writes = [
-            (f["ActualMode"], _dv(str(mode["actual"]), _VT.String, ts)),
-            (f["ShedReason"], _dv(str(record.get("shed_reason") or ""), _VT.String, ts)),
-            (f["HoldReason"], _dv(str(mode.get("hold") or ""), _VT.String, ts)),
-            (f["Heartbeat"], _dv(int(record["k"]), _VT.Int64, ts)),
+            (f["ActualMode"], _dv(mode.actual, _VT.String, ts)),
+            (f["ShedReason"], _dv(record.shed_reason, _VT.String, ts)),
+            (f["HoldReason"], _dv(mode.hold, _VT.String, ts)),
+            (f["Heartbeat"], _dv(int(record.k), _VT.Int64, ts)),
             (f["LastCycleUtc"], _dv(ts, _VT.DateTime, ts)),
             (f["Sheds"], _dv(int(unit.sheds), _VT.Int64, ts)),
             (f["RecipeSha256"], _dv(unit.loaded.sha256, _VT.String, ts)),
         ]
         writes += self._command_values(unit_name, ts)
-        readback = record.get("readback") or {}
         for mv, ids in nodes.mvs.items():
-            value = readback.get(mv)
+            value = record.readback.get(mv)
             if value is None:
                 writes.append((ids["Value"], _dv(None, _VT.Double, ts, ua.StatusCodes.Bad)))
             else:
                 writes.append((ids["Value"], _dv(float(value), _VT.Double, ts)))
-        est = record.get("estimate") or {}
-        writes.append((f["EstimateHealth"], _dv(str(est.get("health", "")), _VT.String, ts)))
-        p_diag = est.get("P_diag")
-        for i, (state, x) in enumerate(zip(est.get("names", ()), est.get("x", ()))):
+        est = record.estimate
+        writes.append((f["EstimateHealth"], _dv(est.health, _VT.String, ts)))
+        p_diag = est.P_diag
+        for i, (state, x) in enumerate(zip(est.names, est.x)):
             value_id, sigma_id = await self._estimate_nodes(unit_name, str(state))
             writes.append((value_id, _dv(float(x), _VT.Double, ts)))
             if p_diag is None or i >= len(p_diag) or p_diag[i] is None:
                 writes.append((sigma_id, _dv(None, _VT.Double, ts, ua.StatusCodes.Bad)))
             else:
                 writes.append((sigma_id, _dv(math.sqrt(max(float(p_diag[i]), 0.0)), _VT.Double, ts)))
-        plan = record.get("plan") or {}
-        for cv, trajectory in (plan.get("predicted") or {}).items():
+        predicted = record.plan.predicted if record.plan is not None else {}
+        for cv, trajectory in predicted.items():
             values = [float(v) for v in trajectory]
             next_id, traj_id = await self._prediction_nodes(unit_name, str(cv))
             if values:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 if TYPE_CHECKING:
     from apc.compute import Parts
     from apc.curve_preview import CurvePreview
+    from apc.cycle_record import CycleRecord
     from apc.protocols import BatchRunner, Clock, KpiSink
     from apc.recipe.loader import LoadedRecipe
     from apc.recipe.schema import Recipe
@@ -35,6 +36,8 @@ class RecipeChecks(Protocol):
     """Converted sections by name (a section that failed conversion is absent)."""
     known: frozenset[str] | None
     """Every signal name the recipe provides (None when they could not be listed)."""
+    recipe_dir: Path
+    """The folder of the recipe file (files it names are relative to it)."""
 
     def problem(self, keys: tuple[str | int, ...], field: str, message: str, key_line: bool = False) -> None:
         """Report ``message`` for ``field`` at the line of ``keys`` in the file."""
@@ -50,7 +53,7 @@ class SimDriver(Protocol):
     """What an operator does to a simulated unit in ``apc sim`` (e.g. start a furnace batch once the
     unit is ON), called after each cycle; True once the run is complete."""
 
-    def after_cycle(self, record: Any, t_s: float) -> bool:
+    def after_cycle(self, record: CycleRecord, t_s: float) -> bool:
         """Act on this cycle's record; True when the run is over."""
 
     def meta(self) -> Mapping[str, Any]:
@@ -111,7 +114,7 @@ class UnitKind(Protocol):
     def kpi_from_header(self, header: Mapping[str, Any]) -> KpiSink | None:
         """The accumulator a record header configures (None when it has no configuration of this kind)."""
 
-    def status_line(self, unit_name: str, recipe: Recipe, record: Any) -> str:
+    def status_line(self, recipe: Recipe, record: CycleRecord) -> str:
         """One line for ``apc run``'s periodic status."""
 
     def simulator_sha256(self) -> str:

@@ -484,12 +484,6 @@ def _check_files(conv: Converter, root: Node, parts: dict[str, Any], recipe: Rec
                  files: FileCheck | None) -> None:
     """Every file the recipe names exists (relative to the recipe file) and, with ``files``, is usable."""
     base = Path(conv.file).parent
-    estimator = parts.get("estimator")
-    soft = estimator.soft_sensor if estimator is not None else None
-    if soft is not None and not (base / soft.model_file).is_file():
-        conv.problem(_at(root, "estimator", "soft_sensor", "model_file"), "estimator.soft_sensor.model_file",
-                     f"file not found: {base / soft.model_file}")
-        return
     if recipe is None or files is None:
         return
     try:
@@ -506,6 +500,7 @@ class _Checks:
 
     def __init__(self, conv: Converter, root: Node, parts: dict[str, Any], known: frozenset[str] | None) -> None:
         self._conv, self._root, self.parts, self.known = conv, root, parts, known
+        self.recipe_dir = Path(conv.file).parent
 
     def problem(self, keys: tuple[str | int, ...], field: str, message: str, key_line: bool = False) -> None:
         """Report ``message`` for ``field`` at the line of ``keys``."""

@@ -66,18 +66,18 @@ def setpoint_tags(recipe: Recipe) -> frozenset[str]:
 
 def written(rec: Record, tag: str) -> list[float]:
     """Values written to ``tag`` in one cycle record."""
-    return [w["value"] for w in rec["writes"] if w["tag"] == tag]
+    return [w.value for w in rec.writes if w.tag == tag]
 
 
 def move_writes(rec: Record, recipe: Recipe) -> list[tuple[str, float]]:
     """(tag, value) of every setpoint/increment/sequence write of one cycle."""
     tags = setpoint_tags(recipe)
-    return [(w["tag"], w["value"]) for w in rec["writes"] if w["tag"] in tags]
+    return [(w.tag, w.value) for w in rec.writes if w.tag in tags]
 
 
 def verdict(rec: Record, name: str) -> str:
     """Validation verdict of input ``name`` in a cycle record."""
-    return str(rec["inputs"][name][-1])
+    return str(rec.inputs[name].verdict)
 
 
 class SimUnit:
@@ -134,11 +134,11 @@ class SimUnit:
     def go_on(self, max_cycles: int = 1000) -> Record:
         """Request ON and run until the unit actually is ON."""
         self.request(Mode.ON)
-        return self.run_until(lambda r: r["mode"]["actual"] == "ON", max_cycles)
+        return self.run_until(lambda r: r.mode.actual == "ON", max_cycles)
 
 
 def is_on(rec: Record) -> bool:
-    return bool(rec["mode"]["actual"] == "ON")
+    return bool(rec.mode.actual == "ON")
 
 
 def rate_step(recipe: Recipe, mv: str) -> float:

@@ -58,8 +58,8 @@ def signal_names(recipe: CellRecipe) -> Iterable[str]:
 def file_problems(recipe: CellRecipe, recipe_dir: Path) -> list[tuple[str, str]]:
     """The soft sensor's ONNX model must load with the recipe's tensor names and features."""
     soft = recipe.estimator.soft_sensor
-    if soft is None or recipe.estimator.kind != "ekf":
-        return []
+    if soft is None or recipe.estimator.kind != "ekf" or not (recipe_dir / soft.model_file).is_file():
+        return []  # a missing file is reported by the cross-check
     try:
         load_soft_sensor(soft, recipe_dir, bindings=FeatureBindings.from_recipe(recipe))
     except (SoftSensorError, ValueError, KeyError) as exc:

@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from apc.compute import Parts
 from apc.curve_preview import CurvePreview
+from apc.cycle_record import CycleRecord
 from apc.kinds import RecipeChecks, SimDriver
 from apc.kinds.electrolysis_cell import assembly
 from apc.kinds.electrolysis_cell.kpi import KPI_LABELS, KpiAccumulator, KpiConfig
@@ -53,8 +54,13 @@ class ElectrolysisCell:
     kpi_labels = KPI_LABELS
 
     def cross_check(self, checks: RecipeChecks) -> None:
-        """The controller's section is there; the MPC needs the Kalman filter."""
+        """The soft sensor's model file exists; the controller's section is there; the MPC needs the
+        Kalman filter."""
         controller, estimator = checks.parts.get("controller"), checks.parts.get("estimator")
+        soft = estimator.soft_sensor if estimator is not None else None
+        if soft is not None and not (checks.recipe_dir / soft.model_file).is_file():
+            checks.problem(("estimator", "soft_sensor", "model_file"), "estimator.soft_sensor.model_file",
+                           f"file not found: {checks.recipe_dir / soft.model_file}")
         if controller is None:
             return
         if controller.kind == "baseline" and controller.baseline is None:
@@ -104,17 +110,15 @@ class ElectrolysisCell:
         data = header.get(self.kpi_header_key)
         return None if data is None else KpiAccumulator(KpiConfig.from_mapping(data))
 
-    def status_line(self, recipe: Recipe, record: Any) -> str:
+    def status_line(self, recipe: Recipe, record: CycleRecord) -> str:
         """Cell voltage and feed, with the simulator's bath temperature and oxide where there is a truth."""
-        truth = record.get("truth") or {}
-        est = record["estimate"]
-        values = dict(zip(est["names"], est["x"]))
-        values.update(est["extras"])
+        truth = record.truth or {}
+        values = record.estimate.values()
         feed = assembly.mv_names(_cell(recipe)).feed
         sim = (f"  T_bath(sim)={truth.get('bath_temp_degC', float('nan')):7.1f} degC  "
                f"oxide(sim)={truth.get('dissolved_oxide_wtpct', float('nan')):4.2f} wt%") if truth else ""
         return (f"U={values.get('cell_voltage_V', float('nan')):6.3f} V  "
-                f"feed={record['readback'].get(feed, float('nan')):5.2f} kg/h{sim}")
+                f"feed={record.readback.get(feed, float('nan')):5.2f} kg/h{sim}")
 
     def simulator_sha256(self) -> str:
         return tree_sha256(SIMULATOR_FILES, SIMULATOR_DIRS)

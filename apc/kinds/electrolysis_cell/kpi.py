@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from apc.cycle_record import CycleRecord
+
 from sim.models.nd_cell import F_C_PER_MOL, M_ND_KG_PER_MOL
 
 __all__ = [
@@ -216,9 +218,14 @@ class KpiAccumulator:
         """The configuration in use."""
         return self._cfg
 
-    def add(self, t_s: float, truth: Mapping[str, float], guard_clamps: int, shed: bool,
-            batch: Mapping[str, Any] | None = None) -> None:
-        """Account for one cycle (must be called in time order); ``batch`` is for furnaces only."""
+    def add(self, record: CycleRecord) -> None:
+        """Account for one cycle's record (simulated: it carries the truth; in time order)."""
+        if record.truth is None:
+            raise KeyError("truth")
+        self.account(record.t_s, record.truth, record.guard_clamps, record.shed)
+
+    def account(self, t_s: float, truth: Mapping[str, float], guard_clamps: int, shed: bool) -> None:
+        """Account for one cycle (must be called in time order)."""
         t = float(t_s)
         prev_t = self._prev_t
         if prev_t is not None and t < prev_t:

@@ -14,6 +14,7 @@ from apc.audit import null_logger
 from apc.batch import Batch, BatchState
 from apc.compute import Parts, PreviewHolder
 from apc.curve_preview import CurvePreview
+from apc.cycle_record import CycleRecord
 from apc.kinds import RecipeChecks, SimDriver
 from apc.kinds.furnace.assembly import (FurnaceAssemblyError, batch_for, build_furnace_controller,
                                         build_furnace_estimator, furnace_kpi_config, furnace_signal_names)
@@ -54,13 +55,12 @@ class _BatchOperator:
         self.tried = False
         self.cycles = 0
 
-    def after_cycle(self, record: Any, t_s: float) -> bool:
+    def after_cycle(self, record: CycleRecord, t_s: float) -> bool:
         self.cycles += 1
         batch = self.unit.batch
         state = batch.status()["state"]
-        if state == BatchState.IDLE.value and record["mode"]["actual"] == Mode.ON.value and not self.tried:
-            values = dict(zip(record["estimate"]["names"], record["estimate"]["x"]))
-            values.update(record["estimate"]["extras"])
+        if state == BatchState.IDLE.value and record.mode.actual == Mode.ON.value and not self.tried:
+            values = record.estimate.values()
             self.tried = True  # one start, as an operator would try it
             batch.start(self.clock.monotonic(), "apc sim", values.get(batch.curve.controlled))
             return False
@@ -205,17 +205,16 @@ class FurnaceKind:
         data = header.get(self.kpi_header_key)
         return None if data is None else FurnaceKpiAccumulator(FurnaceKpiConfig.from_mapping(data))
 
-    def status_line(self, recipe: Recipe, record: Any) -> str:
+    def status_line(self, recipe: Recipe, record: CycleRecord) -> str:
         """Batch state, segment and target, the controlled temperature estimated (and simulated)."""
-        truth = record.get("truth") or {}
-        est = record["estimate"]
-        values = dict(zip(est["names"], est["x"]))
-        values.update(est["extras"])
-        batch = record.get("batch") or {}
+        truth = record.truth or {}
+        values = record.estimate.values()
+        batch = record.batch
         furnace = _furnace(recipe)
         controlled = furnace.curve.controlled if furnace.curve else ""
-        return (f"batch {batch.get('state')} segment {batch.get('segment')} {batch.get('kind') or '-'}  "
-                f"target={batch.get('target_degC', float('nan')):7.1f} degC  "
+        where = "batch None segment None -" if batch is None else \
+            f"batch {batch.state} segment {batch.segment} {batch.kind or '-'}"
+        return (f"{where}  target={batch.target_degC if batch else float('nan'):7.1f} degC  "
                 f"{controlled}={values.get(controlled, float('nan')):7.1f} (est) "
                 f"{truth.get(controlled, float('nan')):7.1f} (sim) degC")
 

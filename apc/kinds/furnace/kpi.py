@@ -25,6 +25,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from apc.cycle_record import BatchRecord, CycleRecord
+
 FURNACE_KPI_KEYS = ("tracking_rmse_degC", "overshoot_max_degC", "time_to_soak_min", "batch_time_min",
                     "energy_kWh", "pressure_violations", "core_surface_dT_violations", "soak_complete",
                     "guard_clamps", "sheds", "cycles")
@@ -73,8 +75,14 @@ class FurnaceKpiAccumulator:
         self._last_t: float | None = None
         self._clamps = self._sheds = self._cycles = 0
 
-    def add(self, t_s: float, truth: Mapping[str, float], guard_clamps: int, shed: bool,
-            batch: Mapping[str, Any] | None = None) -> None:
+    def add(self, record: CycleRecord) -> None:
+        """One cycle's record (simulated: it carries the truth)."""
+        if record.truth is None:
+            raise KeyError("truth")
+        self.account(record.t_s, record.truth, record.guard_clamps, record.shed, record.batch)
+
+    def account(self, t_s: float, truth: Mapping[str, float], guard_clamps: int, shed: bool,
+                batch: BatchRecord | None = None) -> None:
         """One cycle: ``truth`` from the simulator, ``batch`` the reference in force."""
         cfg = self.config
         self._cycles += 1
@@ -84,7 +92,7 @@ class FurnaceKpiAccumulator:
         self._last_t = t_s
         if batch is None:
             return
-        state = batch.get("state")
+        state = batch.state
         if state == "running" and self._start_s is None:
             self._start_s, self._e0 = t_s, truth.get("energy_kWh", math.nan)
         if self._start_s is None or self._end_s is not None:
@@ -96,14 +104,14 @@ class FurnaceKpiAccumulator:
                 self._complete_s = t_s
             return
         y = float(truth[cfg.controlled])
-        target, upper, lower = (float(batch[k]) for k in ("target_degC", "upper_degC", "lower_degC"))
+        target, upper, lower = batch.target_degC, batch.upper_degC, batch.lower_degC
         if state == "running" and math.isfinite(target):
             self._sq += (y - target) ** 2
             self._n += 1
         if math.isfinite(upper):
             self._overshoot = max(self._overshoot, y - upper)
-        if batch.get("kind") == "soak":
-            seg = int(batch["segment"])
+        if batch.kind == "soak":
+            seg = batch.segment
             if seg not in self._in_band_s:
                 self._in_band_s[seg] = 0.0
                 self._soak_order.append(seg)
