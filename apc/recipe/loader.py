@@ -485,7 +485,7 @@ def _check_files(conv: Converter, root: Node, parts: dict[str, Any], recipe: Rec
     """Every file the recipe names exists (relative to the recipe file) and, with ``files``, is usable."""
     base = Path(conv.file).parent
     estimator = parts.get("estimator")
-    soft = estimator.soft_sensor if estimator is not None else None
+    soft = getattr(estimator, "soft_sensor", None)  # sections without a soft sensor (e.g. furnaces)
     if soft is not None and not (base / soft.model_file).is_file():
         conv.problem(_at(root, "estimator", "soft_sensor", "model_file"), "estimator.soft_sensor.model_file",
                      f"file not found: {base / soft.model_file}")
