@@ -10,4 +10,5 @@ KINDS: Mapping[str, str] = MappingProxyType({
     "electrolysis_cell": "apc.kinds.electrolysis_cell.kind:KIND",
     "vacuum_furnace": "apc.kinds.vacuum_furnace:KIND",
     "annealing_furnace": "apc.kinds.annealing_furnace:KIND",
+    "reduction_furnace": "apc.kinds.reduction_furnace:KIND",
 })

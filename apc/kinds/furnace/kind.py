@@ -28,8 +28,11 @@ from apc.recipe.schema import Recipe
 from apc.types import Mode
 from estimators.furnace_ekf import FurnaceFilterTuning
 from plant_io.sim_furnace import SimulatedFurnaceIO
-from sim.furnace_plant import FurnacePlant, FurnaceScenario, load_furnace_scenario
+from sim.furnace_plant import FurnacePlant, FurnaceScenario, furnace_scenario_from_mapping
 from sim.models import get_model
+from sim.scenario_loader import load_scenario_file
+
+_ROOT = Path(__file__).resolve().parents[3]
 
 FURNACE_MAX_HOURS = 72.0
 """A furnace run of ``apc sim`` without ``hours`` ends with its batch, or after this long at the latest."""
@@ -80,6 +83,9 @@ class FurnaceKind:
     """Filter tuning per model this kind can run (``model.name`` of its recipes)."""
     model_files: tuple[str, ...]
     """Sources of its models (enter its simulator hash)."""
+    scenario_dir: str = "sim/scenarios/furnace"
+    """Folder (from the project root) of its named scenarios; the files directly in it enter its
+    simulator hash, so a kind with its own folder leaves the other kinds' hashes alone."""
     recipe_class: type[Recipe] = FurnaceRecipe
     scenario_type: type = FurnaceScenario
     has_batch: bool = True
@@ -181,7 +187,7 @@ class FurnaceKind:
         """A furnace scenario (None or ``nominal``: this kind's default)."""
         name = self.default_scenario if name_or_path in (None, "nominal") else name_or_path
         assert name is not None
-        return load_furnace_scenario(name)
+        return load_scenario_file(name, _ROOT / self.scenario_dir, furnace_scenario_from_mapping, "furnace scenario")
 
     def scenario_problem(self, loaded: LoadedRecipe, scenario: Any) -> str:
         recipe = loaded.recipe
@@ -219,7 +225,7 @@ class FurnaceKind:
                 f"{truth.get(controlled, float('nan')):7.1f} (sim) degC")
 
     def simulator_sha256(self) -> str:
-        return tree_sha256(COMMON_SIMULATOR_FILES + self.model_files, ("sim/scenarios/furnace",))
+        return tree_sha256(COMMON_SIMULATOR_FILES + self.model_files, (self.scenario_dir,))
 
     def baseline_sha256(self, recipe: Recipe) -> str:
         furnace = _furnace(recipe)
