@@ -314,8 +314,8 @@ def test_report_errors_name_the_line(tmp_path: Path) -> None:
     cfg = KpiConfig(warmup_s=0.0, oxide_band_wtpct=(2.5, 3.5))
     path = tmp_path / "plant.jsonl"
     with FlightRecorder(path, {"kpi": cfg.to_mapping()}) as rec:
-        rec.append({"t_s": 0.0, "truth": truth(), "guard": {"clamps": 0}, "shed": False})
-        rec.append({"t_s": 5.0, "guard": {"clamps": 0}, "shed": False})
+        rec.append({"k": 0, "t_s": 0.0, "truth": truth(), "guard": {"clamps": 0}, "shed": False})
+        rec.append({"k": 1, "t_s": 5.0, "guard": {"clamps": 0}, "shed": False})
     with pytest.raises(RecordError, match=r"plant\.jsonl:3: .*truth") as info:
         report(path)
     assert info.value.line_no == 3

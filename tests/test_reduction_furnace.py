@@ -203,9 +203,9 @@ def test_runtime_runs_a_site_with_a_reduction_furnace_on_the_virtual_plant(tmp_p
                                         virtual_plant=load_plant_file(plant)))
     assert code == 0, out.getvalue()
     (rec,) = list(rdir.glob("rf-01*.apcrec"))
-    cycles = list(read_record(rec).cycles)
+    cycles = read_record(rec).cycle_records()
     assert len(cycles) >= 15
-    on = [c for c in cycles if c["mode"]["actual"] == "ON"]
-    assert on and not any(c["shed"] for c in on)
-    assert any(w["tag"] == "power_kW.sp" for c in on for w in c["writes"])
-    assert all(w["ok"] for c in on for w in c["writes"])
+    on = [c for c in cycles if c.mode.actual == "ON"]
+    assert on and not any(c.shed for c in on)
+    assert any(w.tag == "power_kW.sp" for c in on for w in c.writes)
+    assert all(w.ok for c in on for w in c.writes)
