@@ -102,14 +102,16 @@ def ylabel(quantity: str, unit: str | None) -> str:
 
 
 def mv_panel(header: Mapping[str, Any], name: str, *, with_limits: bool = True) -> Panel:
-    """One MV: its readback, the guarded value written and the plan's proposal, with its operator
-    and engineering limits at the start of the record (``with_limits``)."""
+    """One MV: its readback (an increment MV: the position) and the plan's proposal, with its
+    operator and engineering limits at the start of the record (``with_limits``)."""
     from apc.record_table import mv_key
 
     spec = (header.get("io") or {}).get("mvs", {}).get(name) or {}
     unit = spec.get("unit")
-    series = [Series(mv_key(header, "readback", name), f"{name} readback", "step"),
-              Series(mv_key(header, "plan", name), f"{name} proposed (plan)", "dashed")]
+    position = spec.get("kind") == "increment"  # its readback is the position the moves add up to
+    quantity = name.replace("_", " ") + (" position" if position else "")
+    series = [Series(mv_key(header, "readback", name), f"{name} {'position ' if position else ''}readback", "step"),
+              Series(mv_key(header, "plan", name), f"{name} {'move ' if position else ''}proposed (plan)", "dashed")]
     levels: list[Level] = []
     if with_limits:
         for key, label, style in (("operator", "operator limit", "limit"),
@@ -118,4 +120,4 @@ def mv_panel(header: Mapping[str, Any], name: str, *, with_limits: bool = True) 
             if lim:
                 levels += [Level(f"{label} {lim[0]:g}–{lim[1]:g}", float(lim[0]), style),  # type: ignore[arg-type]
                            Level("", float(lim[1]), style)]  # type: ignore[arg-type]
-    return Panel(ylabel(name.replace("_", " "), unit), tuple(series), levels=tuple(levels))
+    return Panel(ylabel(quantity, unit), tuple(series), levels=tuple(levels))
