@@ -97,8 +97,11 @@ def input_with_unit(header: Mapping[str, Any], unit: str, roles: tuple[str, ...]
 
 
 def ylabel(quantity: str, unit: str | None) -> str:
-    """An axis label: ``quantity (unit)``, or the quantity alone for a dimensionless one."""
-    return quantity if not unit or unit == "1" else f"{quantity} ({unit})"
+    """An axis label: ``quantity (unit)`` (``(–)`` for a dimensionless one, the quantity alone
+    when the unit is not known)."""
+    if not unit:
+        return quantity
+    return f"{quantity} (–)" if unit == "1" else f"{quantity} ({unit})"
 
 
 def mv_panel(header: Mapping[str, Any], name: str, *, with_limits: bool = True) -> Panel:
