@@ -57,7 +57,21 @@ def record_header(name: str, loaded: LoadedRecipe, clock: Clock, controller_kind
     """The flight record's header of a unit: what ran, from which recipe, since when."""
     recipe = loaded.recipe
     return {"unit": name, "unit_kind": recipe.unit_kind, "recipe": recipe.name, "recipe_sha256": loaded.sha256,
-            "period_s": recipe.period_s, "started_utc": clock.utc(), "controller": controller_kind, **extra}
+            "period_s": recipe.period_s, "started_utc": clock.utc(), "controller": controller_kind,
+            "io": io_header(recipe), **extra}
+
+
+def io_header(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's signals as a record header describes them (``apc export``, ``apc plot``): each
+    input's unit, role and model output; each MV's unit, kind, model input and limits at the start."""
+    inputs = {n: {"unit": s.unit, "role": s.role, "model_output": s.model_output} for n, s in recipe.io.inputs.items()}
+    mvs: dict[str, Any] = {}
+    for n, mv in recipe.io.mvs.items():
+        lim = recipe.limits.get(n)
+        mvs[n] = {"unit": mv.unit, "kind": mv.kind.value, "model_input": mv.model_input,
+                  "engineering": None if lim is None else list(lim.engineering),
+                  "operator": None if lim is None else list(lim.operator)}
+    return {"inputs": inputs, "mvs": mvs}
 
 
 def build_sim_unit(

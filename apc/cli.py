@@ -1,4 +1,4 @@
-"""The ``apc`` command line: check, sim, report, run."""
+"""The ``apc`` command line: check, sim, report, export, plot, run."""
 
 from __future__ import annotations
 
@@ -100,6 +100,39 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from apc.export import MissingExtraError, default_out, export
+    from apc.record_table import read_table
+    from apc.recorder import RecordError
+
+    out = Path(args.out) if args.out else default_out(Path(args.file), "." + args.format)
+    try:
+        table = read_table(args.file)
+        export(table, args.format, out)
+    except (RecordError, OSError, KeyError, MissingExtraError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{out}: {table.rows} rows, {len(table.columns)} columns")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from apc.export import MissingExtraError, default_out
+    from apc.kinds import UnknownKindError
+    from apc.recorder import RecordError
+    from apc.trends import plot_record
+
+    out = Path(args.out) if args.out else default_out(Path(args.file), "_trends")
+    try:
+        files = plot_record(Path(args.file), out)
+    except (RecordError, OSError, KeyError, UnknownKindError, MissingExtraError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for f in files:
+        print(f)
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from apc.assembly import AssemblyError, load_site_file
     from apc.batch import BatchStateError
@@ -174,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_report)
+
+    e = sub.add_parser("export", help="write a flight record as a table, one row per cycle")
+    e.add_argument("file")
+    e.add_argument("--format", choices=("parquet", "csv"), default="csv")
+    e.add_argument("--out", default=None, help="output file (default: the record's name with .csv / .parquet)")
+    e.set_defaults(func=_cmd_export)
+
+    g = sub.add_parser("plot", help="draw a flight record's trends as PNG files")
+    g.add_argument("file")
+    g.add_argument("--out", default=None, metavar="DIR",
+                   help="folder of the PNG files (default: the record's name with _trends)")
+    g.set_defaults(func=_cmd_plot)
 
     u = sub.add_parser("run", help="run a site's units in real time")
     u.add_argument("site")

@@ -3,8 +3,8 @@
 A kind holds everything that differs between an electrolysis cell, a vacuum furnace or an
 annealing furnace: its recipe sections (a :class:`~apc.recipe.schema.Recipe` subclass) and their
 cross-checks, the signal names its recipes may use, its estimator and controller builders, its
-batch (furnaces), its simulated plant and scenarios, its KPIs, its status line and the provenance
-hashes of its simulator and baseline. The generic runtime (loader, unit, assembly, runtime,
+batch (furnaces), its simulated plant and scenarios, its KPIs, its status line, its trend figures and
+the provenance hashes of its simulator and baseline. The generic runtime (loader, unit, assembly, runtime,
 simulation, virtual plant, report) asks the kind and never branches on one.
 
 Kinds are registered in :mod:`apc.kinds.registry` (one line each) and imported on first use.
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from apc.protocols import BatchRunner, Clock, KpiSink
     from apc.recipe.loader import LoadedRecipe
     from apc.recipe.schema import Recipe
+    from apc.trend_layout import TrendLayout
     from plant_io.sim_adapter import SimulatedPlantIO
 
 
@@ -128,6 +129,10 @@ class UnitKind(Protocol):
 
     def sim_driver(self, unit: Any, clock: Clock) -> SimDriver:
         """The operator of ``apc sim`` for ``unit``."""
+
+    def trend_layout(self, header: Mapping[str, Any], columns: frozenset[str]) -> TrendLayout:
+        """The figures ``apc plot`` draws of a record with this ``header`` and these table columns
+        (:mod:`apc.record_table`)."""
 
 
 class UnknownKindError(KeyError):

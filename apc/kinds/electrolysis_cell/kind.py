@@ -9,13 +9,14 @@ from apc.compute import Parts
 from apc.curve_preview import CurvePreview
 from apc.cycle_record import CycleRecord
 from apc.kinds import RecipeChecks, SimDriver
-from apc.kinds.electrolysis_cell import assembly
+from apc.kinds.electrolysis_cell import assembly, trends
 from apc.kinds.electrolysis_cell.kpi import KPI_LABELS, KpiAccumulator, KpiConfig
 from apc.kinds.electrolysis_cell.recipe import CellRecipe
 from apc.protocols import BatchRunner, Clock, KpiSink
 from apc.provenance import baseline_sha256, tree_sha256
 from apc.recipe.loader import LoadedRecipe
 from apc.recipe.schema import Recipe
+from apc.trend_layout import TrendLayout
 from plant_io.sim_plant import SimulatedCellIO
 from sim.cell_plant import CellPlant
 from sim.scenario import Scenario, load_scenario
@@ -132,6 +133,10 @@ class ElectrolysisCell:
 
     def sim_driver(self, unit: Any, clock: Clock) -> SimDriver:
         return _NoOperator()
+
+    def trend_layout(self, header: Mapping[str, Any], columns: frozenset[str]) -> TrendLayout:
+        """CVs (voltage, bath temperature, oxide) and MVs (see :mod:`apc.kinds.electrolysis_cell.trends`)."""
+        return trends.trend_layout(header, columns)
 
 
 KIND = ElectrolysisCell()

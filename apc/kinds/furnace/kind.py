@@ -18,6 +18,7 @@ from apc.cycle_record import CycleRecord
 from apc.kinds import RecipeChecks, SimDriver
 from apc.kinds.furnace.assembly import (FurnaceAssemblyError, batch_for, build_furnace_controller,
                                         build_furnace_estimator, furnace_kpi_config, furnace_signal_names)
+from apc.kinds.furnace import trends
 from apc.kinds.furnace.kpi import FurnaceKpiAccumulator, FurnaceKpiConfig
 from apc.kinds.furnace.recipe import FurnaceRecipe
 from apc.protocols import BatchRunner, Clock, KpiSink
@@ -25,6 +26,7 @@ from apc.provenance import baseline_sha256, tree_sha256
 from apc.recipe.curve_schema import check_against_model
 from apc.recipe.loader import LoadedRecipe
 from apc.recipe.schema import Recipe
+from apc.trend_layout import TrendLayout
 from apc.types import Mode
 from estimators.furnace_ekf import FurnaceFilterTuning
 from plant_io.sim_furnace import SimulatedFurnaceIO
@@ -236,3 +238,7 @@ class FurnaceKind:
 
     def sim_driver(self, unit: Any, clock: Clock) -> SimDriver:
         return _BatchOperator(unit, clock)
+
+    def trend_layout(self, header: Mapping[str, Any], columns: frozenset[str]) -> TrendLayout:
+        """Temperature against the curve, MVs and pressure (see :mod:`apc.kinds.furnace.trends`)."""
+        return trends.trend_layout(header, columns)
