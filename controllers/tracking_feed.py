@@ -3,7 +3,9 @@
 Reference §2: alternate underfeed (~70 % of nominal) and overfeed (~140 %);
 switch to overfeed when the pseudo-resistance slope fitted to 2-min means
 rises past a trigger (or the underfeed has lasted its maximum, or the cell is
-in anode effect); overfeed for a fixed time. The electrode moves toward a
+in a confirmed anode effect: the estimate's ``anode_effect_detected``, set once
+the measured voltage has stayed above ``anode_effect_voltage_V`` for
+``estimator.filtered.ae_confirm_s``); overfeed for a fixed time. The electrode moves toward a
 target resistance with a deadband and a minimum interval, only during
 overfeed when oxide is high and R reflects the gap; after each thermocouple
 dip the target is corrected toward the bath-temperature target (the daily
@@ -71,13 +73,13 @@ class TrackingFeedController:
         if self._phase_start is None:
             self._phase_start = t_s
         in_phase = t_s - self._phase_start
-        voltage = estimate.value("cell_voltage_V")
+        in_anode_effect = estimate.value("anode_effect_detected") >= 0.5
         slope = estimate.value("resistance_slope_uohm_h")
         r = estimate.value("pseudo_resistance_uohm")
         self._correct_target(estimate.value("bath_temp_dip_degC"))
         reason = ""
         if self.phase is FeedPhase.UNDERFEED:
-            if voltage > cfg.anode_effect_voltage_V:
+            if in_anode_effect:
                 self._switch(FeedPhase.OVERFEED, t_s)
                 reason = "anode effect: overfeed"
             elif in_phase >= cfg.max_underfeed_s:

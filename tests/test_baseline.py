@@ -18,8 +18,10 @@ CFG = TrackingFeedSection(nominal_feed_kg_h=10.0, slope_trigger_uohm_per_h=16.0,
 APPLIED = {"oxide_feed": 10.0, "anode_move": 0.0, "current_sp": 6.0}
 
 
-def est(voltage: float = 8.8, r: float = 1200.0, slope: float = 0.0, dip: float = 1050.0) -> Estimate:
-    return Estimate(NAMES, UNITS, (voltage, 6.0, r, slope, dip), None, "ok")
+def est(voltage: float = 8.8, r: float = 1200.0, slope: float = 0.0, dip: float = 1050.0,
+        anode_effect: bool = False) -> Estimate:
+    return Estimate(NAMES, UNITS, (voltage, 6.0, r, slope, dip), None, "ok",
+                    {"anode_effect_detected": 1.0 if anode_effect else 0.0})
 
 
 def step(c: TrackingFeedController, t: float, e: Estimate, since_move_s: float = math.inf) -> dict[str, float]:
@@ -36,13 +38,14 @@ def test_feed_cycle_switches_on_slope_after_minimum_underfeed() -> None:
     assert step(c, 3600.0 + 1900.0, est(slope=30.0))["oxide_feed"] == 14.0
 
 
-def test_anode_effect_voltage_forces_overfeed_at_once() -> None:
-    """A voltage above the anode-effect threshold ends the underfeed immediately."""
+def test_confirmed_anode_effect_forces_overfeed_at_once() -> None:
+    """A confirmed anode effect ends the underfeed immediately; a high filtered voltage alone does not."""
     c = TrackingFeedController(CFG, MvNames("oxide_feed", "anode_move", "current_sp"))
     step(c, 0.0, est())
     step(c, 3600.0, est())
     assert c.phase is FeedPhase.UNDERFEED
-    assert step(c, 3605.0, est(voltage=25.0))["oxide_feed"] == 14.0
+    assert step(c, 3605.0, est(voltage=25.0))["oxide_feed"] == 7.0
+    assert step(c, 3610.0, est(voltage=25.0, anode_effect=True))["oxide_feed"] == 14.0
 
 
 def test_electrode_moves_toward_target_with_deadband_and_interval() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterable
 
 from apc.assembly import AssemblyError
+from apc.kinds.electrolysis_cell.anode_effect import AnodeEffectConfig
 from apc.kinds.electrolysis_cell.recipe import CellRecipe
 from apc.protocols import Controller, Estimator
 from controllers.cell_mpc import CellMpc
@@ -14,6 +15,7 @@ from controllers.tracking_feed import MvNames, TrackingFeedController
 from estimators.cell_ekf import BIASES, CellEkf, bindings_for
 from estimators.composite import CompositeEstimator
 from estimators.features import FeatureBindings, check_feature_names
+from estimators.filtered import AE_DETECTED
 from estimators.filtered import NAMES as FILTERED_NAMES
 from estimators.filtered import FilteredEstimator
 from estimators.soft_sensor import SoftSensorError, load_soft_sensor
@@ -51,8 +53,8 @@ def signal_names(recipe: CellRecipe) -> Iterable[str]:
             raise ValueError("estimator.soft_sensor needs estimator.kind 'ekf'")
         soft_names = tuple(f"{soft.target}_soft{s}" for s in ("", "_raw", "_bias"))
     if recipe.estimator.kind == "ekf":
-        return FILTERED_NAMES + model.state_names + tuple(b.name for b in BIASES) + EKF_EXTRAS + soft_names
-    return FILTERED_NAMES
+        return FILTERED_NAMES + (AE_DETECTED,) + model.state_names + tuple(b.name for b in BIASES) + EKF_EXTRAS + soft_names
+    return FILTERED_NAMES + (AE_DETECTED,)
 
 
 def file_problems(recipe: CellRecipe, recipe_dir: Path) -> list[tuple[str, str]]:
@@ -88,6 +90,7 @@ def build_estimator(recipe: CellRecipe, recipe_dir: Path | None = None, controll
         current=recipe.io.input_with_unit("kA") or "",
         dip=recipe.io.input_with_unit("degC", ("sample",)) or "",
         electrode=mv_names(recipe).anode,
+        anode_effect_voltage_V=AnodeEffectConfig.from_recipe(recipe).voltage_V,
     )
     if recipe.estimator.kind == "filtered":
         return signals

@@ -4,6 +4,7 @@ and the cell recipe that holds them."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,6 +21,21 @@ class FilteredEstimatorSection:
     """Means of this length feed the slope fit."""
     back_emf_V: float = 1.6
     """E0 in R = (U − E0)/I."""
+    ae_confirm_s: float = 10.0
+    """An anode effect is confirmed only when the measured cell voltage stays above the recipe's
+    anode-effect threshold (``controller.baseline.anode_effect_voltage_V``) this long, from the
+    first sample above to the current one: 10 s = the first sample and two more 5 s cycles, so
+    one or two outlier samples are not an anode effect (see ``docs/anode_effects.md``)."""
+    ae_clear_s: float = 30.0
+    """A confirmed anode effect ends once the measured voltage has stayed below the threshold this long."""
+    ae_min_current_kA: float = 1.0
+    """Voltage samples with a smaller line current are not judged for anode effects."""
+
+    def __post_init__(self) -> None:
+        for name in ("ae_confirm_s", "ae_clear_s", "ae_min_current_kA"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"{name} must be a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -133,7 +149,8 @@ class TrackingFeedSection:
     electrode_uohm_per_cm: float = 140.0
     """Approximate ∂R/∂ACD, sizes a move."""
     anode_effect_voltage_V: float = 15.0
-    """Voltage above which the baseline treats the cell as in anode effect."""
+    """Threshold of the anode-effect detector of the baseline signals: the baseline answers an anode
+    effect once the measured voltage has stayed above it for ``estimator.filtered.ae_confirm_s``."""
     bath_temp_target_degC: float = 1050.0
     """Bath temperature the resistance target is corrected toward after each dip."""
     target_correction_uohm_per_K: float = 0.0
