@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from apc.assembly import load
 from apc.kinds import kind_of
 from apc.kinds.furnace.kpi import FURNACE_KPI_KEYS
 from apc.simulate import SimResult, simulate
+from furnace_vs_baseline import _checks, _seeds  # same targets and seed syntax as the other furnaces (bench/ is on sys.path when run)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "reduction_furnace.yaml"
@@ -46,31 +46,6 @@ def _job(args: tuple[str, int, str]) -> tuple[int, str, dict[str, Any], dict[str
     scenario = kind_of(loaded.recipe).load_scenario(scenario_name)
     res: SimResult = asyncio.run(simulate(loaded, scenario, seed=seed, controller=controller))  # type: ignore[arg-type]
     return seed, controller, res.kpis, res.meta, res.wall_s
-
-
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = (int(v) for v in text.split("-"))
-        return list(range(lo, hi + 1))
-    return [int(v) for v in text.split(",")]
-
-
-def _checks(b: dict[str, Any], m: dict[str, Any]) -> dict[str, bool | None]:
-    """Targets per seed; None where it cannot be judged (the baseline's batch did not finish)."""
-    time_ok: bool | None
-    if math.isnan(m["batch_time_min"]):
-        time_ok = False
-    elif math.isnan(b["batch_time_min"]):
-        time_ok = None
-    else:
-        time_ok = m["batch_time_min"] <= b["batch_time_min"]
-    return {
-        "rmse<=½": m["tracking_rmse_degC"] <= 0.5 * b["tracking_rmse_degC"],
-        "no overshoot": m["overshoot_max_degC"] <= 0.0,
-        "no p-viol": m["pressure_violations"] == 0,
-        "soak done": m["soak_complete"] == 1,
-        "time<=": time_ok,
-    }
 
 
 def main() -> None:
