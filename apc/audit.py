@@ -17,7 +17,7 @@ from structlog.typing import EventDict, WrappedLogger
 
 
 def _iso(utc_s: float) -> str:
-    return dt.datetime.fromtimestamp(utc_s, tz=dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.fromtimestamp(utc_s, tz=dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _ts_from_event(_: WrappedLogger, __: str, event: EventDict) -> EventDict:

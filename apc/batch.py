@@ -60,7 +60,7 @@ from apc.recipe.curve_schema import CONDITION_KINDS, BatchSection, CurveSection,
 from apc.recipe.permissive import PermissiveExpr
 from apc.state_file import read_json_object, write_json_atomic
 
-__all__ = ["Batch", "BatchStateError", "CommandResult", "STATE_SCHEMA_VERSION"]
+__all__ = ["STATE_SCHEMA_VERSION", "Batch", "BatchStateError", "CommandResult"]
 
 STATE_SCHEMA_VERSION = 1
 """Version of the batch state file layout."""

@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
-from pathlib import Path
-from typing import Sequence
 
 from apc.recipe.errors import RecipeError
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 
 class BatchState(enum.Enum):
@@ -87,7 +87,7 @@ class CurvePreview:
 
     @staticmethod
     def holding(state: BatchState, temp_degC: float | None, points: int, step_s: float,
-                segment: int = -1, kind: str = "", soak_done_s: float = 0.0) -> "CurvePreview":
+                segment: int = -1, kind: str = "", soak_done_s: float = 0.0) -> CurvePreview:
         """A flat preview at ``temp_degC`` (held batch) or with no reference (idle, aborted, done)."""
         t = math.nan if temp_degC is None else float(temp_degC)
         return CurvePreview(state, segment, kind, step_s, (t,) * points, (math.inf,) * points,

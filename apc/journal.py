@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import os
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, TextIO
+from typing import Protocol, TextIO
 
 
 class DeferredStream:

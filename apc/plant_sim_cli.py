@@ -25,16 +25,18 @@ import argparse
 import asyncio
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, TextIO
+from typing import Any, TextIO
 
 import yaml
 
 from apc.clock import RealClock
-from apc.scheduler import stop_on_signals
+from apc.kinds import kind_of
 from apc.recipe.errors import RecipeError
 from apc.recipe.loader import LoadedSite
+from apc.scheduler import stop_on_signals
 from plant_io.virtual_plant import (
     OPCUA_PATH,
     PlantProtocol,
@@ -43,7 +45,6 @@ from plant_io.virtual_plant import (
     VirtualUnit,
     generate_bindings,
 )
-from apc.kinds import kind_of
 from sim.scenario_loader import ScenarioError
 
 PLANT_SCHEMA_VERSION = 1

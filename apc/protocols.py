@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from apc.curve_preview import CurvePreview
-
 from apc.types import Estimate, MvConstraint, Plan, Sample, ValidatedInput, Write, WriteResult
 
 

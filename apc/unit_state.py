@@ -16,9 +16,10 @@ reuse a sequence number.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from apc.state_file import read_json_object, write_json_atomic
 from apc.types import Mode

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from apc.recipe.schema import InputSpec
 from apc.types import Quality, Sample, ValidatedInput, Verdict

@@ -106,7 +106,6 @@ class _StartMark:
 def one_run(n: int, controller: str, minutes: float, workers: int | None) -> dict[str, Any]:
     """Run N cells for ``minutes`` in this process; the figures as a mapping."""
     import asyncio
-    import io
 
     import yaml
 

@@ -50,15 +50,15 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import casadi as ca
 import numpy as np
 
 from apc.kinds.electrolysis_cell.recipe import MPC_CV_RANKS, MpcSection
 from apc.recipe.schema import MvLimits, MvSpec
-from apc.types import Estimate, MvConstraint, MvKind, Plan
+from apc.types import Estimate, MvConstraint, MvKind
 from controllers.mpc_skeleton import SLACK_START, MpcSkeleton, Solution, bind_mvs, setpoint_bounds
 from controllers.nlp_attempt import disturbance_vector
 from sim.models.base import ProcessModel, rk4

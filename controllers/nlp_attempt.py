@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import casadi as ca
 import numpy as np

@@ -24,8 +24,8 @@ The filter only knows the recipe's nominal parameters.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 

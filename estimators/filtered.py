@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

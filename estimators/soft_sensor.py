@@ -24,9 +24,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import structlog
 from asyncua import Client, ua
@@ -28,8 +29,8 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
 from apc.types import Quality, Sample, Write, WriteResult
-from plant_io.bindings import counter_max, OpcUaEndpoint, OpcUaTag
 from plant_io.backoff import ReconnectBackoff
+from plant_io.bindings import OpcUaEndpoint, OpcUaTag, counter_max
 from plant_io.errors import PlantBindingError, PlantIOError, PlantLinkDown
 from plant_io.ua_certificate import application_uri_of
 
@@ -76,7 +77,7 @@ def _posix_s(stamp: dt.datetime | None) -> float | None:
     if stamp is None:
         return None
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.timezone.utc)
+        stamp = stamp.replace(tzinfo=dt.UTC)
     return stamp.timestamp()
 
 

@@ -91,9 +91,10 @@ import datetime as dt
 import ipaddress
 import math
 import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import structlog
 import yaml
@@ -113,6 +114,7 @@ from apc.types import Quality, Sample, Write
 from plant_io.bindings import ModbusTag, OpcUaTag
 from plant_io.modbus_client import decode_registers
 from plant_io.sim_adapter import SimulatedPlantIO
+
 PlantProtocol = Literal["opcua", "modbus"]
 SimulatedIO = SimulatedPlantIO[Any, Any]
 
@@ -275,7 +277,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _utc_datetime(posix_s: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(posix_s, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(posix_s, dt.UTC)
 
 
 def _f32_registers(value: float) -> list[int]:
@@ -293,7 +295,7 @@ class _Unit:
         self.opcua = opcua_map(spec, self.io)
         self.modbus = modbus_map(self.io)
         self.readable_set = frozenset(self.readable)
-        self.written: dict[str, float] = {tag: 0.0 for tag in sorted(self.writable)}
+        self.written: dict[str, float] = dict.fromkeys(sorted(self.writable), 0.0)
 
 
 ApplyWrites = Callable[[_Unit, Sequence[Write]], Awaitable[None]]

@@ -12,9 +12,10 @@ reproducible from the seed.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import casadi as ca
 import numpy as np

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asyncua import ua
 
 from apc.assembly import load
 from apc.audit import null_logger
@@ -22,7 +21,6 @@ from apc.remote_assembly import build_remote_unit
 from apc.types import Mode
 from apc.unit import Unit
 from plant_io.virtual_plant import VirtualPlant, VirtualUnit, generate_bindings
-from sim.scenario import Event
 from tests.helpers.loopback_servers import free_port
 from tests.helpers.sim_harness import ND_RECIPE, scenario
 from tests.test_hmi_server import Audit, Pki, pki  # noqa: F401  (pki is a fixture)

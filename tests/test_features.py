@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -110,7 +110,7 @@ def test_invalid_signals_and_gaps_give_nan() -> None:
 def test_at_reproduces_past_features() -> None:
     """at(t) returns exactly the features computed at the last cycle at or before t, within the history."""
     rng = np.random.default_rng(7)
-    noise = {k * PERIOD: float(rng.normal(0, 0.03)) for k in range(0, 2 * 720 + 1)}
+    noise = {k * PERIOD: float(rng.normal(0, 0.03)) for k in range(2 * 720 + 1)}
     fb = FeatureBuilder(("voltage_V", "dVdt_V_h", "feed_mean_1h_kg_h", "anode_moves_2h_cm"), history_s=3600.0)
     x = drive(fb, 7200.0, u=lambda t: 8.8 + noise[t], feed=lambda t: 9.0 + (t // 1800) % 2,
               anode=lambda t: 0.1 * (t // 2400))

@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import casadi as ca
 import numpy as np
 import pytest
 
 from apc.curve_preview import BatchState, CurvePreview
+from apc.kinds.annealing_furnace.filter_tuning import ANNEALING_TUNING
+from apc.kinds.vacuum_furnace.filter_tuning import VIM_TUNING
 from apc.recipe.furnace_tuning import FurnaceMpcSection, FurnacePidSection
 from apc.recipe.schema import MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan, Quality, Sample, SolverStatus, ValidatedInput, Verdict
 from controllers.furnace_mpc import FurnaceMpc
 from controllers.furnace_pid import FurnacePid
-from apc.kinds.annealing_furnace.filter_tuning import ANNEALING_TUNING
-from apc.kinds.vacuum_furnace.filter_tuning import VIM_TUNING
 from estimators.furnace_ekf import FurnaceEkf
 from sim.models import get_model
 from sim.models.base import ProcessModel
@@ -172,7 +173,7 @@ def closed_loop(model: ProcessModel, p_true: np.ndarray, x0: np.ndarray, d: list
     idx = {n: ("x", model.state_names.index(n)) if n in model.state_names else ("a", model.aux_names.index(n))
            for n in signals}
     cons = constraints(limits)
-    en = dict(enabled or {n: True for n in mvs})
+    en = dict(enabled or dict.fromkeys(mvs, True))
     holder = [curve.preview(0.0, preview_points, preview_step_s)]
     controller.preview_source = lambda: holder[0]
     x, applied = np.asarray(x0, dtype=float).copy(), dict(applied0)

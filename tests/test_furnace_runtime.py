@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from asyncua import ua
 
+from apc.assembly import build_sim_unit, load
 from apc.audit import null_logger
 from apc.cli import main
 from apc.clock import VirtualClock
-from apc.assembly import build_sim_unit, load
-from apc.kinds.furnace.kpi import FURNACE_KPI_KEYS
 from apc.hmi.server import HmiServer, hmi_node_id
 from apc.hmi.users import load_users
+from apc.kinds.furnace.kpi import FURNACE_KPI_KEYS
 from apc.runtime import _first_mode, hmi_batch_status
 from apc.simulate import simulate
 from apc.types import Mode

@@ -12,8 +12,8 @@ import pytest
 
 from apc.kinds.electrolysis_cell.kpi import KPI_KEYS, KPI_LABELS, ND_KG_PER_KAH, KpiAccumulator, KpiConfig
 from apc.kpi import format_kpis, kpis_to_json, report
-from sim.models.nd_cell import F_C_PER_MOL, M_ND_KG_PER_MOL
 from apc.recorder import FlightRecorder, RecordError
+from sim.models.nd_cell import F_C_PER_MOL, M_ND_KG_PER_MOL
 
 CONTRACT_KEYS = [
     "anode_effects",
@@ -121,7 +121,7 @@ def test_faraday_constant_is_computed_from_molar_mass_and_faraday() -> None:
     """The Nd Faraday yield equals M_Nd/(3F) per kA*h with the model's constants, about 1.7939 kg."""
     assert M_ND_KG_PER_MOL == 0.144242 and F_C_PER_MOL == 96485.33212
     expected = 1000.0 * 3600.0 / (3 * 96485.33212) * 0.144242
-    assert ND_KG_PER_KAH == pytest.approx(expected, rel=1e-15)
+    assert pytest.approx(expected, rel=1e-15) == ND_KG_PER_KAH
     assert 1.7939 <= ND_KG_PER_KAH < 1.7940
 
 

@@ -73,7 +73,7 @@ def test_batched_read_keeps_uncertain_bad_quality_and_source_timestamps() -> Non
 
     async def scenario() -> None:
         async with opcua_server(VARS) as srv:
-            t_src = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+            t_src = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
             await srv.set_value("cell.voltage", 4.35, VT.Double, source_ts=t_src)
             await srv.set_value("cell.bath_temp", 955.5, VT.Float, ua.StatusCodes.UncertainLastUsableValue,
                                 t_src + dt.timedelta(seconds=1))

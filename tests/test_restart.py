@@ -14,9 +14,9 @@ import yaml
 
 import apc.runtime as runtime
 from apc.assembly import load, load_site_file
-from apc.kinds.electrolysis_cell.assembly import build_controller, build_estimator
 from apc.audit import make_logger
 from apc.clock import VirtualClock
+from apc.kinds.electrolysis_cell.assembly import build_controller, build_estimator
 from apc.recipe.errors import RecipeError
 from apc.recorder import read_record
 from apc.types import Mode

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from apc.recipe.loader import convert
 from apc.kinds.electrolysis_cell.recipe import SoftSensorSection
+from apc.recipe.loader import convert
 from apc.types import Quality, Sample, ValidatedInput, Verdict
 from estimators.soft_sensor import SoftSensor, SoftSensorError, load_soft_sensor
 

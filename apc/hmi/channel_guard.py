@@ -42,8 +42,9 @@ from __future__ import annotations
 import inspect
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from weakref import WeakKeyDictionary
 
 import asyncua

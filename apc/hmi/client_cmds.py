@@ -22,10 +22,11 @@ import asyncio
 import datetime as dt
 import json
 import sys
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml

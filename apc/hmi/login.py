@@ -26,11 +26,12 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from asyncua import ua
 from asyncua.crypto.permission_rules import User, UserRole

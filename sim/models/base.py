@@ -7,8 +7,9 @@ inputs, disturbances, parameters (time-invariant models; time in seconds).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import TypeVar
 
 import casadi as ca
 import numpy as np

@@ -3,8 +3,8 @@ filter with its soft sensor, the tracking-feed baseline and the cell MPC."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from apc.assembly import AssemblyError
 from apc.kinds.electrolysis_cell.recipe import CellRecipe

@@ -30,17 +30,16 @@ whole run; ``sludge_final_kg`` is the last value seen.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from sim.models.nd_cell import F_C_PER_MOL, M_ND_KG_PER_MOL
 
 __all__ = [
     "KPI_KEYS",
     "KPI_LABELS",
-    "KpiAccumulator",
-    "KpiConfig",
     "ND_KG_PER_KAH",
     "ND_VALENCE",
     "TRUTH_ANODE_EFFECT",
@@ -52,6 +51,8 @@ __all__ = [
     "TRUTH_OXIDE",
     "TRUTH_PFC",
     "TRUTH_SLUDGE",
+    "KpiAccumulator",
+    "KpiConfig",
 ]
 
 # -- truth keys -----------------------------------------------------------------

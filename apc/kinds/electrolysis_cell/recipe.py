@@ -9,6 +9,7 @@ from typing import Literal
 
 from apc.recipe.schema import ControllerSection, EstimatorSection, Recipe
 
+
 @dataclass(frozen=True)
 class FilteredEstimatorSection:
     """Baseline estimate: filtered measurements, pseudo-resistance and slope."""
