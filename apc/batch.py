@@ -616,8 +616,8 @@ def _field(path: Path, data: dict[str, Any], key: str, tp: type, optional: bool 
         return None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, tp) or isinstance(value, bool) or (tp is float and not math.isfinite(value)):
+    if not isinstance(value, tp) or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
         raise BatchStateError(path, f"corrupt batch state file ('{key}' is {value!r})")
-    if tp is list and not all(isinstance(r, str) for r in value):
+    if isinstance(value, list) and not all(isinstance(r, str) for r in value):
         raise BatchStateError(path, f"corrupt batch state file ('{key}' must list strings)")
     return value

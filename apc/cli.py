@@ -11,6 +11,7 @@ from pathlib import Path
 
 import structlog
 
+from apc.audit import print_logger_file
 from apc.recipe.errors import RecipeError
 
 
@@ -204,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``apc`` console script."""
     args = build_parser().parse_args(argv)
     # Diagnostics of the library modules go to stderr: stdout carries results (e.g. --json).
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()))
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(print_logger_file(_CurrentStderr())))
     try:
         return int(args.func(args))
     except BrokenPipeError:  # output piped into e.g. `head`

@@ -54,7 +54,20 @@ class Syncable(Protocol):
         ...
 
 
-def _sync(target: TextIO | Syncable | None) -> None:
+class Descriptor(Protocol):
+    """A journal file fsynced through its descriptor (an open text file, :class:`RotatingTextFile`)."""
+
+    @property
+    def closed(self) -> bool:
+        """True once closed (nothing left to sync)."""
+        ...
+
+    def fileno(self) -> int:
+        """The file descriptor of the moment."""
+        ...
+
+
+def _sync(target: Descriptor | Syncable | None) -> None:
     """fsync one target. Only the file descriptor is touched (the audit logger flushes each event on
     the event loop), so running this in a worker thread never races a write."""
     if target is None:
@@ -65,7 +78,7 @@ def _sync(target: TextIO | Syncable | None) -> None:
         os.fsync(target.fileno())  # the descriptor of the moment (a rotation may have just replaced it)
 
 
-async def sync_periodically(targets: Callable[[], Iterable[TextIO | Syncable | None]], interval_s: float,
+async def sync_periodically(targets: Callable[[], Iterable[Descriptor | Syncable | None]], interval_s: float,
                             stop: asyncio.Event) -> None:
     """fsync every target every ``interval_s`` wall seconds (in a worker thread: the event loop never
     waits on the disk) until ``stop``, then once more. A failing fsync is left to the next append to

@@ -113,7 +113,7 @@ def plant_file_from_mapping(data: Any, where: str) -> PlantFile:
         if unknown:
             raise PlantFileError(f"{at}: unknown key(s) {unknown}; known: {sorted(_UNIT_KEYS)}")
         protocol = entry.get("protocol")
-        if protocol not in DEFAULT_PORTS:
+        if not isinstance(protocol, str) or protocol not in DEFAULT_PORTS:
             raise PlantFileError(f"{at}.protocol: must be one of {sorted(DEFAULT_PORTS)}, got {protocol!r}")
         port = _int(entry.get("port", DEFAULT_PORTS[protocol]), f"{at}.port")
         device_id = _int(entry.get("device_id", 1), f"{at}.device_id")

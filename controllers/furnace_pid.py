@@ -46,7 +46,7 @@ then FAILED.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from typing import Callable, Mapping
 
 import structlog
 

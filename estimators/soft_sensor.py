@@ -251,7 +251,7 @@ class SoftSensor:
         r = self.step(t_s, inputs, applied)
         tgt = self.cfg.target
         extras = {f"{tgt}_soft": r.value, f"{tgt}_soft_raw": r.raw, f"{tgt}_soft_bias": r.bias}
-        meas = None
+        meas: dict[str, tuple[float, float, float | None]] | None = None
         due = self._t_fused is None or t_s - self._t_fused >= self.cfg.filter_interval_s
         if self.cfg.use_in_filter and r.healthy and due:
             meas = {tgt: (r.value, self.cfg.measurement_std, None)}

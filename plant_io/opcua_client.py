@@ -33,6 +33,7 @@ from plant_io.backoff import ReconnectBackoff
 from plant_io.bindings import OpcUaEndpoint, OpcUaTag, counter_max
 from plant_io.errors import PlantBindingError, PlantIOError, PlantLinkDown
 from plant_io.ua_certificate import application_uri_of
+from plant_io.ua_values import node_id
 
 _VARIANT: Mapping[str, ua.VariantType] = {
     "Double": ua.VariantType.Double,
@@ -45,7 +46,7 @@ _VARIANT: Mapping[str, ua.VariantType] = {
     "Boolean": ua.VariantType.Boolean,
 }
 # Built-in DataType node ids are ns=0;i=<VariantType value> for these types.
-_DATA_TYPE_ID: Mapping[str, ua.NodeId] = {name: ua.NodeId(int(vt.value), 0) for name, vt in _VARIANT.items()}
+_DATA_TYPE_ID: Mapping[str, ua.NodeId] = {name: node_id(int(vt.value), 0) for name, vt in _VARIANT.items()}
 _DATA_TYPE_NAME: Mapping[ua.NodeId, str] = {nid: name for name, nid in _DATA_TYPE_ID.items()}
 _INT_RANGE: Mapping[str, tuple[int, int]] = {
     "Int16": (-(2**15), 2**15 - 1),
@@ -56,9 +57,9 @@ _INT_RANGE: Mapping[str, tuple[int, int]] = {
 }
 _FLOAT32_MAX = 3.4028234663852886e38
 _CURRENT_WRITE_MASK = 1 << int(ua.AccessLevel.CurrentWrite)
-_NAMESPACE_ARRAY = ua.NodeId(ua.ObjectIds.Server_NamespaceArray, 0)
-_MAX_NODES_PER_READ = ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead, 0)
-_MAX_NODES_PER_WRITE = ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerWrite, 0)
+_NAMESPACE_ARRAY = node_id(ua.ObjectIds.Server_NamespaceArray, 0)
+_MAX_NODES_PER_READ = node_id(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead, 0)
+_MAX_NODES_PER_WRITE = node_id(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerWrite, 0)
 
 # Service results that mean the session/channel is gone (link down, reconnect).
 _LINK_STATUS: frozenset[int] = frozenset(
@@ -250,7 +251,7 @@ class OpcUaPlantIO:
                 if nid.NamespaceUri not in namespaces:
                     problems.append(f"{name}: {self._tags[name].node_id}: namespace not on the server")
                     continue
-                nid = ua.NodeId(nid.Identifier, namespaces.index(nid.NamespaceUri), nid.NodeIdType)
+                nid = node_id(nid.Identifier, namespaces.index(nid.NamespaceUri), nid.NodeIdType)
             resolved[name] = nid
         return resolved, problems
 

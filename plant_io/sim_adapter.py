@@ -10,8 +10,7 @@ measurements.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Callable, Generic, Mapping, Protocol, Sequence, TypeVar
 
 from apc.types import Quality, Sample, Write, WriteResult
 from sim.plant_events import Reading

@@ -114,6 +114,7 @@ from apc.types import Quality, Sample, Write
 from plant_io.bindings import ModbusTag, OpcUaTag
 from plant_io.modbus_client import decode_registers
 from plant_io.sim_adapter import SimulatedPlantIO
+from plant_io.ua_values import data_value, node_id, status_code
 
 PlantProtocol = Literal["opcua", "modbus"]
 SimulatedIO = SimulatedPlantIO[Any, Any]
@@ -340,10 +341,10 @@ class _OpcUaServer:
         writable: dict[ua.NodeId, tuple[_Unit, str]] = {}
         for unit in self.units:
             idx = await server.register_namespace(unit.spec.namespace_uri)
-            folder = await server.nodes.objects.add_folder(ua.NodeId(unit.spec.name, idx), f"{idx}:{unit.spec.name}")
+            folder = await server.nodes.objects.add_folder(node_id(unit.spec.name, idx), f"{idx}:{unit.spec.name}")
             nodes[unit.spec.name] = {}
             for tag, binding in unit.opcua.items():
-                nid = ua.NodeId(tag, idx)
+                nid = node_id(tag, idx)
                 vt = _UA_VARIANT[binding.data_type]
                 initial = unit.written.get(tag, 0.0)
                 node = await folder.add_variable(nid, f"{idx}:{tag}", ua.Variant(_ua_value(binding.data_type, initial), vt))
@@ -379,12 +380,12 @@ class _OpcUaServer:
             vt = _UA_VARIANT[data_type]
             s = samples.get(tag)
             if s is None:  # no lab/dip result yet
-                dv = ua.DataValue(ua.Variant(None, ua.VariantType.Null),
-                                  ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData), scan_ts, scan_ts)
+                dv = data_value(ua.Variant(None, ua.VariantType.Null),
+                                  status_code(ua.StatusCodes.BadWaitingForInitialData), scan_ts, scan_ts)
             else:
                 source = (_utc_datetime(s.sample_ts) if s.sample_ts is not None
                           else _utc_datetime(s.source_ts) if s.source_ts is not None else scan_ts)
-                dv = ua.DataValue(ua.Variant(_ua_value(data_type, s.value), vt), ua.StatusCode(_UA_STATUS[s.quality]),
+                dv = data_value(ua.Variant(_ua_value(data_type, s.value), vt), status_code(_UA_STATUS[s.quality]),
                                   source, scan_ts)
             await server.write_attribute_value(nodes[tag], dv)
 

@@ -12,10 +12,9 @@ reproducible from the seed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import casadi as ca
 import numpy as np

@@ -32,8 +32,9 @@ class RecipeChecks(Protocol):
     """What a kind's cross-checks see of a recipe being loaded: the sections that converted, and
     where to report a problem (at the line of a key path)."""
 
-    parts: Mapping[str, Any]
-    """Converted sections by name (a section that failed conversion is absent)."""
+    @property
+    def parts(self) -> Mapping[str, Any]:
+        """Converted sections by name (a section that failed conversion is absent)."""
     known: frozenset[str] | None
     """Every signal name the recipe provides (None when they could not be listed)."""
 
@@ -112,7 +113,7 @@ class UnitKind(Protocol):
     def kpi_from_header(self, header: Mapping[str, Any]) -> KpiSink | None:
         """The accumulator a record header configures (None when it has no configuration of this kind)."""
 
-    def status_line(self, unit_name: str, recipe: Recipe, record: Any) -> str:
+    def status_line(self, recipe: Recipe, record: Any) -> str:
         """One line for ``apc run``'s periodic status."""
 
     def simulator_sha256(self) -> str:

@@ -7,9 +7,8 @@ inputs, disturbances, parameters (time-invariant models; time in seconds).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import casadi as ca
 import numpy as np

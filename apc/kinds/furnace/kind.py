@@ -12,9 +12,9 @@ from types import MappingProxyType
 from typing import Any
 
 from apc.audit import null_logger
-from apc.batch import Batch, BatchState
+from apc.batch import Batch
 from apc.compute import Parts, PreviewHolder
-from apc.curve_preview import CurvePreview
+from apc.curve_preview import BatchState, CurvePreview
 from apc.kinds import RecipeChecks, SimDriver
 from apc.kinds.furnace.assembly import (
     FurnaceAssemblyError,
