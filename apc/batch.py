@@ -378,7 +378,7 @@ class Batch:
         batch._seg_start_ref = math.nan if start_ref is None else start_ref
         batch._state = BatchState.HELD
         batch._hold_degC = None
-        batch._reasons = batch._reasons + [RESTORED_REASON] if recorded is BatchState.HELD else [RESTORED_REASON]
+        batch._reasons = [*batch._reasons, RESTORED_REASON] if recorded is BatchState.HELD else [RESTORED_REASON]
         if recorded is BatchState.RUNNING and section.auto_resume_after_s is not None:
             batch._auto_resume_at = t_s + section.auto_resume_after_s
         audit.info("batch_restore", t_s=t_s, path=str(state_path), found=True, old=old, new="held",
@@ -521,8 +521,8 @@ class Batch:
                     why = expr.explain(values)
                     if self._wait_s >= seg.timeout_s:
                         old = self._state
-                        self._go_held([f"{seg.kind} timeout: '{seg.condition}' not met after "
-                                       f"{seg.timeout_min:g} min ({why})"])
+                        self._go_held([(f"{seg.kind} timeout: '{seg.condition}' not met after "
+                                        f"{seg.timeout_min:g} min ({why})")])
                         self._event(t_s, f"{seg.kind}_timeout", old, why=why)
                         return
                     self._note = f"waiting for '{seg.condition}': {why}"

@@ -49,7 +49,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     except (RecipeError, ScenarioError) as exc:
         print(exc, file=sys.stderr)
         return 1
-    audit_file = open(args.audit, "a", encoding="utf-8") if args.audit else None
+    audit_file = open(args.audit, "a", encoding="utf-8") if args.audit else None  # noqa: SIM115 (closed in finally)
     try:
         audit = make_logger(audit_file) if audit_file else None
         result = asyncio.run(simulate(

@@ -106,11 +106,11 @@ class RotatingTextFile:
         self._daily = daily
         self._keep_s = keep_days * 86400.0
         self._utc = utc
-        self._file: TextIO = open(self.path, "a", encoding="utf-8")
+        self._file: TextIO = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (the journal's open file)
         self._size = self.path.stat().st_size
         self._day = int(utc() // 86400.0)
-        self._n = max((int(p.name.split(".")[-3]) for p in self.path.parent.glob(f"{self.path.stem}.*{self.path.suffix}.gz")
-                       if p.name.split(".")[-3].isdigit()), default=0)
+        rotated = self.path.parent.glob(f"{self.path.stem}.*{self.path.suffix}.gz")
+        self._n = max((int(p.name.split(".")[-3]) for p in rotated if p.name.split(".")[-3].isdigit()), default=0)
         self._pending: list[threading.Thread] = []
 
     @property
@@ -149,7 +149,7 @@ class RotatingTextFile:
         self._n += 1
         rotated = self.path.with_name(f"{self.path.stem}.{self._n:04d}{self.path.suffix}")
         os.replace(self.path, rotated)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (the next segment)
         self._size = 0
         t = threading.Thread(target=_gzip_and_remove, args=(rotated,), name=f"gzip-{rotated.name}", daemon=False)
         t.start()

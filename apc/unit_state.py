@@ -117,7 +117,8 @@ def _parse(path: Path, unit: str, data: Mapping[str, Any]) -> UnitMemory:
     for name, m in mvs_raw.items():
         if not isinstance(m, dict):
             raise bad(f"mvs.{name} must be a mapping")
-        enabled, limits, last, seq = m.get("enabled"), m.get("operator_limits"), m.get("last_move_utc"), m.get("sequence")
+        enabled, limits = m.get("enabled"), m.get("operator_limits")
+        last, seq = m.get("last_move_utc"), m.get("sequence")
         if not isinstance(enabled, bool):
             raise bad(f"mvs.{name}.enabled must be true or false")
         if limits is not None and not (isinstance(limits, list) and len(limits) == 2

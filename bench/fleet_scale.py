@@ -52,7 +52,8 @@ def quick_recipe(directory: Path, controller: str) -> Path:
         "  kind: baseline\n  baseline:": f"  kind: {controller}\n  baseline:",
         "  warmup_s: 600\n": "  warmup_s: 15\n",
         "    mean_interval_s: 120\n    slope_window_s: 1800\n": "    mean_interval_s: 15\n    slope_window_s: 45\n",
-        "model_file: models/nd_cell_bath_temp.onnx": f"model_file: {RECIPE.parent / 'models' / 'nd_cell_bath_temp.onnx'}",
+        "model_file: models/nd_cell_bath_temp.onnx":
+            f"model_file: {RECIPE.parent / 'models' / 'nd_cell_bath_temp.onnx'}",
     }
     for old, new in edits.items():
         if old not in text:

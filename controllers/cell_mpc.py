@@ -34,8 +34,8 @@ log message (same optimum, slower). ``max_solve_wall_s`` caps an IPOPT
 attempt in real time only (``real_time=True``); offline only ``max_iter`` does.
 
 Runtime behaviour: solve every ``period_multiple`` cycles (and at once when
-the enable flags, the limits in force or the DCS at-limit status change); in between return the current move of the plan,
-rate-limited per cycle so the guard never clamps. Warm start from the
+the enable flags, the limits in force or the DCS at-limit status change); in
+between return the current move of the plan, rate-limited per cycle so the guard never clamps. Warm start from the
 shifted last solution. A failed solve (IPOPT failure, iteration cap, bad
 numbers) follows the still-valid remainder of the last plan for up to
 ``hold_cycles`` failed solves (status HELD), then returns FAILED.
@@ -453,7 +453,7 @@ class CellMpc(MpcSkeleton):
             raise ValueError("no previous solution to warm-start from")
         N, nx, nu = self.N, self.nx, self.nu
         i1, i2 = self._n_dz, self._n_dz + self._n_u
-        shift = int(round((t_s - prev.t_s) / self.step_s))
+        shift = round((t_s - prev.t_s) / self.step_s)
 
         def take(block: np.ndarray, rows: int, cols: int) -> np.ndarray:
             return block.reshape((rows, cols), order="F")[:, np.minimum(np.arange(cols) + shift, cols - 1)]
@@ -501,7 +501,7 @@ class CellMpc(MpcSkeleton):
                                       else max(b.max_rate_h(self.period_s), 1e-9))
         P = np.concatenate([x0, xs, u_now, d, p, u_range])
         lbx, ubx, lbg, ubg = self._bounds(t_s, u_now, applied, en, lim)
-        bounds = dict(p=P, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
+        bounds = {"p": P, "lbx": lbx, "ubx": ubx, "lbg": lbg, "ubg": ubg}
 
         def warm_start() -> dict[str, NlpValue]:
             w0, lam_x0, lam_g0 = self._warm_guess(t_s, x0, xs, lbx, ubx)

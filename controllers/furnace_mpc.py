@@ -451,7 +451,7 @@ class FurnaceMpc(MpcSkeleton):
         prev = self._sol
         assert prev is not None
         N, nx, nu = self.N, self.nx, self.nu
-        shift = max(int(round((t_s - prev.t_s) / self.step_s)), 0)
+        shift = max(round((t_s - prev.t_s) / self.step_s), 0)
         cols = np.minimum(np.arange(N) + shift, N - 1)
         Xp = prev.x0[:, None] + prev.xs[:, None] * prev.w[:self._n_dz].reshape((nx, N), order="F")
         dz = (Xp[:, cols] - x0[:, None]) / xs[:, None]
@@ -540,7 +540,7 @@ class FurnaceMpc(MpcSkeleton):
             return None, 0, 0.0, data
         x0, u_now, P, xs, stage = data
         lbx, ubx, lbg, ubg = self._bounds(u_now, en, lim, stage)
-        bounds = dict(p=P, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
+        bounds = {"p": P, "lbx": lbx, "ubx": ubx, "lbg": lbg, "ubg": ubg}
         res, iters, elapsed, how = self._attempts(
             self._warm, self._cold, bounds,
             (lambda: {"x0": self._warm_guess(t_s, x0, xs, P, lbx, ubx)}) if warm and self._sol is not None else None,

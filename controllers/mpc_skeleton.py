@@ -164,7 +164,8 @@ class MpcSkeleton:
     def _check_disturbances(self) -> None:
         """Every model disturbance has a value or an input; nothing else is named; move weights name MVs."""
         m, cfg, where = self.model, self.cfg, self.section
-        missing = [d for d in m.disturbance_names if d not in cfg.disturbance_values and d not in cfg.disturbance_inputs]
+        missing = [d for d in m.disturbance_names
+                   if d not in cfg.disturbance_values and d not in cfg.disturbance_inputs]
         if missing:
             raise ValueError(f"{where}: model disturbance(s) {missing} need a value in disturbance_values "
                              "or an input in disturbance_inputs")

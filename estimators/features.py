@@ -383,7 +383,8 @@ class FeatureBuilder:
         a = 1.0 - math.exp(-dt / self.bindings.voltage_filter_tau_s)
         return x_f + a * (x - x_f)
 
-    def update(self, t_s: float, inputs: Mapping[str, ValidatedInput], applied: Mapping[str, float]) -> dict[str, float]:
+    def update(self, t_s: float, inputs: Mapping[str, ValidatedInput],
+               applied: Mapping[str, float]) -> dict[str, float]:
         """Take this cycle's inputs and readbacks; return the features (NaN where not computable)."""
         t = float(t_s)
         if self._last_t is not None and not t > self._last_t:

@@ -146,7 +146,7 @@ class FurnaceEkf:
         self._initial_std = {**tuning.initial_std, **(initial_std or {})}
         self._process = {**tuning.process_std_per_sqrt_h, **(process_std_per_sqrt_h or {})}
         self._meas_std = {**tuning.measurement_std, **(measurement_std or {})}
-        for inp, out in self.measurements.items():
+        for out in self.measurements.values():
             if not (self._meas_std.get(out, math.nan) > 0):
                 raise ValueError(f"measurement_std: {out!r} needs a std > 0")
         self._dist_values = {**tuning.disturbance_values, **(disturbance_values or {})}

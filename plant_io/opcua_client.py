@@ -219,7 +219,7 @@ class OpcUaPlantIO:
         ep = self._endpoint
         paths = {"client_cert_path": ep.client_cert_path, "client_key_path": ep.client_key_path,
                  "server_cert_path": ep.server_cert_path}
-        missing = [f"{k}={v}" for k, v in paths.items() if v is None or not Path(v).is_file()]
+        missing = [f"{k}={v}" for k, v in paths.items() if v is None or not Path(v).is_file()]  # noqa: ASYNC240 (once per connect)
         if missing:
             raise PlantIOError(f"security files not found: {', '.join(missing)}")
         assert ep.client_cert_path and ep.client_key_path and ep.server_cert_path
@@ -251,8 +251,9 @@ class OpcUaPlantIO:
                 if nid.NamespaceUri not in namespaces:
                     problems.append(f"{name}: {self._tags[name].node_id}: namespace not on the server")
                     continue
-                nid = node_id(nid.Identifier, namespaces.index(nid.NamespaceUri), nid.NodeIdType)
-            resolved[name] = nid
+                resolved[name] = node_id(nid.Identifier, namespaces.index(nid.NamespaceUri), nid.NodeIdType)
+            else:
+                resolved[name] = nid
         return resolved, problems
 
     async def _verify(self, client: Client, node_ids: Mapping[str, ua.NodeId], problems: list[str]) -> None:

@@ -347,7 +347,8 @@ class _OpcUaServer:
                 nid = node_id(tag, idx)
                 vt = _UA_VARIANT[binding.data_type]
                 initial = unit.written.get(tag, 0.0)
-                node = await folder.add_variable(nid, f"{idx}:{tag}", ua.Variant(_ua_value(binding.data_type, initial), vt))
+                node = await folder.add_variable(nid, f"{idx}:{tag}",
+                                                 ua.Variant(_ua_value(binding.data_type, initial), vt))
                 if binding.writable:
                     await node.set_writable(True)
                     writable[nid] = (unit, tag)
@@ -490,7 +491,7 @@ class _ModbusServer:
                 regs.extend(AsyncModbusTcpClient.convert_to_registers(ts, _U32, word_order="big"))
             else:
                 s = samples.get(tag[: -len(SAMPLE_TS_SUFFIX)])
-                ts = 0 if s is None or s.sample_ts is None else int(round(s.sample_ts))
+                ts = 0 if s is None or s.sample_ts is None else round(s.sample_ts)
                 regs.extend(AsyncModbusTcpClient.convert_to_registers(ts, _U32, word_order="big"))
         return regs
 

@@ -136,10 +136,10 @@ def test_mpc_needs_ekf_estimator_and_its_section(loaded: LoadedRecipe) -> None:
     """build_controller refuses the MPC with the filtered estimator or without a controller.mpc section."""
     r = loaded.recipe
     filtered = dataclasses.replace(r, estimator=dataclasses.replace(r.estimator, kind="filtered"))
-    with pytest.raises(AssemblyError, match="estimator.kind 'ekf'"):
+    with pytest.raises(AssemblyError, match=r"estimator.kind 'ekf'"):
         build_controller(filtered, "mpc")
     no_section = dataclasses.replace(r, controller=dataclasses.replace(r.controller, mpc=None))
-    with pytest.raises(AssemblyError, match="controller.mpc section is missing"):
+    with pytest.raises(AssemblyError, match=r"controller.mpc section is missing"):
         build_controller(no_section, "mpc")
     with pytest.raises(ValueError, match="strictly decreasing"):
         MpcSection(rank_penalties=(1.0, 10.0, 1.0e-1, 1.0e-2))

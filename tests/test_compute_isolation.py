@@ -126,7 +126,7 @@ def test_a_worker_killed_with_sigkill_is_respawned_and_its_units_come_back_in_st
                                       and e["new"] == "ON"}) == 4
 
     async def kill_when_on() -> None:
-        while not (pools and all_on()):
+        while not (pools and all_on()):  # noqa: ASYNC110 (no event: the state is in another process's log)
             await asyncio.sleep(0.05)  # polling the runtime's own audit log for the state to act on
         pool = pools[0]
         worker = pool._workers[1]

@@ -9,6 +9,7 @@ never memory that a mode change clears.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -122,7 +123,7 @@ class Cell:
 
 
 def gaps(moves: list[float]) -> list[float]:
-    return [b - a for a, b in zip(moves, moves[1:])]
+    return [b - a for a, b in itertools.pairwise(moves)]
 
 
 def shipped() -> LoadedRecipe:

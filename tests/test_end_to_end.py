@@ -83,7 +83,7 @@ def test_runtime_controls_virtual_plant_over_opcua_and_modbus(tmp_path: Path) ->
                 u.request_mode(Mode.ON, who="test", where="e2e", utc=clock.utc())
             await site.until(lambda: all(_actual(u) is Mode.ON for u in site.units.values()), 900)
             await site.step(12)
-            for name, unit in site.units.items():
+            for name in site.units:
                 rec = site.last[name]
                 written = _sp_writes(rec)
                 assert written, name  # setpoint MVs are rewritten every ON cycle
@@ -97,7 +97,7 @@ def test_runtime_controls_virtual_plant_over_opcua_and_modbus(tmp_path: Path) ->
 
 
 def test_hmi_operator_switches_on_and_off_and_wrong_or_viewer_writes_are_refused(tmp_path: Path,
-                                                                                 pki: Pki) -> None:  # noqa: F811
+                                                                                 pki: Pki) -> None:
     """An HMI operator's ON starts writes to the plant, OFF stops them; a wrong password and a viewer's
     write are refused and change nothing."""
 

@@ -29,7 +29,7 @@ def drive(fb: FeatureBuilder, t_end: float, *, u: Callable[[float], float] = lam
           anode: Callable[[float], float] = lambda t: 0.0, t_start: float = 0.0) -> dict[float, dict[str, float]]:
     """Run cycles every PERIOD seconds from t_start to t_end inclusive; return features by time."""
     out = {}
-    for k in range(int(round(t_start / PERIOD)), int(round(t_end / PERIOD)) + 1):
+    for k in range(round(t_start / PERIOD), round(t_end / PERIOD) + 1):
         t = k * PERIOD
         inputs = {"cell_voltage": ok("cell_voltage", u(t), t), "line_current": ok("line_current", i(t), t)}
         out[t] = fb.update(t, inputs, {"oxide_feed": feed(t), "anode_move": anode(t)})
@@ -51,7 +51,7 @@ def test_unknown_feature_names_are_refused_with_the_known_list() -> None:
 
 def test_feature_needing_an_unbound_signal_is_refused() -> None:
     """A feature whose signal the bindings leave empty is refused at construction."""
-    with pytest.raises(ValueError, match="anode_moves_2h_cm.*anode"):
+    with pytest.raises(ValueError, match=r"anode_moves_2h_cm.*anode"):
         FeatureBuilder(("voltage_V", "anode_moves_2h_cm"), FeatureBindings(anode=""))
     FeatureBuilder(("voltage_V",), FeatureBindings(anode=""))  # not needed: fine
 

@@ -86,7 +86,7 @@ def test_restart_mid_soak_comes_back_held_with_soak_time_done_and_unit_in_standb
 
 
 
-def test_hmi_batch_commands_start_hold_resume_abort(pki: Pki) -> None:  # noqa: F811
+def test_hmi_batch_commands_start_hold_resume_abort(pki: Pki) -> None:
     """Operators start, hold, resume and abort a furnace batch from the HMI; a viewer is refused, and a
     resume after an abort is refused with BadInvalidState (the batch is over)."""
     loaded = load(VIM)
@@ -135,7 +135,7 @@ def test_report_of_a_furnace_record_equals_the_live_kpis(tmp_path: Path,
     assert replay == live and replay["soak_complete"] == 1
 
 
-def test_hmi_shows_the_batch_status_every_cycle_without_type_errors(pki: Pki) -> None:  # noqa: F811
+def test_hmi_shows_the_batch_status_every_cycle_without_type_errors(pki: Pki) -> None:
     """The runtime's batch status reaches the HMI's Batch nodes each cycle (state, segment, soak), also when
     values change type between None and numbers (held/running), without an error."""
     loaded = load(VIM)

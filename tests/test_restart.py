@@ -98,7 +98,7 @@ def test_a_corrupt_state_file_refuses_the_unit(tmp_path: Path) -> None:
     state = tmp_path / "unit_state.json"
     state.write_text('{"schema_version": 1, "unit": "cell", "requested_mode": "ON", "shed_reason": 7, "mvs": {}}')
     clock = VirtualClock()
-    with pytest.raises(UnitStateError, match="unit_state.json: corrupt unit state file"):
+    with pytest.raises(UnitStateError, match=r"unit_state.json: corrupt unit state file"):
         Process(state, plant(clock), clock)
 
 

@@ -323,7 +323,8 @@ def replay(path: Path, features: tuple[str, ...], runs: list[RunData], bindings:
         assert run.cycles is not None
         ss = load_soft_sensor(cfg, path.parent, bindings=bindings)
         last_dip, n_dips = math.nan, 0
-        for (t, inputs, applied), truth in zip(run.cycles, run.y):
+        for (t, cycle_inputs, applied), truth in zip(run.cycles, run.y):
+            inputs = cycle_inputs
             dip = inputs.get(DIP_INPUT)
             if dip is not None and dip.ok and dip.sample is not None:
                 n_dips += 1

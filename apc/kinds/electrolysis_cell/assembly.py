@@ -74,7 +74,8 @@ def mv_names(recipe: CellRecipe) -> MvNames:
                    current=io_.mv_driving(CURRENT_INPUT) or "")
 
 
-def build_estimator(recipe: CellRecipe, recipe_dir: Path | None = None, controller_kind: str | None = None) -> Estimator:
+def build_estimator(recipe: CellRecipe, recipe_dir: Path | None = None,
+                    controller_kind: str | None = None) -> Estimator:
     """The recipe's estimator with its tuning.
 
     ``filtered``: the baseline signals; ``ekf``: those plus the cell's

@@ -257,9 +257,8 @@ class KpiAccumulator:
 
         in_ae = float(truth[TRUTH_ANODE_EFFECT]) >= 0.5
         if in_ae:
-            if not self._ae_prev_in:
-                if self._ae_last_t is None or t - self._ae_last_t >= self._cfg.ae_merge_s:
-                    self._ae_events += 1
+            if not self._ae_prev_in and (self._ae_last_t is None or t - self._ae_last_t >= self._cfg.ae_merge_s):
+                self._ae_events += 1
             if prev_t is not None:
                 self._ae_s += t - prev_t
             self._ae_last_t = t
