@@ -286,7 +286,7 @@ def test_readback_increment_unknown_start_is_mismatch() -> None:
 
 def test_readback_negative_tolerance_rejected() -> None:
     """A negative tolerance is a configuration error."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tolerance must be >= 0"):
         ReadbackMonitor(MvKind.SETPOINT, tolerance=-1.0)
 
 

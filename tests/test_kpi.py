@@ -215,9 +215,9 @@ def test_out_of_order_cycles_are_rejected() -> None:
 
 def test_config_validation_and_mapping_round_trip() -> None:
     """KpiConfig rejects inverted bands and survives its header mapping round trip."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="oxide_band_wtpct must be finite with low <= high"):
         KpiConfig(warmup_s=0.0, oxide_band_wtpct=(4.0, 2.0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="warmup_s must be finite and >= 0"):
         KpiConfig(warmup_s=-1.0, oxide_band_wtpct=(2.0, 4.0))
     cfg = KpiConfig(warmup_s=3600.0, oxide_band_wtpct=(2.5, 4.5), ae_merge_s=90.0)
     assert KpiConfig.from_mapping(json.loads(json.dumps(cfg.to_mapping()))) == cfg

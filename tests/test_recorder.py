@@ -238,7 +238,7 @@ def test_null_recorder_drops_everything() -> None:
         rec.append({"k": 0})
         assert rec.path is None and rec.cycles_written == 1
     assert rec.closed
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="null recorder is closed"):
         rec.append({"k": 1})
     assert not Path("/nonexistent/dir/x.jsonl").exists()
 
