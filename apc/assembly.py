@@ -7,8 +7,9 @@ protocols.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from apc.kinds import get_kind, kind_of
 from apc.protocols import Clock

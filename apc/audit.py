@@ -10,14 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
-from typing import IO, Any
+from typing import Any, Protocol, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 
 def _iso(utc_s: float) -> str:
-    return dt.datetime.fromtimestamp(utc_s, tz=dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.fromtimestamp(utc_s, tz=dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _ts_from_event(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
@@ -28,16 +28,34 @@ def _ts_from_event(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
-def make_logger(stream: IO[str] | None = None, **context: Any) -> structlog.typing.FilteringBoundLogger:
+class TextSink(Protocol):
+    """What a JSON logger writes to: an open text file, or a stream that holds or redirects lines."""
+
+    def write(self, text: str, /) -> int:
+        """Write ``text``; the number of characters written."""
+        ...
+
+    def flush(self) -> None:
+        """Hand what was written on."""
+        ...
+
+
+def print_logger_file(stream: TextSink) -> TextIO:
+    """``stream`` as the file of structlog's PrintLogger, which declares ``TextIO`` but only writes and
+    flushes (a stream holding or redirecting lines qualifies)."""
+    return cast(TextIO, stream)
+
+
+def make_logger(stream: TextSink | None = None, **context: Any) -> structlog.typing.FilteringBoundLogger:
     """A JSON logger writing one line per event to ``stream`` (stderr by default)."""
-    processors = [
+    processors: list[structlog.typing.Processor] = [
         structlog.processors.add_log_level,
         _ts_from_event,
         structlog.processors.format_exc_info,
         structlog.processors.JSONRenderer(sort_keys=True),
     ]
     logger = structlog.wrap_logger(
-        structlog.PrintLogger(stream or sys.stderr),
+        structlog.PrintLogger(print_logger_file(stream or sys.stderr)),
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(0),
     )

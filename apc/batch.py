@@ -60,7 +60,7 @@ from apc.recipe.curve_schema import CONDITION_KINDS, BatchSection, CurveSection,
 from apc.recipe.permissive import PermissiveExpr
 from apc.state_file import read_json_object, write_json_atomic
 
-__all__ = ["Batch", "BatchStateError", "CommandResult", "STATE_SCHEMA_VERSION"]
+__all__ = ["STATE_SCHEMA_VERSION", "Batch", "BatchStateError", "CommandResult"]
 
 STATE_SCHEMA_VERSION = 1
 """Version of the batch state file layout."""
@@ -378,7 +378,7 @@ class Batch:
         batch._seg_start_ref = math.nan if start_ref is None else start_ref
         batch._state = BatchState.HELD
         batch._hold_degC = None
-        batch._reasons = batch._reasons + [RESTORED_REASON] if recorded is BatchState.HELD else [RESTORED_REASON]
+        batch._reasons = [*batch._reasons, RESTORED_REASON] if recorded is BatchState.HELD else [RESTORED_REASON]
         if recorded is BatchState.RUNNING and section.auto_resume_after_s is not None:
             batch._auto_resume_at = t_s + section.auto_resume_after_s
         audit.info("batch_restore", t_s=t_s, path=str(state_path), found=True, old=old, new="held",
@@ -521,8 +521,8 @@ class Batch:
                     why = expr.explain(values)
                     if self._wait_s >= seg.timeout_s:
                         old = self._state
-                        self._go_held([f"{seg.kind} timeout: '{seg.condition}' not met after "
-                                       f"{seg.timeout_min:g} min ({why})"])
+                        self._go_held([(f"{seg.kind} timeout: '{seg.condition}' not met after "
+                                        f"{seg.timeout_min:g} min ({why})")])
                         self._event(t_s, f"{seg.kind}_timeout", old, why=why)
                         return
                     self._note = f"waiting for '{seg.condition}': {why}"
@@ -616,8 +616,8 @@ def _field(path: Path, data: dict[str, Any], key: str, tp: type, optional: bool 
         return None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, tp) or isinstance(value, bool) or (tp is float and not math.isfinite(value)):
+    if not isinstance(value, tp) or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
         raise BatchStateError(path, f"corrupt batch state file ('{key}' is {value!r})")
-    if tp is list and not all(isinstance(r, str) for r in value):
+    if isinstance(value, list) and not all(isinstance(r, str) for r in value):
         raise BatchStateError(path, f"corrupt batch state file ('{key}' must list strings)")
     return value

@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
-from pathlib import Path
-from typing import Sequence
 
+from apc.audit import print_logger_file
 from apc.recipe.errors import RecipeError
 
 
@@ -48,7 +49,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     except (RecipeError, ScenarioError) as exc:
         print(exc, file=sys.stderr)
         return 1
-    audit_file = open(args.audit, "a", encoding="utf-8") if args.audit else None
+    audit_file = open(args.audit, "a", encoding="utf-8") if args.audit else None  # noqa: SIM115 (closed in finally)
     try:
         audit = make_logger(audit_file) if audit_file else None
         result = asyncio.run(simulate(
@@ -249,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``apc`` console script."""
     args = build_parser().parse_args(argv)
     # Diagnostics of the library modules go to stderr: stdout carries results (e.g. --json).
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()))
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(print_logger_file(_CurrentStderr())))
     try:
         return int(args.func(args))
     except BrokenPipeError:  # output piped into e.g. `head`

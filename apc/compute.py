@@ -19,8 +19,9 @@ the unit's estimator and controller start again from nothing and must re-warm).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from apc.curve_preview import CurvePreview
 from apc.protocols import Controller, Estimator

@@ -34,8 +34,9 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from apc.compute import ComputeError, ComputeLate, ComputeLost, ControlRequest
 from apc.compute_worker import FRAME_HEADER, frame
@@ -316,7 +317,7 @@ class PooledCompute:
             why, self.lost = self.lost, ""
             raise ComputeLost(why)
         worker = self._worker
-        fut = self._pool._request(worker, message)  # noqa: SLF001 - the pool's own wire
+        fut = self._pool._request(worker, message)
         if deadline_mono is None:
             return await fut
         remaining = deadline_mono - time.monotonic()
@@ -330,14 +331,14 @@ class PooledCompute:
     async def estimate(self, t_s: float, inputs: Mapping[str, ValidatedInput], applied: Mapping[str, float],
                        deadline_mono: float | None) -> Estimate:
         """The worker's estimator update, until the deadline."""
-        est = await self._ask(("estimate", next(self._pool._rid), self.unit, t_s, dict(inputs), dict(applied),  # noqa: SLF001
+        est = await self._ask(("estimate", next(self._pool._rid), self.unit, t_s, dict(inputs), dict(applied),
                                deadline_mono), deadline_mono)
         assert isinstance(est, Estimate)
         return est
 
     async def control(self, request: ControlRequest, deadline_mono: float | None) -> Plan | None:
         """The worker's track and step, until the deadline."""
-        plan = await self._ask(("control", next(self._pool._rid), self.unit, request, deadline_mono),  # noqa: SLF001
+        plan = await self._ask(("control", next(self._pool._rid), self.unit, request, deadline_mono),
                                deadline_mono)
         assert plan is None or isinstance(plan, Plan)
         return plan
@@ -345,21 +346,21 @@ class PooledCompute:
     async def prepare(self, loaded: LoadedRecipe) -> Any:
         """Have the worker build parts for ``loaded`` (kept there until :meth:`install`)."""
         spec = PartsSpec(self.unit, str(loaded.path), loaded.sha256, self.spec.controller_kind, self.spec.real_time)
-        rid = await self._ask(("prepare", next(self._pool._rid), self.unit, spec), None)  # noqa: SLF001
+        rid = await self._ask(("prepare", next(self._pool._rid), self.unit, spec), None)
         return rid, spec
 
     def install(self, prepared: Any) -> None:
         """Swap in the parts :meth:`prepare` built (in order with this unit's requests)."""
         rid, spec = prepared
-        self._pool._write(self._worker, ("install", self.unit, rid))  # noqa: SLF001
+        self._pool._write(self._worker, ("install", self.unit, rid))
         self.spec = spec
         self._worker.units[self.unit] = spec
 
     def inject(self, fault: str, duration_s: float = 0.0) -> None:
         """A scenario fault: ``stall`` the unit's thread for ``duration_s`` plant seconds, or ``crash`` its worker."""
         if fault == "stall":
-            self._pool._write(self._worker, ("stall", self.unit, duration_s / self._pool.speed()))  # noqa: SLF001
+            self._pool._write(self._worker, ("stall", self.unit, duration_s / self._pool.speed()))
         elif fault == "crash":
-            self._pool._write(self._worker, ("crash",))  # noqa: SLF001
+            self._pool._write(self._worker, ("crash",))
         else:
             raise ValueError(f"unknown compute fault {fault!r} (stall, crash)")

@@ -23,7 +23,8 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 from apc.compute import Parts, step_parts
 from apc.unit_parts import PartsSpec, build_parts

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from apc.cycle_record import BatchRecord
 
@@ -87,7 +88,7 @@ class CurvePreview:
 
     @staticmethod
     def holding(state: BatchState, temp_degC: float | None, points: int, step_s: float,
-                segment: int = -1, kind: str = "", soak_done_s: float = 0.0) -> "CurvePreview":
+                segment: int = -1, kind: str = "", soak_done_s: float = 0.0) -> CurvePreview:
         """A flat preview at ``temp_degC`` (held batch) or with no reference (idle, aborted, done)."""
         t = math.nan if temp_degC is None else float(temp_degC)
         return CurvePreview(state, segment, kind, step_s, (t,) * points, (math.inf,) * points,

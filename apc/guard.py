@@ -13,8 +13,8 @@ MV specs) and :class:`ReadbackMonitor` (per-MV readback check).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 from apc.recipe.schema import MvLimits, MvSpec
 from apc.types import MvKind, Write

@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import os
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, TextIO
+from typing import Protocol, TextIO
 
 
 class DeferredStream:
@@ -53,7 +54,20 @@ class Syncable(Protocol):
         ...
 
 
-def _sync(target: TextIO | Syncable | None) -> None:
+class Descriptor(Protocol):
+    """A journal file fsynced through its descriptor (an open text file, :class:`RotatingTextFile`)."""
+
+    @property
+    def closed(self) -> bool:
+        """True once closed (nothing left to sync)."""
+        ...
+
+    def fileno(self) -> int:
+        """The file descriptor of the moment."""
+        ...
+
+
+def _sync(target: Descriptor | Syncable | None) -> None:
     """fsync one target. Only the file descriptor is touched (the audit logger flushes each event on
     the event loop), so running this in a worker thread never races a write."""
     if target is None:
@@ -64,7 +78,7 @@ def _sync(target: TextIO | Syncable | None) -> None:
         os.fsync(target.fileno())  # the descriptor of the moment (a rotation may have just replaced it)
 
 
-async def sync_periodically(targets: Callable[[], Iterable[TextIO | Syncable | None]], interval_s: float,
+async def sync_periodically(targets: Callable[[], Iterable[Descriptor | Syncable | None]], interval_s: float,
                             stop: asyncio.Event) -> None:
     """fsync every target every ``interval_s`` wall seconds (in a worker thread: the event loop never
     waits on the disk) until ``stop``, then once more. A failing fsync is left to the next append to
@@ -92,11 +106,11 @@ class RotatingTextFile:
         self._daily = daily
         self._keep_s = keep_days * 86400.0
         self._utc = utc
-        self._file: TextIO = open(self.path, "a", encoding="utf-8")
+        self._file: TextIO = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (the journal's open file)
         self._size = self.path.stat().st_size
         self._day = int(utc() // 86400.0)
-        self._n = max((int(p.name.split(".")[-3]) for p in self.path.parent.glob(f"{self.path.stem}.*{self.path.suffix}.gz")
-                       if p.name.split(".")[-3].isdigit()), default=0)
+        rotated = self.path.parent.glob(f"{self.path.stem}.*{self.path.suffix}.gz")
+        self._n = max((int(p.name.split(".")[-3]) for p in rotated if p.name.split(".")[-3].isdigit()), default=0)
         self._pending: list[threading.Thread] = []
 
     @property
@@ -135,7 +149,7 @@ class RotatingTextFile:
         self._n += 1
         rotated = self.path.with_name(f"{self.path.stem}.{self._n:04d}{self.path.suffix}")
         os.replace(self.path, rotated)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (the next segment)
         self._size = 0
         t = threading.Thread(target=_gzip_and_remove, args=(rotated,), name=f"gzip-{rotated.name}", daemon=False)
         t.start()

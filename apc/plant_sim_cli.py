@@ -25,16 +25,18 @@ import argparse
 import asyncio
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, TextIO
+from typing import Any, TextIO
 
 import yaml
 
 from apc.clock import RealClock
-from apc.scheduler import stop_on_signals
+from apc.kinds import kind_of
 from apc.recipe.errors import RecipeError
 from apc.recipe.loader import LoadedSite
+from apc.scheduler import stop_on_signals
 from plant_io.virtual_plant import (
     OPCUA_PATH,
     PlantProtocol,
@@ -43,7 +45,6 @@ from plant_io.virtual_plant import (
     VirtualUnit,
     generate_bindings,
 )
-from apc.kinds import kind_of
 from sim.scenario_loader import ScenarioError
 
 PLANT_SCHEMA_VERSION = 1
@@ -112,7 +113,7 @@ def plant_file_from_mapping(data: Any, where: str) -> PlantFile:
         if unknown:
             raise PlantFileError(f"{at}: unknown key(s) {unknown}; known: {sorted(_UNIT_KEYS)}")
         protocol = entry.get("protocol")
-        if protocol not in DEFAULT_PORTS:
+        if not isinstance(protocol, str) or protocol not in DEFAULT_PORTS:
             raise PlantFileError(f"{at}.protocol: must be one of {sorted(DEFAULT_PORTS)}, got {protocol!r}")
         port = _int(entry.get("port", DEFAULT_PORTS[protocol]), f"{at}.port")
         device_id = _int(entry.get("device_id", 1), f"{at}.device_id")

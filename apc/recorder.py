@@ -41,10 +41,11 @@ import json
 import math
 import os
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterator, Literal, Mapping, Protocol
+from typing import Any, Literal, Protocol
 
 from apc.cycle_record import CycleRecord
 
@@ -58,10 +59,10 @@ __all__ = [
     "FORMAT_VERSION",
     "FlightRecorder",
     "NullRecorder",
-    "Recorder",
     "RecordEntry",
     "RecordError",
     "RecordFile",
+    "Recorder",
     "RotatingRecorder",
     "iter_record",
     "read_record",

@@ -12,30 +12,31 @@ import gc
 import math
 import sys
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, TextIO
+from typing import Any, TextIO
 
-from apc.assembly import AssemblyError, build_sim_unit, load
+from apc.assembly import build_sim_unit, load
+from apc.audit import make_logger
+from apc.clock import RealClock
 from apc.compute import ComputeError, ComputeLost
 from apc.compute_pool import ComputePool, default_workers
 from apc.cycle_record import CycleRecord
 from apc.hmi.server import HmiServer, ReloadCallback
 from apc.hmi.users import load_users
-from apc.protocols import Reconnecting
-from apc.plant_sim_cli import PlantFile, default_scan_s, virtual_units
-from apc.remote_assembly import build_remote_unit
-from apc.audit import make_logger
-from apc.clock import RealClock
+from apc.journal import DeferredStream, RotatingTextFile, sync_periodically
 from apc.kinds import kind_of
 from apc.kpi import format_kpis
+from apc.plant_sim_cli import PlantFile, default_scan_s, virtual_units
+from apc.protocols import Reconnecting
 from apc.recipe.errors import RecipeError
 from apc.recipe.loader import LoadedSite
 from apc.recipe.schema import Site, SiteUnit
 from apc.recorder import RotatingRecorder
+from apc.remote_assembly import build_remote_unit
 from apc.scheduler import ScheduleStats, run_periodic, stop_on_signals
 from apc.service_notify import ServiceNotifier, feed_watchdog
 from apc.speed_governor import govern_speed
-from apc.journal import DeferredStream, RotatingTextFile, sync_periodically
 from apc.types import Mode
 from apc.unit import Unit
 from apc.unit_state import STATE_FILE_NAME, UnitStateFile

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import math
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from apc.protocols import Clock
 

@@ -17,7 +17,7 @@ import contextlib
 import os
 import socket
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 
 class ServiceNotifier:

@@ -12,7 +12,8 @@ plants run at 1×, where it does nothing.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Sequence, TextIO
+from collections.abc import Sequence
+from typing import Any, TextIO
 
 from apc.clock import RealClock
 from apc.scheduler import ScheduleStats

@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from apc.compute import ComputeLate, ComputeLost, ControlRequest, InlineCompute, Parts, UnitCompute
 from apc.cycle_record import (BatchRecord, CycleRecord, DecisionRecord, EstimateRecord, InputRecord,
@@ -32,8 +33,18 @@ from apc.recipe.loader import LoadedRecipe
 from apc.recipe.permissive import PermissiveExpr, parse_permissive
 from apc.recipe.schema import MvLimits, MvSpec, Recipe
 from apc.recorder import NullRecorder, Recorder
-from apc.types import (Estimate, Mode, MvConstraint, MvKind, Plan, Sample, SolverStatus, ValidatedInput, Write,
-                       WriteResult)
+from apc.types import (
+    Estimate,
+    Mode,
+    MvConstraint,
+    MvKind,
+    Plan,
+    Sample,
+    SolverStatus,
+    ValidatedInput,
+    Write,
+    WriteResult,
+)
 from apc.unit_state import MvMemory, UnitMemory, UnitStateFile
 from apc.validation import InputValidator, cycle_ok
 

@@ -8,8 +8,8 @@ process, a :class:`~apc.compute.PreviewHolder` in a worker).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from apc.compute import InlineCompute, Parts, UnitCompute
 from apc.curve_preview import CurvePreview

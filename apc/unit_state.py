@@ -16,9 +16,10 @@ reuse a sequence number.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from apc.state_file import read_json_object, write_json_atomic
 from apc.types import Mode
@@ -116,7 +117,8 @@ def _parse(path: Path, unit: str, data: Mapping[str, Any]) -> UnitMemory:
     for name, m in mvs_raw.items():
         if not isinstance(m, dict):
             raise bad(f"mvs.{name} must be a mapping")
-        enabled, limits, last, seq = m.get("enabled"), m.get("operator_limits"), m.get("last_move_utc"), m.get("sequence")
+        enabled, limits = m.get("enabled"), m.get("operator_limits")
+        last, seq = m.get("last_move_utc"), m.get("sequence")
         if not isinstance(enabled, bool):
             raise bad(f"mvs.{name}.enabled must be true or false")
         if limits is not None and not (isinstance(limits, list) and len(limits) == 2

@@ -17,10 +17,11 @@ a value the DCS has not refreshed is the staleness check's business.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from apc.recipe.schema import InputSpec
 from apc.types import Quality, Sample, ValidatedInput, Verdict
@@ -120,7 +121,7 @@ class InputValidator:
         if len(history) < cycles:
             return False
         vals = list(history)
-        return all(abs(b - a) <= epsilon for a, b in zip(vals, vals[1:]))
+        return all(abs(b - a) <= epsilon for a, b in itertools.pairwise(vals))
 
 
 def cycle_ok(validated: Mapping[str, ValidatedInput], required: Iterable[str]) -> tuple[bool, str]:

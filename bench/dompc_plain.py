@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import casadi as ca
 import numpy as np
@@ -95,7 +96,6 @@ class DoMpcPlain(CellMpc):
         res, _, econ = self._point(x, u, d, p)
         u_range = self._u_ranges()
         lterm = econ
-        rterm = {}
         for b in self.bindings.values():
             wgt, i = cfg.move_weights.get(b.name, 1.0), b.input_index
             if b.kind is MvKind.INCREMENT:

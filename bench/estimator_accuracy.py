@@ -39,10 +39,11 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ class Errors:
     naive: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
 
-    def extend(self, other: "Errors") -> None:
+    def extend(self, other: Errors) -> None:
         """Append another run's errors."""
         self.err += other.err
         self.inside += other.inside

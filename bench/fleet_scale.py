@@ -52,7 +52,8 @@ def quick_recipe(directory: Path, controller: str) -> Path:
         "  kind: baseline\n  baseline:": f"  kind: {controller}\n  baseline:",
         "  warmup_s: 600\n": "  warmup_s: 15\n",
         "    mean_interval_s: 120\n    slope_window_s: 1800\n": "    mean_interval_s: 15\n    slope_window_s: 45\n",
-        "model_file: models/nd_cell_bath_temp.onnx": f"model_file: {RECIPE.parent / 'models' / 'nd_cell_bath_temp.onnx'}",
+        "model_file: models/nd_cell_bath_temp.onnx":
+            f"model_file: {RECIPE.parent / 'models' / 'nd_cell_bath_temp.onnx'}",
     }
     for old, new in edits.items():
         if old not in text:
@@ -106,7 +107,6 @@ class _StartMark:
 def one_run(n: int, controller: str, minutes: float, workers: int | None) -> dict[str, Any]:
     """Run N cells for ``minutes`` in this process; the figures as a mapping."""
     import asyncio
-    import io
 
     import yaml
 

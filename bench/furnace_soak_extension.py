@@ -28,7 +28,6 @@ from apc.assembly import load
 from apc.kinds import kind_of
 from apc.recorder import iter_record
 from apc.simulate import simulate
-from sim.furnace_plant import load_furnace_scenario
 from sim.models import get_model
 
 ROOT = Path(__file__).resolve().parent.parent

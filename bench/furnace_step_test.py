@@ -160,7 +160,7 @@ def report(title: str, f: Fopdt, window_s: float, unit: str, period_s: float, ta
 def step_test(model: ProcessModel, x0: np.ndarray, u0: np.ndarray, du: np.ndarray, d: tuple[float, ...],
               dt_s: float, window_s: float, output: str) -> tuple[np.ndarray, np.ndarray, float]:
     """Response of ``output`` (a state) to the step ``du`` at t = 0 from the steady ``x0``."""
-    n = int(round(window_s / dt_s))
+    n = round(window_s / dt_s)
     X = simulate(model, x0, u0 + du, d, dt_s, n)
     t = np.arange(n + 1) * dt_s
     y = X[:, model.state_names.index(output)]

@@ -32,7 +32,6 @@ from apc.assembly import load
 from apc.kinds import kind_of
 from apc.kinds.furnace.kpi import FURNACE_KPI_KEYS
 from apc.simulate import SimResult, simulate
-from sim.furnace_plant import load_furnace_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"vim": ROOT / "recipes" / "vim_furnace.yaml", "annealing": ROOT / "recipes" / "annealing_furnace.yaml"}

@@ -19,8 +19,8 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -58,7 +58,7 @@ async def _time(cycles: int, warmup: int, runs: dict[str, Cycle]) -> dict[str, l
 
 def _p99(xs: list[float]) -> float:
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(0.99 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(0.99 * (len(s) - 1)))]
 
 
 async def bench_opcua(sizes: list[int], cycles: int, warmup: int) -> list[tuple[str, int, str, list[float]]]:

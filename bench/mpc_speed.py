@@ -37,8 +37,9 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,7 @@ from sim.models import get_model
 from sim.scenario import load_scenario
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dompc_plain import DoMpcPlain  # noqa: E402  (bench-only module beside this script)
+from dompc_plain import DoMpcPlain
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "nd_cell_6ka.yaml"

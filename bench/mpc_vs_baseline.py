@@ -143,7 +143,7 @@ def main() -> None:
         checks = _checks(runs[(s, "baseline")], runs[(s, "mpc")], melting)
         for name, ok in checks.items():
             all_checks.setdefault(name, []).append(ok)
-        print(f"     targets: " + ", ".join(f"{n} {'ok' if ok else 'MISSED'}" for n, ok in checks.items()))
+        print("     targets: " + ", ".join(f"{n} {'ok' if ok else 'MISSED'}" for n, ok in checks.items()))
     print("\nper target, seeds met: " + ", ".join(f"{n} {sum(v)}/{len(v)}" for n, v in all_checks.items()))
     for key in ("bath_temp_std_degC", "oxide_in_band_pct", "energy_kWh_per_kg", "metal_kg"):
         b = [float(runs[(s, "baseline")].kpis[key]) for s in seeds]

@@ -34,8 +34,8 @@ log message (same optimum, slower). ``max_solve_wall_s`` caps an IPOPT
 attempt in real time only (``real_time=True``); offline only ``max_iter`` does.
 
 Runtime behaviour: solve every ``period_multiple`` cycles (and at once when
-the enable flags, the limits in force or the DCS at-limit status change); in between return the current move of the plan,
-rate-limited per cycle so the guard never clamps. Warm start from the
+the enable flags, the limits in force or the DCS at-limit status change); in
+between return the current move of the plan, rate-limited per cycle so the guard never clamps. Warm start from the
 shifted last solution. A failed solve (IPOPT failure, iteration cap, bad
 numbers) follows the still-valid remainder of the last plan for up to
 ``hold_cycles`` failed solves (status HELD), then returns FAILED.
@@ -50,17 +50,17 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import casadi as ca
 import numpy as np
 
 from apc.kinds.electrolysis_cell.recipe import MPC_CV_RANKS, MpcSection
 from apc.recipe.schema import MvLimits, MvSpec
-from apc.types import Estimate, MvConstraint, MvKind, Plan
+from apc.types import Estimate, MvConstraint, MvKind
 from controllers.mpc_skeleton import SLACK_START, MpcSkeleton, Solution, bind_mvs, setpoint_bounds
-from controllers.nlp_attempt import disturbance_vector
+from controllers.nlp_attempt import NlpValue, disturbance_vector
 from sim.models.base import ProcessModel, rk4
 
 BIAS_PARAMETERS = (
@@ -111,7 +111,7 @@ def compile_functions(funcs: Mapping[str, ca.Function], compiler: str,
     """``funcs`` as compiled C, built once per generated source and cached in ``directory`` by the
     hash of source, compiler and flags; None (logged) when the compiler is missing or fails."""
     src = generate_c(funcs)
-    key = hashlib.sha256("\0".join((src, compiler, *COMPILE_FLAGS, ca.__version__)).encode()).hexdigest()
+    key = hashlib.sha256("\0".join((src, compiler, *COMPILE_FLAGS, ca.CasadiMeta.version())).encode()).hexdigest()
     lib = directory / f"cell_mpc_{key[:24]}.so"
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not _private(directory) or (lib.exists() and not _private(lib)):
@@ -441,7 +441,8 @@ class CellMpc(MpcSkeleton):
         U = np.clip(U.ravel(order="F"), lbx[i1:i2], ubx[i1:i2]).reshape((nu, N), order="F")
         dz, S = (np.asarray(v) for v in self._guess(U, P))
         w = np.concatenate([dz.ravel(order="F"), U.ravel(order="F"), S.ravel(order="F")])
-        return np.clip(np.nan_to_num(w), lbx, ubx)
+        w0: np.ndarray = np.clip(np.nan_to_num(w), lbx, ubx)
+        return w0
 
     def _warm_guess(self, t_s: float, x0: np.ndarray, xs: np.ndarray, lbx: np.ndarray,
                     ubx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -452,7 +453,7 @@ class CellMpc(MpcSkeleton):
             raise ValueError("no previous solution to warm-start from")
         N, nx, nu = self.N, self.nx, self.nu
         i1, i2 = self._n_dz, self._n_dz + self._n_u
-        shift = int(round((t_s - prev.t_s) / self.step_s))
+        shift = round((t_s - prev.t_s) / self.step_s)
 
         def take(block: np.ndarray, rows: int, cols: int) -> np.ndarray:
             return block.reshape((rows, cols), order="F")[:, np.minimum(np.arange(cols) + shift, cols - 1)]
@@ -500,11 +501,13 @@ class CellMpc(MpcSkeleton):
                                       else max(b.max_rate_h(self.period_s), 1e-9))
         P = np.concatenate([x0, xs, u_now, d, p, u_range])
         lbx, ubx, lbg, ubg = self._bounds(t_s, u_now, applied, en, lim)
-        bounds = dict(p=P, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
+        bounds = {"p": P, "lbx": lbx, "ubx": ubx, "lbg": lbg, "ubg": ubg}
 
-        def warm_start() -> dict[str, object]:
+        def warm_start() -> dict[str, NlpValue]:
             w0, lam_x0, lam_g0 = self._warm_guess(t_s, x0, xs, lbx, ubx)
-            return {"x0": w0} if lam_x0 is None else {"x0": w0, "lam_x0": lam_x0, "lam_g0": lam_g0}
+            if lam_x0 is None or lam_g0 is None:  # a plan keeps both multipliers or neither
+                return {"x0": w0}
+            return {"x0": w0, "lam_x0": lam_x0, "lam_g0": lam_g0}
 
         res, iters, elapsed, how = self._attempts(self._warm, self._cold, bounds,
                                                   warm_start if warm and self._sol is not None else None,

@@ -49,8 +49,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import casadi as ca
 import numpy as np
@@ -61,8 +61,9 @@ from apc.recipe.furnace_tuning import FurnaceMpcSection
 from apc.recipe.schema import MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan, SolverStatus
 from controllers.mpc_skeleton import SLACK_START, MpcSkeleton, Solution, bind_mvs, setpoint_bounds
-from controllers.nlp_attempt import disturbance_vector
-from estimators.furnace_ekf import BiasState, biased_parameters
+from controllers.nlp_attempt import NlpOption, disturbance_vector
+from estimators.ekf import BiasState
+from estimators.furnace_ekf import biased_parameters
 from sim.models.base import ProcessModel, rk4
 
 PRESSURE = "chamber_pressure_Pa"
@@ -264,7 +265,7 @@ class FurnaceMpc(MpcSkeleton):
         g = ca.vertcat(ca.vec(g_dyn), ca.vec(g_du), g_soft)
         self._n_gdyn, self._n_gdu = nx * N, nu * N
         nlp = {"x": w, "p": P, "f": J, "g": g}
-        common = {**self._ipopt_common("furnace_mpc", w.numel(), g.numel()), "expand": True}
+        common: dict[str, NlpOption] = {**self._ipopt_common("furnace_mpc", w.numel(), g.numel()), "expand": True}
         warm = {**common, "ipopt.warm_start_init_point": "yes", "ipopt.warm_start_bound_push": 1e-6,
                 "ipopt.warm_start_mult_bound_push": 1e-6, "ipopt.mu_init": 1e-4, **self.ipopt_options}
         cold = {**common, **self.ipopt_options}
@@ -346,12 +347,13 @@ class FurnaceMpc(MpcSkeleton):
         stage ends. On the melting plateau the thermocouple says nothing of the melting front, the
         filter is least sure where the melt ends, and a plan that counts on the melt's gas stopping
         would raise the power into a pressure spike."""
-        if not self._has_p:
+        plim = self.cfg.pressure_limit_Pa
+        if plim is None:  # no pressure limit (``_has_p`` false)
             return False
         if not math.isfinite(p_now):
             return self._p_hold
         limit = self._plim_first if self._plim_first is not None else \
-            float(self.cfg.pressure_limit_Pa) - self.cfg.backoff_sigmas * self._std(estimate, PRESSURE)
+            float(plim) - self.cfg.backoff_sigmas * self._std(estimate, PRESSURE)
         if p_now >= limit:
             self._p_hold = True
         elif not staged:
@@ -441,21 +443,23 @@ class FurnaceMpc(MpcSkeleton):
         U = np.repeat(u_now[:, None], N, axis=1) if self._sol is None else self._sol.U
         U = np.clip(U.ravel(order="F"), lbx[i1:i2], ubx[i1:i2]).reshape((nu, N), order="F")
         dz = np.nan_to_num(np.asarray(self._sim(U, P)))
-        return np.clip(self._with_slacks(dz, U, P), lbx, ubx)
+        w: np.ndarray = np.clip(self._with_slacks(dz, U, P), lbx, ubx)
+        return w
 
     def _warm_guess(self, t_s: float, x0: np.ndarray, xs: np.ndarray, P: np.ndarray, lbx: np.ndarray,
                     ubx: np.ndarray) -> np.ndarray:
         prev = self._sol
         assert prev is not None
         N, nx, nu = self.N, self.nx, self.nu
-        shift = max(int(round((t_s - prev.t_s) / self.step_s)), 0)
+        shift = max(round((t_s - prev.t_s) / self.step_s), 0)
         cols = np.minimum(np.arange(N) + shift, N - 1)
         Xp = prev.x0[:, None] + prev.xs[:, None] * prev.w[:self._n_dz].reshape((nx, N), order="F")
         dz = (Xp[:, cols] - x0[:, None]) / xs[:, None]
         U = prev.U[:, cols]
         i1, i2 = self._n_dz, self._n_dz + self._n_u
         U = np.clip(U.ravel(order="F"), lbx[i1:i2], ubx[i1:i2]).reshape((nu, N), order="F")
-        return np.clip(self._with_slacks(dz, U, P), lbx, ubx)
+        w: np.ndarray = np.clip(self._with_slacks(dz, U, P), lbx, ubx)
+        return w
 
 
     def _problem(self, estimate: Estimate, applied: Mapping[str, float], measured: Mapping[str, float],
@@ -523,7 +527,8 @@ class FurnaceMpc(MpcSkeleton):
                                                       {**values, bias.name: values[bias.name] + sigma}, self.biases)
             traj = x0[i_p] + xs[i_p] * np.asarray(self._sim(U, moved))[i_p]
             var += np.nan_to_num(traj - base, nan=0.0) ** 2
-        return self.cfg.backoff_sigmas * np.sqrt(var)
+        backoff: np.ndarray = self.cfg.backoff_sigmas * np.sqrt(var)
+        return backoff
 
     def _solve(self, t_s: float, estimate: Estimate, applied: Mapping[str, float], en: Mapping[str, bool],
                lim: Mapping[str, MvConstraint], measured: Mapping[str, float], ctx: object = None,
@@ -535,7 +540,7 @@ class FurnaceMpc(MpcSkeleton):
             return None, 0, 0.0, data
         x0, u_now, P, xs, stage = data
         lbx, ubx, lbg, ubg = self._bounds(u_now, en, lim, stage)
-        bounds = dict(p=P, lbx=lbx, ubx=ubx, lbg=lbg, ubg=ubg)
+        bounds = {"p": P, "lbx": lbx, "ubx": ubx, "lbg": lbg, "ubg": ubg}
         res, iters, elapsed, how = self._attempts(
             self._warm, self._cold, bounds,
             (lambda: {"x0": self._warm_guess(t_s, x0, xs, P, lbx, ubx)}) if warm and self._sol is not None else None,

@@ -18,14 +18,15 @@ the rest, identically for every unit kind:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from apc.recipe.schema import MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan
-from controllers.nlp_attempt import OUT_OF_TIME, SolveDeadline, ipopt_attempt, solve_deadline
+from controllers.nlp_attempt import OUT_OF_TIME, NlpOption, NlpValue, SolveDeadline, ipopt_attempt, solve_deadline
 from controllers.plan_hold import plan_status
 from sim.models.base import ProcessModel
 
@@ -132,7 +133,7 @@ class MpcSkeleton:
     :meth:`_solve_failed`.
     """
 
-    ipopt_options: ClassVar[dict[str, object]] = {}
+    ipopt_options: ClassVar[dict[str, NlpOption]] = {}
     section = "controller.mpc"
     """Recipe section named in configuration errors."""
 
@@ -163,7 +164,8 @@ class MpcSkeleton:
     def _check_disturbances(self) -> None:
         """Every model disturbance has a value or an input; nothing else is named; move weights name MVs."""
         m, cfg, where = self.model, self.cfg, self.section
-        missing = [d for d in m.disturbance_names if d not in cfg.disturbance_values and d not in cfg.disturbance_inputs]
+        missing = [d for d in m.disturbance_names
+                   if d not in cfg.disturbance_values and d not in cfg.disturbance_inputs]
         if missing:
             raise ValueError(f"{where}: model disturbance(s) {missing} need a value in disturbance_values "
                              "or an input in disturbance_inputs")
@@ -174,10 +176,10 @@ class MpcSkeleton:
         if unknown_mv:
             raise ValueError(f"{where}.move_weights: unknown MV(s) {unknown_mv}")
 
-    def _ipopt_common(self, name: str, n_w: int, n_g: int) -> dict[str, object]:
+    def _ipopt_common(self, name: str, n_w: int, n_g: int) -> dict[str, NlpOption]:
         """IPOPT options of every attempt, with the wall-clock deadline callback in real time."""
         cfg = self.cfg
-        common: dict[str, object] = {
+        common: dict[str, NlpOption] = {
             "ipopt.print_level": 0, "print_time": False, "ipopt.sb": "yes", "calc_lam_p": False,
             "ipopt.max_iter": cfg.max_iter, "ipopt.tol": cfg.tol, "ipopt.acceptable_tol": cfg.acceptable_tol,
             "ipopt.acceptable_iter": 5,
@@ -284,8 +286,8 @@ class MpcSkeleton:
             return None
         return sol
 
-    def _attempts(self, warm_solver: Any, cold_solver: Any, bounds: Mapping[str, object],
-                  warm_start: Callable[[], dict[str, object]] | None,
+    def _attempts(self, warm_solver: Any, cold_solver: Any, bounds: Mapping[str, NlpValue],
+                  warm_start: Callable[[], dict[str, NlpValue]] | None,
                   cold_start: Callable[[], np.ndarray]) -> Attempt:
         """A warm attempt (``warm_start`` gives its initial point and multipliers) and, when it fails
         for another reason than time, a cold one from ``cold_start()``; the wall time joins

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import casadi as ca
 import numpy as np
+
+NlpOption: TypeAlias = bool | int | float | str | ca.Function | Sequence["NlpOption"] | Mapping[str, "NlpOption"] | None
+"""An option value of ``ca.nlpsol`` (IPOPT settings, the deadline callback)."""
+NlpValue: TypeAlias = float | np.ndarray | ca.DM
+"""A numeric argument of one solve (initial point, multipliers, parameters, bounds)."""
 
 SUCCESS = ("Solve_Succeeded", "Solved_To_Acceptable_Level")
 """IPOPT return statuses whose solution is used."""
@@ -15,7 +21,7 @@ OUT_OF_TIME = ("Maximum_WallTime_Exceeded", "User_Requested_Stop")
 """IPOPT return statuses of an attempt stopped by its wall-clock budget (no retry: the budget is spent)."""
 
 
-class SolveDeadline(ca.Callback):  # type: ignore[misc]
+class SolveDeadline(ca.Callback):
     """An IPOPT iteration callback that stops the solve at a wall-clock deadline (``time.monotonic()``).
 
     One deadline serves every attempt of a solve (warm, then cold): :meth:`arm` it once per solve.
@@ -68,7 +74,7 @@ def solve_deadline(request_deadline_mono: float | None, max_solve_wall_s: float)
     return min(candidates) if candidates else None
 
 
-def ipopt_attempt(solver: ca.Function, args: dict[str, object]) -> tuple[dict[str, object] | None, int, float, str]:
+def ipopt_attempt(solver: ca.Function, args: Mapping[str, NlpValue]) -> tuple[dict[str, ca.DM] | None, int, float, str]:
     """One IPOPT attempt: (result, or None unless it succeeded with finite numbers; iterations; wall
     seconds; IPOPT status). CasADi raises on evaluation errors (NaN in functions): that is a failure."""
     t0 = time.perf_counter()

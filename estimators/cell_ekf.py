@@ -24,8 +24,8 @@ The filter only knows the recipe's nominal parameters.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 
@@ -223,7 +223,7 @@ class CellEkf:
         x0.update(cfg.initial)
         self._u0 = np.array([op["current_kA"], 0.0, 0.0])
         self._d0 = np.array([self.ambient_degC, 0.0, 0.0])
-        noise = ()
+        noise: tuple[NoiseState, ...] = ()
         self._voltage_R = cfg.voltage_std_V**2
         if cfg.voltage_noise_tau_s > 0.0:
             noise = (NoiseState("voltage_noise_V", "cell_voltage_V", cfg.voltage_noise_tau_s, cfg.voltage_std_V, "V"),)

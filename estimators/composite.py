@@ -15,7 +15,8 @@ act. The filter's own health is always reported as the extra
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from apc.types import Estimate, ValidatedInput
 

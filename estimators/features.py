@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -163,7 +164,7 @@ class _Series:
     computable) and at least one sample at or before ``now − keep_s``.
     """
 
-    __slots__ = ("keep_s", "max_gap_s", "max_samples", "t", "v", "cum", "start", "gap_until")
+    __slots__ = ("cum", "gap_until", "keep_s", "max_gap_s", "max_samples", "start", "t", "v")
 
     def __init__(self, keep_s: float, max_gap_s: float, max_samples: int) -> None:
         self.keep_s = keep_s
@@ -289,7 +290,7 @@ class FeatureBuilder:
             raise ValueError(f"feature(s) {[n for n in self.names if set(FEATURES[n].needs) & set(unbound)]} "
                              f"need signal(s) {unbound}, which the bindings leave empty")
         self._needs = needs
-        self._keep = {k: 0.0 for k in ("voltage", "feed", "anode", "power")}
+        self._keep = dict.fromkeys(("voltage", "feed", "anode", "power"), 0.0)
         for n in self.names:  # each buffer keeps the longest window asked of it
             info = FEATURES[n]
             if info.series:
@@ -382,7 +383,8 @@ class FeatureBuilder:
         a = 1.0 - math.exp(-dt / self.bindings.voltage_filter_tau_s)
         return x_f + a * (x - x_f)
 
-    def update(self, t_s: float, inputs: Mapping[str, ValidatedInput], applied: Mapping[str, float]) -> dict[str, float]:
+    def update(self, t_s: float, inputs: Mapping[str, ValidatedInput],
+               applied: Mapping[str, float]) -> dict[str, float]:
         """Take this cycle's inputs and readbacks; return the features (NaN where not computable)."""
         t = float(t_s)
         if self._last_t is not None and not t > self._last_t:

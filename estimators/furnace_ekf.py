@@ -26,8 +26,8 @@ when the input is not valid this cycle), and again under ``<model output>_measur
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import structlog
@@ -35,7 +35,6 @@ import structlog
 from apc.types import Estimate, ValidatedInput, Verdict
 from estimators.ekf import BiasState, ModelEkf
 from sim.models.base import ProcessModel
-
 
 Seeder = Callable[[ProcessModel, np.ndarray, dict[str, float], Mapping[str, float]], None]
 """``seed(model, p, x0, measured)``: fill ``x0`` (state name → value) from the first measurements."""
@@ -147,7 +146,7 @@ class FurnaceEkf:
         self._initial_std = {**tuning.initial_std, **(initial_std or {})}
         self._process = {**tuning.process_std_per_sqrt_h, **(process_std_per_sqrt_h or {})}
         self._meas_std = {**tuning.measurement_std, **(measurement_std or {})}
-        for inp, out in self.measurements.items():
+        for out in self.measurements.values():
             if not (self._meas_std.get(out, math.nan) > 0):
                 raise ValueError(f"measurement_std: {out!r} needs a std > 0")
         self._dist_values = {**tuning.disturbance_values, **(disturbance_values or {})}
@@ -174,8 +173,8 @@ class FurnaceEkf:
         self.filter: ModelEkf | None = None
         self._t_last: float | None = None
         self._t_fused: dict[str, float] = {}
-        self._gated: dict[str, int] = {n: 0 for n in self.measurements}
-        self._raw: dict[str, float] = {n: math.nan for n in self.measurements}
+        self._gated: dict[str, int] = dict.fromkeys(self.measurements, 0)
+        self._raw: dict[str, float] = dict.fromkeys(self.measurements, math.nan)
         self._repaired = False
         self.counts = {"rejected_outliers": 0, "inputs_held": 0, "covariance_repairs": 0}
 

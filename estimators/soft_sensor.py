@@ -24,9 +24,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -250,7 +251,7 @@ class SoftSensor:
         r = self.step(t_s, inputs, applied)
         tgt = self.cfg.target
         extras = {f"{tgt}_soft": r.value, f"{tgt}_soft_raw": r.raw, f"{tgt}_soft_bias": r.bias}
-        meas = None
+        meas: dict[str, tuple[float, float, float | None]] | None = None
         due = self._t_fused is None or t_s - self._t_fused >= self.cfg.filter_interval_s
         if self.cfg.use_in_filter and r.healthy and due:
             meas = {tgt: (r.value, self.cfg.measurement_std, None)}

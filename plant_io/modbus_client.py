@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import structlog
 from pymodbus.client import AsyncModbusTcpClient
@@ -36,8 +37,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from apc.types import Quality, Sample, Write, WriteResult
-from plant_io.bindings import counter_max, ModbusEndpoint, ModbusTag
 from plant_io.backoff import ReconnectBackoff
+from plant_io.bindings import ModbusEndpoint, ModbusTag, counter_max
 from plant_io.errors import PlantIOError, PlantLinkDown
 
 MAX_READ_REGISTERS = 125

@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import structlog
 from asyncua import Client, ua
@@ -28,10 +29,11 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
 from apc.types import Quality, Sample, Write, WriteResult
-from plant_io.bindings import counter_max, OpcUaEndpoint, OpcUaTag
 from plant_io.backoff import ReconnectBackoff
+from plant_io.bindings import OpcUaEndpoint, OpcUaTag, counter_max
 from plant_io.errors import PlantBindingError, PlantIOError, PlantLinkDown
 from plant_io.ua_certificate import application_uri_of
+from plant_io.ua_values import node_id
 
 _VARIANT: Mapping[str, ua.VariantType] = {
     "Double": ua.VariantType.Double,
@@ -44,7 +46,7 @@ _VARIANT: Mapping[str, ua.VariantType] = {
     "Boolean": ua.VariantType.Boolean,
 }
 # Built-in DataType node ids are ns=0;i=<VariantType value> for these types.
-_DATA_TYPE_ID: Mapping[str, ua.NodeId] = {name: ua.NodeId(int(vt.value), 0) for name, vt in _VARIANT.items()}
+_DATA_TYPE_ID: Mapping[str, ua.NodeId] = {name: node_id(int(vt.value), 0) for name, vt in _VARIANT.items()}
 _DATA_TYPE_NAME: Mapping[ua.NodeId, str] = {nid: name for name, nid in _DATA_TYPE_ID.items()}
 _INT_RANGE: Mapping[str, tuple[int, int]] = {
     "Int16": (-(2**15), 2**15 - 1),
@@ -55,9 +57,9 @@ _INT_RANGE: Mapping[str, tuple[int, int]] = {
 }
 _FLOAT32_MAX = 3.4028234663852886e38
 _CURRENT_WRITE_MASK = 1 << int(ua.AccessLevel.CurrentWrite)
-_NAMESPACE_ARRAY = ua.NodeId(ua.ObjectIds.Server_NamespaceArray, 0)
-_MAX_NODES_PER_READ = ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead, 0)
-_MAX_NODES_PER_WRITE = ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerWrite, 0)
+_NAMESPACE_ARRAY = node_id(ua.ObjectIds.Server_NamespaceArray, 0)
+_MAX_NODES_PER_READ = node_id(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead, 0)
+_MAX_NODES_PER_WRITE = node_id(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerWrite, 0)
 
 # Service results that mean the session/channel is gone (link down, reconnect).
 _LINK_STATUS: frozenset[int] = frozenset(
@@ -76,7 +78,7 @@ def _posix_s(stamp: dt.datetime | None) -> float | None:
     if stamp is None:
         return None
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.timezone.utc)
+        stamp = stamp.replace(tzinfo=dt.UTC)
     return stamp.timestamp()
 
 
@@ -217,7 +219,7 @@ class OpcUaPlantIO:
         ep = self._endpoint
         paths = {"client_cert_path": ep.client_cert_path, "client_key_path": ep.client_key_path,
                  "server_cert_path": ep.server_cert_path}
-        missing = [f"{k}={v}" for k, v in paths.items() if v is None or not Path(v).is_file()]
+        missing = [f"{k}={v}" for k, v in paths.items() if v is None or not Path(v).is_file()]  # noqa: ASYNC240 (once per connect)
         if missing:
             raise PlantIOError(f"security files not found: {', '.join(missing)}")
         assert ep.client_cert_path and ep.client_key_path and ep.server_cert_path
@@ -249,8 +251,9 @@ class OpcUaPlantIO:
                 if nid.NamespaceUri not in namespaces:
                     problems.append(f"{name}: {self._tags[name].node_id}: namespace not on the server")
                     continue
-                nid = ua.NodeId(nid.Identifier, namespaces.index(nid.NamespaceUri), nid.NodeIdType)
-            resolved[name] = nid
+                resolved[name] = node_id(nid.Identifier, namespaces.index(nid.NamespaceUri), nid.NodeIdType)
+            else:
+                resolved[name] = nid
         return resolved, problems
 
     async def _verify(self, client: Client, node_ids: Mapping[str, ua.NodeId], problems: list[str]) -> None:

@@ -91,9 +91,10 @@ import datetime as dt
 import ipaddress
 import math
 import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import structlog
 import yaml
@@ -113,6 +114,8 @@ from apc.types import Quality, Sample, Write
 from plant_io.bindings import ModbusTag, OpcUaTag
 from plant_io.modbus_client import decode_registers
 from plant_io.sim_adapter import SimulatedPlantIO
+from plant_io.ua_values import data_value, node_id, status_code
+
 PlantProtocol = Literal["opcua", "modbus"]
 SimulatedIO = SimulatedPlantIO[Any, Any]
 
@@ -275,7 +278,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _utc_datetime(posix_s: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(posix_s, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(posix_s, dt.UTC)
 
 
 def _f32_registers(value: float) -> list[int]:
@@ -293,7 +296,7 @@ class _Unit:
         self.opcua = opcua_map(spec, self.io)
         self.modbus = modbus_map(self.io)
         self.readable_set = frozenset(self.readable)
-        self.written: dict[str, float] = {tag: 0.0 for tag in sorted(self.writable)}
+        self.written: dict[str, float] = dict.fromkeys(sorted(self.writable), 0.0)
 
 
 ApplyWrites = Callable[[_Unit, Sequence[Write]], Awaitable[None]]
@@ -338,13 +341,14 @@ class _OpcUaServer:
         writable: dict[ua.NodeId, tuple[_Unit, str]] = {}
         for unit in self.units:
             idx = await server.register_namespace(unit.spec.namespace_uri)
-            folder = await server.nodes.objects.add_folder(ua.NodeId(unit.spec.name, idx), f"{idx}:{unit.spec.name}")
+            folder = await server.nodes.objects.add_folder(node_id(unit.spec.name, idx), f"{idx}:{unit.spec.name}")
             nodes[unit.spec.name] = {}
             for tag, binding in unit.opcua.items():
-                nid = ua.NodeId(tag, idx)
+                nid = node_id(tag, idx)
                 vt = _UA_VARIANT[binding.data_type]
                 initial = unit.written.get(tag, 0.0)
-                node = await folder.add_variable(nid, f"{idx}:{tag}", ua.Variant(_ua_value(binding.data_type, initial), vt))
+                node = await folder.add_variable(nid, f"{idx}:{tag}",
+                                                 ua.Variant(_ua_value(binding.data_type, initial), vt))
                 if binding.writable:
                     await node.set_writable(True)
                     writable[nid] = (unit, tag)
@@ -377,12 +381,12 @@ class _OpcUaServer:
             vt = _UA_VARIANT[data_type]
             s = samples.get(tag)
             if s is None:  # no lab/dip result yet
-                dv = ua.DataValue(ua.Variant(None, ua.VariantType.Null),
-                                  ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData), scan_ts, scan_ts)
+                dv = data_value(ua.Variant(None, ua.VariantType.Null),
+                                  status_code(ua.StatusCodes.BadWaitingForInitialData), scan_ts, scan_ts)
             else:
                 source = (_utc_datetime(s.sample_ts) if s.sample_ts is not None
                           else _utc_datetime(s.source_ts) if s.source_ts is not None else scan_ts)
-                dv = ua.DataValue(ua.Variant(_ua_value(data_type, s.value), vt), ua.StatusCode(_UA_STATUS[s.quality]),
+                dv = data_value(ua.Variant(_ua_value(data_type, s.value), vt), status_code(_UA_STATUS[s.quality]),
                                   source, scan_ts)
             await server.write_attribute_value(nodes[tag], dv)
 
@@ -487,7 +491,7 @@ class _ModbusServer:
                 regs.extend(AsyncModbusTcpClient.convert_to_registers(ts, _U32, word_order="big"))
             else:
                 s = samples.get(tag[: -len(SAMPLE_TS_SUFFIX)])
-                ts = 0 if s is None or s.sample_ts is None else int(round(s.sample_ts))
+                ts = 0 if s is None or s.sample_ts is None else round(s.sample_ts)
                 regs.extend(AsyncModbusTcpClient.convert_to_registers(ts, _U32, word_order="big"))
         return regs
 

@@ -26,7 +26,7 @@ def est(voltage: float = 8.8, r: float = 1200.0, slope: float = 0.0, dip: float 
 
 def step(c: TrackingFeedController, t: float, e: Estimate, since_move_s: float = math.inf) -> dict[str, float]:
     lim = {"anode_move": MvConstraint(-5.0, 5.0, since_last_move_s=since_move_s)}
-    return dict(c.step(t, e, APPLIED, {k: True for k in APPLIED}, {}, lim).moves)
+    return dict(c.step(t, e, APPLIED, dict.fromkeys(APPLIED, True), {}, lim).moves)
 
 
 def test_feed_cycle_switches_on_slope_after_minimum_underfeed() -> None:

@@ -29,5 +29,5 @@ def test_plain_dompc_setup_solves_one_step_through_the_controller_api() -> None:
     est = Estimate(STATES, ("kg", "kg", "degC", "degC", "cm", "kg", "1", "1"),
                    (11.0, 2.0, 1047.0, 1035.0, 8.0, 40.0, 0.0, 0.0), None, "ok", {"current_kA": 6.0})
     applied = {"oxide_feed": 9.2, "anode_move": 0.0, "current_sp": 6.0}
-    plan = c.step(0.0, est, applied, {n: True for n in applied}, {})
+    plan = c.step(0.0, est, applied, dict.fromkeys(applied, True), {})
     assert plan.status is SolverStatus.OK and set(plan.moves) == set(applied)

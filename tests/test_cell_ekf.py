@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -229,7 +229,7 @@ def test_estimate_contract() -> None:
     run = drive(0.1)
     est = run.estimates[-1]
     model = get_model("nd_electrolysis_cell")
-    assert est.names == model.state_names + ("heat_loss_bias", "ce_bias")
+    assert est.names == (*model.state_names, "heat_loss_bias", "ce_bias")
     assert len(est.units) == len(est.x) == len(est.P) == 8  # type: ignore[arg-type]
     for key in ("dissolved_oxide_wtpct", "dissolved_oxide_std_wtpct", "metal_temp_std_degC", "bath_temp_std_degC",
                 "ae_margin_A_cm2", "current_efficiency", "rejected_outliers"):

@@ -6,8 +6,8 @@ import asyncio
 import dataclasses
 import logging
 import math
-import time
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,8 @@ import pytest
 
 from apc.assembly import AssemblyError, load
 from apc.kinds.electrolysis_cell.assembly import build_controller
-from apc.recipe.loader import LoadedRecipe
 from apc.kinds.electrolysis_cell.recipe import MpcSection
+from apc.recipe.loader import LoadedRecipe
 from apc.recipe.schema import Recipe
 from apc.recorder import iter_record
 from apc.simulate import simulate
@@ -53,7 +53,7 @@ def est(oxide_kg: float = 11.0, bath: float = 1050.0, metal: float = 1035.0, acd
 
 
 def all_on() -> dict[str, bool]:
-    return {n: True for n in APPLIED}
+    return dict.fromkeys(APPLIED, True)
 
 
 def test_disabled_mv_is_held_in_prediction_and_moves(loaded: LoadedRecipe) -> None:
@@ -124,7 +124,7 @@ def test_runs_at_period_multiple_and_follows_plan_in_between(loaded: LoadedRecip
 def test_measured_disturbance_is_fed_forward(loaded: LoadedRecipe) -> None:
     """With every MV disabled the prediction is open loop: a hotter measured ambient predicts a hotter bath."""
     c = make(loaded.recipe, disturbance_inputs={"ambient_temp_degC": "ambient"})
-    off = {n: False for n in APPLIED}
+    off = dict.fromkeys(APPLIED, False)
     cold = c.step(0.0, est(), APPLIED, off, {"ambient": 30.0}).predicted["bath_temp_degC"]
     hot = c.step(5.0, est(), APPLIED, off, {"ambient": 130.0}).predicted["bath_temp_degC"]
     assert cold[0] == hot[0] and hot[-1] > cold[-1] + 1.0
@@ -136,10 +136,10 @@ def test_mpc_needs_ekf_estimator_and_its_section(loaded: LoadedRecipe) -> None:
     """build_controller refuses the MPC with the filtered estimator or without a controller.mpc section."""
     r = loaded.recipe
     filtered = dataclasses.replace(r, estimator=dataclasses.replace(r.estimator, kind="filtered"))
-    with pytest.raises(AssemblyError, match="estimator.kind 'ekf'"):
+    with pytest.raises(AssemblyError, match=r"estimator.kind 'ekf'"):
         build_controller(filtered, "mpc")
     no_section = dataclasses.replace(r, controller=dataclasses.replace(r.controller, mpc=None))
-    with pytest.raises(AssemblyError, match="controller.mpc section is missing"):
+    with pytest.raises(AssemblyError, match=r"controller.mpc section is missing"):
         build_controller(no_section, "mpc")
     with pytest.raises(ValueError, match="strictly decreasing"):
         MpcSection(rank_penalties=(1.0, 10.0, 1.0e-1, 1.0e-2))
@@ -195,7 +195,7 @@ def test_closed_loop_moves_within_limits_and_rates(loaded: LoadedRecipe,
     recipe = loaded.recipe
     assert kpis["guard_clamps"] == 0
     last_move: float | None = None
-    n_moves = {n: 0 for n in recipe.io.mvs}
+    n_moves = dict.fromkeys(recipe.io.mvs, 0)
     for e in iter_record(rec):
         if e.kind != "cycle" or e.data["mode"]["actual"] != "ON":
             continue

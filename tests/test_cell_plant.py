@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any
 
@@ -81,7 +82,7 @@ def test_same_seed_same_parameters_and_bit_identical_trajectory() -> None:
 def test_parameter_spread_naming_unknown_parameter_is_rejected() -> None:
     """A parameter_spread entry naming no model parameter raises ScenarioError naming it and the scenario."""
     sc = dataclasses.replace(NOMINAL, parameter_spread={"no_such_param": 0.1})
-    with pytest.raises(ScenarioError, match="nominal.*no_such_param"):
+    with pytest.raises(ScenarioError, match=r"nominal.*no_such_param"):
         CellPlant(sc, 0)
 
 
@@ -139,12 +140,12 @@ def test_feed_step_lands_after_the_dead_time(dead_time_s: float) -> None:
     while plant.t_s < t_step + dead_time_s + 30.0:
         plant.advance_to(plant.t_s + DT)
         totals.append((plant.t_s, total_oxide_kg(plant)))
-    rises = [t for (t0, m0), (t, m) in zip(totals, totals[1:]) if m > m0]
+    rises = [t for (t0, m0), (t, m) in itertools.pairwise(totals) if m > m0]
     assert rises, "the feed never arrived"
     assert rises[0] >= t_step + dead_time_s
     assert rises[0] <= t_step + dead_time_s + 2 * DT
     before = [m for t, m in totals if t <= t_step + dead_time_s]
-    assert all(b < a for a, b in zip(before, before[1:]))  # consumption only
+    assert all(b < a for a, b in itertools.pairwise(before))  # consumption only
     jump = dict(totals)[rises[0]] - dict(totals)[rises[0] - DT]
     assert jump == pytest.approx(2 * sc.feeder_shot_kg, abs=0.05)
 
@@ -291,7 +292,7 @@ def test_tapping_keeps_heel_and_integrals_are_monotone() -> None:
     assert drops == [tap_t + DT]
     for key in ("metal_kg", "energy_kWh", "charge_kAh"):
         series = [t[key] for t in hist]
-        assert all(b > a for a, b in zip(series, series[1:])), key
+        assert all(b > a for a, b in itertools.pairwise(series)), key
     last = hist[-1]
     assert last["charge_kAh"] == pytest.approx(sc.current_kA * last["t_s"] / 3600.0, rel=1e-6)
     assert last["metal_kg"] > last["metal_pool_kg"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from apc.types import Estimate, ValidatedInput
 from estimators.composite import CompositeEstimator

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-import apc.runtime as runtime
 import apc.compute_pool as compute_pool
+import apc.runtime as runtime
 from apc.assembly import load, load_site_file
 from apc.audit import make_logger
 from apc.compute_pool import ComputePool
@@ -126,10 +126,10 @@ def test_a_worker_killed_with_sigkill_is_respawned_and_its_units_come_back_in_st
                                       and e["new"] == "ON"}) == 4
 
     async def kill_when_on() -> None:
-        while not (pools and all_on()):
+        while not (pools and all_on()):  # noqa: ASYNC110 (no event: the state is in another process's log)
             await asyncio.sleep(0.05)  # polling the runtime's own audit log for the state to act on
         pool = pools[0]
-        worker = pool._workers[1]  # noqa: SLF001 - the test reaches for the process it kills
+        worker = pool._workers[1]
         killed["pid"], killed["units"] = worker.process.pid, sorted(worker.units)
         os.kill(worker.process.pid, signal.SIGKILL)
 

@@ -5,13 +5,14 @@ before they happen; a unit whose audit log or record cannot be written drives no
 from __future__ import annotations
 
 import errno
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import pytest
 
+from apc.assembly import build_sim_unit, load
 from apc.audit import make_logger, null_logger
 from apc.clock import VirtualClock
-from apc.assembly import build_sim_unit, load
 from apc.types import Mode, Write, WriteResult
 from sim.furnace_plant import load_furnace_scenario
 from tests.helpers.sim_harness import ROOT, SimUnit, run_sync

@@ -9,17 +9,18 @@ never memory that a mode change clears.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apc.assembly import load
-from apc.kinds.electrolysis_cell.assembly import build_estimator
 from apc.audit import null_logger
 from apc.clock import VirtualClock
 from apc.compute import Parts
+from apc.kinds.electrolysis_cell.assembly import build_estimator
 from apc.recipe.loader import LoadedRecipe
 from apc.types import Mode, Sample, Write, WriteResult
 from apc.unit import Unit
@@ -122,7 +123,7 @@ class Cell:
 
 
 def gaps(moves: list[float]) -> list[float]:
-    return [b - a for a, b in zip(moves, moves[1:])]
+    return [b - a for a, b in itertools.pairwise(moves)]
 
 
 def shipped() -> LoadedRecipe:

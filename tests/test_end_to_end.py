@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asyncua import ua
 
 from apc.assembly import load
 from apc.audit import null_logger
@@ -22,7 +21,6 @@ from apc.remote_assembly import build_remote_unit
 from apc.types import Mode
 from apc.unit import Unit
 from plant_io.virtual_plant import VirtualPlant, VirtualUnit, generate_bindings
-from sim.scenario import Event
 from tests.helpers.loopback_servers import free_port
 from tests.helpers.sim_harness import ND_RECIPE, scenario
 from tests.test_hmi_server import Audit, Pki, pki  # noqa: F401  (pki is a fixture)
@@ -85,7 +83,7 @@ def test_runtime_controls_virtual_plant_over_opcua_and_modbus(tmp_path: Path) ->
                 u.request_mode(Mode.ON, who="test", where="e2e", utc=clock.utc())
             await site.until(lambda: all(_actual(u) is Mode.ON for u in site.units.values()), 900)
             await site.step(12)
-            for name, unit in site.units.items():
+            for name in site.units:
                 rec = site.last[name]
                 written = _sp_writes(rec)
                 assert written, name  # setpoint MVs are rewritten every ON cycle
@@ -99,7 +97,7 @@ def test_runtime_controls_virtual_plant_over_opcua_and_modbus(tmp_path: Path) ->
 
 
 def test_hmi_operator_switches_on_and_off_and_wrong_or_viewer_writes_are_refused(tmp_path: Path,
-                                                                                 pki: Pki) -> None:  # noqa: F811
+                                                                                 pki: Pki) -> None:
     """An HMI operator's ON starts writes to the plant, OFF stops them; a wrong password and a viewer's
     write are refused and change nothing."""
 

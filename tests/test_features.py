@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -29,7 +29,7 @@ def drive(fb: FeatureBuilder, t_end: float, *, u: Callable[[float], float] = lam
           anode: Callable[[float], float] = lambda t: 0.0, t_start: float = 0.0) -> dict[float, dict[str, float]]:
     """Run cycles every PERIOD seconds from t_start to t_end inclusive; return features by time."""
     out = {}
-    for k in range(int(round(t_start / PERIOD)), int(round(t_end / PERIOD)) + 1):
+    for k in range(round(t_start / PERIOD), round(t_end / PERIOD) + 1):
         t = k * PERIOD
         inputs = {"cell_voltage": ok("cell_voltage", u(t), t), "line_current": ok("line_current", i(t), t)}
         out[t] = fb.update(t, inputs, {"oxide_feed": feed(t), "anode_move": anode(t)})
@@ -38,7 +38,7 @@ def drive(fb: FeatureBuilder, t_end: float, *, u: Callable[[float], float] = lam
 
 def test_unknown_feature_names_are_refused_with_the_known_list() -> None:
     """An unknown name raises ValueError naming it and listing every known feature."""
-    with pytest.raises(ValueError) as exc:
+    with pytest.raises(ValueError) as exc:  # noqa: PT011 (the message is checked below)
         FeatureBuilder(("voltage_V", "bath_colour"))
     msg = str(exc.value)
     assert "bath_colour" in msg
@@ -51,7 +51,7 @@ def test_unknown_feature_names_are_refused_with_the_known_list() -> None:
 
 def test_feature_needing_an_unbound_signal_is_refused() -> None:
     """A feature whose signal the bindings leave empty is refused at construction."""
-    with pytest.raises(ValueError, match="anode_moves_2h_cm.*anode"):
+    with pytest.raises(ValueError, match=r"anode_moves_2h_cm.*anode"):
         FeatureBuilder(("voltage_V", "anode_moves_2h_cm"), FeatureBindings(anode=""))
     FeatureBuilder(("voltage_V",), FeatureBindings(anode=""))  # not needed: fine
 
@@ -110,7 +110,7 @@ def test_invalid_signals_and_gaps_give_nan() -> None:
 def test_at_reproduces_past_features() -> None:
     """at(t) returns exactly the features computed at the last cycle at or before t, within the history."""
     rng = np.random.default_rng(7)
-    noise = {k * PERIOD: float(rng.normal(0, 0.03)) for k in range(0, 2 * 720 + 1)}
+    noise = {k * PERIOD: float(rng.normal(0, 0.03)) for k in range(2 * 720 + 1)}
     fb = FeatureBuilder(("voltage_V", "dVdt_V_h", "feed_mean_1h_kg_h", "anode_moves_2h_cm"), history_s=3600.0)
     x = drive(fb, 7200.0, u=lambda t: 8.8 + noise[t], feed=lambda t: 9.0 + (t // 1800) % 2,
               anode=lambda t: 0.1 * (t // 2400))

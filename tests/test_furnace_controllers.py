@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import casadi as ca
 import numpy as np
 import pytest
 
 from apc.curve_preview import BatchState, CurvePreview
+from apc.kinds.annealing_furnace.filter_tuning import ANNEALING_TUNING
+from apc.kinds.vacuum_furnace.filter_tuning import VIM_TUNING
 from apc.recipe.furnace_tuning import FurnaceMpcSection, FurnacePidSection
 from apc.recipe.schema import MvLimits, MvSpec
 from apc.types import Estimate, MvConstraint, MvKind, Plan, Quality, Sample, SolverStatus, ValidatedInput, Verdict
 from controllers.furnace_mpc import FurnaceMpc
 from controllers.furnace_pid import FurnacePid
-from apc.kinds.annealing_furnace.filter_tuning import ANNEALING_TUNING
-from apc.kinds.vacuum_furnace.filter_tuning import VIM_TUNING
 from estimators.furnace_ekf import FurnaceEkf
 from sim.models import get_model
 from sim.models.base import ProcessModel
@@ -68,8 +69,8 @@ def mv_specs(mvs: Mapping[str, str], units: Mapping[str, str]) -> dict[str, MvSp
 
 def constraints(limits: Mapping[str, MvLimits]) -> dict[str, MvConstraint]:
     """Limits in force = the recipe limits."""
-    return {n: MvConstraint(max(l.operator[0], l.engineering[0]), min(l.operator[1], l.engineering[1]))
-            for n, l in limits.items()}
+    return {n: MvConstraint(max(lim.operator[0], lim.engineering[0]), min(lim.operator[1], lim.engineering[1]))
+            for n, lim in limits.items()}
 
 
 # ------------------------------------------------------------------------------------------ curve
@@ -166,20 +167,20 @@ def closed_loop(model: ProcessModel, p_true: np.ndarray, x0: np.ndarray, d: list
     rng = np.random.default_rng(seed)
     xs, us = ca.SX.sym("x", len(model.states)), ca.SX.sym("u", len(model.inputs))
     F, X = model.rk4_step(plant_dt_s), xs
-    for _ in range(int(round(period_s / plant_dt_s))):
+    for _ in range(round(period_s / plant_dt_s)):
         X = F(X, us, ca.DM(d), ca.DM(p_true))
     advance = ca.Function("advance", [xs, us], [X])
     idx = {n: ("x", model.state_names.index(n)) if n in model.state_names else ("a", model.aux_names.index(n))
            for n in signals}
     cons = constraints(limits)
-    en = dict(enabled or {n: True for n in mvs})
+    en = dict(enabled or dict.fromkeys(mvs, True))
     holder = [curve.preview(0.0, preview_points, preview_step_s)]
     controller.preview_source = lambda: holder[0]
     x, applied = np.asarray(x0, dtype=float).copy(), dict(applied0)
     out: dict[str, list[float]] = {n: [] for n in signals}
     mv_out: dict[str, list[float]] = {n: [] for n in mvs}
     ts, target, plans, ests = [], [], [], []
-    for k in range(int(round(duration_s / period_s)) + 1):
+    for k in range(round(duration_s / period_s) + 1):
         t = k * period_s
         u = np.zeros(len(model.inputs))
         for name, inp in mvs.items():
@@ -281,7 +282,7 @@ def ann_mpc_run() -> tuple[Run, FurnaceMpc]:
 
 
 # ------------------------------------------------------------------------------------------ tuning
-@pytest.mark.parametrize("section, kwargs, field_name", [
+@pytest.mark.parametrize(("section", "kwargs", "field_name"), [
     (FurnacePidSection, {"kp": 0.0, "ti_s": 100.0, "measurement": "tc", "mv": "p"}, "kp"),
     (FurnacePidSection, {"kp": 1.0, "ti_s": 100.0, "measurement": "tc", "mv": "p", "pressure_limit_Pa": 5.0},
      "pressure_measurement"),
@@ -452,7 +453,7 @@ def test_vim_mpc_follows_ramp_and_soak_without_overshoot(vim_mpc_run: tuple[Run,
 
     The plant outgasses 20 % more than the model, so the ramp is held back by the pressure limit less
     the back-off for the filter's unlearned gas biases (the melt's above all, as the plateau nears)."""
-    run, mpc = vim_mpc_run
+    run, _mpc = vim_mpc_run
     temp = run.signals["charge_temp_degC"]
     assert np.max(temp) <= VIM_CURVE.soak.temp_degC + VIM_CURVE.soak.band_K
     ramp = (run.t > 300.0) & (run.target < 950.0)

@@ -5,6 +5,7 @@ Physics and sources: ../shared/reference/process_models.md §3 and docs/furnace_
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import casadi as ca
@@ -173,11 +174,11 @@ def test_vim_evaporation_grows_with_temperature_and_falls_with_pressure() -> Non
     """Evaporation rises steeply with temperature (×>10 from 1100 to 1400 °C) and falls with chamber pressure."""
     temps = np.arange(1100.0, 1401.0, 50.0)
     by_temp = [vim_aux(vim_state(t, liquid=True, pressure_Pa=0.1))["evaporation_rate_kg_h"] for t in temps]
-    assert all(b > a for a, b in zip(by_temp, by_temp[1:]))
+    assert all(b > a for a, b in itertools.pairwise(by_temp))
     assert by_temp[-1] > 10.0 * by_temp[0]
     pressures = [1e-3, 0.1, 1.0, 5.0, 20.0, 100.0]
     by_p = [vim_aux(vim_state(1300.0, liquid=True, pressure_Pa=q))["evaporation_rate_kg_h"] for q in pressures]
-    assert all(b < a for a, b in zip(by_p, by_p[1:]))
+    assert all(b < a for a, b in itertools.pairwise(by_p))
     assert by_p[-1] < 0.05 * by_p[0]
     # In vacuum: Langmuir flux at 1 Pa vapour pressure (1595 K, handbook Nd) over the melt surface.
     t_ref = VP["vapour_pressure_ref_degC"]
@@ -225,7 +226,7 @@ def test_annealer_gas_flow_raises_heat_transfer() -> None:
                                      "core_temp_degC": 150.0, "load_tc_temp_degC": 245.0})
     q = [float(ANN.aux(x, [300.0, f], [AMBIENT], ANN.parameter_vector())[ANN.aux_names.index("gas_to_load_kW")])
          for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    assert all(b > a for a, b in zip(q, q[1:]))
+    assert all(b > a for a, b in itertools.pairwise(q))
     assert q[-1] > 3.0 * q[0]
 
 
@@ -260,7 +261,7 @@ def test_annealer_core_lags_surface_by_hours_and_dT_peaks_in_ramp() -> None:
 def _vim_points(rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Random (x, u, d) over the VIM operating range, plus the exact plateau corners."""
     h_sol, h_liq = vim_enthalpy_MJ(VP["melting_point_degC"], False), vim_enthalpy_MJ(VP["melting_point_degC"], True)
-    hs = list(rng.uniform(-0.5, 60.0, n)) + [h_sol, h_liq, 0.5 * (h_sol + h_liq)]
+    hs = [*list(rng.uniform(-0.5, 60.0, n)), h_sol, h_liq, 0.5 * (h_sol + h_liq)]
     pts = []
     for h in hs:
         x = np.array([h, rng.uniform(15.0, 1300.0), rng.uniform(15.0, 1500.0), 10 ** rng.uniform(-3, 2),

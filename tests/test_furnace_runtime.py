@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from asyncua import ua
 
+from apc.assembly import build_sim_unit, load
 from apc.audit import null_logger
 from apc.cli import main
 from apc.clock import VirtualClock
-from apc.assembly import build_sim_unit, load
-from apc.kinds.furnace.kpi import FURNACE_KPI_KEYS
 from apc.hmi.server import HmiServer, hmi_node_id
 from apc.hmi.users import load_users
+from apc.kinds.furnace.kpi import FURNACE_KPI_KEYS
 from apc.runtime import _first_mode, hmi_batch_status
 from apc.simulate import simulate
 from apc.types import Mode
@@ -86,7 +86,7 @@ def test_restart_mid_soak_comes_back_held_with_soak_time_done_and_unit_in_standb
 
 
 
-def test_hmi_batch_commands_start_hold_resume_abort(pki: Pki) -> None:  # noqa: F811
+def test_hmi_batch_commands_start_hold_resume_abort(pki: Pki) -> None:
     """Operators start, hold, resume and abort a furnace batch from the HMI; a viewer is refused, and a
     resume after an abort is refused with BadInvalidState (the batch is over)."""
     loaded = load(VIM)
@@ -135,7 +135,7 @@ def test_report_of_a_furnace_record_equals_the_live_kpis(tmp_path: Path,
     assert replay == live and replay["soak_complete"] == 1
 
 
-def test_hmi_shows_the_batch_status_every_cycle_without_type_errors(pki: Pki) -> None:  # noqa: F811
+def test_hmi_shows_the_batch_status_every_cycle_without_type_errors(pki: Pki) -> None:
     """The runtime's batch status reaches the HMI's Batch nodes each cycle (state, segment, soak), also when
     values change type between None and numbers (held/running), without an error."""
     loaded = load(VIM)

@@ -16,17 +16,17 @@ INC_LIM = MvLimits(engineering=(0.0, 10.0), operator=(1.0, 9.0), rate_per_s=0.01
 
 
 def sp(proposed: float, readback: float = 50.0, acknowledged: float | None = None, **kw: object) -> GuardRequest:
-    base: dict[str, object] = dict(
-        mv="feed", kind=MvKind.SETPOINT, proposed=proposed, readback=readback, acknowledged=acknowledged,
-        limits=LIM, dt_s=10.0, period_s=10.0, since_last_move_s=None,
-        permissive_ok=True, permissive_reason="", inputs_ok=True, inputs_reason="",
-    )
+    base: dict[str, object] = {
+        "mv": "feed", "kind": MvKind.SETPOINT, "proposed": proposed, "readback": readback, "acknowledged": acknowledged,
+        "limits": LIM, "dt_s": 10.0, "period_s": 10.0, "since_last_move_s": None,
+        "permissive_ok": True, "permissive_reason": "", "inputs_ok": True, "inputs_reason": "",
+    }
     base.update(kw)
     return GuardRequest(**base)  # type: ignore[arg-type]
 
 
 def inc(proposed: float, position: float = 5.0, **kw: object) -> GuardRequest:
-    base: dict[str, object] = dict(kind=MvKind.INCREMENT, mv="acd", limits=INC_LIM, since_last_move_s=None)
+    base: dict[str, object] = {"kind": MvKind.INCREMENT, "mv": "acd", "limits": INC_LIM, "since_last_move_s": None}
     base.update(kw)
     return sp(proposed, readback=position, **base)
 
@@ -286,7 +286,7 @@ def test_readback_increment_unknown_start_is_mismatch() -> None:
 
 def test_readback_negative_tolerance_rejected() -> None:
     """A negative tolerance is a configuration error."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tolerance must be >= 0"):
         ReadbackMonitor(MvKind.SETPOINT, tolerance=-1.0)
 
 

@@ -235,9 +235,9 @@ def test_any_non_finite_field_means_no_write(field: str, bad: float, kind: MvKin
     """NaN or ±inf in any number the guard reads (limits, rate, readback, acknowledged, proposal, times) writes nothing."""
     lim = MvLimits(engineering=(0.0, 100.0), operator=(10.0, 90.0), rate_per_s=1.0, min_interval_s=60.0,
                    max_step=5.0 if kind is not MvKind.SETPOINT else None)
-    kw: dict[str, object] = dict(mv="mv", kind=kind, proposed=proposed, readback=readback, acknowledged=acked,
-                                 limits=lim, dt_s=5.0, period_s=5.0, since_last_move_s=120.0, permissive_ok=True,
-                                 permissive_reason="", inputs_ok=True, inputs_reason="")
+    kw: dict[str, object] = {"mv": "mv", "kind": kind, "proposed": proposed, "readback": readback, "acknowledged": acked,
+                                 "limits": lim, "dt_s": 5.0, "period_s": 5.0, "since_last_move_s": 120.0, "permissive_ok": True,
+                                 "permissive_reason": "", "inputs_ok": True, "inputs_reason": ""}
     if field in NUMERIC_FIELDS:
         kw[field] = bad
     else:

@@ -13,8 +13,8 @@ import pytest
 from apc.cycle_record import CycleRecord
 from apc.kinds.electrolysis_cell.kpi import KPI_KEYS, KPI_LABELS, ND_KG_PER_KAH, KpiAccumulator, KpiConfig
 from apc.kpi import format_kpis, kpis_to_json, report
-from sim.models.nd_cell import F_C_PER_MOL, M_ND_KG_PER_MOL
 from apc.recorder import FlightRecorder, RecordError
+from sim.models.nd_cell import F_C_PER_MOL, M_ND_KG_PER_MOL
 
 CONTRACT_KEYS = [
     "anode_effects",
@@ -122,7 +122,7 @@ def test_faraday_constant_is_computed_from_molar_mass_and_faraday() -> None:
     """The Nd Faraday yield equals M_Nd/(3F) per kA*h with the model's constants, about 1.7939 kg."""
     assert M_ND_KG_PER_MOL == 0.144242 and F_C_PER_MOL == 96485.33212
     expected = 1000.0 * 3600.0 / (3 * 96485.33212) * 0.144242
-    assert ND_KG_PER_KAH == pytest.approx(expected, rel=1e-15)
+    assert pytest.approx(expected, rel=1e-15) == ND_KG_PER_KAH
     assert 1.7939 <= ND_KG_PER_KAH < 1.7940
 
 
@@ -216,9 +216,9 @@ def test_out_of_order_cycles_are_rejected() -> None:
 
 def test_config_validation_and_mapping_round_trip() -> None:
     """KpiConfig rejects inverted bands and survives its header mapping round trip."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="oxide_band_wtpct must be finite with low <= high"):
         KpiConfig(warmup_s=0.0, oxide_band_wtpct=(4.0, 2.0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="warmup_s must be finite and >= 0"):
         KpiConfig(warmup_s=-1.0, oxide_band_wtpct=(2.0, 4.0))
     cfg = KpiConfig(warmup_s=3600.0, oxide_band_wtpct=(2.5, 4.5), ae_merge_s=90.0)
     assert KpiConfig.from_mapping(json.loads(json.dumps(cfg.to_mapping()))) == cfg

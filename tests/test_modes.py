@@ -213,7 +213,7 @@ def test_sim_off_writes_no_setpoint_and_no_active_flag() -> None:
     active_flags = [mv.active_flag for mv in su.recipe.io.mvs.values()]
     assert handback.mode.actual == "OFF"
     assert sorted(written(handback, f)[0] for f in active_flags) == [0.0, 0.0, 0.0]
-    for r in off_recs + [handback]:
+    for r in [*off_recs, handback]:
         assert r.mode.actual == "OFF"
         assert r.plan is None
         assert move_writes(r, su.recipe) == []
@@ -277,7 +277,7 @@ def test_sim_loop_taken_local_sheds_at_once_naming_the_loop() -> None:
     assert shed.shed is True
     assert "oxide_feed" in shed.shed_reason and "remote" in shed.shed_reason
     rest = su.step(200)
-    for r in [shed] + rest:
+    for r in [shed, *rest]:
         assert r.mode.actual == "STANDBY"
         assert move_writes(r, su.recipe) == []
     assert sum(r.shed for r in su.records) == 1

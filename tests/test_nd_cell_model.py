@@ -6,6 +6,7 @@ The reference figures come from ../shared/reference/process_models.md §1
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import casadi as ca
@@ -64,7 +65,7 @@ def test_faraday_metal_rate_per_kAh(bath_degC: float, current_kA: float, acd_cm:
     a = aux(state(bath_degC=bath_degC, acd_cm=acd_cm), current_kA=current_kA)
     k = a["metal_rate_kg_h"] / (current_kA * a["current_efficiency"])
     assert k == pytest.approx(1.794, rel=1e-3)
-    assert FARADAY_ND_KG_PER_KAH == pytest.approx(1.794, rel=1e-3)
+    assert pytest.approx(1.794, rel=1e-3) == FARADAY_ND_KG_PER_KAH
 
 
 def test_faraday_6kA_at_ce_075_gives_8_1_kg_h() -> None:
@@ -76,7 +77,7 @@ def test_faraday_6kA_at_ce_075_gives_8_1_kg_h() -> None:
 
 def test_oxide_consumption_is_stoichiometric() -> None:
     """Oxide consumption / metal rate = M_Nd2O3/(2·M_Nd) = 1.166."""
-    assert M_ND2O3_KG_PER_MOL / (2.0 * M_ND_KG_PER_MOL) == pytest.approx(1.166, rel=1e-3)
+    assert pytest.approx(1.166, rel=1e-3) == M_ND2O3_KG_PER_MOL / (2.0 * M_ND_KG_PER_MOL)
     for x in (state(), state(oxide_wtpct=1.2, bath_degC=1070.0)):
         a = aux(x)
         assert a["oxide_consumption_kg_h"] / a["metal_rate_kg_h"] == pytest.approx(1.166, rel=1e-3)
@@ -97,7 +98,7 @@ def test_voltage_breakdown_at_4_01_kA_matches_s6() -> None:
 def test_voltage_rises_with_acd() -> None:
     """Cell voltage increases with the anode–cathode distance (ohmic drop)."""
     volts = [aux(state(acd_cm=d))["cell_voltage_V"] for d in (3.0, 5.0, 8.0, 10.0)]
-    assert all(b > a + 0.5 for a, b in zip(volts, volts[1:]))
+    assert all(b > a + 0.5 for a, b in itertools.pairwise(volts))
 
 
 # ------------------------------------------------------------------ current efficiency (S7)
@@ -110,14 +111,14 @@ def test_current_efficiency_at_1045C_6kA() -> None:
 def test_current_efficiency_falls_with_temperature() -> None:
     """CE decreases strictly as the bath gets hotter (1030–1130 °C)."""
     ce = [aux(state(bath_degC=t))["current_efficiency"] for t in np.arange(1030.0, 1131.0, 10.0)]
-    assert all(b < a for a, b in zip(ce, ce[1:]))
+    assert all(b < a for a, b in itertools.pairwise(ce))
     assert ce[0] - ce[-1] > 0.05
 
 
 def test_current_efficiency_rises_with_cathode_current_density() -> None:
     """CE increases with the cathode current density (S7 trend)."""
     ce = [aux(state(), current_kA=i)["current_efficiency"] for i in (3.0, 4.0, 5.0, 6.0)]
-    assert all(b > a for a, b in zip(ce, ce[1:]))
+    assert all(b > a for a, b in itertools.pairwise(ce))
 
 
 def test_current_efficiency_falls_at_small_acd() -> None:
@@ -141,7 +142,7 @@ def test_ae_margin_falls_with_oxide_and_crosses_zero_near_1_wtpct() -> None:
     """ae_margin decreases as oxide falls and turns negative below ~1 wt% at 6 kA."""
     grid = np.linspace(3.3, 0.3, 31)
     margins = [aux(state(oxide_wtpct=c, bath_degC=1050.0))["ae_margin_A_cm2"] for c in grid]
-    assert all(b < a for a, b in zip(margins, margins[1:]))
+    assert all(b < a for a, b in itertools.pairwise(margins))
     assert aux(state(oxide_wtpct=2.0, bath_degC=1050.0))["critical_cd_A_cm2"] == pytest.approx(1.6, abs=0.1)
     lo, hi = 0.3, 3.3  # bisection on the zero crossing
     for _ in range(40):

@@ -73,7 +73,7 @@ def test_batched_read_keeps_uncertain_bad_quality_and_source_timestamps() -> Non
 
     async def scenario() -> None:
         async with opcua_server(VARS) as srv:
-            t_src = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+            t_src = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
             await srv.set_value("cell.voltage", 4.35, VT.Double, source_ts=t_src)
             await srv.set_value("cell.bath_temp", 955.5, VT.Float, ua.StatusCodes.UncertainLastUsableValue,
                                 t_src + dt.timedelta(seconds=1))
@@ -272,7 +272,7 @@ def test_connect_to_a_silent_server_is_bounded_by_the_timeout() -> None:
             plant = _plant(f"opc.tcp://127.0.0.1:{port}/apc/", {"x": OpcUaTag("ns=2;s=x", "Double")}, clock,
                            timeout_s=0.3)
             t0 = time.monotonic()
-            with pytest.raises(PlantLinkDown, match="no answer within 0.3 s"):
+            with pytest.raises(PlantLinkDown, match=r"no answer within 0.3 s"):
                 await plant.connect()
             assert 0.25 < time.monotonic() - t0 < 0.8
             t0 = time.monotonic()

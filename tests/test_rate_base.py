@@ -3,7 +3,8 @@ turn into one big step."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from apc.types import Estimate, MvConstraint, Plan, SolverStatus, Write, WriteResult
 from tests.helpers.sim_harness import SimUnit, rate_step

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from apc.assembly import load
 from apc.hmi.client_cmds import HmiClientError, request_reload
 from apc.runtime import reload_callback
-from apc.unit_parts import build_parts
 from apc.types import Mode
+from apc.unit_parts import build_parts
 from tests.helpers.sim_harness import ND_RECIPE, SimUnit
 from tests.test_hmi_server import UNIT, VT, Audit, Pki, hmi, pki, read, session, write  # noqa: F401 (fixture)
 

@@ -238,7 +238,7 @@ def test_null_recorder_drops_everything() -> None:
         rec.append({"k": 0})
         assert rec.path is None and rec.cycles_written == 1
     assert rec.closed
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="null recorder is closed"):
         rec.append({"k": 1})
     assert not Path("/nonexistent/dir/x.jsonl").exists()
 
@@ -363,6 +363,6 @@ def test_audit_log_rotates_by_size_and_day_and_gzips_the_old_ones(tmp_path: Path
     log.close()
     old = sorted(tmp_path.glob("audit.*.jsonl.gz"))
     assert len(old) >= 3
-    lines = [json.loads(x) for p in old for x in gzip.open(p, "rt").read().splitlines()]
+    lines = [json.loads(x) for p in old for x in gzip.decompress(p.read_bytes()).decode().splitlines()]
     lines += [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [x["i"] for x in lines] == list(range(40))

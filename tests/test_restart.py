@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 import apc.runtime as runtime
-from apc.assembly import load, load_site_file
-from apc.kinds.electrolysis_cell.assembly import build_controller, build_estimator
+from apc.assembly import AssemblyError, load, load_site_file
 from apc.audit import make_logger
 from apc.clock import VirtualClock
+from apc.kinds.electrolysis_cell.assembly import build_controller, build_estimator
 from apc.recipe.errors import RecipeError
 from apc.recorder import read_record
 from apc.types import Mode
@@ -98,7 +98,7 @@ def test_a_corrupt_state_file_refuses_the_unit(tmp_path: Path) -> None:
     state = tmp_path / "unit_state.json"
     state.write_text('{"schema_version": 1, "unit": "cell", "requested_mode": "ON", "shed_reason": 7, "mvs": {}}')
     clock = VirtualClock()
-    with pytest.raises(UnitStateError, match="unit_state.json: corrupt unit state file"):
+    with pytest.raises(UnitStateError, match=r"unit_state.json: corrupt unit state file"):
         Process(state, plant(clock), clock)
 
 
@@ -160,12 +160,12 @@ def test_a_refused_start_leaves_no_records_and_no_audit_events(tmp_path: Path, m
 
     def build(name: str, *args: Any, **kwargs: Any) -> Any:
         if name == "c2":
-            raise runtime.AssemblyError("c2 cannot be built")
+            raise AssemblyError("c2 cannot be built")
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(runtime, "build_sim_unit", build)
     rdir = tmp_path / "rec"
-    with pytest.raises(runtime.AssemblyError, match="c2 cannot be built"):
+    with pytest.raises(AssemblyError, match="c2 cannot be built"):
         asyncio.run(runtime.run_site(load_site_file(site_path), speed=500.0, hours=0.1, record_dir=rdir,
                                      out=io.StringIO()))
     assert sorted(p.name for p in rdir.iterdir()) == []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -138,7 +138,7 @@ def test_real_clock_speed_scales_time() -> None:
 
     assert asyncio.run(main()) >= 36.0
     assert clock.utc() > 1.7e9
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="speed must be > 0"):
         RealClock(speed=0.0)
 
 
@@ -148,5 +148,5 @@ def test_virtual_clock_never_goes_backwards() -> None:
     asyncio.run(clock.sleep_until(10.0))
     asyncio.run(clock.sleep_until(3.0))
     assert clock.monotonic() == 10.0 and clock.utc() == 1010.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="virtual time cannot go backwards"):
         clock.set(9.0)

@@ -9,9 +9,9 @@ import socket
 import time
 from pathlib import Path
 
+import apc.runtime as runtime
 from apc.assembly import load_site_file
 from apc.service_notify import ServiceNotifier, feed_watchdog
-import apc.runtime as runtime
 from tests.helpers.sim_harness import ND_RECIPE
 
 
@@ -56,7 +56,7 @@ def test_run_site_says_ready_feeds_the_watchdog_and_says_stopping(tmp_path: Path
     assert code == 0
     messages += drain(sock)
     assert messages[0].startswith("READY=1") and messages[-1] == "STOPPING=1"
-    assert messages.count("WATCHDOG=1") >= 3  # 3.6 s of run, fed every 0.2 s 
+    assert messages.count("WATCHDOG=1") >= 3  # 3.6 s of run, fed every 0.2 s
 
 
 def test_watchdog_is_not_fed_while_a_unit_stops_cycling(tmp_path: Path) -> None:

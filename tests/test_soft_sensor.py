@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from apc.recipe.loader import convert
 from apc.kinds.electrolysis_cell.recipe import SoftSensorSection
+from apc.recipe.loader import convert
 from apc.types import Quality, Sample, ValidatedInput, Verdict
 from estimators.soft_sensor import SoftSensor, SoftSensorError, load_soft_sensor
 
@@ -51,10 +51,10 @@ def write_model(path: Path, *, input_name: str = "features", width: int = 1, out
 
 
 def section(**kw: Any) -> SoftSensorSection:
-    base: dict[str, Any] = dict(model_file="model.onnx", features=("voltage_V",), input_name="features",
-                                output_name="y", target="bath_temp_degC", unit="degC", sample_input="bath_temp_dip",
-                                bias_gain=0.3, max_sample_age_s=7200.0, valid_range=(900.0, 1200.0),
-                                first_sample_sets_bias=False)
+    base: dict[str, Any] = {"model_file": "model.onnx", "features": ("voltage_V",), "input_name": "features",
+                                "output_name": "y", "target": "bath_temp_degC", "unit": "degC", "sample_input": "bath_temp_dip",
+                                "bias_gain": 0.3, "max_sample_age_s": 7200.0, "valid_range": (900.0, 1200.0),
+                                "first_sample_sets_bias": False}
     base.update(kw)
     return SoftSensorSection(**base)
 
@@ -77,7 +77,7 @@ def run(ss: SoftSensor, t0: float, t1: float, u: Any, dips: dict[float, Validate
         bad_voltage: tuple[float, float] | None = None) -> Any:
     """Cycle the soft sensor every PERIOD s over [t0, t1]; ``dips`` maps arrival time → dip input."""
     r = None
-    k0, k1 = int(round(t0 / PERIOD)), int(round(t1 / PERIOD))
+    k0, k1 = round(t0 / PERIOD), round(t1 / PERIOD)
     for k in range(k0, k1 + 1):
         t = k * PERIOD
         inp = voltage(u(t), t)

@@ -7,8 +7,9 @@ import dataclasses
 import io
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pytest
 

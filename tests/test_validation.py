@@ -16,7 +16,7 @@ DCS_OFFSET = -5 * 3600.0  # DCS clock five hours behind ours
 
 
 def spec(**kw: object) -> InputSpec:
-    base: dict[str, object] = dict(tag="U_TAG", unit="V", range=(0.0, 20.0), max_age_s=30.0)
+    base: dict[str, object] = {"tag": "U_TAG", "unit": "V", "range": (0.0, 20.0), "max_age_s": 30.0}
     base.update(kw)
     return InputSpec(**base)  # type: ignore[arg-type]
 

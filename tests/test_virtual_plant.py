@@ -8,8 +8,9 @@ import argparse
 import asyncio
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 import yaml
@@ -94,7 +95,7 @@ def test_opcua_serves_every_tag_good_with_types_access_and_sample_times(tmp_path
             assert isinstance(ro, OpcUaTag)
             lying["feed.sp_readback_kg_h"] = OpcUaTag(ro.node_id, ro.data_type, writable=True)
             liar = OpcUaPlantIO(parse_endpoint(vp.endpoint("cell-01")), lying, clock.utc, clock.monotonic)  # type: ignore[arg-type]
-            with pytest.raises(PlantBindingError, match="feed.sp_readback_kg_h.*CurrentWrite"):
+            with pytest.raises(PlantBindingError, match=r"feed.sp_readback_kg_h.*CurrentWrite"):
                 await liar.connect()
             await liar.close()
 

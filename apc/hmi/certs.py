@@ -13,8 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -52,7 +52,7 @@ def make_certificate(out_dir: str | Path, name: str, uri: str, hosts: Sequence[s
             raise FileExistsError(f"refusing to overwrite {', '.join(existing)}")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
     san += [_san_entry(h) for h in dict.fromkeys(hosts)]
     cert = (

@@ -42,8 +42,9 @@ from __future__ import annotations
 import inspect
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from weakref import WeakKeyDictionary
 
 import asyncua
@@ -58,6 +59,7 @@ from asyncua.server.uaprocessor import UaProcessor
 from asyncua.ua.ua_binary import struct_from_binary, uatcp_to_binary
 
 from apc.hmi.login import LoginGate, LoginSource, LoginVerdict, certificate_thumbprint, client_uri
+from plant_io.ua_values import error_message, node_id, status_code
 
 __all__ = ["ChannelGuard", "ChannelGuardError", "ChannelRules", "GuardedProcessor", "GuardedServer",
            "check_hook_points", "is_loopback_host", "service_name"]
@@ -65,10 +67,10 @@ __all__ = ["ChannelGuard", "ChannelGuardError", "ChannelRules", "GuardedProcesso
 _log = logging.getLogger(__name__)
 NONE_URI = SecurityPolicyNone.URI
 _NONE_MODE = ua.MessageSecurityMode.None_
-_CREATE_SESSION = ua.NodeId(ua.ObjectIds.CreateSessionRequest_Encoding_DefaultBinary)
-_ACTIVATE_SESSION = ua.NodeId(ua.ObjectIds.ActivateSessionRequest_Encoding_DefaultBinary)
-DISCOVERY_SERVICES = frozenset({ua.NodeId(ua.ObjectIds.GetEndpointsRequest_Encoding_DefaultBinary),
-                                ua.NodeId(ua.ObjectIds.FindServersRequest_Encoding_DefaultBinary)})
+_CREATE_SESSION = node_id(ua.ObjectIds.CreateSessionRequest_Encoding_DefaultBinary)
+_ACTIVATE_SESSION = node_id(ua.ObjectIds.ActivateSessionRequest_Encoding_DefaultBinary)
+DISCOVERY_SERVICES = frozenset({node_id(ua.ObjectIds.GetEndpointsRequest_Encoding_DefaultBinary),
+                                node_id(ua.ObjectIds.FindServersRequest_Encoding_DefaultBinary)})
 """The only services served over a channel that is not an offered secure one."""
 ASYNCUA_SERIES = (2, 1)
 """The asyncua release series whose internals this module was checked against."""
@@ -92,7 +94,8 @@ def is_loopback_host(host: str | None) -> bool:
 
 def service_name(typeid: ua.NodeId) -> str:
     """``CreateSession`` for the CreateSessionRequest encoding id, etc."""
-    name = ua.ObjectIdNames.get(typeid.Identifier) if typeid.NamespaceIndex == 0 else None
+    ident = typeid.Identifier
+    name = ua.ObjectIdNames.get(ident) if typeid.NamespaceIndex == 0 and isinstance(ident, int) else None
     if not isinstance(name, str):
         return typeid.to_string()
     return name.removesuffix("_Encoding_DefaultBinary").removesuffix("Request")
@@ -172,7 +175,7 @@ class ChannelGuard:
             self._audit.warning(event, utc=self._utc(), who=who, where=where, **fields)
 
 
-class GuardedProcessor(UaProcessor):  # type: ignore[misc]
+class GuardedProcessor(UaProcessor):
     """asyncua's UaProcessor with the guard's checks before OpenSecureChannel and before every dispatch."""
 
     def __init__(self, internal_server: InternalServer, transport: Any, limits: Any, *, guard: ChannelGuard) -> None:
@@ -204,11 +207,12 @@ class GuardedProcessor(UaProcessor):  # type: ignore[misc]
                 self._guard.audit("hmi_channel_refused", "unauthenticated", self.where, service="OpenSecureChannel",
                                   policy=_policy_name(uri), mode=_mode_name(mode),
                                   status="BadSecurityPolicyRejected", why=why)
-                error = ua.ErrorMessage(ua.StatusCode(ua.StatusCodes.BadSecurityPolicyRejected), why)
-                self._transport.write(uatcp_to_binary(ua.MessageType.Error, error))
+                error = error_message(status_code(ua.StatusCodes.BadSecurityPolicyRejected), why)
+                # asyncua annotates the message type as its MessageType class, whose members are bytes
+                self._transport.write(uatcp_to_binary(ua.MessageType.Error, error))  # type: ignore[arg-type]
                 self._transport.close()
                 return
-        super().open_secure_channel(algohdr, seqhdr, body)
+        super().open_secure_channel(algohdr, seqhdr, body)  # type: ignore[no-untyped-call]  # unannotated in asyncua
 
     # ------------------------------------------------------------------ services
     async def _process_message(self, typeid: ua.NodeId, requesthdr: Any, seqhdr: Any, body: Any) -> bool:
@@ -226,7 +230,11 @@ class GuardedProcessor(UaProcessor):  # type: ignore[misc]
             return await self._create_session(typeid, requesthdr, seqhdr, body, self._origin())
         if typeid == _ACTIVATE_SESSION:
             return await self._activate_session(typeid, requesthdr, seqhdr, body, channel_cert)
-        return bool(await super()._process_message(typeid, requesthdr, seqhdr, body))
+        return await self._dispatch(typeid, requesthdr, seqhdr, body)
+
+    async def _dispatch(self, typeid: ua.NodeId, requesthdr: Any, seqhdr: Any, body: Any) -> bool:
+        """asyncua's own handling of one request (unannotated there): True when it was answered."""
+        return bool(await super()._process_message(typeid, requesthdr, seqhdr, body))  # type: ignore[no-untyped-call]
 
     def _origin(self) -> SessionOrigin:
         policy = self._connection.security_policy
@@ -239,11 +247,11 @@ class GuardedProcessor(UaProcessor):  # type: ignore[misc]
         """asyncua's CreateSession; a refused one is audited and leaves no half-made session behind."""
         previous = self.session
         try:
-            ok = bool(await super()._process_message(typeid, requesthdr, seqhdr, body))
+            ok = await self._dispatch(typeid, requesthdr, seqhdr, body)
         except (ServiceError, ua.UaStatusCodeError) as exc:
             await self._drop_session_since(previous)
             self._guard.audit("hmi_session_refused", self._who(), self.where, service="CreateSession",
-                              status=ua.StatusCode(exc.code).name, why="CreateSession refused",
+                              status=status_code(exc.code).name, why="CreateSession refused",
                               client=client_uri(self._connection.security_policy.peer_certificate))
             raise
         except BaseException:
@@ -281,9 +289,9 @@ class GuardedProcessor(UaProcessor):  # type: ignore[misc]
                 raise ServiceError(verdict.status)  # audited by the gate
         try:
             if verdict is None or self._guard.gate is None:
-                return bool(await super()._process_message(typeid, requesthdr, seqhdr, body))
+                return await self._dispatch(typeid, requesthdr, seqhdr, body)
             with self._guard.gate.handoff(verdict):
-                return bool(await super()._process_message(typeid, requesthdr, seqhdr, body))
+                return await self._dispatch(typeid, requesthdr, seqhdr, body)
         except BaseException:
             if self.session is not previous:  # asyncua bound the looked-up session before it failed
                 self.session = previous
@@ -294,12 +302,12 @@ class GuardedProcessor(UaProcessor):  # type: ignore[misc]
         """Audit, answer a ServiceFault; False (close the connection) after too many refusals."""
         policy = self._connection.security_policy
         self._refusals += 1
-        status = ua.StatusCode(code)
+        status = status_code(code)
         self._guard.audit(event, self._who(), self.where, service=service_name(typeid),
                           policy=_policy_name(policy.URI), mode=_mode_name(policy.Mode), status=status.name, why=why)
         response = ua.ServiceFault()
         response.ResponseHeader.ServiceResult = status
-        self.send_response(requesthdr.RequestHandle, seqhdr, response)
+        self.send_response(requesthdr.RequestHandle, seqhdr, response)  # type: ignore[no-untyped-call]  # asyncua
         return self._refusals < self._guard.rules.max_refusals_per_channel
 
     @staticmethod
@@ -327,7 +335,7 @@ class GuardedProcessor(UaProcessor):  # type: ignore[misc]
         return await self._guard.gate.check(username, password, source)
 
 
-class _GuardedProtocol(OPCUAProtocol):  # type: ignore[misc]
+class _GuardedProtocol(OPCUAProtocol):
     """One connection; its processor is a :class:`GuardedProcessor` (or the connection is closed)."""
 
     def __init__(self, *args: Any, guard: ChannelGuard, **kwargs: Any) -> None:
@@ -340,7 +348,7 @@ class _GuardedProtocol(OPCUAProtocol):  # type: ignore[misc]
             return
         try:
             processor = GuardedProcessor(self.iserver, self.transport, self.limits, guard=self._guard)
-            processor.set_policies(self.policies)
+            processor.set_policies(self.policies)  # type: ignore[no-untyped-call]  # unannotated in asyncua
         except Exception:  # never serve a connection unguarded
             _log.exception("HMI channel guard could not be installed; closing %s", self.peer_name)
             self.processor = None
@@ -349,10 +357,11 @@ class _GuardedProtocol(OPCUAProtocol):  # type: ignore[misc]
         self.processor = processor
 
 
-class _GuardedBinaryServer(BinaryServer):  # type: ignore[misc]
+class _GuardedBinaryServer(BinaryServer):
     def __init__(self, internal_server: InternalServer, hostname: str | None, port: int | None, limits: Any, *,
                  guard: ChannelGuard) -> None:
-        super().__init__(internal_server, hostname, port, limits)
+        # asyncua's Server passes its endpoint's host and port, which urlparse types as optional
+        super().__init__(internal_server, hostname, port, limits)  # type: ignore[arg-type]
         self._guard = guard
 
     def _make_protocol(self) -> OPCUAProtocol:
@@ -397,7 +406,7 @@ def check_hook_points() -> None:
             raise ChannelGuardError(f"asyncua {cls.__name__}.{name}{got} changed (expected {params})")
 
 
-class GuardedServer(Server):  # type: ignore[misc]
+class GuardedServer(Server):
     """asyncua Server whose binary server installs the :class:`GuardedProcessor` on every connection."""
 
     def __init__(self, *, user_manager: Any, guard: ChannelGuard) -> None:

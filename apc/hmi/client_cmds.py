@@ -22,10 +22,11 @@ import asyncio
 import datetime as dt
 import json
 import sys
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml
@@ -36,6 +37,7 @@ from apc.hmi.certs import application_uri_of
 from apc.hmi.server import HMI_NAMESPACE, ROOT, hmi_node_id, is_loopback_host
 from apc.hmi.users import UsersFileError, check_private_file
 from apc.types import Mode
+from plant_io.ua_values import node_id
 
 __all__ = [
     "HmiClientError",
@@ -210,8 +212,8 @@ async def request_mode(endpoint: str, creds: HmiCredentials, unit: str, mode: Mo
     """Write ``<unit>/RequestedMode``; return (requested, actual) read back after the write."""
     mode = Mode(mode)
     async with hmi_session(endpoint, creds, insecure_loopback=insecure_loopback, timeout_s=timeout_s) as (c, ns):
-        req = ua.NodeId(hmi_node_id(unit, "RequestedMode"), ns)
-        act = ua.NodeId(hmi_node_id(unit, "ActualMode"), ns)
+        req = node_id(hmi_node_id(unit, "RequestedMode"), ns)
+        act = node_id(hmi_node_id(unit, "ActualMode"), ns)
         dv = ua.DataValue(ua.Variant(mode.value, ua.VariantType.String))
         (status,) = await c.uaclient.write_attributes([req], [dv], ua.AttributeIds.Value)
         if not status.is_good():
@@ -229,8 +231,8 @@ async def request_reload(endpoint: str, creds: HmiCredentials, unit: str, *, ins
     The recipe in force changes at the unit's next cycle; a refusal raises with the server's reason.
     """
     async with hmi_session(endpoint, creds, insecure_loopback=insecure_loopback, timeout_s=timeout_s) as (c, ns):
-        cmd = ua.NodeId(hmi_node_id(unit, "ReloadRecipe"), ns)
-        ids = [ua.NodeId(hmi_node_id(unit, n), ns) for n in ("ReloadStatus", "RecipeSha256")]
+        cmd = node_id(hmi_node_id(unit, "ReloadRecipe"), ns)
+        ids = [node_id(hmi_node_id(unit, n), ns) for n in ("ReloadStatus", "RecipeSha256")]
         dv = ua.DataValue(ua.Variant(True, ua.VariantType.Boolean))
         (status,) = await c.uaclient.write_attributes([cmd], [dv], ua.AttributeIds.Value)
         if status.value == ua.StatusCodes.BadNodeIdUnknown:
@@ -261,14 +263,14 @@ async def read_status(endpoint: str, creds: HmiCredentials, *, insecure_loopback
                       timeout_s: float = 5.0) -> list[UnitStatus]:
     """Every unit's modes, heartbeat and MVs (one batched read after browsing)."""
     async with hmi_session(endpoint, creds, insecure_loopback=insecure_loopback, timeout_s=timeout_s) as (c, ns):
-        units = await _children(c, ua.NodeId(ROOT, ns))
+        units = await _children(c, node_id(ROOT, ns))
         layout: list[tuple[str, list[str]]] = []
         for unit in units:
-            layout.append((unit, await _children(c, ua.NodeId(hmi_node_id(unit, "MVs"), ns))))
+            layout.append((unit, await _children(c, node_id(hmi_node_id(unit, "MVs"), ns))))
         ids: list[ua.NodeId] = []
         for unit, mvs in layout:
-            ids += [ua.NodeId(hmi_node_id(unit, f), ns) for f in _UNIT_FIELDS]
-            ids += [ua.NodeId(hmi_node_id(unit, "MVs", mv, f), ns) for mv in mvs for f in _MV_FIELDS]
+            ids += [node_id(hmi_node_id(unit, f), ns) for f in _UNIT_FIELDS]
+            ids += [node_id(hmi_node_id(unit, "MVs", mv, f), ns) for mv in mvs for f in _MV_FIELDS]
         values = [_good(dv) for dv in await c.uaclient.read_attributes(ids, ua.AttributeIds.Value)] if ids else []
     out: list[UnitStatus] = []
     pos = 0

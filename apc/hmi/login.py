@@ -26,11 +26,12 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from asyncua import ua
 from asyncua.crypto.permission_rules import User, UserRole
@@ -39,6 +40,7 @@ from cryptography import x509
 
 from apc.hmi.throttle import LoginThrottle
 from apc.hmi.users import HmiUser, Role, UserDb, hash_password, verify_password
+from plant_io.ua_values import status_code
 
 __all__ = ["HmiUserManager", "LoginGate", "LoginSource", "LoginVerdict", "PasswordPool", "certificate_thumbprint"]
 
@@ -134,7 +136,8 @@ class PasswordPool:
             self._done(None)
             return None
         future.add_done_callback(self._done)  # the slot is freed when the work ends, even if the caller is gone
-        return bool(await asyncio.wrap_future(future))
+        verdict: bool = await asyncio.wrap_future(future)
+        return bool(verdict)
 
     async def hash(self, password: str) -> str:
         """``hash_password`` in the pool (for the dummy hash of unknown names)."""
@@ -182,7 +185,7 @@ class LoginGate:
         tag = self._tag(password or "")
 
         def refuse(code: int, why: str) -> LoginVerdict:
-            self.log("hmi_login_refused", name or "anonymous", source, why, status=ua.StatusCode(code).name)
+            self.log("hmi_login_refused", name or "anonymous", source, why, status=status_code(code).name)
             return LoginVerdict(name, tag, code, None, source, why)
 
         if not username or password is None:
@@ -235,7 +238,7 @@ class LoginGate:
         method(event, utc=self._utc(), who=who, where=source.where if source else "hmi", why=why, **extra)
 
 
-class HmiUserManager(UserManager):  # type: ignore[misc]
+class HmiUserManager(UserManager):
     """asyncua user manager that only consumes the :class:`LoginGate`'s verdicts (it never hashes)."""
 
     def __init__(self, gate: LoginGate) -> None:

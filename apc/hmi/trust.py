@@ -14,9 +14,10 @@ application URI in the SAN, key usage, client role).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from asyncua import ua
 from asyncua.common.utils import ServiceError

@@ -14,9 +14,10 @@ See ``docs/adding_a_unit_kind.md``.
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
+from collections.abc import Callable, Iterable, Mapping
+from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from apc.compute import Parts
@@ -33,8 +34,9 @@ class RecipeChecks(Protocol):
     """What a kind's cross-checks see of a recipe being loaded: the sections that converted, and
     where to report a problem (at the line of a key path)."""
 
-    parts: Mapping[str, Any]
-    """Converted sections by name (a section that failed conversion is absent)."""
+    @property
+    def parts(self) -> Mapping[str, Any]:
+        """Converted sections by name (a section that failed conversion is absent)."""
     known: frozenset[str] | None
     """Every signal name the recipe provides (None when they could not be listed)."""
     recipe_dir: Path
@@ -139,7 +141,7 @@ class UnknownKindError(KeyError):
     """A recipe names a unit kind that is not registered."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_kind(name: str) -> UnitKind:
     """The kind registered as ``name`` (imported once)."""
     from apc.kinds.registry import KINDS

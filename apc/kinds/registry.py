@@ -3,8 +3,8 @@
 Adding a kind is one line here (see ``docs/adding_a_unit_kind.md``).
 """
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 KINDS: Mapping[str, str] = MappingProxyType({
     "electrolysis_cell": "apc.kinds.electrolysis_cell.kind:KIND",

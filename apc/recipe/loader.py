@@ -37,9 +37,9 @@ if typing.TYPE_CHECKING:
 
 __all__ = [
     "Converter",
+    "FileCheck",
     "LoadedRecipe",
     "LoadedSite",
-    "FileCheck",
     "SignalNamesProvider",
     "check_files",
     "check_main",

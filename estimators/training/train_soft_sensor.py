@@ -162,7 +162,8 @@ class Dense:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         h = X if self.W1 is None else np.tanh(X @ self.W1 + self.b1)
-        return (h @ self.W2 + self.b2).ravel()
+        y: np.ndarray = (h @ self.W2 + self.b2).ravel()
+        return y
 
 
 def _standardise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -260,6 +261,7 @@ def to_onnx(model: Dense, features: tuple[str, ...], meta: dict[str, str]) -> by
     nodes, inits = [], []
     x = INPUT_NAME
     if model.W1 is not None:
+        assert model.b1 is not None  # a hidden layer has both
         inits += [init("W1", model.W1), init("b1", model.b1.reshape(1, -1))]
         nodes += [helper.make_node("MatMul", [x, "W1"], ["z1"]), helper.make_node("Add", ["z1", "b1"], ["a1"]),
                   helper.make_node("Tanh", ["a1"], ["h1"])]
@@ -278,7 +280,8 @@ def to_onnx(model: Dense, features: tuple[str, ...], meta: dict[str, str]) -> by
     m.ir_version = 8
     helper.set_model_props(m, meta)
     onnx.checker.check_model(m, full_check=True)
-    return m.SerializeToString()
+    data: bytes = m.SerializeToString()
+    return data
 
 
 def yaml_block(features: tuple[str, ...], model_file: str) -> str:
@@ -320,7 +323,8 @@ def replay(path: Path, features: tuple[str, ...], runs: list[RunData], bindings:
         assert run.cycles is not None
         ss = load_soft_sensor(cfg, path.parent, bindings=bindings)
         last_dip, n_dips = math.nan, 0
-        for (t, inputs, applied), truth in zip(run.cycles, run.y):
+        for (t, cycle_inputs, applied), truth in zip(run.cycles, run.y):
+            inputs = cycle_inputs
             dip = inputs.get(DIP_INPUT)
             if dip is not None and dip.ok and dip.sample is not None:
                 n_dips += 1

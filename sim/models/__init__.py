@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from functools import lru_cache
-from typing import Callable
+from collections.abc import Callable
+from functools import cache, lru_cache
 
 from sim.models.base import ProcessModel
 
@@ -28,7 +28,7 @@ def _register() -> dict[str, Callable[[], ProcessModel]]:
     return builders
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_model(name: str) -> ProcessModel:
     """The process model registered under ``name`` (built once per process)."""
     builders = _register()

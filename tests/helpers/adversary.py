@@ -7,7 +7,7 @@ guard alone.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from apc.types import Estimate, MvConstraint, Plan, SolverStatus
 

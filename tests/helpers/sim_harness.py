@@ -8,8 +8,9 @@ estimator, controller, guard, simulated cell and DCS side). Time is a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Iterable, Mapping
+from typing import Any
 
 import yaml
 

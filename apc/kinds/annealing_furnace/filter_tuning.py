@@ -5,7 +5,7 @@ differs from batch to batch), noise, bounds, and the seeding of the load from it
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -3,8 +3,8 @@ filter with its soft sensor, the tracking-feed baseline and the cell MPC."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from apc.assembly import AssemblyError
 from apc.kinds.electrolysis_cell.anode_effect import AnodeEffectConfig
@@ -76,7 +76,8 @@ def mv_names(recipe: CellRecipe) -> MvNames:
                    current=io_.mv_driving(CURRENT_INPUT) or "")
 
 
-def build_estimator(recipe: CellRecipe, recipe_dir: Path | None = None, controller_kind: str | None = None) -> Estimator:
+def build_estimator(recipe: CellRecipe, recipe_dir: Path | None = None,
+                    controller_kind: str | None = None) -> Estimator:
     """The recipe's estimator with its tuning.
 
     ``filtered``: the baseline signals; ``ekf``: those plus the cell's

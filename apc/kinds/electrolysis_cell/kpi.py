@@ -30,9 +30,10 @@ whole run; ``sludge_final_kg`` is the last value seen.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from apc.cycle_record import CycleRecord
 
@@ -41,8 +42,6 @@ from sim.models.nd_cell import F_C_PER_MOL, M_ND_KG_PER_MOL
 __all__ = [
     "KPI_KEYS",
     "KPI_LABELS",
-    "KpiAccumulator",
-    "KpiConfig",
     "ND_KG_PER_KAH",
     "ND_VALENCE",
     "TRUTH_ANODE_EFFECT",
@@ -54,6 +53,8 @@ __all__ = [
     "TRUTH_OXIDE",
     "TRUTH_PFC",
     "TRUTH_SLUDGE",
+    "KpiAccumulator",
+    "KpiConfig",
 ]
 
 # -- truth keys -----------------------------------------------------------------
@@ -263,9 +264,8 @@ class KpiAccumulator:
 
         in_ae = float(truth[TRUTH_ANODE_EFFECT]) >= 0.5
         if in_ae:
-            if not self._ae_prev_in:
-                if self._ae_last_t is None or t - self._ae_last_t >= self._cfg.ae_merge_s:
-                    self._ae_events += 1
+            if not self._ae_prev_in and (self._ae_last_t is None or t - self._ae_last_t >= self._cfg.ae_merge_s):
+                self._ae_events += 1
             if prev_t is not None:
                 self._ae_s += t - prev_t
             self._ae_last_t = t

@@ -10,6 +10,7 @@ from typing import Literal
 
 from apc.recipe.schema import ControllerSection, EstimatorSection, Recipe
 
+
 @dataclass(frozen=True)
 class FilteredEstimatorSection:
     """Baseline estimate: filtered measurements, pseudo-resistance and slope."""
@@ -188,7 +189,8 @@ class MpcSection:
     metal_melting_margin_K: float = 10.0
     """Metal temperature kept this far above the model's ``metal_melting_degC``, K (soft)."""
     rank_penalties: tuple[float, float, float, float] = (1.0e6, 1.0e5, 1.0e4, 1.0e3)
-    """Linear penalty per violation unit for ae_margin, metal_melting, oxide_band, bath_temp_band (strictly decreasing)."""
+    """Linear penalty per violation unit for ae_margin, metal_melting, oxide_band, bath_temp_band
+    (strictly decreasing)."""
     violation_units: tuple[float, float, float, float] = (0.02, 1.0, 0.1, 1.0)
     """Size of one violation unit for the same four: A/cm², K, wt%, K."""
     quadratic_penalty_ratio: float = 0.1

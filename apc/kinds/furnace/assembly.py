@@ -3,9 +3,8 @@ the kind's tuning, the PID baseline or the curve MPC, and the KPIs a batch is ju
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from apc.assembly import AssemblyError
 from apc.curve_preview import CurvePreview

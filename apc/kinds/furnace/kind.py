@@ -5,20 +5,27 @@ tunings and simulator files."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from apc.audit import null_logger
-from apc.batch import Batch, BatchState
+from apc.batch import Batch
 from apc.compute import Parts, PreviewHolder
-from apc.curve_preview import CurvePreview
+from apc.curve_preview import BatchState, CurvePreview
 from apc.cycle_record import CycleRecord
 from apc.kinds import RecipeChecks, SimDriver
-from apc.kinds.furnace.assembly import (FurnaceAssemblyError, batch_for, build_furnace_controller,
-                                        build_furnace_estimator, furnace_kpi_config, furnace_signal_names)
 from apc.kinds.furnace import trends
+from apc.kinds.furnace.assembly import (
+    FurnaceAssemblyError,
+    batch_for,
+    build_furnace_controller,
+    build_furnace_estimator,
+    furnace_kpi_config,
+    furnace_signal_names,
+)
 from apc.kinds.furnace.kpi import FurnaceKpiAccumulator, FurnaceKpiConfig
 from apc.kinds.furnace.recipe import FurnaceRecipe
 from apc.protocols import BatchRunner, Clock, KpiSink

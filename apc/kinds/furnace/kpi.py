@@ -22,8 +22,9 @@ Keys (fixed; benchmarks and users rely on them):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from apc.cycle_record import BatchRecord, CycleRecord
 
@@ -49,7 +50,7 @@ class FurnaceKpiConfig:
                 "pressure_limit_Pa": self.pressure_limit_Pa, "core_surface_dT_max_K": self.core_surface_dT_max_K}
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "FurnaceKpiConfig":
+    def from_mapping(cls, data: Mapping[str, Any]) -> FurnaceKpiConfig:
         """Inverse of :meth:`to_mapping`."""
         return cls(str(data["controlled"]), tuple(float(v) for v in data["soak_required_s"]),
                    data.get("pressure_limit_Pa"), data.get("core_surface_dT_max_K"))

@@ -6,6 +6,6 @@ from types import MappingProxyType
 from apc.kinds.furnace.kind import FurnaceKind
 from apc.kinds.vacuum_furnace.filter_tuning import VIM_TUNING
 
-KIND = FurnaceKind("vacuum_furnace", default_scenario="vim_nominal", tunings=MappingProxyType({"vim_furnace": VIM_TUNING}),
-                   model_files=("sim/models/vim_furnace.py",))
+KIND = FurnaceKind("vacuum_furnace", default_scenario="vim_nominal",
+                   tunings=MappingProxyType({"vim_furnace": VIM_TUNING}), model_files=("sim/models/vim_furnace.py",))
 """The registered vacuum-furnace kind."""

@@ -5,7 +5,7 @@ charge enthalpy from the thermocouple."""
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from scipy.optimize import brentq
