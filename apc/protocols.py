@@ -7,7 +7,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from apc.curve_preview import CurvePreview
 from apc.cycle_record import CycleRecord
-
 from apc.types import Estimate, MvConstraint, Plan, Sample, ValidatedInput, Write, WriteResult
 
 

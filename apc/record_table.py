@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 from apc.cycle_record import CycleRecord
 from apc.recorder import iter_record
@@ -102,19 +103,20 @@ class _Builder:
         self.rows = 0
 
     def add(self, row: Mapping[str, tuple[ColumnType, str, Any]]) -> None:
-        for name, (ctype, unit, value) in row.items():
+        for name, (ctype, unit, raw) in row.items():
             col = self.values.get(name)
             if col is None:
                 col = self.values[name] = [None] * self.rows
                 self.types[name], self.units[name] = ctype, unit
+            value: Any = raw
             if ctype == "float":
-                value = _finite(value)
-            elif value is not None and ctype == "int":
-                value = int(value)
-            elif value is not None and ctype == "bool":
-                value = bool(value)
-            elif value is not None and ctype == "str":
-                value = str(value)
+                value = _finite(raw)
+            elif raw is not None and ctype == "int":
+                value = int(raw)
+            elif raw is not None and ctype == "bool":
+                value = bool(raw)
+            elif raw is not None and ctype == "str":
+                value = str(raw)
             col.append(value)
         self.rows += 1
         for col in self.values.values():
@@ -123,7 +125,7 @@ class _Builder:
 
     def columns(self) -> tuple[Column, ...]:
         """Columns grouped as in :data:`GROUPS`, first seen first within a group."""
-        names = sorted(self.values, key=lambda n: _group_rank(n))
+        names = sorted(self.values, key=_group_rank)
         return tuple(Column(n, self.types[n], self.units[n], tuple(self.values[n])) for n in names)
 
 

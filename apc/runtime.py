@@ -135,7 +135,7 @@ async def run_site(
             vp_task = asyncio.create_task(vp.serve_until(stop))
             print(f"virtual plant: {len(vp.units)} unit(s) on loopback "
                   + ", ".join(f"{u.name} {u.protocol}:{u.port}" for u in vp.units), file=out, flush=True)
-        for unit, su, mode in zip(units, site.units, starts):
+        for unit, mode in zip(units, starts):
             unit.start_mode(mode, who="site file", where=str(loaded.path), utc=clock.utc())
         for u in units:  # a plant that is not there yet: the unit starts unlinked and retries each cycle
             if isinstance(u.io, Reconnecting):
@@ -257,8 +257,9 @@ def _build_unit(loaded: LoadedSite, su: SiteUnit, clock: RealClock, audit: Any, 
 
 def reload_callback(units: Mapping[str, Unit], utc: Callable[[], float]) -> ReloadCallback:
     """The HMI's ``reload(unit, who, where)``: re-read the unit's recipe file, have the unit's compute
-    build a fresh estimator and controller (off the event loop) and call :meth:`Unit.request_reload`. Returns '' when the
-    reload is pending for the next cycle, else why not (audited as ``recipe_reload_refused``)."""
+    build a fresh estimator and controller (off the event loop) and call :meth:`Unit.request_reload`.
+    Returns '' when the reload is pending for the next cycle, else why not (audited as
+    ``recipe_reload_refused``)."""
 
     async def reload(unit_name: str, who: str, where: str) -> str:
         unit = units[unit_name]
@@ -335,7 +336,7 @@ async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asy
     period boundary after ``start_s`` plus ``phase·period`` (units of a site are spread over the period
     so their reads, solves and writes do not land on one instant)."""
     period = unit.recipe.period_s
-    every = max(1, int(round(status_every_s / period)))
+    every = max(1, round(status_every_s / period))
     t0_s = math.ceil(start_s / period) * period + phase * period
     end_s = None if hours is None else start_s + hours * 3600.0
     log = audit.bind(unit=unit.name)

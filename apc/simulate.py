@@ -105,5 +105,5 @@ async def run_on(unit: Unit, clock: VirtualClock, hours: float, *, who: str, whe
         if after_cycle is not None:
             after_cycle(record)
 
-    return await run_periodic(cycle, clock, period, t0_s=0.0, max_cycles=int(round(hours * 3600.0 / period)),
+    return await run_periodic(cycle, clock, period, t0_s=0.0, max_cycles=round(hours * 3600.0 / period),
                               stop=stop)

@@ -4,8 +4,9 @@ without knowing the kind. Every series names a table column."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 SeriesStyle = Literal["line", "step", "dashed", "markers"]
 
@@ -82,7 +83,7 @@ def header_inputs(header: Mapping[str, Any]) -> Mapping[str, Mapping[str, Any]]:
 def header_mvs(header: Mapping[str, Any], columns: frozenset[str]) -> Mapping[str, Mapping[str, Any]]:
     """The record header's MVs (name → unit, kind, model input, limits); for older records, the MVs
     with a ``readback.`` column (no unit or limits known)."""
-    mvs = (header.get("io") or {}).get("mvs")
+    mvs: Mapping[str, Mapping[str, Any]] | None = (header.get("io") or {}).get("mvs")
     if mvs:
         return mvs
     return {c[len("readback."):]: {} for c in sorted(columns) if c.startswith("readback.")}

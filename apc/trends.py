@@ -5,8 +5,9 @@ cycles not in ON (STANDBY, OFF) and marks the cycles that shed."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -22,8 +22,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apc.compute import ComputeLate, ComputeLost, ControlRequest, InlineCompute, Parts, UnitCompute
-from apc.cycle_record import (BatchRecord, CycleRecord, DecisionRecord, EstimateRecord, InputRecord,
-                               ModeRecord, PlanRecord, TimingRecord, WriteRecord)
+from apc.cycle_record import (
+    BatchRecord,
+    CycleRecord,
+    DecisionRecord,
+    EstimateRecord,
+    InputRecord,
+    ModeRecord,
+    PlanRecord,
+    TimingRecord,
+    WriteRecord,
+)
 from apc.guard import NO_MOVE, GuardDecision, GuardRequest, OutputGuard, ReadbackMonitor
 from apc.heartbeat import DEFAULT_COUNTER_MAX, HeartbeatCounter, HeartbeatWatch
 from apc.kinds import kind_of
@@ -204,7 +213,8 @@ class Unit:
         self.compute = compute
         """Where the estimator and controller run (see :mod:`apc.compute`)."""
         self.clock = clock
-        """Times the cycle's read, answers and write (records; the input-age check); ``None``: all at the cycle's UTC."""
+        """Times the cycle's read, answers and write (records; the input-age check); ``None``: all at the
+        cycle's UTC."""
         self.compute_faults = compute_faults
         """Scenario faults of the computation due at a plant time (simulated units): (``stall``|``crash``, s)."""
         self.compute_late = 0
@@ -533,7 +543,7 @@ class Unit:
         c.read_utc = self._now(c)
         stage = STAGES[0]
         try:
-            for stage, block in (("validate", self._validate), ("estimate", self._estimate),
+            for stage, block in (("validate", self._validate),  # noqa: B007 (stage names the block that raised) ("estimate", self._estimate),
                                  ("batch", self._advance_batch), ("modes", self._decide), ("control", self._control),
                                  ("permissives", self._permissives), ("guard", self._guard),
                                  ("compose", self._compose_writes)):
@@ -667,7 +677,7 @@ class Unit:
     async def _decide(self, c: _Cycle) -> None:
         """4. decide the mode from what this cycle saw (and what the last cycle's writes showed)."""
         readback_faults = self._check_readbacks(c.applied)
-        hb_ok, hb_reason = self.heartbeat.update(c.utc, c.snapshot.get(self.recipe.io.heartbeat.dcs_tag))
+        _, hb_reason = self.heartbeat.update(c.utc, c.snapshot.get(self.recipe.io.heartbeat.dcs_tag))
         estimate = c.estimate
         failures = [r for r in (
             "" if c.inputs_ok else f"bad inputs: {c.inputs_reason}",
@@ -868,11 +878,11 @@ class Unit:
         self._check_input_age(c)
         intent = self._move_writes(c)
         if intent and not self._audit("info", "write_intent", utc=c.utc, cycle=c.k, mode=self.modes.actual.value,
-                                      writes=[{"tag": w.tag, "value": w.value} for w in intent]):
-            if c.fault is None:  # nothing that moves the plant goes out unaudited
-                self._shed_now(c, self.journal_error)
-                c.plan, c.decisions = None, {}
-                self._safe_writes(c)
+                                      writes=[{"tag": w.tag, "value": w.value} for w in intent]) \
+                and c.fault is None:  # nothing that moves the plant goes out unaudited
+            self._shed_now(c, self.journal_error)
+            c.plan, c.decisions = None, {}
+            self._safe_writes(c)
         results = await self._write(c.writes, c.link_error)
         c.write_utc = self._now(c)
         return results
@@ -990,7 +1000,7 @@ class Unit:
                     self._active_flags[w.tag] = w.value
             if w.tag not in by_tag:
                 continue
-            name, mv = by_tag[w.tag]
+            name, _ = by_tag[w.tag]
             d = c.decisions.get(name)
             self._audit("info", "write", utc=c.utc, cycle=c.k, who="apc", what=w.tag, mv=name,
                         old=c.applied.get(name), new=w.value, clamps=list(d.clamps) if d else [],

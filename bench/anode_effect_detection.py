@@ -237,7 +237,10 @@ def main() -> None:
     for group in (*CONTROLLERS, "all"):
         sel = [r for (s, c), r in runs.items() if group in ("all", c)]
         sc = score(sel, recipe.period_s)
-        per_day = (lambda n: n / sc.cell_days) if sc.cell_days > 0 else (lambda n: math.nan)
+        days = sc.cell_days
+
+        def per_day(n: float, days: float = days) -> float:
+            return n / days if days > 0 else math.nan
         out(f"{group:8s}: {sc.cell_days:.2f} cell-days; true AEs {sc.truth} ({per_day(sc.truth):.2f}/cell-day), "
             f"detected {sc.detected}, missed {sc.missed}, false detections {sc.false} "
             f"({per_day(sc.false):.2f}/cell-day), spikes rejected {sc.rejected}")

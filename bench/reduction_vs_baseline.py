@@ -26,12 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from furnace_vs_baseline import (  # same targets and seed syntax as the other furnaces (bench/ is on sys.path when run)
+    _checks,
+    _seeds,
+)
 
 from apc.assembly import load
 from apc.kinds import kind_of
 from apc.kinds.furnace.kpi import FURNACE_KPI_KEYS
 from apc.simulate import SimResult, simulate
-from furnace_vs_baseline import _checks, _seeds  # same targets and seed syntax as the other furnaces (bench/ is on sys.path when run)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "reduction_furnace.yaml"
@@ -80,7 +83,8 @@ def main() -> None:
         for name, ok in checks.items():
             totals.setdefault(name, []).append(ok)
         print(f"{'':13s} targets: " + ", ".join(
-            f"{n} {'n/a (baseline unfinished)' if ok is None else 'ok' if ok else 'MISSED'}" for n, ok in checks.items()))
+            f"{n} {'n/a (baseline unfinished)' if ok is None else 'ok' if ok else 'MISSED'}"
+            for n, ok in checks.items()))
     print("targets met, per seed judged: " + ", ".join(
         f"{n} {sum(1 for x in v if x)}/{sum(1 for x in v if x is not None)}" for n, v in totals.items()))
 

@@ -46,7 +46,7 @@ then FAILED.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import structlog
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from apc.kinds.electrolysis_cell.recipe import TrackingFeedSection
 from apc.types import Estimate, MvConstraint, Plan, SolverStatus

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class FilteredEstimator:
         self.anode_effect = AnodeEffectDetector(AnodeEffectConfig.from_sections(anode_effect_voltage_V, cfg))
         self._voltage, self._current, self._dip = voltage, current, dip
         self._electrode = electrode
-        self._n_means = max(3, int(round(cfg.slope_window_s / cfg.mean_interval_s)))
+        self._n_means = max(3, round(cfg.slope_window_s / cfg.mean_interval_s))
         self.reset()
 
     def reset(self) -> None:

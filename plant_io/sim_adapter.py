@@ -10,7 +10,8 @@ measurements.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, Mapping, Protocol, Sequence, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from apc.types import Quality, Sample, Write, WriteResult
 from sim.plant_events import Reading

@@ -12,8 +12,8 @@ the loop's temperature at its value when the APC let go (or the MV is held).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from apc.types import WriteResult
 from plant_io.sim_adapter import DcsHeartbeats, SimulatedPlantIO

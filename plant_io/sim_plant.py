@@ -13,8 +13,8 @@ loop's output (``output_limit``), the DCS holds it at the cap and reports
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from apc.types import WriteResult
 from plant_io.sim_adapter import DcsHeartbeats, SimulatedPlantIO

@@ -18,7 +18,7 @@ import numpy as np
 
 from sim.models import get_model
 from sim.models.base import ProcessModel, rk4
-from sim.models.nd_cell import M_ND_KG_PER_MOL, F_C_PER_MOL
+from sim.models.nd_cell import F_C_PER_MOL, M_ND_KG_PER_MOL
 from sim.plant_events import Reading, ScenarioEvents, draw_parameters
 from sim.scenario import Event, Scenario
 

@@ -12,9 +12,10 @@ reproducible from the seed.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import casadi as ca
 import numpy as np
@@ -159,14 +160,15 @@ class FurnacePlant:
         y = np.asarray(m.h(self._z[:nx], u, self._d, self._p)).ravel()
         out = {}
         for name, v in zip(m.output_names, y):
-            v = float(v) * (1.0 + sc.relative_noise.get(name, 0.0) * self._rng.standard_normal())
-            out[name] = v + sc.noise.get(name, 0.0) * self._rng.standard_normal()
+            noisy = float(v) * (1.0 + sc.relative_noise.get(name, 0.0) * self._rng.standard_normal())
+            out[name] = noisy + sc.noise.get(name, 0.0) * self._rng.standard_normal()
         return out
 
     # ------------------------------------------------------------- outputs
     def measurements(self) -> dict[str, Reading]:
         """What the field instruments report now (with scenario faults applied)."""
-        return {name: self._events.reading(name, Reading(value, "good"), self.t_s) for name, value in self._meas.items()}
+        return {name: self._events.reading(name, Reading(value, "good"), self.t_s)
+                for name, value in self._meas.items()}
 
     def truth(self) -> dict[str, float]:
         """States, aux signals and energy: for KPIs and benchmarks only."""

@@ -4,8 +4,8 @@ the timed events as plant time passes, and apply instrument faults to what the f
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 import numpy as np
 

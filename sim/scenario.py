@@ -7,9 +7,10 @@ events. It never contains controller tuning.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from sim.scenario_loader import COMPUTE_FAULTS, ComputeFaultFeed, Event, ScenarioError, load_scenario_file
 from sim.scenario_loader import scenario_from_mapping as from_mapping

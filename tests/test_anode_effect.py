@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from apc.kinds.electrolysis_cell.anode_effect import (AnodeEffectConfig, AnodeEffectDetector,
-                                                      AnodeEffectPhase)
+from apc.kinds.electrolysis_cell.anode_effect import AnodeEffectConfig, AnodeEffectDetector, AnodeEffectPhase
 from apc.kinds.electrolysis_cell.recipe import CellRecipe, FilteredEstimatorSection, TrackingFeedSection
 from apc.recipe.errors import RecipeError
 from apc.recipe.loader import load_recipe

@@ -77,8 +77,8 @@ def with_non_finite_inputs(src: Path, dst: Path) -> list[int]:
     hits = [10, 20, 30]
     with open(dst, "w", encoding="utf-8") as f:
         f.write(json.dumps(rec.headers[0]) + "\n")
-        for i, cyc in enumerate(rec.cycles):
-            cyc = json.loads(json.dumps(cyc))
+        for i, original in enumerate(rec.cycles):
+            cyc = json.loads(json.dumps(original))
             if i in hits:
                 cyc["inputs"]["cell_voltage"][0] = (math.nan, math.inf, -math.inf)[hits.index(i)]
                 cyc["inputs"]["cell_voltage"][5] = "not_finite"

@@ -110,7 +110,7 @@ def test_recipe_and_scenarios_load_and_the_kind_keeps_other_hashes_apart(capsys:
         assert sc.model == "reduction_furnace" and kind.scenario_problem(loaded, sc) == ""
     assert kind.load_scenario("reduction_leak").disturbances["leak_rate_Pa_m3_s"] > 10 * D_NOMINAL["leak_rate_Pa_m3_s"]
     vim = get_kind("vacuum_furnace")
-    assert vim.simulator_sha256() == tree_sha256(COMMON_SIMULATOR_FILES + ("sim/models/vim_furnace.py",),
+    assert vim.simulator_sha256() == tree_sha256((*COMMON_SIMULATOR_FILES, "sim/models/vim_furnace.py"),
                                                  ("sim/scenarios/furnace",))
     assert kind.simulator_sha256() != vim.simulator_sha256()
 

@@ -77,6 +77,7 @@ from apc.hmi.trust import TrustList, TrustListError
 from apc.hmi.users import HmiUser, Role, UserDb
 from apc.types import Mode
 from apc.unit import Unit
+from plant_io.ua_values import data_value, node_id, status_code
 
 __all__ = ["HMI_NAMESPACE", "HmiServer", "HmiServerError", "ReloadCallback", "hmi_node_id", "is_loopback_host"]
 
@@ -91,6 +92,10 @@ _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 ReloadCallback = Callable[[str, str, str], Awaitable[str]]
 """``reload(unit, who, where)``: re-read the unit's recipe and request its reload; '' when
 pending for the next cycle, else why it was refused (already audited by the unit)."""
+
+
+_INTERNAL_USER = User(role=UserRole.Admin)
+"""The user asyncua passes for the server's own writes (its default)."""
 
 
 class HmiServerError(Exception):
@@ -137,27 +142,23 @@ class _UnitNodes:
     folders: dict[str, ua.NodeId] = field(default_factory=dict)
 
 
-def _status(code: int) -> ua.StatusCode:
-    return ua.StatusCode(code)
-
-
 def _dv(value: Any, vtype: ua.VariantType, ts: dt.datetime | None, code: int = ua.StatusCodes.Good) -> ua.DataValue:
     if code != ua.StatusCodes.Good:
-        return ua.DataValue(ua.Variant(None, ua.VariantType.Null), _status(code), ts)
-    return ua.DataValue(ua.Variant(value, vtype), _status(code), ts)
+        return data_value(ua.Variant(None, ua.VariantType.Null), status_code(code), ts, None)
+    return data_value(ua.Variant(value, vtype), status_code(code), ts, None)
 
 
-class _HmiPermissions(PermissionRuleset):  # type: ignore[misc]
+class _HmiPermissions(PermissionRuleset):
     """Service-level rule: authenticated HMI users may use the ordinary client services only."""
 
     def __init__(self) -> None:
-        self._allowed = frozenset(ua.NodeId(t) for t in USER_TYPES)
+        self._allowed = frozenset(node_id(t) for t in USER_TYPES)
 
     def check_validity(self, user: Any, action_type_id: ua.NodeId, body: Any) -> bool:
         return isinstance(user, HmiUser) and action_type_id in self._allowed
 
 
-class _HmiAttributeService(AttributeService):  # type: ignore[misc]
+class _HmiAttributeService(AttributeService):
     """asyncua's attribute service with every HMI-user write routed to the HMI write handler."""
 
     def __init__(self, aspace: Any, handler: Callable[[User, list[ua.WriteValue]], Any]) -> None:
@@ -165,7 +166,7 @@ class _HmiAttributeService(AttributeService):  # type: ignore[misc]
         self._handler = handler
 
     async def write(self, params: ua.WriteParameters,
-                    user: User = User(role=UserRole.Admin)) -> list[ua.StatusCode]:
+                    user: User = _INTERNAL_USER) -> list[ua.StatusCode]:
         if type(user) is User and user.role is UserRole.Admin:  # the server's own internal session
             return list(await super().write(params, user))
         return list(await self._handler(user, list(params.NodesToWrite)))
@@ -294,7 +295,7 @@ class HmiServer:
             policies.append(ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt)
         if self._insecure:
             policies.append(ua.SecurityPolicyType.NoSecurity)
-        server.set_security_policy(policies, permission_ruleset=_HmiPermissions())
+        server.set_security_policy(policies, permission_ruleset=_HmiPermissions())  # type: ignore[arg-type]  # asyncua annotates its own SimpleRoleRuleset; any PermissionRuleset works
         server.set_identity_tokens([ua.UserNameIdentityToken])
         server.set_certificate_validator(self.trust_list)
         iserver = server.iserver
@@ -359,13 +360,13 @@ class HmiServer:
 
     # ------------------------------------------------------------------ address space
     def _nid(self, unit: str, *path: str) -> ua.NodeId:
-        return ua.NodeId(hmi_node_id(unit, *path), self._ns)
+        return node_id(hmi_node_id(unit, *path), self._ns)
 
     async def _folder(self, parent: ua.NodeId, nid: ua.NodeId, name: str) -> ua.NodeId:
         assert self._server is not None
         node = await self._server.get_node(parent).add_folder(nid, ua.QualifiedName(name, self._ns))
         self._paths[node.nodeid] = str(nid.Identifier)
-        return node.nodeid  # type: ignore[no-any-return]
+        return node.nodeid
 
     async def _var(self, parent: ua.NodeId, nid: ua.NodeId, name: str, value: Any, vtype: ua.VariantType,
                    *, command: _Command | None = None, array: bool = False,
@@ -381,12 +382,12 @@ class HmiServer:
         if initial != ua.StatusCodes.Good:
             await self._server.write_attribute_value(node.nodeid, _dv(None, vtype, None, initial))
         self._paths[node.nodeid] = str(nid.Identifier)
-        return node.nodeid  # type: ignore[no-any-return]
+        return node.nodeid
 
     async def _build(self) -> None:
         assert self._server is not None
         objects = self._server.nodes.objects.nodeid
-        root = await self._folder(objects, ua.NodeId(ROOT, self._ns), ROOT)
+        root = await self._folder(objects, node_id(ROOT, self._ns), ROOT)
         waiting = ua.StatusCodes.BadWaitingForInitialData
         for name, unit in self._units.items():
             nodes = _UnitNodes()
@@ -404,7 +405,7 @@ class HmiServer:
             f["Heartbeat"] = await self._var(ufolder, self._nid(name, "Heartbeat"), "Heartbeat", 0, _VT.Int64,
                                              initial=waiting)
             f["LastCycleUtc"] = await self._var(ufolder, self._nid(name, "LastCycleUtc"), "LastCycleUtc",
-                                                dt.datetime.fromtimestamp(0, dt.timezone.utc), _VT.DateTime,
+                                                dt.datetime.fromtimestamp(0, dt.UTC), _VT.DateTime,
                                                 initial=waiting)
             f["Sheds"] = await self._var(ufolder, self._nid(name, "Sheds"), "Sheds", unit.sheds, _VT.Int64)
             f["RecipeSha256"] = await self._var(ufolder, self._nid(name, "RecipeSha256"), "RecipeSha256",
@@ -421,8 +422,10 @@ class HmiServer:
 
                 async def add(key: str, value: Any, vtype: ua.VariantType, cmd: _Cmd | None = None,
                               initial: int = ua.StatusCodes.Good) -> None:
-                    ids[key] = await self._var(folder, self._nid(name, "MVs", mv, key), key, value, vtype,
-                                               command=_Command(name, cmd, mv) if cmd else None, initial=initial)
+                    # awaited within this iteration: the loop variables are the ones meant
+                    ids[key] = await self._var(folder, self._nid(name, "MVs", mv, key), key, value, vtype,  # noqa: B023
+                                               command=_Command(name, cmd, mv) if cmd else None,  # noqa: B023
+                                               initial=initial)
 
                 await add("Enabled", state.enabled, _VT.Boolean, _Cmd.ENABLED)
                 await add("Value", math.nan, _VT.Double, initial=waiting)
@@ -508,7 +511,7 @@ class HmiServer:
         if nodes is None:
             return
         unit = self._units[unit_name]
-        ts = dt.datetime.fromtimestamp(float(record.utc), dt.timezone.utc)
+        ts = dt.datetime.fromtimestamp(float(record.utc), dt.UTC)
         mode = record.mode
         f = nodes.fixed
         writes = [
@@ -544,9 +547,9 @@ class HmiServer:
             if values:
                 writes.append((next_id, _dv(values[0], _VT.Double, ts)))
                 writes.append((traj_id, _dv(values, _VT.Double, ts)))
-        now = dt.datetime.now(dt.timezone.utc)
-        writes.append((ua.NodeId(ua.ObjectIds.Server_ServerStatus_CurrentTime),
-                       ua.DataValue(ua.Variant(now, _VT.DateTime), _status(ua.StatusCodes.Good), now)))
+        now = dt.datetime.now(dt.UTC)
+        writes.append((node_id(ua.ObjectIds.Server_ServerStatus_CurrentTime),
+                       data_value(ua.Variant(now, _VT.DateTime), status_code(ua.StatusCodes.Good), now, None)))
         await self._write_batch(writes)
 
     async def update_batch(self, unit_name: str, status: Mapping[str, Any]) -> None:
@@ -557,7 +560,7 @@ class HmiServer:
         nodes = self._unit_nodes(unit_name)
         if nodes is None:
             return
-        ts = dt.datetime.fromtimestamp(self._utc(), dt.timezone.utc)
+        ts = dt.datetime.fromtimestamp(self._utc(), dt.UTC)
         writes = []
         for key, value in status.items():
             if not _NAME_RE.match(key):
@@ -574,7 +577,7 @@ class HmiServer:
                 continue
             if vtype is not node_type:
                 if node_type is _VT.Double and vtype is _VT.Int64:
-                    value = float(value)
+                    value = float(value)  # noqa: PLW2901 (the node's type wins)
                 else:
                     raise TypeError(f"batch {key!r} is a {node_type.name} node, got {type(value).__name__}")
             writes.append((nid, _dv(value, node_type, ts)))
@@ -598,7 +601,7 @@ class HmiServer:
         cmd = self._commands.get(nid)
         self._audit.warning("hmi_write_refused", utc=self._utc(), who=user.name or "anonymous", where=where,
                             unit=cmd.unit if cmd else "", what=self._paths.get(nid, nid.to_string()),
-                            value=_plain(value), why=why, status=ua.StatusCode(code).name)
+                            value=_plain(value), why=why, status=status_code(code).name)
         return code
 
     async def _client_writes(self, user: User, items: list[ua.WriteValue]) -> list[ua.StatusCode]:
@@ -653,9 +656,9 @@ class HmiServer:
                     user, where, items[i].NodeId, raw, ua.StatusCodes.BadOutOfRange, why)
             touched.add(unit_name)
         if touched and self._server is not None:
-            ts = dt.datetime.fromtimestamp(self._utc(), dt.timezone.utc)
+            ts = dt.datetime.fromtimestamp(self._utc(), dt.UTC)
             await self._write_batch([w for u in sorted(touched) for w in self._command_values(u, ts)])
-        return [_status(c if c is not None else ua.StatusCodes.BadInternalError) for c in codes]
+        return [status_code(c if c is not None else ua.StatusCodes.BadInternalError) for c in codes]
 
     async def _request_reload(self, user: HmiUser, where: str, nid: ua.NodeId, raw: Any, unit_name: str) -> int:
         """Ask the runtime to reload the unit's recipe; Good when pending for the next cycle."""
@@ -670,7 +673,7 @@ class HmiServer:
         pending = self._units[unit_name].pending_reload_sha256
         text = f"refused: {why}" if why else f"pending: recipe {pending} is applied at the next cycle"
         if self._server is not None:
-            ts = dt.datetime.fromtimestamp(self._utc(), dt.timezone.utc)
+            ts = dt.datetime.fromtimestamp(self._utc(), dt.UTC)
             await self._write_batch([(self._nodes[unit_name].fixed["ReloadStatus"], _dv(text, _VT.String, ts))])
         return self._refuse(user, where, nid, raw, code, why) if why else code
 
@@ -679,7 +682,7 @@ class HmiServer:
         """Start, hold, resume or abort the unit's batch; BadInvalidState (reason audited) when refused."""
         why = self._units[unit_name].batch_command(command, user.name or "?", where)
         if self._server is not None:
-            ts = dt.datetime.fromtimestamp(self._utc(), dt.timezone.utc)
+            ts = dt.datetime.fromtimestamp(self._utc(), dt.UTC)
             text = f"refused {command}: {why}" if why else f"{command}: accepted"
             await self._write_batch([(self._nodes[unit_name].fixed["BatchCommandStatus"], _dv(text, _VT.String, ts))])
         return self._refuse(user, where, nid, raw, ua.StatusCodes.BadInvalidState, why) if why else ua.StatusCodes.Good
@@ -764,7 +767,7 @@ def _variant_type(value: Any) -> ua.VariantType | None:
 
 def _placeholder(vtype: ua.VariantType) -> Any:
     return {_VT.Boolean: False, _VT.Int64: 0, _VT.Double: 0.0, _VT.String: "",
-            _VT.DateTime: dt.datetime.fromtimestamp(0, dt.timezone.utc)}[vtype]
+            _VT.DateTime: dt.datetime.fromtimestamp(0, dt.UTC)}[vtype]
 
 
 def _plain(value: Any) -> Any:

@@ -7,8 +7,9 @@ inputs, disturbances, parameters (time-invariant models; time in seconds).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import TypeVar
 
 import casadi as ca
 import numpy as np
@@ -138,6 +139,6 @@ def rk4(rhs: Callable[[SymT], SymT], x: SymT, h: SymT | float, substeps: int = 1
     return out
 
 
-def smooth_pos(x: ca.SX, width: float) -> ca.SX:
+def smooth_pos(x: ca.SX, width: float | ca.SX) -> ca.SX:
     """Smooth max(0, x); exact to within ``width``/2, differentiable everywhere."""
     return 0.5 * (x + ca.sqrt(x * x + width * width))

@@ -15,9 +15,8 @@ from controllers.tracking_feed import MvNames, TrackingFeedController
 from estimators.cell_ekf import BIASES, CellEkf, bindings_for
 from estimators.composite import CompositeEstimator
 from estimators.features import FeatureBindings, check_feature_names
-from estimators.filtered import AE_DETECTED
+from estimators.filtered import AE_DETECTED, FilteredEstimator
 from estimators.filtered import NAMES as FILTERED_NAMES
-from estimators.filtered import FilteredEstimator
 from estimators.soft_sensor import SoftSensorError, load_soft_sensor
 from sim.models import get_model
 
@@ -53,8 +52,8 @@ def signal_names(recipe: CellRecipe) -> Iterable[str]:
             raise ValueError("estimator.soft_sensor needs estimator.kind 'ekf'")
         soft_names = tuple(f"{soft.target}_soft{s}" for s in ("", "_raw", "_bias"))
     if recipe.estimator.kind == "ekf":
-        return FILTERED_NAMES + (AE_DETECTED,) + model.state_names + tuple(b.name for b in BIASES) + EKF_EXTRAS + soft_names
-    return FILTERED_NAMES + (AE_DETECTED,)
+        return (*FILTERED_NAMES, AE_DETECTED, *model.state_names, *(b.name for b in BIASES), *EKF_EXTRAS, *soft_names)
+    return (*FILTERED_NAMES, AE_DETECTED)
 
 
 def file_problems(recipe: CellRecipe, recipe_dir: Path) -> list[tuple[str, str]]:

@@ -36,7 +36,6 @@ from types import MappingProxyType
 from typing import Any
 
 from apc.cycle_record import CycleRecord
-
 from sim.models.nd_cell import F_C_PER_MOL, M_ND_KG_PER_MOL
 
 __all__ = [

@@ -3,11 +3,11 @@ MVs (see :mod:`apc.trend_layout`)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from apc.record_table import input_key
-from apc.trend_layout import (Band, Figure, Panel, Series, TrendLayout, header_mvs, input_with_unit, mv_panel,
-                              ylabel)
+from apc.trend_layout import Band, Figure, Panel, Series, TrendLayout, header_mvs, input_with_unit, mv_panel, ylabel
 
 
 def _sample(header: Mapping[str, Any], name: str | None, label: str) -> tuple[Series, ...]:
@@ -32,12 +32,13 @@ def cv_figure(header: Mapping[str, Any]) -> Figure:
             Series("estimate.bath_temp_degC", "estimate", sigma_column="estimate.bath_temp_degC_sigma"),
             Series("estimate.bath_temp_degC_soft", "soft sensor", "dashed"),
             Series("truth.bath_temp_degC", "simulator truth", "dashed"),
-        ) + _sample(header, input_with_unit(header, "degC", ("sample",)), "dip sample")),
+            *_sample(header, input_with_unit(header, "degC", ("sample",)), "dip sample"),
+        )),
         Panel(ylabel("dissolved oxide", "wt%"), (
-            Series("estimate.dissolved_oxide_wtpct", "estimate",
-                   sigma_column="estimate.dissolved_oxide_std_wtpct"),
+            Series("estimate.dissolved_oxide_wtpct", "estimate", sigma_column="estimate.dissolved_oxide_std_wtpct"),
             Series("truth.dissolved_oxide_wtpct", "simulator truth", "dashed"),
-        ) + _sample(header, input_with_unit(header, "wt%", ("sample",)), "lab sample"), bands=bands),
+            *_sample(header, input_with_unit(header, "wt%", ("sample",)), "lab sample"),
+        ), bands=bands),
     )
     return Figure("cvs", "Cell: controlled variables", panels)
 

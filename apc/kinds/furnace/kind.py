@@ -125,7 +125,7 @@ class FurnaceKind:
                 if name is not None and name not in known:
                     checks.unknown_signal(("batch", key), f"batch.{key}", name)
         for key in ("curve", "batch"):
-            if key in parts and parts[key] is None or key not in parts and not checks.has_section(key):
+            if (key in parts and parts[key] is None) or (key not in parts and not checks.has_section(key)):
                 checks.problem(("unit_kind",), key, "a furnace recipe needs this section")
         if controller is not None:
             if controller.kind == "baseline" and controller.pid is None:

@@ -4,11 +4,23 @@ pressure against its limit (see :mod:`apc.trend_layout`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 from apc.record_table import input_key
-from apc.trend_layout import Band, Figure, Level, Panel, Series, TrendLayout, header_inputs, header_mvs, mv_panel, ylabel
+from apc.trend_layout import (
+    Band,
+    Figure,
+    Level,
+    Panel,
+    Series,
+    TrendLayout,
+    header_inputs,
+    header_mvs,
+    mv_panel,
+    ylabel,
+)
 
 
 def temperature_panel(header: Mapping[str, Any], columns: frozenset[str]) -> Panel:
@@ -19,8 +31,9 @@ def temperature_panel(header: Mapping[str, Any], columns: frozenset[str]) -> Pan
     measured = tuple(Series(input_key(header, name), f"{name} (measured)")
                      for name, spec in header_inputs(header).items() if spec.get("unit") == "degC")
     series = (Series("batch.target_degC", "curve target", "step"),
-              Series(f"estimate.{controlled}", f"{controlled} estimate", sigma_column=sigma)) + measured + (
-              Series(f"truth.{controlled}", f"{controlled} simulator truth", "dashed"),)
+              Series(f"estimate.{controlled}", f"{controlled} estimate", sigma_column=sigma),
+              *measured,
+              Series(f"truth.{controlled}", f"{controlled} simulator truth", "dashed"))
     return Panel(ylabel("temperature", "degC"), series,
                  bands=(Band("curve band", "batch.lower_degC", "batch.upper_degC"),))
 
@@ -49,7 +62,7 @@ def batch_figure(header: Mapping[str, Any], columns: frozenset[str]) -> Figure:
     for name, spec in header_mvs(header, columns).items():
         panel = mv_panel(header, name, with_limits=spec.get("kind", "setpoint") == "setpoint")
         if str(spec.get("model_input") or "").endswith("_kW"):
-            panel = replace(panel, series=panel.series + (Series("batch.stage_power_kW", "curve power stage", "step"),))
+            panel = replace(panel, series=(*panel.series, Series("batch.stage_power_kW", "curve power stage", "step")))
         panels.append(panel)
     pressure = pressure_panel(header)
     if pressure is not None:

@@ -5,7 +5,7 @@ noise, bounds, and the seeding of the temperatures from the charge thermocouple.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
