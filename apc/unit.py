@@ -543,7 +543,7 @@ class Unit:
         c.read_utc = self._now(c)
         stage = STAGES[0]
         try:
-            # noqa below: ``stage`` names the block that raised, read by the handler
+            # B007 silenced below: ``stage`` names the block that raised, read by the handler
             for stage, block in (("validate", self._validate), ("estimate", self._estimate),  # noqa: B007
                                  ("batch", self._advance_batch), ("modes", self._decide), ("control", self._control),
                                  ("permissives", self._permissives), ("guard", self._guard),
