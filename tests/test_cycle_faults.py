@@ -198,4 +198,4 @@ def test_every_move_is_audited_before_it_is_written() -> None:
     moved = [(tags, intent) for tags, intent in witness.seen if tags]
     assert moved
     for tags, intent in moved:
-        assert set(tags) <= {w.tag for w in intent}
+        assert set(tags) <= {w["tag"] for w in intent}
