@@ -84,7 +84,7 @@ def test_reload_in_standby_applies_limits_and_tuning_at_the_next_cycle(tmp_path:
     assert su.unit.controller is not old_controller and su.unit.controller.cfg.nominal_feed_kg_h == 9.0
     assert su.unit.mvs["anode_move"].enabled is False and su.unit.mvs["oxide_feed"].enabled is True
     assert rec.mode.requested == rec.mode.actual == "STANDBY"
-    assert "recipe_reload" not in su.step()[0], "applied once"
+    assert su.step()[0].recipe_reload is None, "applied once"
     (event,) = audit.events("recipe_reload")
     assert (event["who"], event["old"], event["new"], event["sections"]) == (
         "erin", old_sha, new_sha, ["controller", "limits"])
@@ -109,7 +109,7 @@ def test_broken_or_incompatible_recipe_file_is_refused(tmp_path: Path) -> None:
     assert "tag bindings changed (io.mvs.oxide_feed.tag)" in tag_why
     assert su.unit.pending_reload_sha256 is None
     assert [e["why"] for e in audit.events("recipe_reload_refused")] == [why, tag_why]
-    assert "recipe_reload" not in su.step()[0]
+    assert su.step()[0].recipe_reload is None
 
 
 def test_hmi_reload_is_engineer_only(pki: Pki, tmp_path: Path) -> None:
