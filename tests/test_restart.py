@@ -85,7 +85,7 @@ def test_latched_shed_limits_and_enables_come_back_after_a_restart(tmp_path: Pat
     assert second.unit.mvs["current_sp"].limits.operator == (5.5, 6.2)
     assert second.unit.mvs["oxide_feed"].enabled is False
     restored = [e for e in second.lines.events() if e["event"] == "unit_state_restored"]
-    assert len(restored) == 1 and restored[0].shed_reason == shed_reason
+    assert len(restored) == 1 and restored[0]["shed_reason"] == shed_reason
     assert restored[0]["mvs"]["current_sp"]["operator_limits"] == [5.5, 6.2]
     recs = second.step(200)
     assert all(r.mode.actual == "STANDBY" and r.shed_reason == shed_reason for r in recs)
@@ -144,7 +144,7 @@ def test_a_process_start_on_a_real_plant_never_requests_on(tmp_path: Path) -> No
     assert len(starts) == 1 and starts[0]["new"] == "STANDBY" and starts[0]["why"] == "process start"
     assert not [e for e in audit if e["event"] == "mode_change" and e["new"] == "ON"]
     last = read_record(next((tmp_path / "rec").glob("cell-ua-*.apcrec"))).cycle_records()[-1]
-    assert last.mode == {"requested": "STANDBY", "actual": "STANDBY", "hold": "", "mvs": last.mode.mvs}
+    assert (last.mode.requested, last.mode.actual, last.mode.hold) == ("STANDBY", "STANDBY", "")
     assert last.estimate.health == "ok"  # it could have gone ON: only the missing operator request kept it out
     assert (tmp_path / "state" / "cell-ua" / "unit_state.json").is_file()
 
