@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,24 @@ def _checks(b: dict[str, Any], m: dict[str, Any]) -> dict[str, bool | None]:
     }
 
 
+def print_seed_rows(seeds: list[int], keys: tuple[str, ...],
+                    kpis: Callable[[int, str], dict[str, Any]]) -> None:
+    """Each seed's KPI rows for both controllers, its targets, and the targets met over all seeds."""
+    totals: dict[str, list[bool | None]] = {}
+    for s in seeds:
+        for c in CONTROLLERS:
+            k = kpis(s, c)
+            print(f"{s:4d} {c:8s} " + " ".join(f"{float(k[x]):13.2f}" for x in keys))
+        checks = _checks(kpis(s, "baseline"), kpis(s, "mpc"))
+        for name, ok in checks.items():
+            totals.setdefault(name, []).append(ok)
+        print(f"{'':13s} targets: " + ", ".join(
+            f"{n} {'n/a (baseline unfinished)' if ok is None else 'ok' if ok else 'MISSED'}"
+            for n, ok in checks.items()))
+    print("targets met, per seed judged: " + ", ".join(
+        f"{n} {sum(1 for x in v if x)}/{sum(1 for x in v if x is not None)}" for n, v in totals.items()))
+
+
 def main() -> None:
     """Run both controllers on every seed of the chosen furnaces and print the comparison."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,19 +114,7 @@ def main() -> None:
         loaded = load(RECIPES[furnace])
         print(f"\n{furnace}: {RECIPES[furnace].name} (sha256 {loaded.sha256[:12]})")
         print(f"{'seed':>4s} {'ctrl':8s} " + " ".join(f"{k[:13]:>13s}" for k in keys))
-        totals: dict[str, list[bool | None]] = {}
-        for s in seeds:
-            for c in CONTROLLERS:
-                k = runs[(furnace, s, c)]
-                print(f"{s:4d} {c:8s} " + " ".join(f"{float(k[x]):13.2f}" for x in keys))
-            checks = _checks(runs[(furnace, s, "baseline")], runs[(furnace, s, "mpc")])
-            for name, ok in checks.items():
-                totals.setdefault(name, []).append(ok)
-            print(f"{'':13s} targets: " + ", ".join(
-                f"{n} {'n/a (baseline unfinished)' if ok is None else 'ok' if ok else 'MISSED'}"
-                for n, ok in checks.items()))
-        print("targets met, per seed judged: " + ", ".join(
-            f"{n} {sum(1 for x in v if x)}/{sum(1 for x in v if x is not None)}" for n, v in totals.items()))
+        print_seed_rows(seeds, keys, lambda s, c, f=furnace: runs[(f, s, c)])
 
 
 if __name__ == "__main__":

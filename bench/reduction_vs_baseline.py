@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from furnace_vs_baseline import (  # same targets and seed syntax as the other furnaces (bench/ is on sys.path when run)
-    _checks,
+from furnace_vs_baseline import (  # same targets, seed syntax and table as the other furnaces (bench/ is on sys.path)
     _seeds,
+    print_seed_rows,
 )
 
 from apc.assembly import load
@@ -74,19 +74,7 @@ def main() -> None:
             print(f"done seed {seed} {controller:8s} in {wall:5.0f} s (batch {meta.get('batch')})", flush=True)
     keys = FURNACE_KPI_KEYS[:8]
     print(f"\n{'seed':>4s} {'ctrl':8s} " + " ".join(f"{k[:13]:>13s}" for k in keys))
-    totals: dict[str, list[bool | None]] = {}
-    for s in seeds:
-        for c in CONTROLLERS:
-            k = runs[(s, c)]
-            print(f"{s:4d} {c:8s} " + " ".join(f"{float(k[x]):13.2f}" for x in keys))
-        checks = _checks(runs[(s, "baseline")], runs[(s, "mpc")])
-        for name, ok in checks.items():
-            totals.setdefault(name, []).append(ok)
-        print(f"{'':13s} targets: " + ", ".join(
-            f"{n} {'n/a (baseline unfinished)' if ok is None else 'ok' if ok else 'MISSED'}"
-            for n, ok in checks.items()))
-    print("targets met, per seed judged: " + ", ".join(
-        f"{n} {sum(1 for x in v if x)}/{sum(1 for x in v if x is not None)}" for n, v in totals.items()))
+    print_seed_rows(seeds, keys, lambda s, c: runs[(s, c)])
 
 
 if __name__ == "__main__":
