@@ -135,6 +135,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from apc.alarms.book import AlarmStateError
     from apc.assembly import AssemblyError, load_site_file
     from apc.batch import BatchStateError
     from apc.hmi.server import HmiServerError
@@ -163,7 +164,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                     record_dir=Path(args.record_dir) if args.record_dir else None,
                                     bindings_dir=Path(args.bindings) if args.bindings else None,
                                     virtual_plant=plant, compute_workers=args.compute_workers))
-    except (AssemblyError, HmiServerError, UsersFileError, BatchStateError, ScenarioError, OSError) as exc:
+    except (AssemblyError, HmiServerError, UsersFileError, BatchStateError, ScenarioError, AlarmStateError,
+            OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from apc.alarms.book import ALARMS_FILE_NAME, AlarmBook
+from apc.alarms.monitor import SiteAlarms
 from apc.assembly import build_sim_unit, load
 from apc.audit import make_logger
 from apc.clock import RealClock
@@ -98,7 +100,9 @@ async def run_site(
     n_workers = site.compute_workers if compute_workers is None else compute_workers
     pool = ComputePool(default_workers() if n_workers < 0 else n_workers, log=audit, speed=lambda: clock.speed) \
         if n_workers != 0 else None
+    alarms = SiteAlarms(AlarmBook(loaded.path.parent / site.state_dir / ALARMS_FILE_NAME, audit=audit))
     try:
+        alarms.book.load(clock.utc())  # active and unacknowledged alarms survive a restart
         if pool is not None:
             await pool.start()
         if virtual_plant is not None:
@@ -124,7 +128,7 @@ async def run_site(
         if pool is not None:
             await pool.ready()  # every unit's estimator and controller built in its worker
         if site.hmi is not None:
-            hmi = _hmi_server(loaded, units, audit, clock)
+            hmi = _hmi_server(loaded, units, audit, clock, alarms.book)
             await hmi.start()
         # The start is accepted: from here on everything is journalled.
         audit_file = RotatingTextFile(rdir / "audit.jsonl", max_bytes=int(site.rotate_mb * 1e6),
@@ -153,7 +157,7 @@ async def run_site(
         start_s = clock.monotonic()  # plant time went on while the units were built: start from now
         last_cycle = {u.name: time.monotonic() for u in units}
         unit_stats = [ScheduleStats() for _ in units]
-        tasks = [asyncio.create_task(_run_unit(u, clock, hours, stop, audit, out, status_every_s, hmi,
+        tasks = [asyncio.create_task(_run_unit(u, clock, hours, stop, audit, out, status_every_s, hmi, alarms,
                                                phase=i / len(units), deadlines=pool is not None,
                                                start_s=start_s, last_cycle=last_cycle, stats=unit_stats[i]))
                  for i, u in enumerate(units)]
@@ -317,7 +321,7 @@ def _first_mode(unit: Unit, requested: Mode, real_plant: bool) -> Mode:
     return requested
 
 
-def _hmi_server(loaded: LoadedSite, units: list[Unit], audit: Any, clock: RealClock) -> HmiServer:
+def _hmi_server(loaded: LoadedSite, units: list[Unit], audit: Any, clock: RealClock, alarms: AlarmBook) -> HmiServer:
     hs = loaded.site.hmi
     assert hs is not None
     base = loaded.path.parent
@@ -325,11 +329,12 @@ def _hmi_server(loaded: LoadedSite, units: list[Unit], audit: Any, clock: RealCl
                      cert_path=base / hs.certificate, key_path=base / hs.private_key,
                      allow_insecure_loopback=hs.allow_insecure_loopback, audit=audit, clock_utc=clock.utc,
                      trusted_clients=None if hs.trusted_clients is None else base / hs.trusted_clients,
-                     reload=reload_callback({u.name: u for u in units}, clock.utc))
+                     reload=reload_callback({u.name: u for u in units}, clock.utc), alarms=alarms)
 
 
 async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asyncio.Event, audit: Any,
-                    out: TextIO, status_every_s: float, hmi: HmiServer | None = None, *, phase: float = 0.0,
+                    out: TextIO, status_every_s: float, hmi: HmiServer | None = None,
+                    alarms: SiteAlarms | None = None, *, phase: float = 0.0,
                     deadlines: bool = True, start_s: float = 0.0, last_cycle: dict[str, float] | None = None,
                     stats: ScheduleStats | None = None) -> ScheduleStats:
     """One unit's cycles on its slots ``t0 + k·period`` for ``hours`` from ``start_s``, ``t0`` the first
@@ -348,8 +353,10 @@ async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asy
         rec = await unit.cycle(k, slot, clock.monotonic(), clock.utc(), deadline)
         if last_cycle is not None:
             last_cycle[unit.name] = time.monotonic()  # what the service watchdog is fed on
+        changes = alarms.observe(unit, rec) if alarms is not None else []
         if hmi is not None:
             await hmi.publish(unit.name, rec)
+            await hmi.publish_alarms(changes)  # in the cycle that raised them
             if unit.batch is not None:
                 await hmi.update_batch(unit.name, hmi_batch_status(unit.batch.status()))
         if k % every == 0 or rec.shed:

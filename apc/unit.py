@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from apc.alarms.rules import UnitSignals
 from apc.compute import ComputeLate, ComputeLost, ControlRequest, InlineCompute, Parts, UnitCompute
 from apc.cycle_record import (
     BatchRecord,
@@ -241,6 +242,12 @@ class Unit:
         self._last_t: float | None = None
         self._last_values: Mapping[str, float] = {}
         self.sheds = 0
+        self.link_reason = ""
+        """Why the plant link is down as of the last cycle ('' when up)."""
+        self.heartbeat_reason = ""
+        """Why the DCS heartbeat was judged lost in the last cycle ('' when fine)."""
+        self.compute_restarts = 0
+        """Times this unit's computation was lost and restarted."""
         self.guard_clamps = 0
         self.stage_faults: Counter[str] = Counter()
         """Exceptions caught per cycle block (see :data:`STAGES`)."""
@@ -592,6 +599,7 @@ class Unit:
     def _lost(self, c: _Cycle, why: str) -> None:
         """The computation was restarted: a fresh estimator must re-warm; the unit sheds (latched)."""
         reason = f"compute worker restarted: {why}"
+        self.compute_restarts += 1
         self._audit("error", "compute_lost", utc=c.utc, cycle=c.k, why=why)
         c.estimate = Estimate((), (), (), None, reason)
         self._shed_now(c, reason)
@@ -691,6 +699,7 @@ class Unit:
         left_remote = [n for n, mv in self.mvs.items() if mv.enabled and mv.engaged_cycles >= 2 and remote[n] is False]
         immediate = f"DCS took loop(s) out of remote: {', '.join(left_remote)}" if left_remote else ""
         link_reason = c.link_error or self._hb_write_error or hb_reason
+        self.link_reason, self.heartbeat_reason = c.link_error or self._hb_write_error, hb_reason
         cond = ModeConditions(
             t_s=c.t_s,
             healthy=c.inputs_ok and estimate.healthy,
@@ -847,6 +856,11 @@ class Unit:
         c.writes, c.dropped = [w for w in writes if w.tag in allowed], [w.tag for w in writes if w.tag not in allowed]
 
     # ------------------------------------------------------------ journal and write
+    @property
+    def alarm_signals(self) -> UnitSignals:
+        """What the alarm rules need besides the cycle record."""
+        return UnitSignals(self.link_reason, self.heartbeat_reason, self.journal_error, self.compute_restarts)
+
     @property
     def journal_error(self) -> str:
         """Why the audit log or the flight record cannot be written ('' when both can): meanwhile the

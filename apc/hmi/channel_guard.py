@@ -39,6 +39,8 @@ and refuses to start otherwise, rather than run unprotected.
 
 from __future__ import annotations
 
+import contextvars
+
 import inspect
 import ipaddress
 import logging
@@ -61,7 +63,7 @@ from asyncua.ua.ua_binary import struct_from_binary, uatcp_to_binary
 from apc.hmi.login import LoginGate, LoginSource, LoginVerdict, certificate_thumbprint, client_uri
 from plant_io.ua_values import error_message, node_id, status_code
 
-__all__ = ["ChannelGuard", "ChannelGuardError", "ChannelRules", "GuardedProcessor", "GuardedServer",
+__all__ = ["REQUEST_USER", "ChannelGuard", "ChannelGuardError", "ChannelRules", "GuardedProcessor", "GuardedServer",
            "check_hook_points", "is_loopback_host", "service_name"]
 
 _log = logging.getLogger(__name__)
@@ -74,6 +76,11 @@ DISCOVERY_SERVICES = frozenset({node_id(ua.ObjectIds.GetEndpointsRequest_Encodin
 """The only services served over a channel that is not an offered secure one."""
 ASYNCUA_SERIES = (2, 1)
 """The asyncua release series whose internals this module was checked against."""
+
+
+REQUEST_USER: contextvars.ContextVar[Any] = contextvars.ContextVar("hmi_request_user", default=None)
+"""The user of the session whose request is being served (asyncua passes none to method callbacks:
+a Call is judged by the caller's role through this)."""
 
 
 class ChannelGuardError(Exception):
@@ -233,8 +240,13 @@ class GuardedProcessor(UaProcessor):
         return await self._dispatch(typeid, requesthdr, seqhdr, body)
 
     async def _dispatch(self, typeid: ua.NodeId, requesthdr: Any, seqhdr: Any, body: Any) -> bool:
-        """asyncua's own handling of one request (unannotated there): True when it was answered."""
-        return bool(await super()._process_message(typeid, requesthdr, seqhdr, body))  # type: ignore[no-untyped-call]
+        """asyncua's own handling of one request (unannotated there): True when it was answered. The
+        session's user is known to method callbacks during it (:data:`REQUEST_USER`)."""
+        token = REQUEST_USER.set(getattr(self.session, "user", None) if self.session is not None else None)
+        try:
+            return bool(await super()._process_message(typeid, requesthdr, seqhdr, body))  # type: ignore[no-untyped-call]
+        finally:
+            REQUEST_USER.reset(token)
 
     def _origin(self) -> SessionOrigin:
         policy = self._connection.security_policy

@@ -35,6 +35,7 @@ Address space (namespace :data:`HMI_NAMESPACE`, string node ids shown)::
         Estimate/<state>/Value, Sigma (sqrt of P diagonal)
         Predictions/<cv>/Next (Double), Trajectory (Double[])
         Batch/State, Segment (String) and whatever :meth:`HmiServer.update_batch` adds
+        Alarms/<cause>  alarm conditions, created when first raised (:mod:`apc.hmi.alarm_events`)
 
 Node id of ``<unit>/MVs/<mv>/Enabled`` is ``s=<unit>.MVs.<mv>.Enabled`` (see :func:`hmi_node_id`).
 
@@ -68,7 +69,9 @@ from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User,
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.server.address_space import AttributeService
 
+from apc.alarms.book import AlarmBook, AlarmChange
 from apc.cycle_record import CycleRecord
+from apc.hmi.alarm_events import AlarmEvents
 from apc.hmi.certs import application_uri_of
 from apc.hmi.channel_guard import ChannelGuard, ChannelGuardError, ChannelRules, GuardedServer, is_loopback_host
 from apc.hmi.login import HmiUserManager, LoginGate, PasswordPool
@@ -191,6 +194,7 @@ class HmiServer:
         throttle: LoginThrottle | None = None,
         password_pool: PasswordPool | None = None,
         reload: ReloadCallback | None = None,
+        alarms: AlarmBook | None = None,
     ) -> None:
         url = urlparse(endpoint_url)
         if url.scheme != "opc.tcp" or not url.hostname or url.port is None:
@@ -230,6 +234,8 @@ class HmiServer:
         self._throttle = throttle
         self._password_pool = password_pool
         self._reload = reload
+        self._alarm_book = alarms
+        self._alarm_events: AlarmEvents | None = None
         self._server: GuardedServer | None = None
         self._gate: LoginGate | None = None
         self.trust_list = TrustList(self._trusted, audit=audit, clock_utc=clock_utc)
@@ -306,6 +312,11 @@ class HmiServer:
             self._ns = await server.register_namespace(HMI_NAMESPACE)
             await self._build()
             await server.start()
+            if self._alarm_book is not None:
+                self._alarm_events = AlarmEvents(server, self._ns, self._alarm_book,
+                                                 {n: self._nid(n) for n in self._units}, audit=self._audit,
+                                                 clock_utc=self._utc, where=self._where)
+                await self._alarm_events.start([AlarmChange(a, "restored") for a in self._alarm_book.alarms()])
         except BaseException as exc:
             self._server = None
             if isinstance(exc, ChannelGuardError):
@@ -342,6 +353,7 @@ class HmiServer:
         """Stop listening (idempotent)."""
         server, self._server = self._server, None
         gate, self._gate = self._gate, None
+        self._alarm_events = None
         if server is None:
             return
         try:
@@ -551,6 +563,12 @@ class HmiServer:
         writes.append((node_id(ua.ObjectIds.Server_ServerStatus_CurrentTime),
                        data_value(ua.Variant(now, _VT.DateTime), status_code(ua.StatusCodes.Good), now, None)))
         await self._write_batch(writes)
+
+    async def publish_alarms(self, changes: list[AlarmChange]) -> None:
+        """Send the alarm book's changes as Alarms & Conditions events (a no-op while not running or
+        without an alarm book)."""
+        if self._alarm_events is not None and changes:
+            await self._alarm_events.publish(changes)
 
     async def update_batch(self, unit_name: str, status: Mapping[str, Any]) -> None:
         """Create/update ``Batch/<key>`` nodes (str, bool, int, float or datetime values; None = no data).

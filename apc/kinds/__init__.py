@@ -14,12 +14,13 @@ See ``docs/adding_a_unit_kind.md``.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from apc.alarms.rules import AlarmRule
     from apc.compute import Parts
     from apc.curve_preview import CurvePreview
     from apc.cycle_record import CycleRecord
@@ -135,6 +136,9 @@ class UnitKind(Protocol):
     def trend_layout(self, header: Mapping[str, Any], columns: frozenset[str]) -> TrendLayout:
         """The figures ``apc plot`` draws of a record with this ``header`` and these table columns
         (:mod:`apc.record_table`)."""
+
+    def alarm_rules(self, recipe: Recipe) -> Sequence[AlarmRule]:
+        """The kind's own alarm rules besides the generic ones (:mod:`apc.alarms.rules`)."""
 
 
 class UnknownKindError(KeyError):

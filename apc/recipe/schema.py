@@ -237,6 +237,45 @@ class ModesSection:
                 raise ValueError(f"{name} must be a number > 0 (or omitted)")
 
 
+ALARM_CAUSES = ("shed", "batch_held", "estimator_unhealthy", "link_lost", "dcs_heartbeat_lost", "solver_failing",
+                "anode_effect", "anode_effect_forecast", "specific_energy_high", "recorder_failed",
+                "compute_restarted")
+"""Every alarm cause a unit raises (``docs/alarms.md``)."""
+
+
+@dataclass(frozen=True)
+class AlarmsSection:
+    """Thresholds and severities of the unit's alarms (``docs/alarms.md``)."""
+
+    solver_failing_n: int = 3
+    """``solver_failing`` is active while at least this many …"""
+    solver_failing_m: int = 10
+    """… of the last this many controller solves did not succeed."""
+    ae_forecast_probability: float = 0.5
+    """Cells: ``anode_effect_forecast`` is active while the forecast probability is at least this."""
+    specific_energy_max_kWh_kg: float | None = None
+    """Cells: ``specific_energy_high`` is active while the specific energy of the last tap interval
+    (measured voltage × current over the tapped metal) exceeds this; ``None``: no such alarm."""
+    severity: dict[str, int] = field(default_factory=dict)
+    """Severity (1–1000, OPC UA) per cause, overriding the defaults."""
+    disabled: tuple[str, ...] = ()
+    """Causes this unit never raises."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.solver_failing_n <= self.solver_failing_m:
+            raise ValueError("solver_failing_n must be >= 1 and <= solver_failing_m")
+        if not 0.0 < self.ae_forecast_probability <= 1.0:
+            raise ValueError("ae_forecast_probability must be in (0, 1]")
+        if self.specific_energy_max_kWh_kg is not None and not 0.0 < self.specific_energy_max_kWh_kg < float("inf"):
+            raise ValueError("specific_energy_max_kWh_kg must be a number > 0 (or omitted)")
+        for cause in (*self.severity, *self.disabled):
+            if cause not in ALARM_CAUSES:
+                raise ValueError(f"unknown alarm cause {cause!r}; known: {', '.join(ALARM_CAUSES)}")
+        for cause, sev in self.severity.items():
+            if not 1 <= sev <= 1000:
+                raise ValueError(f"severity of {cause} must be 1..1000, got {sev}")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """One unit: model, bindings, tuning, limits, permissives. Each unit kind subclasses it with its
@@ -255,6 +294,7 @@ class Recipe:
     limits: dict[str, MvLimits]
     permissives: dict[str, Permissive] = field(default_factory=dict)
     modes: ModesSection = field(default_factory=ModesSection)
+    alarms: AlarmsSection = field(default_factory=AlarmsSection)
     kpi_warmup_h: float = 6.0
     """KPIs are computed from the simulator's truth after this warm-up."""
     description: str = ""

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from apc.alarms.rules import AlarmRule
 from apc.compute import Parts
 from apc.curve_preview import CurvePreview
 from apc.cycle_record import CycleRecord
 from apc.kinds import RecipeChecks, SimDriver
 from apc.kinds.electrolysis_cell import assembly, trends
+from apc.kinds.electrolysis_cell.alarms import SpecificEnergyRule
 from apc.kinds.electrolysis_cell.kpi import KPI_LABELS, KpiAccumulator, KpiConfig
 from apc.kinds.electrolysis_cell.recipe import CellRecipe
 from apc.protocols import BatchRunner, Clock, KpiSink
@@ -138,6 +140,10 @@ class ElectrolysisCell:
     def trend_layout(self, header: Mapping[str, Any], columns: frozenset[str]) -> TrendLayout:
         """CVs (voltage, bath temperature, oxide) and MVs (see :mod:`apc.kinds.electrolysis_cell.trends`)."""
         return trends.trend_layout(header, columns)
+
+    def alarm_rules(self, recipe: Recipe) -> Sequence[AlarmRule]:
+        """Specific energy per tap interval (:mod:`apc.kinds.electrolysis_cell.alarms`)."""
+        return (SpecificEnergyRule(recipe),)
 
 
 KIND = ElectrolysisCell()

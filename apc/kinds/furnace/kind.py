@@ -5,12 +5,13 @@ tunings and simulator files."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from apc.alarms.rules import AlarmRule
 from apc.audit import null_logger
 from apc.batch import Batch
 from apc.compute import Parts, PreviewHolder
@@ -249,3 +250,7 @@ class FurnaceKind:
     def trend_layout(self, header: Mapping[str, Any], columns: frozenset[str]) -> TrendLayout:
         """Temperature against the curve, MVs and pressure (see :mod:`apc.kinds.furnace.trends`)."""
         return trends.trend_layout(header, columns)
+
+    def alarm_rules(self, recipe: Recipe) -> Sequence[AlarmRule]:
+        """None besides the generic ones (a held batch is one of those)."""
+        return ()
