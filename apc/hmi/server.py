@@ -284,6 +284,9 @@ class HmiServer:
 
     async def _start(self, server: GuardedServer, gate: LoginGate) -> None:
         await gate.start()
+        # ConditionRefresh (Part 9) re-sends retained alarms to a new subscriber; its Refresh events get
+        # this severity (asyncua's flag doubles as it)
+        server.iserver.bind_condition_methods = 100
         await server.init()
         server.disable_clock()  # CurrentTime is refreshed by publish(): no 1 s task to wait for at stop
         server.allow_remote_admin(False)
