@@ -201,3 +201,39 @@ def test_unacknowledged_alarms_survive_a_restart_and_come_back_on_condition_refr
 
     asyncio.run(second())
     assert audit.events("alarms_restored")
+
+
+def test_apc_alarms_lists_and_acknowledges_from_the_command_line(pki: HmiPki, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`apc alarms` lists the active shed; `--ack` by a viewer is refused (exit 1), by an operator accepted and audited."""
+    from apc.cli import main
+
+    audit = Audit()
+    su = SimUnit(scen=scenario(events=_bad_voltage(600, 30)), audit=audit.logger, name=UNIT, seed=3)
+    rig = Rig(pki, tmp_path, su, audit)
+    cid = f"{UNIT}.Alarms.shed"
+
+    async def run() -> None:
+        async with rig.server:
+            su.request(Mode.ON)
+            await rig.until(lambda r: r.mode.actual == "ON", 1000)
+            await rig.until(lambda r: r.shed, 400)
+            url = rig.server.endpoint_url
+
+            def apc(user: str, *args: str) -> int:
+                return main(["alarms", "--endpoint", url, "--credentials", str(pki.creds_file(user)), *args])
+
+            assert await asyncio.to_thread(apc, "vic", "--json") == 0
+            listed = json.loads(capsys.readouterr().out)
+            shed = next(a for a in listed if a["condition"] == cid)
+            assert (shed["unit"], shed["active"], shed["acked"], shed["severity"]) == (UNIT, True, False, 700)
+            assert await asyncio.to_thread(apc, "vic", "--ack", cid) == 1
+            assert "refused: BadUserAccessDenied" in capsys.readouterr().out
+            assert await asyncio.to_thread(apc, "olga", "--ack", cid, "--comment", "on it") == 0
+            assert f"{cid}: acknowledged" in capsys.readouterr().out
+            assert await asyncio.to_thread(apc, "vic") == 0
+            line = next(x for x in capsys.readouterr().out.splitlines() if cid in x)
+            assert "ACTIVE" in line and "unacked" not in line
+
+    asyncio.run(run())
+    assert [(e["who"], e["comment"]) for e in audit.events("alarm_acknowledged")] == [("olga", "on it")]

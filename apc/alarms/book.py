@@ -12,7 +12,6 @@ call gives the plant's UTC.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +81,7 @@ class AlarmRefused(Exception):
         super().__init__(why)
         self.code = code
         """``unknown``, ``already_acked``, ``already_confirmed``, ``not_acked``, ``not_shelved``,
-        ``already_shelved`` or ``bad_duration``."""
+        ``already_shelved``, ``not_active`` or ``bad_duration``."""
 
 
 class AlarmStateError(Exception):
@@ -183,11 +182,11 @@ class AlarmBook:
                     a, active=False, changed_utc=utc, changes=a.changes + 1,
                     shelved="" if oneshot else a.shelved, shelved_until_utc=None if oneshot else a.shelved_until_utc),
                     "cleared"))
-            a = self._alarms[a.condition_id]
-            if a.shelved == "timed" and a.shelved_until_utc is not None and utc >= a.shelved_until_utc:
-                changes.append(self._put(dataclasses.replace(a, shelved="", shelved_until_utc=None, changed_utc=utc,
-                                                             changes=a.changes + 1), "unshelved", who="runtime",
-                                         comment="timed shelve expired"))
+            now_a = self._alarms[a.condition_id]
+            if now_a.shelved == "timed" and now_a.shelved_until_utc is not None and utc >= now_a.shelved_until_utc:
+                changes.append(self._put(dataclasses.replace(now_a, shelved="", shelved_until_utc=None,
+                                                             changed_utc=utc, changes=now_a.changes + 1),
+                                         "unshelved", who="runtime", comment="timed shelve expired"))
         for ch in changes:
             self._journal(ch, utc)
         if changes:
@@ -276,8 +275,3 @@ def retained_summary(alarms: Iterable[Alarm]) -> str:
         shelf = f" shelved({a.shelved})" if a.shelved else ""
         lines.append(f"{a.severity:4d} {a.condition_id:40s} {state}{shelf}  {a.message}")
     return "\n".join(lines)
-
-
-def finite_or_none(x: float | None) -> float | None:
-    """JSON-safe float."""
-    return x if x is not None and math.isfinite(x) else None

@@ -96,8 +96,9 @@ class UnitAlarmRules:
             self._solves.append(record.plan.status == SolverStatus.OK.value)
             failed = sum(not ok for ok in self._solves)
             if failed >= self.section.solver_failing_n:
+                why = f": {record.plan.reason}" if record.plan.reason else ""
                 yield "solver_failing", (f"{failed} of the last {len(self._solves)} controller solves failed "
-                                         f"(last: {record.plan.status}{': ' + record.plan.reason if record.plan.reason else ''})")
+                                         f"(last: {record.plan.status}{why})")
         extras = record.estimate.extras
         if extras.get(AE_DETECTED, 0.0) >= 0.5:
             yield "anode_effect", "anode effect detected on the measured cell voltage"
@@ -105,4 +106,5 @@ class UnitAlarmRules:
         if p >= self.section.ae_forecast_probability:
             lead = extras.get(AE_FORECAST_LEAD_S, math.nan)
             when = f", expected in about {max(lead, 0.0) / 60.0:.0f} min" if math.isfinite(lead) else ""
-            yield "anode_effect_forecast", f"anode effect forecast (probability ≥ {self.section.ae_forecast_probability:g}{when})"
+            threshold = self.section.ae_forecast_probability
+            yield "anode_effect_forecast", f"anode effect forecast (probability ≥ {threshold:g}{when})"

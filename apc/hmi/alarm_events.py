@@ -112,7 +112,7 @@ class AlarmEvents:
         gen = self._generators.get(alarm.condition_id)
         if gen is None:
             nid = await self._condition_node(alarm)
-            event = AlarmCondition(sourcenode=self._folders[alarm.unit], severity=alarm.severity)
+            event: Any = AlarmCondition(sourcenode=self._folders[alarm.unit], severity=alarm.severity)
             event.add_property("NodeId", nid, _VT.NodeId)  # the ConditionId (Part 9, 5.5.2)
             event.add_property("ShelvingState/CurrentState", None, _VT.LocalizedText)
             event.add_property("ShelvingState/UnshelveTime", None, _VT.Double)
@@ -135,14 +135,14 @@ class AlarmEvents:
         ev.LastSeverity = alarm.severity
         ev.Retain = alarm.retain
         ev.BranchId = ua.NodeId()
-        setattr(ev, "EnabledState", _lt("Enabled"))
+        ev.EnabledState = _lt("Enabled")
         setattr(ev, "EnabledState/Id", True)
-        setattr(ev, "ActiveState", _lt("Active" if alarm.active else "Inactive"))
+        ev.ActiveState = _lt("Active" if alarm.active else "Inactive")
         setattr(ev, "ActiveState/Id", alarm.active)
         setattr(ev, "ActiveState/TransitionTime", dt.datetime.fromtimestamp(alarm.active_since_utc, dt.UTC))
-        setattr(ev, "AckedState", _lt("Acknowledged" if alarm.acked else "Unacknowledged"))
+        ev.AckedState = _lt("Acknowledged" if alarm.acked else "Unacknowledged")
         setattr(ev, "AckedState/Id", alarm.acked)
-        setattr(ev, "ConfirmedState", _lt("Confirmed" if alarm.confirmed else "Unconfirmed"))
+        ev.ConfirmedState = _lt("Confirmed" if alarm.confirmed else "Unconfirmed")
         setattr(ev, "ConfirmedState/Id", alarm.confirmed)
         ev.SuppressedOrShelved = bool(alarm.shelved)
         state = {"": "Unshelved", "timed": "TimedShelved", "oneshot": "OneShotShelved"}[alarm.shelved]
@@ -150,7 +150,7 @@ class AlarmEvents:
         left_ms = ((alarm.shelved_until_utc - alarm.changed_utc) * 1000.0
                    if alarm.shelved == "timed" and alarm.shelved_until_utc is not None else 0.0)
         setattr(ev, "ShelvingState/UnshelveTime", left_ms)
-        setattr(ev, "Comment", _lt(alarm.comment))
+        ev.Comment = _lt(alarm.comment)
         ev.ClientUserId = change.who
         ev.Quality = status_code(ua.StatusCodes.Good)
         await gen.trigger(time_attr=ts, message=f"{alarm.title}: {alarm.message}")
@@ -174,8 +174,8 @@ class AlarmEvents:
         if user is None:
             code, why = ua.StatusCodes.BadUserAccessDenied, "not an HMI user"
         elif not user.hmi_role.at_least(Role.OPERATOR):
-            code, why = ua.StatusCodes.BadUserAccessDenied, f"role {user.hmi_role.value} may not {service} alarms " \
-                                                            "(needs operator)"
+            why = f"role {user.hmi_role.value} may not {service} alarms (needs operator)"
+            code = ua.StatusCodes.BadUserAccessDenied
         elif not cid:
             code, why = ua.StatusCodes.BadNodeIdUnknown, "not an alarm condition"
         elif check_event and _bytes(event_id) not in self._event_ids.get(cid, []):
@@ -217,10 +217,11 @@ class AlarmEvents:
                                  lambda c, who, where, utc: self._book.shelve(c, who, where, utc, duration_s))
 
     async def _oneshot_shelve(self, parent: ua.NodeId) -> ua.StatusCode:
-        return await self._judge(parent, "shelve", lambda c, who, where, utc: self._book.shelve(c, who, where, utc, None))
+        return await self._judge(parent, "shelve",
+                                 lambda c, who, where, utc: self._book.shelve(c, who, where, utc, None))
 
     async def _unshelve(self, parent: ua.NodeId) -> ua.StatusCode:
-        return await self._judge(parent, "unshelve", lambda c, who, where, utc: self._book.unshelve(c, who, where, utc))
+        return await self._judge(parent, "unshelve", self._book.unshelve)
 
 
 def _bytes(value: Any) -> bytes:

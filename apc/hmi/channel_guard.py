@@ -40,7 +40,6 @@ and refuses to start otherwise, rather than run unprotected.
 from __future__ import annotations
 
 import contextvars
-
 import inspect
 import ipaddress
 import logging

@@ -68,6 +68,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return cmd_status(args)
 
 
+def _cmd_alarms(args: argparse.Namespace) -> int:
+    from apc.hmi.alarm_client import cmd_alarms
+
+    return cmd_alarms(args)
+
+
 def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", required=True, help="opc.tcp://HOST:PORT/... of the APC HMI server")
     p.add_argument("--credentials", required=True,
@@ -78,7 +84,7 @@ def _client_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_subcommands(subparsers: Any) -> None:
-    """Add ``hmi-cert``, ``hmi-user``, ``mode``, ``reload`` and ``status`` to the ``apc`` sub-parsers."""
+    """Add ``hmi-cert``, ``hmi-user``, ``mode``, ``reload``, ``status`` and ``alarms`` to the ``apc`` sub-parsers."""
     c = subparsers.add_parser(
         "hmi-cert", help="create a self-signed OPC UA certificate and key for the HMI server or a client",
         description="Writes NAME_cert.pem and NAME_key.pem (mode 0600) in --out; the application URI goes "
@@ -118,3 +124,14 @@ def add_subcommands(subparsers: Any) -> None:
     _client_options(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_status)
+
+    a = subparsers.add_parser("alarms", help="list the HMI server's alarms, or acknowledge them (operator)",
+                              description="Lists every retained alarm (active, or not yet acknowledged) through "
+                                          "OPC UA ConditionRefresh; --ack acknowledges by condition id "
+                                          "(<unit>.Alarms.<cause>).")
+    _client_options(a)
+    a.add_argument("--ack", action="append", metavar="CONDITION", help="acknowledge this alarm (repeatable)")
+    a.add_argument("--ack-all", action="store_true", help="acknowledge every unacknowledged alarm")
+    a.add_argument("--comment", default="", help="comment stored with the acknowledgement")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=_cmd_alarms)
