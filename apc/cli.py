@@ -163,7 +163,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(run_site(site, speed=args.speed, hours=args.hours,
                                     record_dir=Path(args.record_dir) if args.record_dir else None,
                                     bindings_dir=Path(args.bindings) if args.bindings else None,
-                                    virtual_plant=plant, compute_workers=args.compute_workers))
+                                    virtual_plant=plant, compute_workers=args.compute_workers,
+                                    metrics_port=args.metrics_port))
     except (AssemblyError, HmiServerError, UsersFileError, BatchStateError, ScenarioError, AlarmStateError,
             OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -236,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--compute-workers", type=int, default=None, metavar="N",
                    help="processes the units' estimators and controllers run in (default: the site's, one per "
                         "core; 0: in the runtime's own process, for debugging)")
+    u.add_argument("--metrics-port", type=int, default=None, metavar="N",
+                   help="serve Prometheus metrics on http://HOST:N/metrics (HOST: the site's metrics host, "
+                        "else 127.0.0.1); overrides the site's metrics port (see docs/metrics.md)")
     u.add_argument("--bindings", default=None, metavar="DIR",
                    help="reach the site's simulated units over OPC UA / Modbus through the binding files "
                         "DIR/<unit>.yaml written by 'apc plant-sim --bindings-out DIR'")

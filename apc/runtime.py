@@ -29,6 +29,7 @@ from apc.hmi.users import load_users
 from apc.journal import DeferredStream, RotatingTextFile, sync_periodically
 from apc.kinds import kind_of
 from apc.kpi import format_kpis
+from apc.metrics import MetricsServer, RuntimeMetrics, link_probe, metrics_endpoint
 from apc.plant_sim_cli import PlantFile, default_scan_s, virtual_units
 from apc.protocols import Reconnecting
 from apc.recipe.errors import RecipeError
@@ -67,6 +68,7 @@ async def run_site(
     bindings_dir: Path | None = None,
     virtual_plant: PlantFile | None = None,
     compute_workers: int | None = None,
+    metrics_port: int | None = None,
 ) -> int:
     """Run all units of a site until ``hours`` of plant time pass or a stop signal.
 
@@ -74,6 +76,8 @@ async def run_site(
     servers (as ``apc plant-sim`` does, same clock) and control them through those protocols.
     ``compute_workers``: processes the units' estimators and controllers run in (default the site's;
     0: in this process, without deadlines' isolation — for debugging only).
+    ``metrics_port``: serve the Prometheus metrics on this port (the site's ``metrics`` host, else
+    loopback; see ``docs/metrics.md``).
     """
     out = out if out is not None else sys.stdout  # looked up now: sys.stdout may have been redirected
     site = loaded.site
@@ -91,6 +95,8 @@ async def run_site(
     starts: list[Mode] = []
     new_records: list[Path] = []
     hmi: HmiServer | None = None
+    metrics: RuntimeMetrics | None = None
+    metrics_server: MetricsServer | None = None
     vp: VirtualPlant | None = None
     vp_task: asyncio.Task[None] | None = None
     durability: asyncio.Task[None] | None = None
@@ -130,6 +136,13 @@ async def run_site(
         if site.hmi is not None:
             hmi = _hmi_server(loaded, units, audit, clock, alarms.book)
             await hmi.start()
+        endpoint = metrics_endpoint(site.metrics, metrics_port)
+        if endpoint is not None:
+            metrics = RuntimeMetrics(worker_restarts=None if pool is None else
+                                     lambda: [w.restarts for w in pool.stats()],
+                                     alarms_active=alarms.book.active_count)
+            metrics_server = MetricsServer(metrics, endpoint)
+            metrics_server.start()
         # The start is accepted: from here on everything is journalled.
         audit_file = RotatingTextFile(rdir / "audit.jsonl", max_bytes=int(site.rotate_mb * 1e6),
                                       daily=site.rotate_daily, keep_days=site.keep_days, utc=clock.utc)
@@ -154,12 +167,18 @@ async def run_site(
               f"records and audit log in {rdir}", file=out, flush=True)
         if pool is not None:
             print(f"compute: {pool.workers} worker process(es)", file=out, flush=True)
+        if metrics_server is not None:
+            print(f"metrics: {metrics_server.url}", file=out, flush=True)
         start_s = clock.monotonic()  # plant time went on while the units were built: start from now
         last_cycle = {u.name: time.monotonic() for u in units}
         unit_stats = [ScheduleStats() for _ in units]
+        if metrics is not None:
+            for u, s in zip(units, unit_stats):
+                metrics.add_unit(u.name, u.recipe.unit_kind, s, link_probe(u.io))
         tasks = [asyncio.create_task(_run_unit(u, clock, hours, stop, audit, out, status_every_s, hmi, alarms,
                                                phase=i / len(units), deadlines=pool is not None,
-                                               start_s=start_s, last_cycle=last_cycle, stats=unit_stats[i]))
+                                               start_s=start_s, last_cycle=last_cycle, stats=unit_stats[i],
+                                               metrics=metrics))
                  for i, u in enumerate(units)]
         periods = {u.name: u.recipe.period_s for u in units}
         watchdog = asyncio.create_task(feed_watchdog(notifier, last_cycle,
@@ -184,6 +203,8 @@ async def run_site(
             closers.append(synced)
         if hmi is not None:
             closers.append(hmi.stop)
+        if metrics_server is not None:
+            closers.append(metrics_server.stop)
         for u in units:
             closers += [_async(u.recorder.close), u.io.close]
         if pool is not None:
@@ -336,7 +357,7 @@ async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asy
                     out: TextIO, status_every_s: float, hmi: HmiServer | None = None,
                     alarms: SiteAlarms | None = None, *, phase: float = 0.0,
                     deadlines: bool = True, start_s: float = 0.0, last_cycle: dict[str, float] | None = None,
-                    stats: ScheduleStats | None = None) -> ScheduleStats:
+                    stats: ScheduleStats | None = None, metrics: RuntimeMetrics | None = None) -> ScheduleStats:
     """One unit's cycles on its slots ``t0 + k·period`` for ``hours`` from ``start_s``, ``t0`` the first
     period boundary after ``start_s`` plus ``phase·period`` (units of a site are spread over the period
     so their reads, solves and writes do not land on one instant)."""
@@ -359,6 +380,8 @@ async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asy
             await hmi.publish_alarms(changes)  # in the cycle that raised them
             if unit.batch is not None:
                 await hmi.update_batch(unit.name, hmi_batch_status(unit.batch.status()))
+        if metrics is not None:
+            metrics.observe(unit.name, rec)
         if k % every == 0 or rec.shed:
             print(f"{(slot - start_s) / 3600.0:6.2f} h  {_status_line(unit, rec)}", file=out, flush=True)
 

@@ -100,6 +100,7 @@ class AlarmBook:
         self.update_min_s = update_min_s
         """A message that changes while its severity does not is re-sent at most this often."""
         self._alarms: dict[str, Alarm] = {}
+        self._active: dict[str, int] = {}
         self.persist_error = ""
         """Why the state file could not be written last time ('' when it could)."""
 
@@ -114,8 +115,9 @@ class AlarmBook:
         return self._alarms.get(condition_id)
 
     def active_count(self, unit: str) -> int:
-        """Active conditions of a unit (shelved ones included)."""
-        return sum(a.active for a in self._alarms.values() if a.unit == unit)
+        """Active conditions of a unit (shelved ones included); safe to call from another thread (the
+        metrics endpoint's): it reads a count kept up to date by every change."""
+        return self._active.get(unit, 0)
 
     # ------------------------------------------------------------------ persistence
     def load(self, utc: float) -> list[AlarmChange]:
@@ -134,7 +136,7 @@ class AlarmBook:
         for a in alarms:
             if a.cause not in CAUSES:
                 continue
-            self._alarms[a.condition_id] = a
+            self._put(a, "restored")
             changes.append(AlarmChange(a, "restored"))
         if changes:
             self._audit.info("alarms_restored", utc=utc, who="runtime", where=str(self._path),
@@ -256,6 +258,7 @@ class AlarmBook:
     # ------------------------------------------------------------------ internals
     def _put(self, alarm: Alarm, what: str, *, who: str = "runtime", where: str = "", comment: str = "") -> AlarmChange:
         self._alarms[alarm.condition_id] = alarm
+        self._active[alarm.unit] = sum(a.active for a in self._alarms.values() if a.unit == alarm.unit)
         return AlarmChange(alarm, what, who, where, comment)
 
     def _journal(self, ch: AlarmChange, utc: float) -> None:

@@ -9,6 +9,7 @@ cross-checks (tags, names).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -365,6 +366,38 @@ class HmiSection:
                              "allowed to connect (see docs/hmi.md)")
 
 
+def _is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """The Prometheus metrics endpoint of ``apc run`` (see ``docs/metrics.md``)."""
+
+    port: int
+    """TCP port of ``http://HOST:PORT/metrics`` (0: any free port, printed at the start)."""
+    host: str = "127.0.0.1"
+    """Address it listens on: loopback unless ``allow_remote``."""
+    allow_remote: bool = False
+    """Allow a host that is not loopback (the endpoint has no authentication: expose it only on a
+    network the scraper and nobody else reaches)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if not self.host:
+            raise ValueError("host must not be empty")
+        if not self.allow_remote and not _is_loopback_host(self.host):
+            raise ValueError(f"host {self.host!r} is not loopback: the metrics endpoint has no authentication; "
+                             "set allow_remote: true to listen there")
+
+
 @dataclass(frozen=True)
 class Site:
     """The units of one runtime process."""
@@ -392,6 +425,8 @@ class Site:
     fsync_interval_s: float = 1.0
     """The audit log and the flight records are fsynced this often (wall seconds): a power loss loses
     at most this long of them. State files are fsynced on every change."""
+    metrics: MetricsSection | None = None
+    """The Prometheus metrics endpoint; none: no endpoint (unless ``apc run --metrics-port``)."""
 
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
