@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from apc.recipe.group_schema import GroupSpec
 from apc.types import MvKind
 
 SCHEMA_VERSION = 1
@@ -352,6 +353,8 @@ class Site:
     fsync_interval_s: float = 1.0
     """The audit log and the flight records are fsynced this often (wall seconds): a power loss loses
     at most this long of them. State files are fsynced on every change."""
+    groups: tuple[GroupSpec, ...] = ()
+    """Units operated together (a potline, a furnace bay): see :mod:`apc.recipe.group_schema`."""
 
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
