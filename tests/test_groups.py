@@ -83,8 +83,8 @@ def test_line_current_group_never_writes_the_current_and_the_mpc_plans_without_i
     outside = SimUnit(ND_RECIPE, scenario(), seed=104, name="cell-04")  # the same cell outside the group
     reason = line_current_reason("potline-1")
     assert reason == "line current is a line disturbance (group potline-1)"
-    assert {e["unit"]: (e["mv"], e["why"]) for e in _events(buf, "mv_line_owned")} == {
-        n: ("current_sp", reason) for n in cells}
+    owned = {e["unit"]: (e["mv"], e["why"]) for e in _events(buf, "mv_line_owned")}
+    assert owned == dict.fromkeys(cells, ("current_sp", reason))
     for c in [*cells.values(), outside]:
         c.request(Mode.ON)
         c.run_until(lambda r: r.mode.actual == "ON", 1000)
