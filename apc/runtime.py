@@ -24,6 +24,7 @@ from apc.clock import RealClock
 from apc.compute import ComputeError, ComputeLost
 from apc.compute_pool import ComputePool, default_workers
 from apc.cycle_record import CycleRecord
+from apc.groups import give_line_current, site_groups
 from apc.hmi.server import HmiServer, ReloadCallback
 from apc.hmi.users import load_users
 from apc.journal import DeferredStream, RotatingTextFile, sync_periodically
@@ -129,6 +130,7 @@ async def run_site(
             if not existed and record.exists():
                 new_records.append(record)
             units.append(unit)
+            give_line_current(site.groups, {su.name: unit}, clock.utc())  # before restore: never re-enabled
             unit.restore(clock.utc())
             starts.append(_first_mode(unit, Mode(su.requested_mode), real_plant))
         if pool is not None:
@@ -350,7 +352,8 @@ def _hmi_server(loaded: LoadedSite, units: list[Unit], audit: Any, clock: RealCl
                      cert_path=base / hs.certificate, key_path=base / hs.private_key,
                      allow_insecure_loopback=hs.allow_insecure_loopback, audit=audit, clock_utc=clock.utc,
                      trusted_clients=None if hs.trusted_clients is None else base / hs.trusted_clients,
-                     reload=reload_callback({u.name: u for u in units}, clock.utc), alarms=alarms)
+                     reload=reload_callback({u.name: u for u in units}, clock.utc), alarms=alarms,
+                     groups=site_groups(loaded.site.groups, {u.name: u for u in units}, audit))
 
 
 async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asyncio.Event, audit: Any,

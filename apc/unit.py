@@ -237,6 +237,9 @@ class Unit:
         apc_tag = recipe.io.heartbeat.apc_tag
         self.apc_heartbeat = HeartbeatCounter(io.counter_max(apc_tag) if isinstance(io, CounterTags)
                                               else DEFAULT_COUNTER_MAX)
+        self.line_owned: dict[str, str] = {}
+        """MVs the unit never writes, with why (the line current of cells in series: see
+        :meth:`give_to_line`)."""
         self._configure(loaded)
         self._active_flags: dict[str, float] = {}
         self._last_t: float | None = None
@@ -291,7 +294,8 @@ class Unit:
         self.validator = InputValidator(io_.inputs)
         self.required_inputs = tuple(n for n, s in io_.inputs.items() if s.role in ("measurement", "disturbance"))
         self.disturbances = tuple(n for n, s in io_.inputs.items() if s.role == "disturbance")
-        self.guard = OutputGuard.from_mvs(io_.mvs, extra_tags=(io_.heartbeat.apc_tag,))
+        self.guard = OutputGuard.from_mvs({n: s for n, s in io_.mvs.items() if n not in self.line_owned},
+                                          extra_tags=(io_.heartbeat.apc_tag,))
         self.heartbeat.timeout_s = io_.heartbeat.dcs_timeout_s
         self.permissives: dict[str, tuple[PermissiveExpr, tuple[str, ...]]] = {
             n: (parse_permissive(p.expr), p.applies_to or tuple(self.mvs)) for n, p in recipe.permissives.items()
@@ -362,7 +366,7 @@ class Unit:
             if mv is None:
                 self.audit.warning("unit_state_ignored", utc=utc, mv=name, why="no such MV in the recipe")
                 continue
-            mv.enabled = m.enabled
+            mv.enabled = m.enabled and name not in self.line_owned
             mv.sequence = m.sequence
             if m.last_move_utc is not None:
                 # A clock behind the recorded move (NTP step, another machine) counts the interval from now.
@@ -390,6 +394,38 @@ class Unit:
                         old=self.modes.requested.value, new=mode.value, actual=self.modes.actual.value)
         self.modes.request(mode)
         self._remember(utc)
+
+    def request_mode_as_member(self, mode: Mode, group: str, who: str, where: str, utc: float) -> str:
+        """A group's request (one key for the whole group): audited as ``mode_request`` with the group;
+        unlike the unit's own request it leaves a latched shed latched (a shed unit is re-engaged on its
+        own, by an operator who saw why). Returns why the unit cannot engage now ('' when nothing known
+        stands in the way: the next cycle decides)."""
+        self.audit.info("mode_request", utc=utc, who=who, where=where, group=group,
+                        old=self.modes.requested.value, new=mode.value, actual=self.modes.actual.value,
+                        shed_reason=self.modes.shed_reason)
+        self.modes.start(mode)
+        self._remember(utc)
+        if mode is Mode.OFF:
+            return ""
+        if self.journal_error:
+            return self.journal_error
+        if mode is Mode.ON and self.modes.shed_reason:
+            return f"shed latched: {self.modes.shed_reason} (request ON on the unit to clear it)"
+        if mode is Mode.ON and not any(mv.enabled for mv in self.mvs.values()):
+            return "every MV is disabled"
+        return ""
+
+    def give_to_line(self, mv: str, reason: str, utc: float) -> None:
+        """The line drives ``mv`` (the line current of cells in series): disabled for good, off the
+        write list with its ``apc_active`` flag; the controller holds it at its readback, a measured
+        disturbance. Audited as ``mv_line_owned``; set at assembly, before :meth:`restore`."""
+        state = self.mvs[mv]
+        self.line_owned[mv] = reason
+        state.enabled = False
+        state.release()
+        self.guard = OutputGuard.from_mvs({n: s for n, s in self.recipe.io.mvs.items() if n not in self.line_owned},
+                                          extra_tags=(self.recipe.io.heartbeat.apc_tag,))
+        self.audit.info("mv_line_owned", utc=utc, who="site file", mv=mv, tag=state.spec.tag, why=reason)
 
     def start_mode(self, mode: Mode, who: str, where: str, utc: float) -> None:
         """The mode a process start asks for (site file): audited as ``mode_request``; unlike an
@@ -421,12 +457,16 @@ class Unit:
             return f"unknown batch command {command!r} (start, hold, resume, abort)"
         return "" if result else str(getattr(result, "reason", "refused"))
 
-    def set_mv_enabled(self, mv: str, enabled: bool, who: str, where: str, utc: float) -> None:
-        """Enable or disable one MV; audited and remembered across a restart."""
+    def set_mv_enabled(self, mv: str, enabled: bool, who: str, where: str, utc: float) -> str:
+        """Enable or disable one MV; audited and remembered across a restart. '' when done, else why
+        not (an MV the line drives is never enabled)."""
         state = self.mvs[mv]
+        if enabled and mv in self.line_owned:
+            return self.line_owned[mv]
         self.audit.info("mv_enable", utc=utc, who=who, where=where, mv=mv, old=state.enabled, new=enabled)
         state.enabled = enabled
         self._remember(utc)
+        return ""
 
     def set_operator_limits(self, mv: str, low: float, high: float, who: str, where: str, utc: float) -> str:
         """Move one MV's operator limits inside its engineering limits; '' when done (audited and
@@ -816,7 +856,8 @@ class Unit:
         on = decision.actual is Mode.ON
         for name, mv in self.mvs.items():
             active = on and mv.enabled
-            if mv.spec.active_flag and (decision.actual is not Mode.OFF or decision.previous is not Mode.OFF):
+            if mv.spec.active_flag and name not in self.line_owned \
+                    and (decision.actual is not Mode.OFF or decision.previous is not Mode.OFF):
                 writes.append(Write(mv.spec.active_flag, 1.0 if active else 0.0))
             d = c.decisions.get(name)
             if not active or d is None:
@@ -848,7 +889,8 @@ class Unit:
     def _safe_writes(self, c: _Cycle) -> None:
         """Only the safe state: every ``apc_active`` flag 0 (the DCS takes each loop back) and the
         heartbeat (the APC itself is alive and says so)."""
-        writes = [Write(mv.spec.active_flag, 0.0) for mv in self.mvs.values() if mv.spec.active_flag]
+        writes = [Write(mv.spec.active_flag, 0.0) for n, mv in self.mvs.items()
+                  if mv.spec.active_flag and n not in self.line_owned]
         writes.append(Write(self.recipe.io.heartbeat.apc_tag, self.apc_heartbeat.next()))
         for mv in self.mvs.values():
             mv.release()
@@ -987,8 +1029,9 @@ class Unit:
                         why=result.detail, mode=self.modes.actual.value)
         if self.modes.actual is Mode.ON:
             self._shed_now(c, self._hb_write_error)
-        flags = [Write(mv.spec.active_flag, 0.0) for mv in self.mvs.values()
-                 if mv.spec.active_flag and self._active_flags.get(mv.spec.active_flag) != 0.0]
+        flags = [Write(mv.spec.active_flag, 0.0) for n, mv in self.mvs.items()
+                 if mv.spec.active_flag and n not in self.line_owned
+                 and self._active_flags.get(mv.spec.active_flag) != 0.0]
         for mv in self.mvs.values():
             mv.release()
         if flags:

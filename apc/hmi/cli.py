@@ -106,9 +106,15 @@ def add_subcommands(subparsers: Any) -> None:
     u.add_argument("--role", required=True, choices=("viewer", "operator", "engineer"))
     u.set_defaults(func=_cmd_hmi_user)
 
-    m = subparsers.add_parser("mode", help="request a unit's mode through the HMI server")
-    m.add_argument("unit")
+    m = subparsers.add_parser(
+        "mode", help="request a unit's mode (or a group's, --group) through the HMI server",
+        description="With --group, every member of the group is asked at once; each decides on its own "
+                    "readiness, and the command prints each member's status after its next cycle.")
+    m.add_argument("unit", nargs="?", help="the unit (not with --group)")
     m.add_argument("mode", choices=[x.value for x in Mode])
+    m.add_argument("--group", help="request the mode for every member of this group of the site")
+    m.add_argument("--wait", type=float, help="--group: seconds to wait for the members' next cycle "
+                                              "(default: --timeout)")
     _client_options(m)
     m.set_defaults(func=_cmd_mode)
 

@@ -1,4 +1,5 @@
-"""``apc mode``, ``apc reload`` and ``apc status``: ordinary OPC UA clients of the HMI server.
+"""``apc mode`` (a unit, or ``--group`` a whole group), ``apc reload`` and ``apc status``: ordinary OPC UA
+clients of the HMI server.
 
 The credentials file (YAML, mode 0600 enforced; relative paths are relative
 to the file)::
@@ -33,7 +34,9 @@ import yaml
 from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
+from apc.groups import PENDING
 from apc.hmi.certs import application_uri_of
+from apc.hmi.group_nodes import GROUPS_FOLDER, group_node_id
 from apc.hmi.server import HMI_NAMESPACE, ROOT, hmi_node_id, is_loopback_host
 from apc.hmi.users import UsersFileError, check_private_file
 from apc.types import Mode
@@ -48,6 +51,7 @@ __all__ = [
     "hmi_session",
     "load_credentials",
     "read_status",
+    "request_group_mode",
     "request_mode",
     "request_reload",
 ]
@@ -224,6 +228,32 @@ async def request_mode(endpoint: str, creds: HmiCredentials, unit: str, mode: Mo
         return str(_good(values[0])), str(_good(values[1]))
 
 
+async def request_group_mode(endpoint: str, creds: HmiCredentials, group: str, mode: Mode | str, *,
+                             insecure_loopback: bool = False, timeout_s: float = 5.0, wait_s: float = 0.0,
+                             poll_s: float = 0.25) -> list[tuple[str, str]]:
+    """Write ``Groups/<group>/RequestedMode``; return (member, status) of every member: ``engaged``,
+    ``not engaged: <why>``, or (when no cycle came within ``wait_s``) the pending status. Members
+    that answered at once are not waited for; the others are read again every ``poll_s``."""
+    mode = Mode(mode)
+    async with hmi_session(endpoint, creds, insecure_loopback=insecure_loopback, timeout_s=timeout_s) as (c, ns):
+        req = node_id(group_node_id(group, "RequestedMode"), ns)
+        ids = [node_id(group_node_id(group, n), ns) for n in ("Members", "MemberStatus")]
+        dv = ua.DataValue(ua.Variant(mode.value, ua.VariantType.String))
+        (status,) = await c.uaclient.write_attributes([req], [dv], ua.AttributeIds.Value)
+        if not status.is_good():
+            if status.value == ua.StatusCodes.BadNodeIdUnknown:
+                raise HmiClientError(f"group {group!r} is not served by {endpoint}")
+            raise HmiClientError(f"group {group}: mode request refused: {status.name}")
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait_s
+        while True:
+            members, states = (_good(v) or [] for v in await c.uaclient.read_attributes(ids, ua.AttributeIds.Value))
+            pairs = [(str(m), str(st)) for m, st in zip(members, states)]
+            if not any(st == PENDING for _, st in pairs) or loop.time() >= end:
+                return pairs
+            await asyncio.sleep(min(poll_s, max(0.0, end - loop.time())))
+
+
 async def request_reload(endpoint: str, creds: HmiCredentials, unit: str, *, insecure_loopback: bool = False,
                          timeout_s: float = 5.0) -> tuple[str, str]:
     """Write True to ``<unit>/ReloadRecipe`` (engineer only); return (ReloadStatus, RecipeSha256 in force).
@@ -263,7 +293,7 @@ async def read_status(endpoint: str, creds: HmiCredentials, *, insecure_loopback
                       timeout_s: float = 5.0) -> list[UnitStatus]:
     """Every unit's modes, heartbeat and MVs (one batched read after browsing)."""
     async with hmi_session(endpoint, creds, insecure_loopback=insecure_loopback, timeout_s=timeout_s) as (c, ns):
-        units = await _children(c, node_id(ROOT, ns))
+        units = [u for u in await _children(c, node_id(ROOT, ns)) if u != GROUPS_FOLDER]
         layout: list[tuple[str, list[str]]] = []
         for unit in units:
             layout.append((unit, await _children(c, node_id(hmi_node_id(unit, "MVs"), ns))))
@@ -325,7 +355,13 @@ def _status_json(units: Sequence[UnitStatus]) -> str:
 
 # --------------------------------------------------------------------------- CLI
 def cmd_mode(args: argparse.Namespace) -> int:
-    """``apc mode UNIT ON|STANDBY|OFF --endpoint URL --credentials FILE``."""
+    """``apc mode UNIT ON|STANDBY|OFF --endpoint URL --credentials FILE``, or ``apc mode --group NAME ...``
+    (prints each member's status after its next cycle: engaged, or not engaged with why)."""
+    if (args.unit is None) == (args.group is None):
+        print("error: give a UNIT or --group NAME (one of them)", file=sys.stderr)
+        return 2
+    if args.group is not None:
+        return _cmd_group_mode(args)
     try:
         creds = load_credentials(args.credentials)
         requested, actual = asyncio.run(request_mode(
@@ -335,6 +371,21 @@ def cmd_mode(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{args.unit}: requested {requested} (actual {actual})")
+    return 0
+
+
+def _cmd_group_mode(args: argparse.Namespace) -> int:
+    try:
+        creds = load_credentials(args.credentials)
+        members = asyncio.run(request_group_mode(
+            args.endpoint, creds, args.group, args.mode, insecure_loopback=args.insecure_loopback,
+            timeout_s=args.timeout, wait_s=args.timeout if args.wait is None else args.wait))
+    except HmiClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"group {args.group}: requested {args.mode} for {len(members)} unit(s)")
+    for name, status in members:
+        print(f"  {name}: {status}")
     return 0
 
 

@@ -36,6 +36,7 @@ Address space (namespace :data:`HMI_NAMESPACE`, string node ids shown)::
         Predictions/<cv>/Next (Double), Trajectory (Double[])
         Batch/State, Segment (String) and whatever :meth:`HmiServer.update_batch` adds
         Alarms/<cause>  alarm conditions, created when first raised (:mod:`apc.hmi.alarm_events`)
+    Objects/APC/Groups/<group>/             site groups: see :mod:`apc.hmi.group_nodes`
 
 Node id of ``<unit>/MVs/<mv>/Enabled`` is ``s=<unit>.MVs.<mv>.Enabled`` (see :func:`hmi_node_id`).
 
@@ -71,9 +72,11 @@ from asyncua.server.address_space import AttributeService
 
 from apc.alarms.book import AlarmBook, AlarmChange
 from apc.cycle_record import CycleRecord
+from apc.groups import UnitGroup
 from apc.hmi.alarm_events import AlarmEvents
 from apc.hmi.certs import application_uri_of
 from apc.hmi.channel_guard import ChannelGuard, ChannelGuardError, ChannelRules, GuardedServer, is_loopback_host
+from apc.hmi.group_nodes import GROUPS_FOLDER, GroupNodeIds, build_group_nodes, rollup_writes
 from apc.hmi.login import HmiUserManager, LoginGate, PasswordPool
 from apc.hmi.throttle import LoginThrottle
 from apc.hmi.trust import TrustList, TrustListError
@@ -117,9 +120,10 @@ class _Cmd(enum.Enum):
     OPERATOR_HIGH = "OperatorHigh"
     RELOAD = "ReloadRecipe"
     BATCH = "Command"
+    GROUP_MODE = "GroupRequestedMode"
 
 
-_REQUIRED_ROLE = {_Cmd.MODE: Role.OPERATOR, _Cmd.ENABLED: Role.OPERATOR,
+_REQUIRED_ROLE = {_Cmd.MODE: Role.OPERATOR, _Cmd.GROUP_MODE: Role.OPERATOR, _Cmd.ENABLED: Role.OPERATOR,
                   _Cmd.OPERATOR_LOW: Role.OPERATOR, _Cmd.OPERATOR_HIGH: Role.OPERATOR,
                   _Cmd.RELOAD: Role.ENGINEER, _Cmd.BATCH: Role.OPERATOR}
 BATCH_COMMANDS = ("start", "hold", "resume", "abort")
@@ -131,6 +135,7 @@ class _Command:
     unit: str
     cmd: _Cmd
     mv: str = ""
+    group: str = ""
 
 
 @dataclass
@@ -195,6 +200,7 @@ class HmiServer:
         password_pool: PasswordPool | None = None,
         reload: ReloadCallback | None = None,
         alarms: AlarmBook | None = None,
+        groups: Mapping[str, UnitGroup] | None = None,
     ) -> None:
         url = urlparse(endpoint_url)
         if url.scheme != "opc.tcp" or not url.hostname or url.port is None:
@@ -216,6 +222,14 @@ class HmiServer:
         for name in units:
             if not name or "." in name or "/" in name:
                 raise HmiServerError(f"unit name {name!r} cannot name an HMI folder (no '.' or '/')")
+        self._groups = dict(groups or {})
+        if self._groups and GROUPS_FOLDER in units:
+            raise HmiServerError(f"unit name {GROUPS_FOLDER!r} is the HMI folder of the site's groups")
+        for g in self._groups.values():
+            missing = [m for m in g.members if m not in units]
+            if missing:
+                raise HmiServerError(f"group {g.name!r}: member(s) {missing} not served by this HMI server")
+        self._group_nodes: dict[str, GroupNodeIds] = {}
         self._units = dict(units)
         self._users = users
         self.endpoint_url = endpoint_url
@@ -464,6 +478,21 @@ class HmiServer:
                 f["BatchCommandStatus"] = await self._var(nodes.folders["Batch"],
                                                           self._nid(name, "Batch", "CommandStatus"),
                                                           "CommandStatus", "", _VT.String)
+        self._group_nodes = await build_group_nodes(root, self._groups, self._group_var, self._group_folder)
+
+    async def _group_folder(self, parent: ua.NodeId, nid: str, name: str) -> ua.NodeId:
+        return await self._folder(parent, node_id(nid, self._ns), name)
+
+    async def _group_var(self, parent: ua.NodeId, nid: str, name: str, value: Any, vtype: ua.VariantType,
+                         command: bool, array: bool) -> ua.NodeId:
+        group = nid.split(".")[1]
+        return await self._var(parent, node_id(nid, self._ns), name, value, vtype, array=array,
+                               command=_Command("", _Cmd.GROUP_MODE, group=group) if command else None)
+
+    def _group_values(self, unit_name: str | None, ts: dt.datetime | None) -> list[tuple[ua.NodeId, ua.DataValue]]:
+        """Roll-ups of the groups ``unit_name`` is in (None: of every group)."""
+        return [w for name, g in self._groups.items() if unit_name is None or unit_name in g.members
+                for w in rollup_writes(self._group_nodes[name], g.rollup(), ts)]
 
     async def _estimate_nodes(self, unit: str, state: str) -> tuple[ua.NodeId, ua.NodeId]:
         nodes = self._nodes[unit]
@@ -562,6 +591,9 @@ class HmiServer:
             if values:
                 writes.append((next_id, _dv(values[0], _VT.Double, ts)))
                 writes.append((traj_id, _dv(values, _VT.Double, ts)))
+        for g in self._groups.values():
+            g.observe(unit_name, record)
+        writes += self._group_values(unit_name, ts)
         now = dt.datetime.now(dt.UTC)
         writes.append((node_id(ua.ObjectIds.Server_ServerStatus_CurrentTime),
                        data_value(ua.Variant(now, _VT.DateTime), status_code(ua.StatusCodes.Good), now, None)))
@@ -620,9 +652,10 @@ class HmiServer:
 
     def _refuse(self, user: User, where: str, nid: ua.NodeId, value: Any, code: int, why: str) -> int:
         cmd = self._commands.get(nid)
+        extra = {"group": cmd.group} if cmd is not None and cmd.group else {}
         self._audit.warning("hmi_write_refused", utc=self._utc(), who=user.name or "anonymous", where=where,
                             unit=cmd.unit if cmd else "", what=self._paths.get(nid, nid.to_string()),
-                            value=_plain(value), why=why, status=status_code(code).name)
+                            value=_plain(value), why=why, status=status_code(code).name, **extra)
         return code
 
     async def _client_writes(self, user: User, items: list[ua.WriteValue]) -> list[ua.StatusCode]:
@@ -666,10 +699,16 @@ class HmiServer:
                     codes[i] = await self._request_reload(hmi_user, where, nid, raw, cmd.unit)
                 elif cmd.cmd is _Cmd.BATCH:
                     codes[i] = await self._batch_command(hmi_user, where, nid, raw, cmd.unit, str(value))
-                else:
-                    self._apply(hmi_user, where, cmd, value)
-                    touched.add(cmd.unit)
+                elif cmd.cmd is _Cmd.GROUP_MODE:
+                    group = self._groups[cmd.group]
+                    group.request(Mode(value), who=hmi_user.name or "?", where=where, utc=self._utc())
+                    touched.update(group.members)
                     codes[i] = ua.StatusCodes.Good
+                else:
+                    why = self._apply(hmi_user, where, cmd, value)
+                    touched.add(cmd.unit)
+                    codes[i] = self._refuse(user, where, nid, raw, ua.StatusCodes.BadInvalidState, why) if why \
+                        else ua.StatusCodes.Good
         for (unit_name, mv), writes in limits.items():
             ok, why = self._apply_limits(hmi_user, where, unit_name, mv, writes)  # type: ignore[arg-type]
             for i, _, _, raw in writes:
@@ -678,7 +717,8 @@ class HmiServer:
             touched.add(unit_name)
         if touched and self._server is not None:
             ts = dt.datetime.fromtimestamp(self._utc(), dt.UTC)
-            await self._write_batch([w for u in sorted(touched) for w in self._command_values(u, ts)])
+            await self._write_batch([w for u in sorted(touched) for w in self._command_values(u, ts)]
+                                    + self._group_values(None, ts))
         return [status_code(c if c is not None else ua.StatusCodes.BadInternalError) for c in codes]
 
     async def _request_reload(self, user: HmiUser, where: str, nid: ua.NodeId, raw: Any, unit_name: str) -> int:
@@ -708,13 +748,15 @@ class HmiServer:
             await self._write_batch([(self._nodes[unit_name].fixed["BatchCommandStatus"], _dv(text, _VT.String, ts))])
         return self._refuse(user, where, nid, raw, ua.StatusCodes.BadInvalidState, why) if why else ua.StatusCodes.Good
 
-    def _apply(self, user: HmiUser, where: str, cmd: _Command, value: Any) -> None:
+    def _apply(self, user: HmiUser, where: str, cmd: _Command, value: Any) -> str:
+        """Apply a mode or enable write; '' when done, else why not."""
         unit = self._units[cmd.unit]
         who = user.name or "?"
         if cmd.cmd is _Cmd.MODE:
             unit.request_mode(Mode(value), who=who, where=where, utc=self._utc())
         elif cmd.cmd is _Cmd.ENABLED:
-            unit.set_mv_enabled(cmd.mv, bool(value), who=who, where=where, utc=self._utc())
+            return unit.set_mv_enabled(cmd.mv, bool(value), who=who, where=where, utc=self._utc())
+        return ""
 
     def _apply_limits(self, user: HmiUser, where: str, unit_name: str, mv: str,
                       writes: list[tuple[int, _Cmd, float, Any]]) -> tuple[bool, str]:
@@ -737,7 +779,7 @@ def _decode(cmd: _Cmd, dv: ua.DataValue | None) -> tuple[Any, int, str]:
         return None, ua.StatusCodes.BadTypeMismatch, "written value carries a non-Good status"
     vtype = variant.VariantType if variant is not None else None
     value = variant.Value if variant is not None else None
-    if cmd is _Cmd.MODE:
+    if cmd in (_Cmd.MODE, _Cmd.GROUP_MODE):
         if vtype is not _VT.String or not isinstance(value, str):
             return None, ua.StatusCodes.BadTypeMismatch, f"mode must be a String, got {_vt_name(vtype)}"
         if value not in {m.value for m in Mode}:

@@ -28,6 +28,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from apc.recipe.errors import Problem, RecipeError
+from apc.recipe.group_schema import group_problems
 from apc.recipe.permissive import PermissiveSyntaxError, parse_permissive
 from apc.recipe.schema import IoSection, Recipe, Site
 from apc.types import MvKind
@@ -645,6 +646,9 @@ def _site_from(
         loaded = cache[key]
         if loaded is not None:
             recipes[unit.name] = loaded
+    for gp in group_problems(site.groups, tuple(u.name for u in site.units),
+                             {n: r.recipe for n, r in recipes.items()}):
+        problems.append(Problem(str(path), _at(root, *gp.keys), gp.field, gp.message))
     if len(problems) != n_before:
         return None
     return LoadedSite(site, path, hashlib.sha256(data).hexdigest(), recipes)

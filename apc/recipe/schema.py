@@ -13,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from apc.recipe.group_schema import GroupSpec
 from apc.types import MvKind
 
 SCHEMA_VERSION = 1
@@ -427,6 +428,8 @@ class Site:
     at most this long of them. State files are fsynced on every change."""
     metrics: MetricsSection | None = None
     """The Prometheus metrics endpoint; none: no endpoint (unless ``apc run --metrics-port``)."""
+    groups: tuple[GroupSpec, ...] = ()
+    """Units operated together (a potline, a furnace bay): see :mod:`apc.recipe.group_schema`."""
 
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
