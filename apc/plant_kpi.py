@@ -107,7 +107,7 @@ def input_value(record: CycleRecord, name: str | None) -> float:
 def at_limit(record: CycleRecord, mv: str) -> bool:
     """True when ``mv`` is at a limit this cycle: a limit clamp of the guard
     (:data:`LIMIT_CLAMP_PREFIXES`) or the DCS reports the loop's output at a limit."""
-    if mv in record.dcs_at_limit and record.dcs_at_limit[mv]:
+    if record.dcs_at_limit.get(mv):
         return True
     d = record.decisions.get(mv)
     return d is not None and any(c.startswith(LIMIT_CLAMP_PREFIXES) for c in d.clamps)

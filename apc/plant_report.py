@@ -298,7 +298,7 @@ def report_json(reports: Sequence[UnitReport]) -> str:
 
 
 def _fmt(key: str, value: float | int) -> str:
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, int):
         return str(value)
     if not math.isfinite(value):
         return "n/a"

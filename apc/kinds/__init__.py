@@ -3,9 +3,10 @@
 A kind holds everything that differs between an electrolysis cell, a vacuum furnace or an
 annealing furnace: its recipe sections (a :class:`~apc.recipe.schema.Recipe` subclass) and their
 cross-checks, the signal names its recipes may use, its estimator and controller builders, its
-batch (furnaces), its simulated plant and scenarios, its KPIs (on the truth, and from plant data), its status line, its trend figures and
-the provenance hashes of its simulator and baseline. The generic runtime (loader, unit, assembly, runtime,
-simulation, virtual plant, report) asks the kind and never branches on one.
+batch (furnaces), its simulated plant and scenarios, its KPIs (on the simulator's truth, and from plant
+data), its status line, its trend figures and the provenance hashes of its simulator and baseline. The
+generic runtime (loader, unit, assembly, runtime, simulation, virtual plant, report) asks the kind and
+never branches on one.
 
 Kinds are registered in :mod:`apc.kinds.registry` (one line each) and imported on first use.
 See ``docs/adding_a_unit_kind.md``.
