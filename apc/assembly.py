@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from apc.kinds import get_kind, kind_of
+from apc.plant_kpi import PLANT_KPI_HEADER_KEY
 from apc.protocols import Clock
 from apc.recipe.loader import LoadedRecipe, LoadedSite, load_recipe, load_site
 from apc.recipe.schema import Recipe
@@ -59,7 +60,8 @@ def record_header(name: str, loaded: LoadedRecipe, clock: Clock, controller_kind
     recipe = loaded.recipe
     return {"unit": name, "unit_kind": recipe.unit_kind, "recipe": recipe.name, "recipe_sha256": loaded.sha256,
             "period_s": recipe.period_s, "started_utc": clock.utc(), "controller": controller_kind,
-            "io": io_header(recipe), **extra}
+            "io": io_header(recipe), PLANT_KPI_HEADER_KEY: dict(get_kind(recipe.unit_kind).plant_kpi_config(recipe)),
+            **extra}
 
 
 def io_header(recipe: Recipe) -> dict[str, Any]:

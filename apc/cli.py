@@ -89,15 +89,26 @@ def _json(obj: object) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from apc.kpi import format_kpis, record_kpi_labels, report
+    from apc.interventions import AuditError
+    from apc.kpi import format_kpis, record_kpi_labels
+    from apc.plant_report import Split, format_report, parse_hhmm, plant_report, report_json
     from apc.recorder import RecordError
 
     try:
-        kpis = report(args.file)
-    except (RecordError, OSError) as exc:
+        split = None if args.by is None else Split(args.by, parse_hhmm(args.shift_start), args.shift_hours)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        reports = plant_report(args.files, audit=[Path(a) for a in args.audit] if args.audit else None, split=split)
+    except (RecordError, AuditError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(_json({"kpis": kpis}) if args.json else format_kpis(kpis, record_kpi_labels(args.file)))
+    if args.json:
+        print(report_json(reports))
+        return 0
+    sim = reports[0].sim_kpis if len(reports) == 1 else None  # a simulated run: its truth KPIs first, as before
+    print(format_report(reports, "" if sim is None else format_kpis(sim, record_kpi_labels(args.files[0]))))
     return 0
 
 
@@ -207,9 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--audit", help="append audit events (JSON lines) to this file")
     s.set_defaults(func=_cmd_sim)
 
-    r = sub.add_parser("report", help="recompute KPIs from a flight record")
-    r.add_argument("file")
-    r.add_argument("--json", action="store_true")
+    r = sub.add_parser("report", help="KPIs from flight records: plant KPIs of every record, and the simulator's "
+                                      "KPIs of an apc sim record (docs/performance_kpis.md)")
+    r.add_argument("files", nargs="+", metavar="RECORD", help="records or segments (.apcrec, .apcrec.gz) of one "
+                   "or more units")
+    r.add_argument("--json", action="store_true", help="print as JSON (deterministic)")
+    r.add_argument("--by", choices=("day", "shift"), default=None, help="also split the figures per UTC day or shift")
+    r.add_argument("--shift-start", default="06:00", metavar="HH:MM", help="UTC start of the first shift of a day "
+                   "(default 06:00)")
+    r.add_argument("--shift-hours", type=float, default=8.0, metavar="H", help="length of a shift, dividing 24 "
+                   "(default 8)")
+    r.add_argument("--audit", action="append", default=None, metavar="FILE", help="audit log to count interventions "
+                   "from (repeatable; default: audit.jsonl and its rotated parts beside the records)")
     r.set_defaults(func=_cmd_report)
 
     e = sub.add_parser("export", help="write a flight record as a table, one row per cycle")

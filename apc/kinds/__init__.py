@@ -3,9 +3,10 @@
 A kind holds everything that differs between an electrolysis cell, a vacuum furnace or an
 annealing furnace: its recipe sections (a :class:`~apc.recipe.schema.Recipe` subclass) and their
 cross-checks, the signal names its recipes may use, its estimator and controller builders, its
-batch (furnaces), its simulated plant and scenarios, its KPIs, its status line, its trend figures and
-the provenance hashes of its simulator and baseline. The generic runtime (loader, unit, assembly, runtime,
-simulation, virtual plant, report) asks the kind and never branches on one.
+batch (furnaces), its simulated plant and scenarios, its KPIs (on the simulator's truth, and from plant
+data), its status line, its trend figures and the provenance hashes of its simulator and baseline. The
+generic runtime (loader, unit, assembly, runtime, simulation, virtual plant, report) asks the kind and
+never branches on one.
 
 Kinds are registered in :mod:`apc.kinds.registry` (one line each) and imported on first use.
 See ``docs/adding_a_unit_kind.md``.
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from apc.compute import Parts
     from apc.curve_preview import CurvePreview
     from apc.cycle_record import CycleRecord
+    from apc.plant_kpi import PlantKpiSink
     from apc.protocols import BatchRunner, Clock, KpiSink
     from apc.recipe.loader import LoadedRecipe
     from apc.recipe.schema import Recipe
@@ -117,6 +119,14 @@ class UnitKind(Protocol):
 
     def kpi_from_header(self, header: Mapping[str, Any]) -> KpiSink | None:
         """The accumulator a record header configures (None when it has no configuration of this kind)."""
+
+    def plant_kpi_config(self, recipe: Recipe) -> Mapping[str, Any]:
+        """The record header's ``plant_kpi`` object: what this kind's plant KPIs (measured, no truth)
+        need to know of the recipe, e.g. its CV bands (``docs/performance_kpis.md``)."""
+
+    def plant_kpis(self, header: Mapping[str, Any]) -> PlantKpiSink:
+        """A fresh accumulator of this kind's own plant KPIs, configured by a record ``header``
+        (the generic ones are :class:`apc.plant_kpi.PlantKpis`')."""
 
     def status_line(self, recipe: Recipe, record: CycleRecord) -> str:
         """One line for ``apc run``'s periodic status."""

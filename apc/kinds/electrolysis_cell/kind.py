@@ -14,7 +14,9 @@ from apc.kinds import RecipeChecks, SimDriver
 from apc.kinds.electrolysis_cell import assembly, trends
 from apc.kinds.electrolysis_cell.alarms import SpecificEnergyRule
 from apc.kinds.electrolysis_cell.kpi import KPI_LABELS, KpiAccumulator, KpiConfig
+from apc.kinds.electrolysis_cell.plant_kpi import CellPlantKpis, cell_plant_config
 from apc.kinds.electrolysis_cell.recipe import CellRecipe
+from apc.plant_kpi import PlantKpiSink
 from apc.protocols import BatchRunner, Clock, KpiSink
 from apc.provenance import baseline_sha256, tree_sha256
 from apc.recipe.loader import LoadedRecipe
@@ -113,6 +115,14 @@ class ElectrolysisCell:
     def kpi_from_header(self, header: Mapping[str, Any]) -> KpiSink | None:
         data = header.get(self.kpi_header_key)
         return None if data is None else KpiAccumulator(KpiConfig.from_mapping(data))
+
+    def plant_kpi_config(self, recipe: Recipe) -> Mapping[str, Any]:
+        """The oxide and bath-temperature bands (the MPC section's) with their lab, dip and filter signals."""
+        return cell_plant_config(_cell(recipe))
+
+    def plant_kpis(self, header: Mapping[str, Any]) -> PlantKpiSink:
+        """Tap-to-tap current efficiency and specific energy from the measured signals."""
+        return CellPlantKpis(header)
 
     def status_line(self, recipe: Recipe, record: CycleRecord) -> str:
         """Cell voltage and feed, with the simulator's bath temperature and oxide where there is a truth."""

@@ -28,7 +28,9 @@ from apc.kinds.furnace.assembly import (
     furnace_signal_names,
 )
 from apc.kinds.furnace.kpi import FurnaceKpiAccumulator, FurnaceKpiConfig
+from apc.kinds.furnace.plant_kpi import FurnacePlantKpis, furnace_plant_config
 from apc.kinds.furnace.recipe import FurnaceRecipe
+from apc.plant_kpi import PlantKpiSink
 from apc.protocols import BatchRunner, Clock, KpiSink
 from apc.provenance import baseline_sha256, tree_sha256
 from apc.recipe.curve_schema import check_against_model
@@ -220,6 +222,14 @@ class FurnaceKind:
     def kpi_from_header(self, header: Mapping[str, Any]) -> KpiSink | None:
         data = header.get(self.kpi_header_key)
         return None if data is None else FurnaceKpiAccumulator(FurnaceKpiConfig.from_mapping(data))
+
+    def plant_kpi_config(self, recipe: Recipe) -> Mapping[str, Any]:
+        """The measured controlled temperature and the curve's controlled signal."""
+        return furnace_plant_config(_furnace(recipe))
+
+    def plant_kpis(self, header: Mapping[str, Any]) -> PlantKpiSink:
+        """Batch KPIs from the measured (and estimated) controlled temperature against the curve."""
+        return FurnacePlantKpis(header)
 
     def status_line(self, recipe: Recipe, record: CycleRecord) -> str:
         """Batch state, segment and target, the controlled temperature estimated (and simulated)."""
