@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from apc.alarms.book import ALARMS_FILE_NAME, AlarmBook
 from apc.alarms.monitor import SiteAlarms
-from apc.assembly import build_sim_unit, load
+from apc.assembly import build_sim_unit, load, record_header
 from apc.audit import make_logger
 from apc.clock import RealClock
 from apc.compute import ComputeError, ComputeLost
@@ -31,6 +31,7 @@ from apc.journal import DeferredStream, RotatingTextFile, sync_periodically
 from apc.kinds import kind_of
 from apc.kpi import format_kpis
 from apc.metrics import MetricsServer, RuntimeMetrics, link_probe, metrics_endpoint
+from apc.performance import SitePerformance
 from apc.plant_sim_cli import PlantFile, default_scan_s, virtual_units
 from apc.protocols import Reconnecting
 from apc.recipe.errors import RecipeError
@@ -108,6 +109,7 @@ async def run_site(
     pool = ComputePool(default_workers() if n_workers < 0 else n_workers, log=audit, speed=lambda: clock.speed) \
         if n_workers != 0 else None
     alarms = SiteAlarms(AlarmBook(loaded.path.parent / site.state_dir / ALARMS_FILE_NAME, audit=audit))
+    performance = SitePerformance()
     try:
         alarms.book.load(clock.utc())  # active and unacknowledged alarms survive a restart
         if pool is not None:
@@ -130,13 +132,14 @@ async def run_site(
             if not existed and record.exists():
                 new_records.append(record)
             units.append(unit)
+            performance.add_unit(su.name, record_header(su.name, unit.loaded, clock, unit.recipe.controller.kind))
             give_line_current(site.groups, {su.name: unit}, clock.utc())  # before restore: never re-enabled
             unit.restore(clock.utc())
             starts.append(_first_mode(unit, Mode(su.requested_mode), real_plant))
         if pool is not None:
             await pool.ready()  # every unit's estimator and controller built in its worker
         if site.hmi is not None:
-            hmi = _hmi_server(loaded, units, audit, clock, alarms.book)
+            hmi = _hmi_server(loaded, units, audit, clock, alarms.book, performance)
             await hmi.start()
         endpoint = metrics_endpoint(site.metrics, metrics_port)
         if endpoint is not None:
@@ -178,6 +181,7 @@ async def run_site(
             for u, s in zip(units, unit_stats):
                 metrics.add_unit(u.name, u.recipe.unit_kind, s, link_probe(u.io))
         tasks = [asyncio.create_task(_run_unit(u, clock, hours, stop, audit, out, status_every_s, hmi, alarms,
+                                               performance,
                                                phase=i / len(units), deadlines=pool is not None,
                                                start_s=start_s, last_cycle=last_cycle, stats=unit_stats[i],
                                                metrics=metrics))
@@ -344,7 +348,8 @@ def _first_mode(unit: Unit, requested: Mode, real_plant: bool) -> Mode:
     return requested
 
 
-def _hmi_server(loaded: LoadedSite, units: list[Unit], audit: Any, clock: RealClock, alarms: AlarmBook) -> HmiServer:
+def _hmi_server(loaded: LoadedSite, units: list[Unit], audit: Any, clock: RealClock, alarms: AlarmBook,
+                performance: SitePerformance) -> HmiServer:
     hs = loaded.site.hmi
     assert hs is not None
     base = loaded.path.parent
@@ -353,12 +358,14 @@ def _hmi_server(loaded: LoadedSite, units: list[Unit], audit: Any, clock: RealCl
                      allow_insecure_loopback=hs.allow_insecure_loopback, audit=audit, clock_utc=clock.utc,
                      trusted_clients=None if hs.trusted_clients is None else base / hs.trusted_clients,
                      reload=reload_callback({u.name: u for u in units}, clock.utc), alarms=alarms,
+                     performance=performance,
                      groups=site_groups(loaded.site.groups, {u.name: u for u in units}, audit))
 
 
 async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asyncio.Event, audit: Any,
                     out: TextIO, status_every_s: float, hmi: HmiServer | None = None,
-                    alarms: SiteAlarms | None = None, *, phase: float = 0.0,
+                    alarms: SiteAlarms | None = None, performance: SitePerformance | None = None, *,
+                    phase: float = 0.0,
                     deadlines: bool = True, start_s: float = 0.0, last_cycle: dict[str, float] | None = None,
                     stats: ScheduleStats | None = None, metrics: RuntimeMetrics | None = None) -> ScheduleStats:
     """One unit's cycles on its slots ``t0 + k·period`` for ``hours`` from ``start_s``, ``t0`` the first
@@ -378,6 +385,8 @@ async def _run_unit(unit: Unit, clock: RealClock, hours: float | None, stop: asy
         if last_cycle is not None:
             last_cycle[unit.name] = time.monotonic()  # what the service watchdog is fed on
         changes = alarms.observe(unit, rec) if alarms is not None else []
+        if performance is not None:
+            performance.observe(unit.name, rec)
         if hmi is not None:
             await hmi.publish(unit.name, rec)
             await hmi.publish_alarms(changes)  # in the cycle that raised them

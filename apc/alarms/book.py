@@ -101,6 +101,7 @@ class AlarmBook:
         """A message that changes while its severity does not is re-sent at most this often."""
         self._alarms: dict[str, Alarm] = {}
         self._active: dict[str, int] = {}
+        self._unacked: dict[str, int] = {}
         self.persist_error = ""
         """Why the state file could not be written last time ('' when it could)."""
 
@@ -118,6 +119,10 @@ class AlarmBook:
         """Active conditions of a unit (shelved ones included); safe to call from another thread (the
         metrics endpoint's): it reads a count kept up to date by every change."""
         return self._active.get(unit, 0)
+
+    def unacked_count(self, unit: str) -> int:
+        """Retained conditions of a unit not yet acknowledged."""
+        return self._unacked.get(unit, 0)
 
     # ------------------------------------------------------------------ persistence
     def load(self, utc: float) -> list[AlarmChange]:
@@ -258,7 +263,9 @@ class AlarmBook:
     # ------------------------------------------------------------------ internals
     def _put(self, alarm: Alarm, what: str, *, who: str = "runtime", where: str = "", comment: str = "") -> AlarmChange:
         self._alarms[alarm.condition_id] = alarm
-        self._active[alarm.unit] = sum(a.active for a in self._alarms.values() if a.unit == alarm.unit)
+        mine = [a for a in self._alarms.values() if a.unit == alarm.unit]
+        self._active[alarm.unit] = sum(a.active for a in mine)
+        self._unacked[alarm.unit] = sum(not a.acked for a in mine)
         return AlarmChange(alarm, what, who, where, comment)
 
     def _journal(self, ch: AlarmChange, utc: float) -> None:

@@ -36,6 +36,7 @@ Address space (namespace :data:`HMI_NAMESPACE`, string node ids shown)::
         Predictions/<cv>/Next (Double), Trajectory (Double[])
         Batch/State, Segment (String) and whatever :meth:`HmiServer.update_batch` adds
         Alarms/<cause>  alarm conditions, created when first raised (:mod:`apc.hmi.alarm_events`)
+        Performance/<kpi>  Double plant KPIs since the start (docs/performance_kpis.md), NotComputable
     Objects/APC/Groups/<group>/             site groups: see :mod:`apc.hmi.group_nodes`
 
 Node id of ``<unit>/MVs/<mv>/Enabled`` is ``s=<unit>.MVs.<mv>.Enabled`` (see :func:`hmi_node_id`).
@@ -76,11 +77,12 @@ from apc.groups import UnitGroup
 from apc.hmi.alarm_events import AlarmEvents
 from apc.hmi.certs import application_uri_of
 from apc.hmi.channel_guard import ChannelGuard, ChannelGuardError, ChannelRules, GuardedServer, is_loopback_host
-from apc.hmi.group_nodes import GROUPS_FOLDER, GroupNodeIds, build_group_nodes, rollup_writes
+from apc.hmi.group_nodes import GROUPS_FOLDER, GroupExtras, GroupNodeIds, build_group_nodes, rollup_writes
 from apc.hmi.login import HmiUserManager, LoginGate, PasswordPool
 from apc.hmi.throttle import LoginThrottle
 from apc.hmi.trust import TrustList, TrustListError
 from apc.hmi.users import HmiUser, Role, UserDb
+from apc.performance import SitePerformance
 from apc.types import Mode
 from apc.unit import Unit
 from plant_io.ua_values import data_value, node_id, status_code
@@ -94,6 +96,9 @@ ROOT = "APC"
 _log = logging.getLogger(__name__)
 _VT = ua.VariantType
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+PERFORMANCE_EVERY_CYCLES = 12
+"""The ``Performance`` nodes are refreshed every this many cycles of a unit (the first cycle included)."""
 
 ReloadCallback = Callable[[str, str, str], Awaitable[str]]
 """``reload(unit, who, where)``: re-read the unit's recipe and request its reload; '' when
@@ -147,6 +152,7 @@ class _UnitNodes:
     estimate: dict[str, tuple[ua.NodeId, ua.NodeId]] = field(default_factory=dict)
     predictions: dict[str, tuple[ua.NodeId, ua.NodeId]] = field(default_factory=dict)
     batch: dict[str, tuple[ua.NodeId, ua.VariantType]] = field(default_factory=dict)
+    performance: dict[str, ua.NodeId] = field(default_factory=dict)
     folders: dict[str, ua.NodeId] = field(default_factory=dict)
 
 
@@ -200,6 +206,7 @@ class HmiServer:
         password_pool: PasswordPool | None = None,
         reload: ReloadCallback | None = None,
         alarms: AlarmBook | None = None,
+        performance: SitePerformance | None = None,
         groups: Mapping[str, UnitGroup] | None = None,
     ) -> None:
         url = urlparse(endpoint_url)
@@ -249,6 +256,7 @@ class HmiServer:
         self._password_pool = password_pool
         self._reload = reload
         self._alarm_book = alarms
+        self._performance = performance
         self._alarm_events: AlarmEvents | None = None
         self._server: GuardedServer | None = None
         self._gate: LoginGate | None = None
@@ -468,6 +476,7 @@ class HmiServer:
             nodes.folders["Estimate"] = await self._folder(ufolder, self._nid(name, "Estimate"), "Estimate")
             nodes.folders["Predictions"] = await self._folder(ufolder, self._nid(name, "Predictions"), "Predictions")
             nodes.folders["Batch"] = await self._folder(ufolder, self._nid(name, "Batch"), "Batch")
+            nodes.folders["Performance"] = await self._folder(ufolder, self._nid(name, "Performance"), "Performance")
             for key in ("State", "Segment"):
                 nid = await self._var(nodes.folders["Batch"], self._nid(name, "Batch", key), key, "", _VT.String,
                                       initial=waiting)
@@ -492,7 +501,16 @@ class HmiServer:
     def _group_values(self, unit_name: str | None, ts: dt.datetime | None) -> list[tuple[ua.NodeId, ua.DataValue]]:
         """Roll-ups of the groups ``unit_name`` is in (None: of every group)."""
         return [w for name, g in self._groups.items() if unit_name is None or unit_name in g.members
-                for w in rollup_writes(self._group_nodes[name], g.rollup(), ts)]
+                for w in rollup_writes(self._group_nodes[name], g.rollup(), ts, self._group_extras(g.members))]
+
+    def _group_extras(self, members: Sequence[str]) -> GroupExtras:
+        book, perf = self._alarm_book, self._performance
+        active = sum(book.active_count(m) for m in members) if book is not None else 0
+        unacked = sum(book.unacked_count(m) for m in members) if book is not None else 0
+        if perf is None:
+            return GroupExtras(active, unacked)
+        g = perf.group(members)
+        return GroupExtras(active, unacked, g.service_factor, g.on_h, g.available_h, g.sheds)
 
     async def _estimate_nodes(self, unit: str, state: str) -> tuple[ua.NodeId, ua.NodeId]:
         nodes = self._nodes[unit]
@@ -503,6 +521,29 @@ class HmiServer:
                 sigma = await self._var(folder, self._nid(unit, "Estimate", state, "Sigma"), "Sigma", 0.0, _VT.Double)
                 nodes.estimate[state] = (value, sigma)
         return nodes.estimate[state]
+
+    async def _performance_values(self, unit: str, ts: dt.datetime) -> list[tuple[ua.NodeId, ua.DataValue]]:
+        """``Performance/<kpi>`` (Double; a key's dots become underscores) and ``Performance/NotComputable``
+        (why the others are missing), created as they first appear."""
+        assert self._performance is not None
+        figures = self._performance.figures(unit)
+        if figures is None:
+            return []
+        nodes = self._nodes[unit]
+        values: dict[str, tuple[Any, ua.VariantType]] = {
+            key.replace(".", "_"): (float(v), _VT.Double) for key, v in figures.values.items()
+            if not key.startswith("sheds_by_reason.") and _NAME_RE.match(key.replace(".", "_"))}
+        values["NotComputable"] = ("; ".join(f"{k}: {why}" for k, why in sorted(figures.not_computable.items())),
+                                   _VT.String)
+        writes = []
+        async with self._create_lock:
+            for key, (value, vtype) in values.items():
+                if key not in nodes.performance:
+                    nodes.performance[key] = await self._var(nodes.folders["Performance"],
+                                                             self._nid(unit, "Performance", key), key,
+                                                             _placeholder(vtype), vtype)
+                writes.append((nodes.performance[key], _dv(value, vtype, ts)))
+        return writes
 
     async def _prediction_nodes(self, unit: str, cv: str) -> tuple[ua.NodeId, ua.NodeId]:
         nodes = self._nodes[unit]
@@ -594,6 +635,8 @@ class HmiServer:
         for g in self._groups.values():
             g.observe(unit_name, record)
         writes += self._group_values(unit_name, ts)
+        if self._performance is not None and record.k % PERFORMANCE_EVERY_CYCLES == 0:
+            writes += await self._performance_values(unit_name, ts)
         now = dt.datetime.now(dt.UTC)
         writes.append((node_id(ua.ObjectIds.Server_ServerStatus_CurrentTime),
                        data_value(ua.Variant(now, _VT.DateTime), status_code(ua.StatusCodes.Good), now, None)))
