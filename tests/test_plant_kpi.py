@@ -31,9 +31,13 @@ CELL_IO = {"inputs": {"cell_voltage": {"unit": "V", "role": "measurement"},
 BANDS = [CvBand("oxide", 2.0, 3.0, "wt%", "oxide_lab", "ox", "ox_std").to_mapping()]
 
 
+PFC_PER_KAH = 100.0
+"""A round emission factor for hand computations, kg CO2e per kAh in anode effect."""
+
+
 def header(period_s: float = 5.0, unit: str = "cell-01", kind: str = "electrolysis_cell", **extra: Any) -> dict[str, Any]:
     return {"unit": unit, "unit_kind": kind, "period_s": period_s, "io": CELL_IO,
-            "plant_kpi": {"cv_bands": BANDS}, **extra}
+            "plant_kpi": {"cv_bands": BANDS, "pfc_kg_co2e_per_kAh": PFC_PER_KAH}, **extra}
 
 
 def cycle(k: int, utc: float = MIDNIGHT, *, requested: str = "ON", actual: str = "ON",
@@ -153,6 +157,29 @@ def test_cell_current_efficiency_and_specific_energy_tap_to_tap() -> None:
     assert res["current_efficiency_pct"] == pytest.approx(100 * 20 / (ND_KG_PER_KAH * 18))
     assert res["energy_kWh_per_kg"] == pytest.approx(72 / 20)
     assert acc.not_computable() == {}
+
+
+def test_anode_effects_minutes_and_pfc_from_the_detected_flag() -> None:
+    """Flags 0,1,1,0,1 at 6 kA with 60 s cycles: two anode effects, 3 minutes, 3·0.1 kAh·PFC_PER_KAH kg CO2e."""
+    acc = CellPlantKpis(header(period_s=60.0))
+    for k, flag in enumerate([0.0, 1.0, 1.0, 0.0, 1.0]):
+        acc.add(records([cycle(k, inputs={"line_current": ok(6.0)},
+                               estimate={"names": [], "x": [], "P_diag": None, "health": "ok",
+                                         "extras": {"anode_effect_detected": flag}})])[0])
+    res = acc.result()
+    assert (res["anode_effects"], res["anode_effect_minutes"]) == (2, pytest.approx(3.0))
+    assert res["pfc_kg_co2e_est"] == pytest.approx(3 * 0.1 * PFC_PER_KAH)
+
+
+def test_the_shipped_recipe_carries_the_models_pfc_factor() -> None:
+    """The cell header's PFC factor is the model's: f_CF4 · 1 kAh · M_CF4/(4F) · (GWP_CF4 + r · GWP_C2F6)."""
+    from apc.assembly import load
+    from apc.kinds.electrolysis_cell.plant_kpi import cell_plant_config
+    from sim.models.nd_cell import F_C_PER_MOL, GWP_C2F6, GWP_CF4, M_CF4_KG_PER_MOL
+    from tests.helpers.sim_harness import ND_RECIPE
+
+    factor = cell_plant_config(load(ND_RECIPE).recipe)["pfc_kg_co2e_per_kAh"]  # type: ignore[arg-type]
+    assert factor == pytest.approx(0.3 * 3.6e6 * M_CF4_KG_PER_MOL / (4 * F_C_PER_MOL) * (GWP_CF4 + 0.1 * GWP_C2F6))
 
 
 def test_cell_without_taps_says_why() -> None:

@@ -16,6 +16,17 @@ the first tap and after the last do not count::
 
 with I in kA, U in V, Δt the period in h, sums over the window; a cycle without a valid voltage or
 current uses the last valid one (none before it: counts nothing).
+
+Anode effects as the estimate flags them from the measured voltage (``anode_effect_detected``,
+confirmed onset, ``docs/anode_effects.md``): ``anode_effects`` (onsets), ``anode_effect_minutes`` and
+``pfc_kg_co2e_est``, the PFC emissions of those minutes by the recipe model's emission factors::
+
+    pfc_kg_co2e_est = Σ_AE f_CF4 · I · M_CF4 / (4 F) · (GWP_CF4 + r_C2F6 · GWP_C2F6) · Δt
+
+with ``f_CF4`` the share of the current making CF4 during an anode effect and ``r_C2F6`` the C2F6/CF4
+mass ratio (the model's ``pfc_current_fraction`` and ``c2f6_to_cf4_mass_ratio``, assumptions of
+``sim/models/nd_cell.py``; a plant replaces them with its measured emission factors in the recipe's
+``model.parameters``).
 """
 
 from __future__ import annotations
@@ -27,7 +38,10 @@ from typing import Any
 from apc.cycle_record import CycleRecord
 from apc.kinds.electrolysis_cell.kpi import ND_KG_PER_KAH
 from apc.kinds.electrolysis_cell.recipe import CellRecipe
-from apc.plant_kpi import CvBand, header_period_s, input_value
+from apc.plant_kpi import PLANT_KPI_HEADER_KEY, CvBand, header_period_s, input_value
+from estimators.filtered import AE_DETECTED
+from sim.models import get_model
+from sim.models.nd_cell import F_C_PER_MOL, GWP_C2F6, GWP_CF4, M_CF4_KG_PER_MOL
 
 __all__ = ["TAP_MIN_KG", "CellPlantKpis", "cell_cv_bands", "cell_plant_config"]
 
@@ -60,9 +74,21 @@ def cell_cv_bands(recipe: CellRecipe) -> tuple[CvBand, ...]:
     )
 
 
+def _pfc_factor_kg_co2e_per_kAh(recipe: CellRecipe) -> float:
+    """CO2-equivalent PFC mass per kAh passed in anode effect, from the recipe's model parameters."""
+    model = get_model(recipe.model.name)
+    names = model.parameter_names
+    if "pfc_current_fraction" not in names or "c2f6_to_cf4_mass_ratio" not in names:
+        return math.nan
+    p = dict(zip(names, (float(v) for v in model.parameter_vector(recipe.model.parameters))))
+    cf4_kg_per_kAh = p["pfc_current_fraction"] * 1000.0 * 3600.0 * M_CF4_KG_PER_MOL / (4.0 * F_C_PER_MOL)
+    return cf4_kg_per_kAh * (GWP_CF4 + p["c2f6_to_cf4_mass_ratio"] * GWP_C2F6)
+
+
 def cell_plant_config(recipe: CellRecipe) -> dict[str, Any]:
     """The header's ``plant_kpi`` object of a cell."""
     return {"cv_bands": [b.to_mapping() for b in cell_cv_bands(recipe)],
+            "pfc_kg_co2e_per_kAh": _pfc_factor_kg_co2e_per_kAh(recipe),
             "no_bands_reason": "" if recipe.controller.mpc is not None else
             "the recipe has no controller.mpc section (its oxide and bath-temperature bands)"}
 
@@ -86,9 +112,21 @@ class CellPlantKpis:
         self._window_kg = 0.0
         self._window_kAh = self._window_kWh = self._window_h = 0.0
         self._pend_kAh = self._pend_kWh = self._pend_h = 0.0
+        factor = (header.get(PLANT_KPI_HEADER_KEY) or {}).get("pfc_kg_co2e_per_kAh")
+        self._pfc_per_kAh = float(factor) if isinstance(factor, (int, float)) else math.nan
+        self._in_ae = False
+        self._aes = 0
+        self._ae_h = self._ae_kAh = 0.0
 
     def add(self, record: CycleRecord) -> None:
         u, i = input_value(record, self.voltage), input_value(record, self.current)
+        in_ae = record.estimate.extras.get(AE_DETECTED, 0.0) >= 0.5
+        if in_ae:
+            self._aes += not self._in_ae
+            self._ae_h += self.period_s / 3600.0
+            current = i if math.isfinite(i) else self._last_i
+            self._ae_kAh += current * self.period_s / 3600.0 if math.isfinite(current) else 0.0
+        self._in_ae = in_ae
         self._last_u = u if math.isfinite(u) else self._last_u
         self._last_i = i if math.isfinite(i) else self._last_i
         counter = input_value(record, self.tapped)
@@ -115,7 +153,9 @@ class CellPlantKpis:
         self._tapped_kg += kg
 
     def result(self) -> dict[str, float | int]:
-        out: dict[str, float | int] = {}
+        out: dict[str, float | int] = {"anode_effects": self._aes, "anode_effect_minutes": 60.0 * self._ae_h}
+        if math.isfinite(self._pfc_per_kAh):
+            out["pfc_kg_co2e_est"] = self._pfc_per_kAh * self._ae_kAh
         if self.tapped is None:
             return out
         out["taps"] = self._taps
@@ -129,6 +169,12 @@ class CellPlantKpis:
         return out
 
     def not_computable(self) -> dict[str, str]:
+        pfc = {} if math.isfinite(self._pfc_per_kAh) else {
+            "pfc_kg_co2e_est": "the record's header has no PFC emission factor (an older record or a model "
+                               "without pfc_current_fraction)"}
+        return {**pfc, **self._tap_not_computable()}
+
+    def _tap_not_computable(self) -> dict[str, str]:
         keys = ("current_efficiency_pct", "energy_kWh_per_kg")
         if self.tapped is None:
             why = "the recipe has no tapped-metal input (an input in kg)"
