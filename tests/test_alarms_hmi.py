@@ -237,3 +237,50 @@ def test_apc_alarms_lists_and_acknowledges_from_the_command_line(pki: HmiPki, tm
 
     asyncio.run(run())
     assert [(e["who"], e["comment"]) for e in audit.events("alarm_acknowledged")] == [("olga", "on it")]
+
+
+def test_confirm_comment_and_shelving_through_the_standard_methods(pki: HmiPki, tmp_path: Path) -> None:
+    """Confirm before Acknowledge is refused; after it accepted; AddComment is stored; TimedShelve on ShelvingState beyond 8 h is refused, within accepted and shown; Unshelve ends it."""
+    audit = Audit()
+    su = SimUnit(scen=scenario(events=_bad_voltage(600, 30)), audit=audit.logger, name=UNIT, seed=3)
+    rig = Rig(pki, tmp_path, su, audit)
+    confirm = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Confirm)
+    comment = ua.NodeId(ua.ObjectIds.ConditionType_AddComment)
+    timed = ua.NodeId(ua.ObjectIds.ShelvedStateMachineType_TimedShelve)
+    unshelve = ua.NodeId(ua.ObjectIds.ShelvedStateMachineType_Unshelve)
+
+    async def run() -> None:
+        async with rig.server, client(rig.server.endpoint_url, pki.creds("olga")) as c:
+            events = Events()
+            sub = await c.create_subscription(20, events)
+            await sub.subscribe_events(c.nodes.server, ua.ObjectIds.AlarmConditionType)
+            su.request(Mode.ON)
+            await rig.until(lambda r: r.mode.actual == "ON", 1000)
+            await rig.until(lambda r: r.shed, 400)
+            ev = await events.next_of("shed", timeout_s=5.0)
+            cond = c.get_node(ev.NodeId)
+            shelving = c.get_node(ua.NodeId(f"{UNIT}.Alarms.shed.ShelvingState", ev.NodeId.NamespaceIndex))
+            with pytest.raises(ua.UaStatusCodeError) as early:
+                await cond.call_method(confirm, ev.EventId, ua.LocalizedText(""))
+            assert early.value.code == ua.StatusCodes.BadInvalidState
+            await cond.call_method(comment, ev.EventId, ua.LocalizedText("electrician called"))
+            commented = await events.next_of("shed", timeout_s=5.0)
+            assert commented.Comment.Text == "electrician called" and commented.ClientUserId == "olga"
+            await cond.call_method(ACK, commented.EventId, ua.LocalizedText(""))
+            acked = await events.next_of("shed", timeout_s=5.0)
+            await cond.call_method(confirm, acked.EventId, ua.LocalizedText("done"))
+            assert getattr(await events.next_of("shed", timeout_s=5.0), "ConfirmedState/Id") is True
+            with pytest.raises(ua.UaStatusCodeError) as long:
+                await shelving.call_method(timed, ua.Variant(9 * 3600e3, ua.VariantType.Double))
+            assert long.value.code == ua.StatusCodes.BadShelvingTimeOutOfRange
+            await shelving.call_method(timed, ua.Variant(600e3, ua.VariantType.Double))
+            shelved = await events.next_of("shed", timeout_s=5.0)
+            assert shelved.SuppressedOrShelved is True
+            assert getattr(shelved, "ShelvingState/CurrentState").Text == "TimedShelved"
+            await shelving.call_method(unshelve)
+            assert (await events.next_of("shed", timeout_s=5.0)).SuppressedOrShelved is False
+
+    asyncio.run(run())
+    assert [e["event"] for e in (json.loads(x) for x in audit.buf.getvalue().splitlines())
+            if e["event"].startswith("alarm_") and e.get("cause") == "shed"][1:] == [
+        "alarm_commented", "alarm_acknowledged", "alarm_confirmed", "alarm_shelved", "alarm_unshelved"]
