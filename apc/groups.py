@@ -7,18 +7,25 @@ answers at once when it already knows why it cannot engage. Until a member's nex
 status is pending; after it, each member is ``engaged`` or ``not engaged: <why>``.
 
 A group that declares the line current a disturbance takes each member's current MV away from it
-at assembly (:func:`give_line_current`): the rectifier is the line's, no member writes it.
+at assembly (:func:`give_line_current`): the rectifier is the line's, no member writes it. A group
+that gives the rectifier to the APC (``line_current: apc``) leaves the current MV to one member, the
+``rectifier_unit``, whose tag is the rectifier's set point: the other members take the current as a
+measured disturbance, and the rectifier unit's moves are bounded by the limits of *every* member
+(:func:`share_line_limits`: the intersection of their engineering and operator limits, the smallest
+rate), read at each of its cycles, so an operator narrowing one cell's current limits narrows the
+line's at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from apc.cycle_record import CycleRecord
 from apc.recipe.group_schema import GroupSpec, line_current_mv
-from apc.recipe.schema import Recipe
+from apc.recipe.schema import MvLimits, Recipe
 from apc.types import Mode
 
 PENDING = "pending: waiting for the unit's next cycle"
@@ -40,6 +47,11 @@ class GroupMember(Protocol):
 
     def give_to_line(self, mv: str, reason: str, utc: float) -> None: ...
 
+    def share_with_line(self, mv: str, limits: Callable[[], MvLimits | str], reason: str, utc: float) -> None: ...
+
+    @property
+    def mvs(self) -> Mapping[str, Any]: ...
+
 
 def line_current_reason(group: str) -> str:
     """Why a member of ``group`` does not write its current MV."""
@@ -47,19 +59,54 @@ def line_current_reason(group: str) -> str:
 
 
 def give_line_current(groups: Sequence[GroupSpec], units: Mapping[str, GroupMember], utc: float) -> None:
-    """Every member of a ``line_current: disturbance`` group found in ``units`` gives its current MV
-    to the line (the recipes were checked at load: each member has one)."""
+    """Every member of a ``line_current`` group found in ``units`` gives its current MV to the line,
+    except a ``line_current: apc`` group's rectifier unit (the recipes were checked at load: each
+    member has one)."""
     for g in groups:
-        if g.line_current != "disturbance":
+        if g.line_current is None:
             continue
         for name in g.units:
             unit = units.get(name)
-            if unit is None:
+            if unit is None or (g.line_current == "apc" and name == g.rectifier_unit):
                 continue
             mv, why = line_current_mv(unit.recipe, g.current_mv)
             if why:
                 raise ValueError(f"group {g.name}: unit {name}: {why}")
-            unit.give_to_line(mv, line_current_reason(g.name), utc)
+            reason = line_current_reason(g.name) if g.line_current == "disturbance" else \
+                f"line current is set for group {g.name} by its rectifier unit {g.rectifier_unit}"
+            unit.give_to_line(mv, reason, utc)
+
+
+def line_limits(members: Sequence[tuple[GroupMember, str]]) -> MvLimits | str:
+    """The limits every member's current MV allows now (engineering and operator intersected, the
+    smallest rate), or why there are none (the members' limits do not overlap)."""
+    lims = [(u.name, u.mvs[mv].limits) for u, mv in members]
+    e_lo, e_hi = max(lim.engineering[0] for _, lim in lims), min(lim.engineering[1] for _, lim in lims)
+    o_lo, o_hi = max(lim.operator[0] for _, lim in lims), min(lim.operator[1] for _, lim in lims)
+    o_lo, o_hi = max(o_lo, e_lo), min(o_hi, e_hi)
+    if not (e_lo <= e_hi and o_lo <= o_hi):
+        spans = ", ".join(f"{n} [{max(lim.operator[0], lim.engineering[0]):g}, "
+                          f"{min(lim.operator[1], lim.engineering[1]):g}]" for n, lim in lims)
+        return f"the members' current limits do not overlap ({spans})"
+    return MvLimits(engineering=(e_lo, e_hi), operator=(o_lo, o_hi), rate_per_s=min(lim.rate_per_s for _, lim in lims))
+
+
+def share_line_limits(groups: Sequence[GroupSpec], units: Mapping[str, GroupMember], utc: float) -> None:
+    """Bound each ``line_current: apc`` group's rectifier unit by every member's current limits
+    (call once every member is built)."""
+    for g in groups:
+        if g.line_current != "apc" or g.rectifier_unit not in units:
+            continue
+        members = []
+        for name in g.units:
+            mv, why = line_current_mv(units[name].recipe, g.current_mv)
+            if why:
+                raise ValueError(f"group {g.name}: unit {name}: {why}")
+            members.append((units[name], mv))
+        rect = units[str(g.rectifier_unit)]
+        rect_mv = next(mv for u, mv in members if u is rect)
+        rect.share_with_line(rect_mv, functools.partial(line_limits, tuple(members)),
+                             f"line current set point of group {g.name}: bounded by every member's limits", utc)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from apc.clock import RealClock
 from apc.compute import ComputeError, ComputeLost
 from apc.compute_pool import ComputePool, default_workers
 from apc.cycle_record import CycleRecord
-from apc.groups import give_line_current, site_groups
+from apc.groups import give_line_current, share_line_limits, site_groups
 from apc.hmi.server import HmiServer, ReloadCallback
 from apc.hmi.users import load_users
 from apc.journal import DeferredStream, RotatingTextFile, sync_periodically
@@ -136,6 +136,7 @@ async def run_site(
             give_line_current(site.groups, {su.name: unit}, clock.utc())  # before restore: never re-enabled
             unit.restore(clock.utc())
             starts.append(_first_mode(unit, Mode(su.requested_mode), real_plant))
+        share_line_limits(site.groups, {u.name: u for u in units}, clock.utc())  # every member is built
         if pool is not None:
             await pool.ready()  # every unit's estimator and controller built in its worker
         if site.hmi is not None:

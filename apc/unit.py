@@ -238,6 +238,8 @@ class Unit:
         self.apc_heartbeat = HeartbeatCounter(io.counter_max(apc_tag) if isinstance(io, CounterTags)
                                               else DEFAULT_COUNTER_MAX)
         self.line_owned: dict[str, str] = {}
+        self.line_limits: dict[str, Callable[[], MvLimits | str]] = {}
+        """MVs that set a whole line's current, and the limits every member of the line allows."""
         """MVs the unit never writes, with why (the line current of cells in series: see
         :meth:`give_to_line`)."""
         self._configure(loaded)
@@ -426,6 +428,18 @@ class Unit:
         self.guard = OutputGuard.from_mvs({n: s for n, s in self.recipe.io.mvs.items() if n not in self.line_owned},
                                           extra_tags=(self.recipe.io.heartbeat.apc_tag,))
         self.audit.info("mv_line_owned", utc=utc, who="site file", mv=mv, tag=state.spec.tag, why=reason)
+
+    def share_with_line(self, mv: str, limits: Callable[[], MvLimits | str], reason: str, utc: float) -> None:
+        """``mv`` sets the current of a whole line (this unit is the group's rectifier unit): each cycle
+        its moves are bounded by ``limits()`` (every member's limits) instead of its own, and held with
+        the reason when ``limits()`` says there are none. Audited as ``mv_line_shared``."""
+        self.line_limits[mv] = limits
+        self.audit.info("mv_line_shared", utc=utc, who="site file", mv=mv, tag=self.mvs[mv].spec.tag, why=reason)
+
+    def _limits(self, name: str) -> MvLimits | str:
+        """The limits ``name`` moves within now: its own, or the line's (or why there are none)."""
+        shared = self.line_limits.get(name)
+        return self.mvs[name].limits if shared is None else shared()
 
     def start_mode(self, mode: Mode, who: str, where: str, utc: float) -> None:
         """The mode a process start asks for (site file): audited as ``mode_request``; unlike an
@@ -701,7 +715,11 @@ class Unit:
 
         out = {}
         for name, mv in self.mvs.items():
-            lim = mv.limits
+            shared = self._limits(name)
+            held = c.applied.get(name, math.nan)
+            if isinstance(shared, str) and math.isfinite(held):  # no line limits: the MV stays where it is
+                shared = MvLimits((held, held), (held, held), mv.limits.rate_per_s)
+            lim = shared if isinstance(shared, MvLimits) else mv.limits
             since = math.inf if mv.spec.kind is MvKind.SETPOINT else mv.since_last_move_s(c.t_s, c.utc)
             out[name] = MvConstraint(max(lim.operator[0], lim.engineering[0]), min(lim.operator[1], lim.engineering[1]),
                                      at_limit(mv.spec.high_limit_status), at_limit(mv.spec.low_limit_status),
@@ -838,10 +856,13 @@ class Unit:
                 continue
             blocking = [f"{p}: {why}" for p, why in c.permissives.items() if why and name in self.permissives[p][1]]
             hold = decision.hold_reason
+            limits = self._limits(name)
+            if isinstance(limits, str):  # a line whose members' limits do not overlap: no move
+                hold, limits = hold or limits, mv.limits
             since = c.constraints[name].since_last_move_s
             req = GuardRequest(
                 mv=name, kind=mv.spec.kind, proposed=plan.moves[name], readback=c.applied[name],
-                acknowledged=mv.acknowledged, limits=mv.limits, dt_s=c.dt_s, period_s=self.recipe.period_s,
+                acknowledged=mv.acknowledged, limits=limits, dt_s=c.dt_s, period_s=self.recipe.period_s,
                 since_last_move_s=None if since == math.inf or mv.spec.kind is MvKind.SETPOINT else since,
                 permissive_ok=not blocking, permissive_reason="; ".join(blocking),
                 inputs_ok=c.inputs_ok and not hold, inputs_reason=hold or c.inputs_reason,

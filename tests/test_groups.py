@@ -44,7 +44,7 @@ def test_groups_section_loads_members_and_line_current(tmp_path: Path) -> None:
 
 
 def test_group_errors_name_file_line_and_field(tmp_path: Path) -> None:
-    """Unknown and repeated members, duplicate names, a cell in two lines, 'apc' and a wrong current MV: each at its line."""
+    """Unknown and repeated members, duplicate names, a cell in two lines, 'apc' without a rectifier unit and a wrong current MV: each at its line."""
     path = potline_site(tmp_path, (
         "groups:\n"
         "  - name: potline-1\n"
@@ -61,7 +61,7 @@ def test_group_errors_name_file_line_and_field(tmp_path: Path) -> None:
     assert f"{path}:9: groups[0].units[2]: unit 'cell-01' is listed twice" in text
     assert f"{path}:11: groups[1].name: duplicate group name 'potline-1'" in text
     assert f"{path}:12: groups[1].units[0]: unit 'cell-01' is already in line-current group 'potline-1'" in text
-    assert f"{path}:13: groups[1].line_current: 'apc'" in text and "not supported yet" in text
+    assert f"{path}:13: groups[1].rectifier_unit: line_current 'apc' needs rectifier_unit" in text
     bad_mv = potline_site(tmp_path, LINE_GROUP + "    current_mv: anode_move\n")
     with pytest.raises(RecipeError, match=r"site.yaml:11: groups\[0\].current_mv: unit 'cell-01': MV 'anode_move'"):
         load_site_file(bad_mv)

@@ -3,8 +3,10 @@
 A group lists units of the site. An operator may request one mode for all of them at once (each
 unit still decides on its own readiness, see :mod:`apc.groups`). A group of cells in series may
 declare the line current a disturbance: the rectifier belongs to the line, so no member writes its
-current MV (``line_current: disturbance``). A line current decided by the APC for the whole group
-(``line_current: apc``) is refused at load: not supported yet.
+current MV (``line_current: disturbance``); or it may give the rectifier to the APC
+(``line_current: apc``): one member, the ``rectifier_unit``, writes the line's current set point
+(its recipe's current MV tag is the rectifier's) within the limits of every member, and the others
+take the current as a measured disturbance (:mod:`apc.groups`).
 
 :func:`group_problems` checks what involves the units and their recipes; the loader reports each
 problem at its line.
@@ -39,9 +41,12 @@ class GroupSpec:
     line_current: Literal["disturbance", "apc"] | None = None
     """Cells in series: ``disturbance``: the line current is the line's (its rectifier), no member
     writes its current MV and its controller treats the current as measured; ``apc``: one line
-    current set point for the group (not supported yet); none: every member drives its own MVs."""
+    current set point for the group, written by ``rectifier_unit`` within every member's limits;
+    none: every member drives its own MVs."""
     current_mv: str | None = None
     """The members' MV that sets the cell current (default: the one setpoint MV in kA)."""
+    rectifier_unit: str | None = None
+    """``line_current: apc``: the member whose current MV is the rectifier's set point."""
 
     def __post_init__(self) -> None:
         if not GROUP_NAME_RE.match(self.name):
@@ -80,8 +85,8 @@ def line_current_mv(recipe: Recipe, current_mv: str | None) -> tuple[str, str]:
 def group_problems(groups: tuple[GroupSpec, ...], unit_names: tuple[str, ...],
                    recipes: Mapping[str, Recipe]) -> list[GroupProblem]:
     """Duplicate group names, unknown or repeated members, a unit in two line-current groups (a cell
-    is in one potline), ``line_current: apc`` (not supported yet), and a line-current group whose
-    member has no current MV. ``recipes``: the members' recipes that loaded (others are skipped)."""
+    is in one potline), ``line_current: apc`` without a member as ``rectifier_unit``, and a line-current
+    group whose member has no current MV. ``recipes``: the members' recipes that loaded (others are skipped)."""
     out: list[GroupProblem] = []
     known = set(unit_names)
     first_name: dict[str, int] = {}
@@ -107,10 +112,16 @@ def group_problems(groups: tuple[GroupSpec, ...], unit_names: tuple[str, ...],
                     out.append(GroupProblem(*where, f"unit {unit!r} is already in line-current group "
                                                     f"{line_group[unit]!r}: a cell is in one line"))
                 line_group.setdefault(unit, g.name)
-        if g.line_current == "apc":
-            out.append(GroupProblem(("groups", i, "line_current"), f"{base}.line_current",
-                                    "'apc' (one line current set point decided for the group) is not supported "
-                                    "yet: use 'disturbance' and leave the rectifier to the DCS"))
+        if g.line_current == "apc" and g.rectifier_unit is None:
+            out.append(GroupProblem(("groups", i, "line_current"), f"{base}.rectifier_unit",
+                                    "line_current 'apc' needs rectifier_unit: the member whose current MV is the "
+                                    "rectifier's set point"))
+        elif g.line_current == "apc" and g.rectifier_unit not in g.units:
+            out.append(GroupProblem(("groups", i, "rectifier_unit"), f"{base}.rectifier_unit",
+                                    f"{g.rectifier_unit!r} is not a member of the group ({', '.join(g.units)})"))
+        elif g.line_current != "apc" and g.rectifier_unit is not None:
+            out.append(GroupProblem(("groups", i, "rectifier_unit"), f"{base}.rectifier_unit",
+                                    "only for a group with line_current 'apc'"))
         if g.line_current is None:
             if g.current_mv is not None:
                 out.append(GroupProblem(("groups", i, "current_mv"), f"{base}.current_mv",
