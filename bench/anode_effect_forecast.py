@@ -61,7 +61,8 @@ from sim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "nd_cell_6ka.yaml"
-SCENARIOS = (ROOT / "bench" / "scenarios" / "feeder_blocked.yaml", ROOT / "bench" / "scenarios" / "oxide_starvation.yaml")
+SCENARIOS = (ROOT / "bench" / "scenarios" / "feeder_blocked.yaml",
+             ROOT / "bench" / "scenarios" / "oxide_starvation.yaml")
 RESULTS = ROOT / "bench" / "results_anode_effect_forecast.txt"
 CONTROLLERS = ("baseline", "mpc")
 MIN_LEAD_S = 60.0
@@ -356,7 +357,7 @@ def main() -> None:
         det = np.flatnonzero(d[AE_DETECTED] >= 0.5)
         i_fc = int(fc[0]) if fc.size else -1
 
-        def at(i: int, col: str) -> str:
+        def at(i: int, col: str, d: dict[str, np.ndarray] = d) -> str:
             return f"{d[col][i]:.2f}" if i >= 0 else "-"
         out(f"  {r.scenario:17s} seed {r.seed} {r.controller:8s} AE {t_h[ae[0]] if ae.size else math.nan:5.2f}  "
             f"forecast {t_h[i_fc] if i_fc >= 0 else math.nan:5.2f}  detected "

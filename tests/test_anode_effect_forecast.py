@@ -3,6 +3,7 @@ forecast ahead of the first detected anode effect that changes no setpoint."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def p_now(c: float, std: float, crit: float = 1.0) -> float:
 def test_probability_rises_as_the_mean_approaches_critical() -> None:
     """σ 0.1 wt%, critical 1.0: P strictly rises from 2.0 to 1.0 wt% and is Φ(−1) one σ above critical, ½ at it."""
     ps = [p_now(c, 0.1) for c in (2.0, 1.5, 1.2, 1.1, 1.05, 1.0)]
-    assert all(a < b for a, b in zip(ps, ps[1:]))
+    assert all(a < b for a, b in itertools.pairwise(ps))
     assert ps[3] == pytest.approx(PHI_MINUS_1, abs=1e-12) and ps[5] == pytest.approx(0.5, abs=1e-12)
 
 
@@ -50,7 +51,7 @@ def test_mean_and_sigma_propagate_over_the_horizon() -> None:
     p = oxide_probabilities(2.0, 0.1, 1.0, -1.0, 0.2, 0.0, CFG)
     assert p[60] == pytest.approx(0.5, abs=1e-12)
     assert p[30] == pytest.approx(0.5 * math.erfc(0.5 / math.sqrt(0.02) / math.sqrt(2.0)), abs=1e-12)
-    assert all(a <= b for a, b in zip(p, p[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(p))
 
 
 def test_lead_time_from_a_known_consumption_rate() -> None:

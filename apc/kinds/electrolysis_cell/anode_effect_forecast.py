@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 from apc.kinds.electrolysis_cell.recipe import CellEstimatorSection, CellRecipe
 
-__all__ = ["AeForecast", "AeForecastConfig", "combined_forecast", "forecast", "oxide_probabilities", "voltage_probability"]
+__all__ = ["AeForecast", "AeForecastConfig", "combined_forecast", "forecast", "oxide_probabilities",
+           "voltage_probability"]
 
 
 @dataclass(frozen=True)
