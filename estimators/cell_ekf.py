@@ -27,6 +27,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import casadi as ca
 import numpy as np
 
 from apc.kinds.electrolysis_cell.recipe import CellRecipe, EkfSection
@@ -128,6 +129,9 @@ BOUNDS = {
     "wear_bias": (-2.0, 2.0),
     "dissolution_bias": (-2.0, 2.0),
 }
+
+_CRITICAL_NEWTON_STEPS = 4
+"""Newton steps for the critical oxide (exact after one for a margin linear in √c)."""
 
 _HEALTH_GAP_PERIODS = 12
 """Cycles without a usable voltage (or current) before health reports it."""
@@ -242,7 +246,38 @@ class CellEkf:
         self._i_tm = self.names.index("metal_temp_degC")
         self._readout = ("dissolved_oxide_wtpct", "ae_margin_A_cm2", "current_efficiency",
                          "oxide_saturation_wtpct", "cell_voltage_V")
+        self._forecast_fn = self._build_forecast_fn()
         self.reset()
+
+    def _build_forecast_fn(self) -> ca.Function:
+        """(xa, u, d, p) -> (critical oxide wt%, dissolved-oxide rate wt%/h, ∂rate/∂xa, ∂c/∂xa).
+
+        The critical oxide is the concentration at which the model's anode-effect margin (critical
+        minus actual anode current density) is zero, the other states at the estimate: a fixed
+        number of Newton steps on √m_d (the critical current density grows about linearly in √c),
+        unrolled into this one function, clamped to the filter's bounds. The rate is the model's
+        own dm_d/dt (feed and dissolution minus the Faraday consumption) at the estimate.
+        """
+        m = self.model
+        xa, u, d, _p, pe = self.filter.symbols()
+        nx = len(m.states)
+        i_md = m.state_names.index("dissolved_oxide_kg")
+        i_margin = m.aux_names.index("ae_margin_A_cm2")
+        s = ca.SX.sym("s")
+        x_s = ca.vertcat(*[s * s if i == i_md else xa[i] for i in range(nx)])
+        g = m.aux(x_s, u, d, pe)[i_margin]
+        g_fn = ca.Function("ae_margin_of_sqrt_oxide", [s, xa, u, d, _p], [g, ca.jacobian(g, s)])
+        lo, hi = (math.sqrt(v) for v in BOUNDS["dissolved_oxide_kg"])
+        s_k = ca.fmin(ca.fmax(ca.sqrt(ca.fmax(xa[i_md], lo * lo)), lo), hi)
+        for _ in range(_CRITICAL_NEWTON_STEPS):
+            g_k, dg_k = g_fn(s_k, xa, u, d, _p)
+            step = ca.if_else(dg_k > 1e-9, g_k / dg_k, 0.0)
+            s_k = ca.fmin(ca.fmax(s_k - step, lo), hi)
+        c_crit = 100.0 * s_k * s_k / self._bath_kg
+        rate = m.f(xa[:nx], u, d, pe)[i_md] * 3600.0 * 100.0 / self._bath_kg  # wt%/h
+        c = 100.0 * xa[i_md] / self._bath_kg
+        return ca.Function("ae_forecast_inputs", [xa, u, d, _p],
+                           [c_crit, rate, ca.jacobian(rate, xa), ca.jacobian(c, xa)], {"cse": True})
 
     def reset(self) -> None:
         """Forget all history: back to the initial state and covariance."""
@@ -349,6 +384,21 @@ class CellEkf:
         return self._estimate(t_s)
 
     # --------------------------------------------------------------- estimate
+    def _forecast_inputs(self) -> dict[str, float]:
+        """Critical oxide and the dissolved oxide's rate with its std and correlation with the oxide
+        (inputs of the anode-effect forecast)."""
+        f = self.filter
+        c_crit, rate, J, h = self._forecast_fn(f.x, f.u_last, f.d_last, f.p)
+        J, h, P = np.asarray(J).reshape(-1), np.asarray(h).reshape(-1), f.P
+        var_r, var_c, cov = float(J @ P @ J), float(h @ P @ h), float(h @ P @ J)
+        corr = cov / math.sqrt(var_r * var_c) if var_r > 0.0 and var_c > 0.0 else 0.0
+        return {
+            "critical_oxide_wtpct": float(c_crit),
+            "dissolved_oxide_rate_wtpct_h": float(rate),
+            "dissolved_oxide_rate_std_wtpct_h": math.sqrt(max(var_r, 0.0)),
+            "dissolved_oxide_rate_corr": corr,
+        }
+
     def _collect_events(self) -> bool:
         repaired = False
         for ev in self.filter.drain_events():
@@ -398,6 +448,7 @@ class CellEkf:
             "voltage_innovation_V": self._last_innov_V,
             **{k: float(v) for k, v in self.counts.items()},
         }
+        extras.update(self._forecast_inputs())
         for name, i in self._internal.items():
             extras[name] = float(x[i])
             extras[f"{name}_std"] = math.sqrt(P[i, i])

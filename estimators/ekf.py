@@ -264,6 +264,12 @@ class ModelEkf:
         return ca.vertcat(*parts)
 
     def _symbols(self) -> tuple[ca.SX, ca.SX, ca.SX, ca.SX, ca.SX]:
+        return self.symbols()
+
+    def symbols(self) -> tuple[ca.SX, ca.SX, ca.SX, ca.SX, ca.SX]:
+        """Fresh symbols ``(xa, u, d, p, p_eff)``: filter state, model inputs, disturbances, nominal
+        parameters and the parameters with the biases applied, for functions of the estimate that
+        take ``(self.x, u_last, d_last, self.p)``."""
         m = self.model
         xa = ca.SX.sym("xa", self.n)
         u = ca.SX.sym("u", len(m.inputs))

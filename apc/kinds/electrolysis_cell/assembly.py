@@ -8,10 +8,12 @@ from pathlib import Path
 
 from apc.assembly import AssemblyError
 from apc.kinds.electrolysis_cell.anode_effect import AnodeEffectConfig
+from apc.kinds.electrolysis_cell.anode_effect_forecast import AeForecastConfig
 from apc.kinds.electrolysis_cell.recipe import CellRecipe
 from apc.protocols import Controller, Estimator
 from controllers.cell_mpc import CellMpc
 from controllers.tracking_feed import MvNames, TrackingFeedController
+from estimators.ae_forecast import FORECAST_EXTRAS, ForecastingEstimator
 from estimators.cell_ekf import BIASES, CellEkf, bindings_for
 from estimators.composite import CompositeEstimator
 from estimators.features import FeatureBindings, check_feature_names
@@ -21,7 +23,8 @@ from estimators.soft_sensor import SoftSensorError, load_soft_sensor
 from sim.models import get_model
 
 EKF_EXTRAS = ("dissolved_oxide_wtpct", "dissolved_oxide_std_wtpct", "oxide_saturation_wtpct", "ae_margin_A_cm2",
-              "current_efficiency", "bath_temp_std_degC", "metal_temp_std_degC")
+              "current_efficiency", "bath_temp_std_degC", "metal_temp_std_degC", "critical_oxide_wtpct",
+              "dissolved_oxide_rate_wtpct_h")
 """Estimate signals of the cell filter that permissives may name."""
 
 FEED_INPUT, ANODE_INPUT, CURRENT_INPUT = "feed_kg_h", "anode_move_cm_h", "current_kA"
@@ -52,8 +55,9 @@ def signal_names(recipe: CellRecipe) -> Iterable[str]:
             raise ValueError("estimator.soft_sensor needs estimator.kind 'ekf'")
         soft_names = tuple(f"{soft.target}_soft{s}" for s in ("", "_raw", "_bias"))
     if recipe.estimator.kind == "ekf":
-        return (*FILTERED_NAMES, AE_DETECTED, *model.state_names, *(b.name for b in BIASES), *EKF_EXTRAS, *soft_names)
-    return (*FILTERED_NAMES, AE_DETECTED)
+        return (*FILTERED_NAMES, AE_DETECTED, *FORECAST_EXTRAS, *model.state_names, *(b.name for b in BIASES),
+                *EKF_EXTRAS, *soft_names)
+    return (*FILTERED_NAMES, AE_DETECTED, *FORECAST_EXTRAS)
 
 
 def file_problems(recipe: CellRecipe, recipe_dir: Path) -> list[tuple[str, str]]:
@@ -82,8 +86,16 @@ def build_estimator(recipe: CellRecipe, recipe_dir: Path | None = None,
     ``filtered``: the baseline signals; ``ekf``: those plus the cell's
     Kalman filter (and the ONNX soft sensor when the recipe names one). The
     filter's health gates the unit only for a controller that uses its
-    states (``mpc``); the baseline is gated by the signals it reads.
+    states (``mpc``); the baseline is gated by the signals it reads. Either
+    carries the anode-effect forecast in its extras (the oxide route only with
+    the filter), whichever controller reads it.
     """
+    forecast_cfg = AeForecastConfig.from_recipe(recipe)
+    return ForecastingEstimator(_build_estimator(recipe, recipe_dir, controller_kind), forecast_cfg)
+
+
+def _build_estimator(recipe: CellRecipe, recipe_dir: Path | None, controller_kind: str | None) -> Estimator:
+    """The recipe's estimator without the forecast."""
     signals = FilteredEstimator(
         recipe.estimator.filtered,
         voltage=recipe.io.input_with_unit("V") or "",

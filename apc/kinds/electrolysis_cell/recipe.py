@@ -280,6 +280,31 @@ class CellEstimatorSection(EstimatorSection):
     filtered: FilteredEstimatorSection = field(default_factory=FilteredEstimatorSection)
     ekf: EkfSection = field(default_factory=EkfSection)
     soft_sensor: SoftSensorSection | None = None
+    ae_forecast_horizon_s: float = 1800.0
+    """Anode-effect forecast: how far ahead it looks (``docs/anode_effects.md``). Beside
+    ``filtered``'s detection fields rather than inside that section, whose contents enter the
+    baseline's hash."""
+    ae_forecast_step_s: float = 60.0
+    """Spacing of the forecast's horizon steps (the lead time's resolution)."""
+    ae_forecast_threshold: float = 0.2
+    """Forecast probability at or above which an anode effect is forecast (the lead time is
+    reported, and an alarm may be raised); below it ``ae_forecast_lead_s`` is NaN. 0.2 and the slope
+    point below: best F1 on the tuning seeds 31–33 of ``bench/anode_effect_forecast.py``."""
+    ae_forecast_slope_uohm_h: float = 40.0
+    """Pseudo-resistance slope at which the voltage route of the forecast gives ½."""
+    ae_forecast_slope_width_uohm_h: float = 10.0
+    """Width of the voltage route's logistic (slope change from ½ to ≈ 0.73)."""
+
+    def __post_init__(self) -> None:
+        for name in ("ae_forecast_horizon_s", "ae_forecast_step_s", "ae_forecast_slope_width_uohm_h"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0.0):
+                raise ValueError(f"{name} must be a finite number > 0")
+        if not (isinstance(self.ae_forecast_threshold, (int, float)) and 0.0 < self.ae_forecast_threshold <= 1.0):
+            raise ValueError("ae_forecast_threshold must lie in (0, 1]")
+        if not (isinstance(self.ae_forecast_slope_uohm_h, (int, float))
+                and math.isfinite(self.ae_forecast_slope_uohm_h)):
+            raise ValueError("ae_forecast_slope_uohm_h must be a finite number")
 
 
 @dataclass(frozen=True)
