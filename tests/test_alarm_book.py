@@ -158,3 +158,12 @@ def test_specific_energy_of_a_tap_interval_above_the_threshold_raises_until_a_be
         active.append(bool(rule.evaluate(rec)))
     assert not any(active[:719]) and all(active[720:1439]) and not active[1440]
     assert rule.last_kWh_kg == pytest.approx(8.0) and math.isfinite(rule.last_kWh_kg)
+
+
+def test_without_a_threshold_the_forecast_alarm_follows_the_forecasts_own_lead_time() -> None:
+    """No alarms.ae_forecast_probability: active exactly while ae_forecast_lead_s is finite (the forecast's own threshold)."""
+    rules = UnitAlarmRules(AlarmsSection())
+    lit = rules.evaluate(_record(0, extras={"ae_forecast_probability": 0.25, "ae_forecast_lead_s": 600.0}), OK)
+    dark = rules.evaluate(_record(1, extras={"ae_forecast_probability": 0.9, "ae_forecast_lead_s": math.nan}), OK)
+    assert "anode_effect_forecast" in lit and "about 10 min" in lit["anode_effect_forecast"].message
+    assert "anode_effect_forecast" not in dark

@@ -19,6 +19,7 @@ from apc.kinds.electrolysis_cell.anode_effect_forecast import (
 from apc.kinds.electrolysis_cell.recipe import CellEstimatorSection, CellRecipe
 from apc.recipe.errors import RecipeError
 from apc.recipe.loader import load_recipe
+from apc.types import Mode
 from estimators.ae_forecast import AE_FORECAST_LEAD, AE_FORECAST_PROBABILITY, ForecastingEstimator
 from estimators.filtered import AE_DETECTED
 from tests.helpers.sim_harness import ND_RECIPE, SimUnit, move_writes, scenario
@@ -126,6 +127,24 @@ def test_forecast_comes_before_the_first_detected_anode_effect(seed: int) -> Non
     raised = next(r for r in su.records if r.estimate.extras[AE_FORECAST_PROBABILITY] >= thr)
     assert 0.5 * 3600.0 < raised.t_s <= detected - 600.0
     assert math.isfinite(raised.estimate.extras[AE_FORECAST_LEAD])
+
+
+def test_the_forecast_alarm_is_raised_before_the_anode_effect_alarm() -> None:
+    """Feeder blocked, seed 5, with the site's alarm rules: anode_effect_forecast is raised ≥ 10 min before anode_effect, each raised once until it clears."""
+    from apc.alarms.book import AlarmBook
+    from apc.alarms.monitor import SiteAlarms
+    from apc.audit import null_logger
+
+    su = SimUnit(ND_RECIPE, scenario(events=FEEDER_BLOCKED), seed=5)
+    alarms = SiteAlarms(AlarmBook(None, audit=null_logger()))
+    raised: dict[str, list[float]] = {}
+    su.request(Mode.ON)
+    for _ in range(CYCLES):
+        rec = su.step()[0]
+        for ch in alarms.observe(su.unit, rec):
+            if ch.what == "raised":
+                raised.setdefault(ch.alarm.cause, []).append(rec.t_s)
+    assert raised["anode_effect_forecast"][0] <= raised["anode_effect"][0] - 600.0
 
 
 def test_forecast_changes_no_setpoint_and_no_truth() -> None:

@@ -103,8 +103,8 @@ class UnitAlarmRules:
         if extras.get(AE_DETECTED, 0.0) >= 0.5:
             yield "anode_effect", "anode effect detected on the measured cell voltage"
         p = extras.get(AE_FORECAST_PROBABILITY, math.nan)
-        if p >= self.section.ae_forecast_probability:
-            lead = extras.get(AE_FORECAST_LEAD_S, math.nan)
+        lead = extras.get(AE_FORECAST_LEAD_S, math.nan)
+        threshold = self.section.ae_forecast_probability
+        if (p >= threshold) if threshold is not None else math.isfinite(lead):
             when = f", expected in about {max(lead, 0.0) / 60.0:.0f} min" if math.isfinite(lead) else ""
-            threshold = self.section.ae_forecast_probability
-            yield "anode_effect_forecast", f"anode effect forecast (probability ≥ {threshold:g}{when})"
+            yield "anode_effect_forecast", f"anode effect forecast (probability {p:.2f}{when})"

@@ -253,8 +253,9 @@ class AlarmsSection:
     """``solver_failing`` is active while at least this many …"""
     solver_failing_m: int = 10
     """… of the last this many controller solves did not succeed."""
-    ae_forecast_probability: float = 0.5
-    """Cells: ``anode_effect_forecast`` is active while the forecast probability is at least this."""
+    ae_forecast_probability: float | None = None
+    """Cells: ``anode_effect_forecast`` is active while the forecast probability is at least this;
+    ``None``: while the forecast gives a lead time (its own ``estimator.ae_forecast_threshold``)."""
     specific_energy_max_kWh_kg: float | None = None
     """Cells: ``specific_energy_high`` is active while the specific energy of the last tap interval
     (measured voltage × current over the tapped metal) exceeds this; ``None``: no such alarm."""
@@ -266,7 +267,7 @@ class AlarmsSection:
     def __post_init__(self) -> None:
         if not 1 <= self.solver_failing_n <= self.solver_failing_m:
             raise ValueError("solver_failing_n must be >= 1 and <= solver_failing_m")
-        if not 0.0 < self.ae_forecast_probability <= 1.0:
+        if self.ae_forecast_probability is not None and not 0.0 < self.ae_forecast_probability <= 1.0:
             raise ValueError("ae_forecast_probability must be in (0, 1]")
         if self.specific_energy_max_kWh_kg is not None and not 0.0 < self.specific_energy_max_kWh_kg < float("inf"):
             raise ValueError("specific_energy_max_kWh_kg must be a number > 0 (or omitted)")
