@@ -105,3 +105,53 @@ def test_line_current_group_never_writes_the_current_and_the_mpc_plans_without_i
     held = mpc.records[-1].readback["current_sp"]
     planned = mpc.unit.controller.planned("current_sp")
     assert planned and planned == pytest.approx((held,) * len(planned)), "the plan holds the line current"
+
+
+def _apc_line(audit: Any) -> tuple[dict[str, SimUnit], Any]:
+    """Three warm baseline cells ON, cell-01 the rectifier unit of an 'apc' line group."""
+    from apc.groups import share_line_limits
+    from apc.recipe.group_schema import GroupSpec
+
+    cells = {n: SimUnit(scen=scenario(), seed=300 + i, audit=audit, name=n)
+             for i, n in enumerate(("cell-01", "cell-02", "cell-03"))}
+    spec = GroupSpec("potline-1", tuple(cells), line_current="apc", rectifier_unit="cell-01")
+    units = {n: c.unit for n, c in cells.items()}
+    give_line_current([spec], units, 0.0)
+    share_line_limits([spec], units, 0.0)
+    for c in cells.values():
+        c.go_on()
+    return cells, spec
+
+
+def test_apc_line_current_is_written_by_the_rectifier_unit_only_within_every_members_limits() -> None:
+    """With cell-02's operator high cut to 5.8 kA the rectifier unit (cell-01, own limits up to 6.5) ramps its current set point down at the rate to 5.8 and never above the previous write; cells 02 and 03 never write the current."""
+    buf = io.StringIO()
+    cells, _ = _apc_line(make_logger(buf))
+    assert _events(buf, "mv_line_shared")[0]["mv"] == "current_sp"
+    owned = _events(buf, "mv_line_owned")
+    assert len(owned) == 2 and all("by its rectifier unit cell-01" in e["why"] for e in owned)
+    rect = cells["cell-01"]
+    assert rect.unit.mvs["current_sp"].limits.operator == (5.0, 6.5)
+    assert cells["cell-02"].unit.set_operator_limits("current_sp", 5.0, 5.8, "olga", "test", 0.0) == ""
+    rate_step = rect.recipe.limits["current_sp"].rate_per_s * rect.period
+    written = []
+    for _ in range(40):
+        for c in cells.values():
+            rec = c.step()[0]
+            if c is rect:
+                written += [w.value for w in rec.writes if w.tag == "current.sp_kA"]
+            else:
+                assert not [w for w in rec.writes if w.tag in CURRENT_TAGS], "only the rectifier unit writes"
+    assert written[0] == pytest.approx(6.0 - rate_step) and written[-1] == pytest.approx(5.8)
+    assert all(b <= a + 1e-12 for a, b in zip(written, written[1:])) and min(written) >= 5.8 - 1e-9
+
+
+def test_apc_line_current_holds_when_the_members_limits_do_not_overlap() -> None:
+    """cell-02 allows at most 5.2 kA and cell-03 at least 5.5 kA: the rectifier unit writes no current move and says why."""
+    cells, _ = _apc_line(make_logger(io.StringIO()))
+    assert cells["cell-02"].unit.set_operator_limits("current_sp", 5.0, 5.2, "olga", "test", 0.0) == ""
+    assert cells["cell-03"].unit.set_operator_limits("current_sp", 5.5, 6.5, "olga", "test", 0.0) == ""
+    rec = cells["cell-01"].step()[0]
+    decision = rec.decisions["current_sp"]
+    assert not decision.write and "do not overlap" in decision.reason
+    assert not [w for w in rec.writes if w.tag == "current.sp_kA"]
