@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,7 @@ def test_apc_line_current_is_written_by_the_rectifier_unit_only_within_every_mem
             else:
                 assert not [w for w in rec.writes if w.tag in CURRENT_TAGS], "only the rectifier unit writes"
     assert written[0] == pytest.approx(6.0 - rate_step) and written[-1] == pytest.approx(5.8)
-    assert all(b <= a + 1e-12 for a, b in zip(written, written[1:])) and min(written) >= 5.8 - 1e-9
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(written)) and min(written) >= 5.8 - 1e-9
 
 
 def test_apc_line_current_holds_when_the_members_limits_do_not_overlap() -> None:
