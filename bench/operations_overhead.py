@@ -91,7 +91,7 @@ def main() -> None:
         body = generate_latest(many.registry)
         scrape_s = min(scrape_s, time.perf_counter() - t0)
     lines = [
-        (f"metrics overhead: {RECIPE.name}, baseline controller, seed {SEED}, {len(recs)} cycles "
+        (f"operations overhead: {RECIPE.name}, baseline controller, seed {SEED}, {len(recs)} cycles "
          f"({args.hours:g} h virtual time), best of {args.repeat} passes"),
         f"  unit cycle with its in-process simulated plant, for scale:            {cycle_s * 1e6:9.1f} us/cycle",
         f"  record.to_json() (the flight recorder, every cycle; baseline):       {to_json_s * 1e6:9.1f} us/cycle",
