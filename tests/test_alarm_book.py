@@ -137,6 +137,9 @@ def test_unit_signals_and_estimate_extras_map_to_their_causes() -> None:
     assert "about 4 min" in found["anode_effect_forecast"].message
     again = rules.evaluate(_record(1, extras={"ae_forecast_probability": 0.5}), sig)
     assert "compute_restarted" not in again and "anode_effect_forecast" not in again
+    warming = UnitAlarmRules(AlarmsSection()).evaluate(_record(2, health="warming up: 4/15 resistance means"), OK)
+    stale = UnitAlarmRules(AlarmsSection()).evaluate(_record(3, health="stale voltage"), OK)
+    assert "estimator_unhealthy" not in warming and stale["estimator_unhealthy"].message == "estimator: stale voltage"
 
 
 def test_specific_energy_of_a_tap_interval_above_the_threshold_raises_until_a_better_tap() -> None:

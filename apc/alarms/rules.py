@@ -20,6 +20,8 @@ from apc.recipe.schema import AlarmsSection
 from apc.types import SolverStatus
 
 AE_DETECTED = "anode_effect_detected"
+WARMING_UP = "warming up"
+"""Prefix of an estimator's health while it warms up after a start: an expected state, never an alarm."""
 AE_FORECAST_PROBABILITY = "ae_forecast_probability"
 AE_FORECAST_LEAD_S = "ae_forecast_lead_s"
 
@@ -89,7 +91,7 @@ class UnitAlarmRules:
         if record.batch is not None and record.batch.state == "held":
             yield "batch_held", f"batch held in segment {record.batch.segment} ({record.batch.kind})"
         health = record.estimate.health
-        if health and health != "ok":
+        if health and health != "ok" and not health.startswith(WARMING_UP):  # warm-up is expected, no alarm
             yield "estimator_unhealthy", f"estimator: {health}"
         if record.plan is not None and record.plan.status != SolverStatus.NOT_RUN.value:
             # "held": the solve failed and the last valid plan is followed
