@@ -96,7 +96,7 @@ def mismatches(header: Mapping[str, Any], first: CycleRecord | None, loaded: Loa
     out: list[str] = []
     kind = header.get("unit_kind")
     if kind and kind != recipe.unit_kind:
-        return [f"unit_kind: the record's is {kind!r}, the recipe's {recipe.unit_kind!r}"]
+        out.append(f"unit_kind: the record's is {kind!r}, the recipe's {recipe.unit_kind!r}")
     period = header.get("period_s")
     if isinstance(period, (int, float)) and float(period) != recipe.period_s:
         out.append(f"period_s: the record's is {float(period):g}, the recipe's {recipe.period_s:g}")

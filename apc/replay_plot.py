@@ -4,6 +4,7 @@ from the replay's table (:mod:`apc.replay_table`) with modes shaded as in ``apc 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from apc.record_table import RecordTable, with_unit
@@ -70,4 +71,6 @@ def plot_replay(replay: Replay, table: RecordTable, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     titled = RecordTable({**table.header, "recipe": f"{table.header.get('recipe', '?')} → {replay.loaded.recipe.name}",
                           "controller": replay.controller}, table.columns, table.rows)
-    return [draw(titled, figure, out) for figure in layout(replay, frozenset(table.names()))]
+    with warnings.catch_warnings():  # a panel with nothing in this replay says so in its axes, not on stderr
+        warnings.filterwarnings("ignore", message="No artists with labels found", category=UserWarning)
+        return [draw(titled, figure, out) for figure in layout(replay, frozenset(table.names()))]

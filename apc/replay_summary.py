@@ -16,6 +16,7 @@ well each estimate predicted the samples (``apc replay``; ``docs/replay.md``).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -235,13 +236,11 @@ def sample_summary(replay: Replay, input_name: str, estimate: str, std: str | No
         seen.add(when)
         samples.append((when, float(inp.value)))
 
+    utcs = [c.recorded.utc for c in replay.cycles]
+
     def at(when: float, pick: Callable[[ReplayCycle], EstimateRecord]) -> float | None:
-        value = None
-        for c in replay.cycles:
-            if c.recorded.utc > when:
-                break
-            value = value_sigma(pick(c), estimate, std)[0]
-        return value
+        i = bisect.bisect_right(utcs, when) - 1  # the last cycle at or before the sample's time
+        return None if i < 0 else value_sigma(pick(replay.cycles[i]), estimate, std)[0]
 
     res: dict[str, list[float]] = {"recorded": [], "replayed": []}
     for when, y in samples:

@@ -3,7 +3,8 @@ recipe would have done (``replayed.``), named like ``apc export``'s columns (:mo
 
 Columns: ``session``, ``k``, ``t_s``, ``utc``, the recorded modes, ``shed``, ``late``, ``fault``,
 ``recipe_reload``; ``input.<name>_<unit>`` (the recorded sample, shared) with ``.sample_utc`` for lab
-and dip samples and each side's verdict ``<side>.input.<name>_<unit>.verdict``;
+and dip samples (the sample's time: its ``sample_ts``, else its source timestamp, where OPC UA
+carries it) and each side's verdict ``<side>.input.<name>_<unit>.verdict``;
 ``<side>.est.health``, ``<side>.est.<signal>`` (states and extras) and ``<side>.est.<state>_sigma``;
 ``<side>.plan.status``, ``<side>.plan.<mv>_<unit>`` (the proposal); ``readback.<mv>_<unit>``;
 ``<side>.<mv>_<unit>`` (what the guard let through, ON cycles), with ``.written``, ``.clamps`` and
@@ -72,7 +73,8 @@ def cycle_row(c: ReplayCycle, replay: Replay) -> Row:
         inp = rec.inputs.get(name)
         row[key] = ("float", spec.unit, None if inp is None else inp.value)
         if spec.role == "sample":
-            row[key + ".sample_utc"] = ("float", "s", None if inp is None else inp.sample_ts)
+            when = None if inp is None else inp.sample_ts if inp.sample_ts is not None else inp.source_ts
+            row[key + ".sample_utc"] = ("float", "s", when)
         row[f"recorded.{key}.verdict"] = ("str", "", None if inp is None else inp.verdict)
         row[f"replayed.{key}.verdict"] = ("str", "", c.verdicts.get(name))
     _estimate(row, "recorded", rec.estimate)
