@@ -330,7 +330,7 @@ def read_cycles(path: Path) -> Iterator[tuple[int, bool, CycleRecord]]:
     for entry in iter_record(path):
         if entry.kind == "header":
             session += 1
-            pending = pending or bool(entry.data.get("resumed")) and session > 0
+            pending = pending or (bool(entry.data.get("resumed")) and session > 0)
         elif entry.kind == "cycle":
             yield session, pending, CycleRecord.from_json(entry.data)
             pending = False

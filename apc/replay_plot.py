@@ -40,7 +40,8 @@ def layout(replay: Replay, columns: frozenset[str]) -> tuple[Figure, ...]:
     (the model states), ``replay_mvs`` (readback, recorded and replayed moves)."""
     recipe = replay.loaded.recipe
     measured = {str(b["estimate"]): b.get("measured") for b in cv_bands(replay) if b.get("estimate")}
-    cvs, states = [], []
+    cvs: list[Panel] = []
+    states: list[Panel] = []
     for name, std in estimate_names(replay):
         if f"recorded.est.{name}" not in columns and f"replayed.est.{name}" not in columns:
             continue
@@ -51,6 +52,7 @@ def layout(replay: Replay, columns: frozenset[str]) -> tuple[Figure, ...]:
     mvs = []
     for name, mv in recipe.io.mvs.items():
         key = with_unit(name, mv.unit)
+        series: tuple[Series, ...]
         if mv.kind is MvKind.SETPOINT:
             series = (Series(f"readback.{key}", f"{name} readback", "step"),
                       Series(f"recorded.{key}", "recorded (written or held)", "step"),

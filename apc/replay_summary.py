@@ -92,7 +92,8 @@ class ReplaySummary:
 
     def to_json(self) -> dict[str, Any]:
         """Plain form (``--json``): non-finite figures are null."""
-        return _strict(asdict(self))
+        out: dict[str, Any] = _strict(asdict(self))
+        return out
 
 
 def _strict(obj: Any) -> Any:
@@ -288,15 +289,17 @@ def _g(x: float | None, fmt: str = ".4g") -> str:
 
 def format_summary(s: ReplaySummary) -> str:
     """The summary as text for a terminal."""
-    lines = [f"replay of {s.record} with recipe {s.recipe} (controller {s.controller}): {s.cycles} cycles, "
-             f"{s.on_cycles} ON (open loop: the plant did not respond to the replayed moves)"]
+    lines = [(f"replay of {s.record} with recipe {s.recipe} (controller {s.controller}): {s.cycles} cycles, "
+              f"{s.on_cycles} ON (open loop: the plant did not respond to the replayed moves)")]
     if s.restarts:
         lines.append(f"estimator and controller built afresh {s.restarts} time(s), as in the recorded run")
     lines.append("MVs (ON cycles: what the guard let through)   mean|Δ|  different  clamped rec/new  "
                  "written rec/new   plans: mean|Δ| different/cycles")
     for m in s.mvs:
-        lines.append(f"  {with_unit(m.name, m.unit):<42} {_g(m.mean_abs_diff):>8}  {m.cycles_different:>5}/{m.on_cycles:<5}"
-                     f" {m.clamped_recorded:>6}/{m.clamped_replayed:<6}  {m.written_recorded:>6}/{m.written_replayed:<6}"
+        name = with_unit(m.name, m.unit)
+        lines.append(f"  {name:<42} {_g(m.mean_abs_diff):>8}  {m.cycles_different:>5}/{m.on_cycles:<5}"
+                     f" {m.clamped_recorded:>6}/{m.clamped_replayed:<6}  "
+                     f"{m.written_recorded:>6}/{m.written_replayed:<6}"
                      f"   {_g(m.plan_mean_abs_diff):>8} {m.plan_cycles_different}/{m.plan_cycles}")
     lines.append("estimates (replayed − recorded)                mean Δ    mean|Δ|    max|Δ|   σ rec    σ new  cycles")
     for e in s.estimates:

@@ -59,13 +59,14 @@ def cycle_row(c: ReplayCycle, replay: Replay) -> Row:
     rec = c.recorded
     units = {n: mv.unit for n, mv in recipe.io.mvs.items()}
     mvs = {n: with_unit(n, u) for n, u in units.items()}
+    fault = "" if rec.fault is None else f"{rec.fault.get('stage', '')}: {rec.fault.get('error', '')}"
+    reload = "" if rec.recipe_reload is None else str(rec.recipe_reload.get("new_sha256", ""))
     row: Row = {
         "session": ("int", "", c.session), "k": ("int", "", rec.k), "t_s": ("float", "s", rec.t_s),
         "utc": ("float", "s", rec.utc), "mode_requested": ("str", "", rec.mode.requested),
         "mode_actual": ("str", "", rec.mode.actual), "mode_hold": ("str", "", rec.mode.hold),
         "shed": ("bool", "", rec.shed), "late": ("str", "", rec.late),
-        "fault": ("str", "", "" if rec.fault is None else f"{rec.fault.get('stage', '')}: {rec.fault.get('error', '')}"),
-        "recipe_reload": ("str", "", "" if rec.recipe_reload is None else str(rec.recipe_reload.get("new_sha256", ""))),
+        "fault": ("str", "", fault), "recipe_reload": ("str", "", reload),
         "replayed.restarted": ("str", "", c.restarted),
     }
     for name, spec in recipe.io.inputs.items():

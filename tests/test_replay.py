@@ -17,8 +17,8 @@ import yaml
 import apc.runtime as runtime
 from apc.assembly import load, load_site_file
 from apc.cli import main
-from apc.plant_sim_cli import load_plant_file
 from apc.export import write_csv
+from apc.plant_sim_cli import load_plant_file
 from apc.replay import replay
 from apc.replay_summary import summarise
 from apc.replay_table import replay_table
