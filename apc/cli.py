@@ -1,4 +1,4 @@
-"""The ``apc`` command line: check, sim, report, export, plot, run."""
+"""The ``apc`` command line: check, sim, report, export, plot, run (and the verbs added by their modules)."""
 
 from __future__ import annotations
 
@@ -266,9 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(func=_cmd_run)
     from apc.hmi.cli import add_subcommands
     from apc.plant_sim_cli import add_subcommand as add_plant_sim
+    from apc.replay_cli import add_subcommand as add_replay
 
     add_subcommands(sub)
     add_plant_sim(sub)
+    add_replay(sub)
     return p
 
 

@@ -129,6 +129,11 @@ class _Builder:
         return tuple(Column(n, self.types[n], self.units[n], tuple(self.values[n])) for n in names)
 
 
+ColumnBuilder = _Builder
+"""Rows of ``{column: (type, unit, value)}`` into typed columns (``add`` each row, then ``columns``); other
+tables built like a record's (``apc replay``) use it."""
+
+
 GROUPS = ("session", "k", "t_s", "utc", "mode_", "input.", "estimate.", "plan.", "guard.", "readback.",
           "dcs_at_limit", "shed", "shed_reason", "late", "fault", "batch.", "truth.")
 """Column groups in table order (a name belongs to the last group it starts with)."""

@@ -62,6 +62,19 @@ STAGES = ("validate", "estimate", "batch", "modes", "control", "permissives", "g
 """The blocks of a cycle whose exceptions are caught, counted and shed on (``Unit.stage_faults``)."""
 
 
+def signal_values(validated: Mapping[str, ValidatedInput], estimate: Estimate,
+                  applied: Mapping[str, float]) -> dict[str, float]:
+    """Every signal of a cycle by name, as permissives and the batch read them: valid inputs (NaN
+    otherwise; a sample keeps its last valid value between samples), the estimate, the MV readbacks."""
+    values = {n: (v.sample.value if v.ok and v.sample is not None else math.nan) for n, v in validated.items()}
+    for n, v in validated.items():
+        if v.verdict.value == "no_new_sample" and v.sample is not None:
+            values[n] = v.sample.value
+    values.update(estimate.as_dict())
+    values.update(applied)
+    return values
+
+
 @dataclass
 class MvState:
     """Runtime state of one manipulated variable."""
@@ -831,13 +844,7 @@ class Unit:
 
     def _signal_values(self, validated: Mapping[str, ValidatedInput], estimate: Estimate,
                        applied: Mapping[str, float]) -> dict[str, float]:
-        values = {n: (v.sample.value if v.ok and v.sample is not None else math.nan) for n, v in validated.items()}
-        for n, v in validated.items():  # a sample keeps its last valid value between samples
-            if v.verdict.value == "no_new_sample" and v.sample is not None:
-                values[n] = v.sample.value
-        values.update(estimate.as_dict())
-        values.update(applied)
-        return values
+        return signal_values(validated, estimate, applied)
 
     async def _permissives(self, c: _Cycle) -> None:
         """6a. the recipe's permissive conditions: why each one fails this cycle ('' when it holds)."""
