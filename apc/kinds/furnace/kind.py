@@ -5,6 +5,8 @@ tunings and simulator files."""
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 from apc.alarms.rules import AlarmRule
 from apc.audit import null_logger
 from apc.batch import Batch
+from apc.batch_history import BatchHistory
 from apc.compute import Parts, PreviewHolder
 from apc.curve_preview import BatchState, CurvePreview
 from apc.cycle_record import CycleRecord
@@ -22,11 +25,14 @@ from apc.kinds.furnace import trends
 from apc.kinds.furnace.assembly import (
     FurnaceAssemblyError,
     batch_for,
+    curve_transform,
+    outcome_config,
     build_furnace_controller,
     build_furnace_estimator,
     furnace_kpi_config,
     furnace_signal_names,
 )
+from apc.kinds.furnace.learning_batch import LearningBatch
 from apc.kinds.furnace.kpi import FurnaceKpiAccumulator, FurnaceKpiConfig
 from apc.kinds.furnace.plant_kpi import FurnacePlantKpis, furnace_plant_config
 from apc.kinds.furnace.recipe import FurnaceRecipe
@@ -184,14 +190,24 @@ class FurnaceKind:
         curve, section = batch_for(recipe, controller_kind)
         state_path = None if state_dir is None else state_dir / section.state_file
         bound = audit or null_logger()
+        if recipe.learning is not None:
+            assert recipe.curve is not None and recipe.batch is not None
+            history = None if state_path is None else BatchHistory(state_path.parent / recipe.learning.history_file)
+            return LearningBatch(recipe.curve, recipe.batch, recipe.learning, state_path, history, bound,
+                                 furnace=recipe.name, controller=controller_kind,
+                                 outcome=outcome_config(recipe, controller_kind),
+                                 biases=tuple(b.name for b in self.tuning(recipe).biases),
+                                 transform=curve_transform(recipe, controller_kind), utc=time.time, t_s=now_s)
         if state_path is not None and state_path.exists():
             return Batch.restore(curve, section, state_path, bound, now_s)
         return Batch(curve, section, state_path, bound)
 
     def reload_refusal(self, old: Recipe, new: Recipe) -> str:
         a, b = _furnace(old), _furnace(new)
-        if b.controller.kind != a.controller.kind or b.curve != a.curve or b.batch != a.batch:
-            return "furnace controller kind, curve or batch section changed: the batch in progress is kept; restart"
+        if (b.controller.kind != a.controller.kind or b.curve != a.curve or b.batch != a.batch
+                or b.learning != a.learning):
+            return ("furnace controller kind, curve, batch or learning section changed: the batch in progress is kept; "
+                    "restart (a per-batch curve needs no restart: docs/heating_curves.md)")
         return ""
 
     # ------------------------------------------------------------------ simulation
