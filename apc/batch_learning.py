@@ -142,7 +142,7 @@ class OutcomeTracker:
         self.core_soak_s = 0.0
         self._t_last: float | None = None
 
-    def to_mapping(self) -> dict[str, float | int]:
+    def to_mapping(self) -> dict[str, float | int | None]:
         """Plain data for the batch state file."""
         return {"elapsed_s": self.elapsed_s, "energy_kWh": self.energy_kWh, "sq_err": self.sq_err,
                 "n_err": self.n_err, "pressure_violations": self.pressure_violations,

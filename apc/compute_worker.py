@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from apc.compute import prime_parts, Parts, step_parts
+from apc.compute import Parts, prime_parts, step_parts
 from apc.unit_parts import PartsSpec, build_parts
 
 FRAME_HEADER = 4

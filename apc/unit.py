@@ -446,6 +446,10 @@ class Unit:
             return "this unit runs no batch"
         t = self._last_t if self._last_t is not None else 0.0
         why = why or f"operator command from {where}"
+        extended = getattr(batch, "command", None)
+        if extended is not None and command.split()[:1] not in (["hold"], ["resume"], ["abort"]):
+            result = extended(t, who, command, self._last_values.get(batch.curve.controlled))
+            return "" if result else str(getattr(result, "reason", "refused"))
         if command == "start":
             result = batch.start(t, who, self._last_values.get(batch.curve.controlled))
         elif command == "hold":

@@ -6,7 +6,6 @@ tunings and simulator files."""
 from __future__ import annotations
 
 import time
-
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,21 +24,22 @@ from apc.kinds.furnace import trends
 from apc.kinds.furnace.assembly import (
     FurnaceAssemblyError,
     batch_for,
-    curve_transform,
-    outcome_config,
     build_furnace_controller,
     build_furnace_estimator,
+    curve_transform,
     furnace_kpi_config,
     furnace_signal_names,
+    outcome_config,
 )
-from apc.kinds.furnace.learning_batch import LearningBatch
 from apc.kinds.furnace.kpi import FurnaceKpiAccumulator, FurnaceKpiConfig
+from apc.kinds.furnace.learning_batch import LearningBatch
 from apc.kinds.furnace.plant_kpi import FurnacePlantKpis, furnace_plant_config
 from apc.kinds.furnace.recipe import FurnaceRecipe
 from apc.plant_kpi import PlantKpiSink
 from apc.protocols import BatchRunner, Clock, KpiSink
 from apc.provenance import baseline_sha256, tree_sha256
-from apc.recipe.curve_schema import check_against_model
+from apc.recipe.curve_file import load_curve_file, load_plan
+from apc.recipe.curve_schema import CurveSection, check_against_model
 from apc.recipe.loader import LoadedRecipe
 from apc.recipe.schema import Recipe
 from apc.trend_layout import TrendLayout
@@ -59,6 +59,14 @@ COMMON_SIMULATOR_FILES = ("sim/models/base.py", "sim/furnace_plant.py", "sim/sce
                           "sim/plant_events.py", "plant_io/sim_adapter.py", "plant_io/sim_furnace.py")
 """Simulator sources every furnace kind runs on (besides its model)."""
 BASELINE_FILES = ("controllers/furnace_pid.py",)
+
+
+def _resolve(loaded: LoadedRecipe, name: str) -> Path:
+    """A curve or plan: a path (relative to the recipe's folder), or a name in its ``curves`` folder."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path if path.is_absolute() else loaded.path.parent / path
+    return loaded.path.parent / "curves" / f"{name}.yaml"
 
 
 def _furnace(recipe: Recipe) -> FurnaceRecipe:
@@ -197,10 +205,18 @@ class FurnaceKind:
                                  furnace=recipe.name, controller=controller_kind,
                                  outcome=outcome_config(recipe, controller_kind),
                                  biases=tuple(b.name for b in self.tuning(recipe).biases),
-                                 transform=curve_transform(recipe, controller_kind), utc=time.time, t_s=now_s)
+                                 transform=curve_transform(recipe, controller_kind), utc=time.time, t_s=now_s,
+                                 curves=lambda name: self.load_curve(loaded, name),
+                                 plans=lambda file: load_plan(_resolve(loaded, file), recipe,
+                                                              frozenset(self.signal_names(recipe))))
         if state_path is not None and state_path.exists():
             return Batch.restore(curve, section, state_path, bound, now_s)
         return Batch(curve, section, state_path, bound)
+
+    def load_curve(self, loaded: LoadedRecipe, name: str) -> tuple[str, CurveSection]:
+        """A per-batch curve by name (``curves/NAME.yaml`` beside the recipe) or file, validated like
+        the recipe's curve (RecipeError naming file and line)."""
+        return load_curve_file(_resolve(loaded, name), loaded.recipe, frozenset(self.signal_names(loaded.recipe)))
 
     def reload_refusal(self, old: Recipe, new: Recipe) -> str:
         a, b = _furnace(old), _furnace(new)

@@ -29,13 +29,19 @@ from apc.batch_learning import (
     terms_in_force,
 )
 from apc.curve_preview import BatchState, CurvePreview
+from apc.recipe.curve_file import PlanEntry
 from apc.recipe.curve_schema import BatchSection, CurveSection
+from apc.recipe.errors import RecipeError
 from apc.recipe.learning_schema import LearningSection
 from apc.recipe.loader import convert
 from apc.state_file import read_json_object
 
 __all__ = ["LearningBatch", "curve_from_plain"]
 
+CurveLoader = Callable[[str], tuple[str, CurveSection]]
+"""``load(name_or_file)``: a validated per-batch curve (raises RecipeError naming file and line)."""
+PlanLoader = Callable[[str], list[tuple[PlanEntry, tuple[str, CurveSection] | None]]]
+"""``load(file)``: a validated production plan."""
 Transform = Callable[[CurveSection, BatchSection], tuple[CurveSection, BatchSection]]
 """What the controller kind makes of a curve (the PID baseline soaks on its measured signal)."""
 
@@ -44,6 +50,8 @@ def curve_from_plain(data: Mapping[str, Any], where: str) -> tuple[CurveSection,
     """Curve and batch section from their plain (JSON) form, through the recipe converter."""
     node = yaml.compose(yaml.safe_dump({"curve": dict(data["curve"]), "batch": dict(data["section"])}),
                         Loader=yaml.SafeLoader)
+    if not isinstance(node, yaml.MappingNode):
+        raise ValueError(f"{where}: no curve")
     curve_node = next(v for k, v in node.value if k.value == "curve")
     batch_node = next(v for k, v in node.value if k.value == "batch")
     return (convert(CurveSection, curve_node, "curve", file=where),
@@ -57,7 +65,7 @@ class LearningBatch:
                  state_path: Path | None, history: BatchHistory | None, audit: AuditLogger, *,
                  furnace: str, controller: str, outcome: OutcomeConfig, biases: tuple[str, ...],
                  transform: Transform, curve_name: str = "recipe", utc: Callable[[], float] = lambda: 0.0,
-                 t_s: float = 0.0) -> None:
+                 t_s: float = 0.0, curves: CurveLoader | None = None, plans: PlanLoader | None = None) -> None:
         """``curve``/``section``: the recipe's, as written (``transform`` makes them the controller
         kind's); restored from ``state_path`` when it exists."""
         self.learning = learning
@@ -70,6 +78,9 @@ class LearningBatch:
         self.transform = transform
         self.utc = utc
         self._default = (curve_name, curve, section)
+        self._curves = curves
+        self._plans = plans
+        self._plan: list[tuple[PlanEntry, tuple[str, CurveSection] | None]] = []
         self._next: tuple[str, CurveSection, BatchSection] | None = None
         self._curve_name = curve_name
         self._lot = ""
@@ -153,7 +164,7 @@ class LearningBatch:
                 terms = terms_in_force(self.learning, run_curve, run_section)
         why = self.batch.use_curve(run_curve, run_section)
         if why:
-            return self.batch._refuse(t_s, who, "start", why)
+            return self._refused(t_s, who, "start", why)
         result = self.batch.start(t_s, who, temp_degC, batch_id)
         if not result:
             return result
@@ -186,6 +197,68 @@ class LearningBatch:
         if result and before in (BatchState.RUNNING, BatchState.HELD):
             self._finish(t_s, BatchState.ABORTED)
         return result
+
+    def command(self, t_s: float, who: str, text: str, temp_degC: float | None) -> CommandResult:
+        """A batch command with words (HMI ``Batch/Command``, audited by what it does):
+
+        ``start [id=BATCH] [lot=LOT] [curve=NAME|FILE]`` (no words: the next batch of the loaded plan,
+        else the queued or recipe curve), ``curve NAME|FILE`` (queue a curve for the next batch),
+        ``plan FILE`` (load a production plan), ``reset_learning WHY`` (forget what was learned)."""
+        words = text.split()
+        verb, rest = (words[0], words[1:]) if words else ("", [])
+        if verb == "start":
+            opts = dict(w.split("=", 1) for w in rest if "=" in w)
+            bad = [w for w in rest if "=" not in w or w.split("=", 1)[0] not in ("id", "lot", "curve")]
+            if bad:
+                return self._refused(t_s, who, "start", f"unknown start option(s) {bad} (id=, lot=, curve=)")
+            batch_id, lot = opts.get("id"), opts.get("lot", "")
+            if "curve" in opts:
+                why = self._queue_curve(opts["curve"])
+                if why:
+                    return self._refused(t_s, who, "start", why)
+            elif not rest and self._plan:
+                entry, curve = self._plan[0]
+                if curve is not None:
+                    self._next = (curve[0], curve[1], self._default[2])
+                batch_id, lot = entry.batch_id, entry.lot
+            result = self.start(t_s, who, temp_degC, batch_id, lot=lot)
+            if result and self._plan and self._plan[0][0].batch_id == self.batch.batch_id:
+                self._plan.pop(0)
+            return result
+        if verb == "curve" and len(rest) == 1:
+            why = self._queue_curve(rest[0])
+            if not why:
+                self.audit.info("batch_curve_queued", t_s=t_s, who=who, curve=self._next[0] if self._next else "")
+            return self._refused(t_s, who, "curve", why) if why else CommandResult(True)
+        if verb == "plan" and len(rest) == 1:
+            if self._plans is None:
+                return self._refused(t_s, who, "plan", "this batch cannot load production plans")
+            try:
+                self._plan = list(self._plans(rest[0]))
+            except RecipeError as exc:
+                return self._refused(t_s, who, "plan", str(exc) or f"plan {rest[0]!r} is refused")
+            self.audit.info("batch_plan_loaded", t_s=t_s, who=who, plan=rest[0],
+                            batches=[e.batch_id for e, _ in self._plan])
+            return CommandResult(True)
+        if verb == "reset_learning":
+            why = self.reset_learning(t_s, who, " ".join(rest))
+            return self._refused(t_s, who, "reset_learning", why) if why else CommandResult(True)
+        return self._refused(t_s, who, verb or "?", f"unknown batch command {text!r} (start, hold, resume, abort, "
+                             "curve NAME, plan FILE, reset_learning WHY)")
+
+    def _refused(self, t_s: float, who: str, what: str, why: str) -> CommandResult:
+        self.audit.warning("batch_command_refused", t_s=t_s, who=who, what=what, state=self.batch.state.value,
+                           why=why, batch_id=self.batch.batch_id)
+        return CommandResult(False, why)
+
+    def _queue_curve(self, name: str) -> str:
+        if self._curves is None:
+            return "this batch cannot load curves"
+        try:
+            curve_name, curve = self._curves(name)
+        except RecipeError as exc:
+            return str(exc) or f"curve {name!r} is refused"
+        return self.use_curve(curve_name, curve)
 
     # ------------------------------------------------------------ learning
     def estimator_prior(self) -> tuple[str, dict[str, tuple[float, float]]]:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from apc.recipe.curve_schema import BatchSection, CurveSection
-from apc.recipe.learning_schema import LearningSection
 from apc.recipe.furnace_tuning import FurnaceMpcSection, FurnacePidSection
+from apc.recipe.learning_schema import LearningSection
 from apc.recipe.schema import ControllerSection, EstimatorSection, Recipe
 
 
