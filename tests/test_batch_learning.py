@@ -308,3 +308,34 @@ def test_filter_prime_sets_the_biases_before_and_after_seeding() -> None:
     assert ekf.filter.x[ekf.filter.index("coupling_bias")] == pytest.approx(-0.1)
     with pytest.raises(ValueError, match="not parameter biases"):
         ekf.prime({"charge_mass_kg": (1.0, 0.1)})
+
+
+def test_hmi_batch_values_show_lot_and_learned_parameters(tmp_path: Path) -> None:
+    """The HMI Batch values of a learning batch carry the last batch id, lot and learned parameters."""
+    from apc.runtime import hmi_batch_status
+
+    b, _ = make_batch(tmp_path)
+    run_batch(b, peak_Pa=2.0)
+    values = hmi_batch_status(b.status())
+    assert values["LastBatchId"] == b.history.records()[0].batch_id  # type: ignore[union-attr]
+    assert values["LastLot"] == "L1" and "coupling_bias=+0.3000" in values["LearnedParameters"]
+    assert values["Proposal"] == "melt_power_kW=80" and values["ProposalApply"] == "auto"
+    assert "LastBatchId" not in hmi_batch_status({"state": "idle"})
+
+
+def test_apc_batches_lists_the_history_and_resets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`apc batches` prints each batch with its parameters; --reset needs who and why and is audited."""
+    from apc.cli import main
+
+    h = BatchHistory(tmp_path / "h.sqlite")
+    h.add(record("B1"))
+    h.close()
+    assert main(["batches", str(tmp_path / "h.sqlite")]) == 0
+    out = capsys.readouterr().out
+    assert "B1" in out and "coupling_bias=+0.200" in out and "melt_power_kW=80" in out
+    assert main(["batches", str(tmp_path / "h.sqlite"), "--reset"]) == 2
+    assert main(["batches", str(tmp_path / "h.sqlite"), "--reset", "--who", "eng", "--why", "relined",
+                 "--audit", str(tmp_path / "a.jsonl")]) == 0
+    assert "batch_learning_reset" in (tmp_path / "a.jsonl").read_text()
+    assert BatchHistory(tmp_path / "h.sqlite").last() is None
+    assert main(["batches", str(tmp_path / "missing.sqlite")]) == 2
