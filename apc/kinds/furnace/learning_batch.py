@@ -123,6 +123,40 @@ class LearningBatch:
         """The batch's preview."""
         return self.batch.preview()
 
+    @property
+    def state(self) -> BatchState:
+        """The batch's state."""
+        return self.batch.state
+
+    @property
+    def segment(self) -> int:
+        """The segment in force."""
+        return self.batch.segment
+
+    @property
+    def batch_id(self) -> str | None:
+        """Id of the current (or last) batch."""
+        return self.batch.batch_id
+
+    @property
+    def soak_done_s(self) -> float:
+        """Soak time counted in the segment in force."""
+        return self.batch.soak_done_s
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Why the batch is HELD or ABORTED."""
+        return self.batch.reasons
+
+    @property
+    def section(self) -> BatchSection:
+        """The batch section in force."""
+        return self.batch.section
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the state file holds (the batch's, with the learned start)."""
+        return self.batch.snapshot()
+
     def status(self) -> dict[str, Any]:
         """The batch's status plus its lot, curve and learning (for the HMI)."""
         out = self.batch.status()
