@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -119,20 +119,20 @@ class Batch:
     """One batch on one furnace: the curve's state machine, soak clock, preview and state file."""
 
     def __init__(self, curve: CurveSection, section: BatchSection, state_path: Path | None,
-                 audit: AuditLogger, *, persist_every_s: float = 60.0) -> None:
-        """``state_path`` None: nothing is persisted (offline simulation, tests)."""
+                 audit: AuditLogger, *, persist_every_s: float = 60.0,
+                 extra_state: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        """``state_path`` None: nothing is persisted (offline simulation, tests). ``extra_state``:
+        what the owner keeps in the state file besides the batch (under ``learning``; read back
+        by :meth:`restore` into :attr:`restored_extra`)."""
         if not persist_every_s > 0:
             raise ValueError("persist_every_s must be > 0")
-        self.curve = curve
-        self.section = section
         self.state_path = state_path
         self.audit = audit
         self.persist_every_s = persist_every_s
-        self.soak_signal = section.soak_signal or curve.controlled
-        self._conditions: dict[int, PermissiveExpr] = {
-            k: s.condition_expr() for k, s in enumerate(curve.segments) if s.kind in CONDITION_KINDS}
-        self._fingerprint = curve.fingerprint()
-        self._upper = self._upper_by_segment()
+        self.extra_state = extra_state
+        self.restored_extra: Mapping[str, Any] | None = None
+        """The ``learning`` entry of the restored state file (None: none, or not restored)."""
+        self._use_curve(curve, section)
         self._state = BatchState.IDLE
         self._segment = -1
         self._batch_id: str | None = None
@@ -149,6 +149,23 @@ class Batch:
         self._auto_resume_at: float | None = None
         self._note = ""
         self._persist_error: str | None = None
+
+    def _use_curve(self, curve: CurveSection, section: BatchSection) -> None:
+        self.curve = curve
+        self.section = section
+        self.soak_signal = section.soak_signal or curve.controlled
+        self._conditions: dict[int, PermissiveExpr] = {
+            k: s.condition_expr() for k, s in enumerate(curve.segments) if s.kind in CONDITION_KINDS}
+        self._fingerprint = curve.fingerprint()
+        self._upper = self._upper_by_segment()
+
+    def use_curve(self, curve: CurveSection, section: BatchSection) -> str:
+        """Run ``curve`` (and ``section``) from the next start on; refused ('' when done, else why)
+        while a batch is RUNNING or HELD: a curve changes only between batches."""
+        if self._state in (BatchState.RUNNING, BatchState.HELD):
+            return f"batch {self._batch_id} is {self._state.value}: the curve changes only between batches"
+        self._use_curve(curve, section)
+        return ""
 
     # ------------------------------------------------------------ queries
     @property
@@ -333,18 +350,21 @@ class Batch:
     # ------------------------------------------------------------ persistence
     @classmethod
     def restore(cls, curve: CurveSection, section: BatchSection, state_path: Path, audit: AuditLogger,
-                t_s: float, *, persist_every_s: float = 60.0) -> Batch:
+                t_s: float, *, persist_every_s: float = 60.0,
+                extra_state: Callable[[], Mapping[str, Any]] | None = None) -> Batch:
         """The batch recorded in ``state_path`` (IDLE if there is no file).
 
         RUNNING or HELD comes back HELD at the recorded segment with the recorded
         soak time; raises :class:`BatchStateError` for an unreadable, corrupt or
         foreign file.
         """
-        batch = cls(curve, section, state_path, audit, persist_every_s=persist_every_s)
+        batch = cls(curve, section, state_path, audit, persist_every_s=persist_every_s, extra_state=extra_state)
         if not state_path.exists():
             audit.info("batch_restore", t_s=t_s, path=str(state_path), found=False)
             return batch
         data = _read_state(state_path)
+        extra = data.get("learning")
+        batch.restored_extra = extra if isinstance(extra, dict) else None
         old = _field(state_path, data, "state", str)
         try:
             recorded = BatchState(old)
@@ -401,6 +421,7 @@ class Batch:
             "soak_done_s": self._soak_done_s,
             "wait_s": self._wait_s,
             "reasons": list(self._reasons),
+            **({} if self.extra_state is None else {"learning": dict(self.extra_state())}),
         }
 
     def _persist(self) -> None:

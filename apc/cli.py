@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reach the site's simulated units over OPC UA / Modbus through the binding files "
                         "DIR/<unit>.yaml written by 'apc plant-sim --bindings-out DIR'")
     u.set_defaults(func=_cmd_run)
+    from apc.batch_cli import add_subcommand as add_batches
     from apc.hmi.cli import add_subcommands
     from apc.plant_sim_cli import add_subcommand as add_plant_sim
     from apc.replay_cli import add_subcommand as add_replay
@@ -271,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_subcommands(sub)
     add_plant_sim(sub)
     add_replay(sub)
+    add_batches(sub)
     return p
 
 

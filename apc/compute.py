@@ -107,6 +107,22 @@ def step_parts(parts: Parts, request: ControlRequest, deadline_mono: float | Non
                                  request.disturbances, request.constraints)
 
 
+def prime_parts(parts: Parts, prior: Mapping[str, tuple[float, float]]) -> None:
+    """Give the estimator of ``parts`` a parameter prior (bias name → (value, std)) if it takes one."""
+    prime = getattr(parts.estimator, "prime", None)
+    if prime is not None:
+        prime(prior)
+
+
+@runtime_checkable
+class Primeable(Protocol):
+    """A compute whose estimator can be handed a parameter prior (a furnace batch learned from history)."""
+
+    def prime(self, prior: Mapping[str, tuple[float, float]]) -> None:
+        """Start the estimator's parameter biases from ``prior``."""
+        ...
+
+
 class UnitCompute(Protocol):
     """A unit's estimator and controller, wherever they run."""
 
@@ -181,6 +197,10 @@ class InlineCompute:
     def needs_preview(self) -> bool:
         """True when the controller reads the preview from requests (not from the batch itself)."""
         return self.parts.preview is not None
+
+    def prime(self, prior: Mapping[str, tuple[float, float]]) -> None:
+        """Hand the estimator a parameter prior (see :func:`prime_parts`)."""
+        prime_parts(self.parts, prior)
 
     def inject(self, fault: str, duration_s: float = 0.0) -> None:
         """Queue a scenario fault for the next request."""

@@ -356,6 +356,10 @@ class PooledCompute:
         self.spec = spec
         self._worker.units[self.unit] = spec
 
+    def prime(self, prior: Mapping[str, tuple[float, float]]) -> None:
+        """Hand the estimator a parameter prior (in order with this unit's requests)."""
+        self._pool._write(self._worker, ("prime", self.unit, dict(prior)))
+
     def inject(self, fault: str, duration_s: float = 0.0) -> None:
         """A scenario fault: ``stall`` the unit's thread for ``duration_s`` plant seconds, or ``crash`` its worker."""
         if fault == "stall":

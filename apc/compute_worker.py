@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from apc.compute import Parts, step_parts
+from apc.compute import Parts, prime_parts, step_parts
 from apc.unit_parts import PartsSpec, build_parts
 
 FRAME_HEADER = 4
@@ -94,6 +94,8 @@ class _UnitThread:
             self._parts = self._prepared.pop(rid)
         elif kind == "stall":
             time.sleep(float(job[1]))
+        elif kind == "prime":
+            prime_parts(self._require(), job[1])
         elif kind == "estimate":
             _, rid, t_s, inputs, applied, deadline = job
             parts = self._require()

@@ -336,6 +336,25 @@ def hmi_batch_status(status: Mapping[str, Any]) -> dict[str, Any]:
         "Note": str(status.get("note") or ""),
         "BatchId": str(status.get("batch_id") or ""),
         "PersistError": str(status.get("persist_error") or ""),
+        **_learning_status(status),
+    }
+
+
+def _learning_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    """A learning batch's read-only HMI values (none for a batch that does not learn)."""
+    learning = status.get("learning")
+    if not isinstance(learning, Mapping):
+        return {}
+    params = learning.get("last_parameters") or {}
+    return {
+        "Lot": str(status.get("lot") or ""),
+        "CurveName": str(status.get("curve_name") or ""),
+        "LastBatchId": str(learning.get("last_batch_id") or ""),
+        "LastLot": str(learning.get("last_lot") or ""),
+        "LearnedParameters": ", ".join(f"{k}={v[0]:+.4f}±{v[1]:.4f}" for k, v in sorted(params.items())),
+        "Learned": bool(learning.get("learned")),
+        "Proposal": ", ".join(f"{k}={v:g}" for k, v in sorted((learning.get("proposal") or {}).items())),
+        "ProposalApply": str(learning.get("apply") or ""),
     }
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apc.alarms.rules import UnitSignals
-from apc.compute import ComputeLate, ComputeLost, ControlRequest, InlineCompute, Parts, UnitCompute
+from apc.compute import ComputeLate, ComputeLost, ControlRequest, InlineCompute, Parts, Primeable, UnitCompute
 from apc.cycle_record import (
     BatchRecord,
     CycleRecord,
@@ -259,6 +259,7 @@ class Unit:
         self._active_flags: dict[str, float] = {}
         self._last_t: float | None = None
         self._last_values: Mapping[str, float] = {}
+        self._primed: str | None = None
         self.sheds = 0
         self.link_reason = ""
         """Why the plant link is down as of the last cycle ('' when up)."""
@@ -472,6 +473,10 @@ class Unit:
             return "this unit runs no batch"
         t = self._last_t if self._last_t is not None else 0.0
         why = why or f"operator command from {where}"
+        extended = getattr(batch, "command", None)
+        if extended is not None and command.split()[:1] not in (["hold"], ["resume"], ["abort"]):
+            result = extended(t, who, command, self._last_values.get(batch.curve.controlled))
+            return "" if result else str(getattr(result, "reason", "refused"))
         if command == "start":
             result = batch.start(t, who, self._last_values.get(batch.curve.controlled))
         elif command == "hold":
@@ -667,6 +672,7 @@ class Unit:
         """The computation was restarted: a fresh estimator must re-warm; the unit sheds (latched)."""
         reason = f"compute worker restarted: {why}"
         self.compute_restarts += 1
+        self._primed = None
         self._audit("error", "compute_lost", utc=c.utc, cycle=c.k, why=why)
         c.estimate = Estimate((), (), (), None, reason)
         self._shed_now(c, reason)
@@ -679,6 +685,21 @@ class Unit:
             return
         preview = self.batch.update(c.t_s, c.values if c.estimate.healthy and not c.link_error else {})
         c.batch = preview.record_entry()
+        self._prime_estimator(c)
+
+    def _prime_estimator(self, c: _Cycle) -> None:
+        """A batch that learned from its history hands the estimator its starting parameters once
+        (again after the computation was restarted)."""
+        source = getattr(self.batch, "estimator_prior", None)
+        if source is None or not isinstance(self.compute, Primeable):
+            return
+        token, prior = source()
+        if not prior or token == self._primed:
+            return
+        self.compute.prime(prior)
+        self._primed = token
+        self._audit("info", "estimator_primed", utc=c.utc, cycle=c.k, batch_id=token,
+                    parameters={k: [round(v, 6), round(s, 6)] for k, (v, s) in prior.items()})
 
     def _readbacks(self, c: _Cycle) -> dict[str, float]:
         """MV readbacks (absent when unreadable); increments: a position change nobody wrote is a move."""

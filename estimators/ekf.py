@@ -360,6 +360,23 @@ class ModelEkf:
         """Position of a state in ``x``."""
         return self.names.index(name)
 
+    def set_states(self, values: Mapping[str, tuple[float, float]]) -> None:
+        """Overwrite states by name with (value, std): value clipped to its bounds, variance std²,
+        no correlation with the other states (a prior from elsewhere, e.g. the last batch's biases).
+        The delayed-sample history restarts here (a late sample cannot roll back past it)."""
+        x, P = self.x.copy(), self.P.copy()
+        for name, (v, std) in values.items():
+            i = self.names.index(name)
+            if not (math.isfinite(v) and math.isfinite(std) and std >= 0.0):
+                raise ValueError(f"state {name!r}: value and std must be finite (std >= 0)")
+            x[i] = min(max(v, self._lo[i]), self._hi[i])
+            P[i, :] = 0.0
+            P[:, i] = 0.0
+            P[i, i] = std * std
+        self._kf.x = x.reshape(-1, 1)
+        self._kf.P = P
+        self._hist = deque([_Step(self.t_s, 0.0, self._u_last.copy(), self._d_last.copy(), x.copy(), P.copy())])
+
     def _event(self, ev: FilterEvent) -> None:
         self.events.append(ev)
         if len(self.events) > self._max_events:

@@ -165,6 +165,7 @@ class FurnaceEkf:
         self.relearn_after = int(relearn_after)
         self.health_gap_s = float(health_gap_periods) * self.period_s
         self._log = structlog.get_logger(__name__).bind(model=model.name)
+        self._prior: dict[str, tuple[float, float]] = {}
         self.reset()
 
     # ----------------------------------------------------------------- protocol
@@ -178,6 +179,19 @@ class FurnaceEkf:
         self._repaired = False
         self.counts = {"rejected_outliers": 0, "inputs_held": 0, "covariance_repairs": 0}
 
+    def prime(self, prior: Mapping[str, tuple[float, float]]) -> None:
+        """Start the parameter biases from ``prior`` (bias name → (value, std), e.g. carried from the
+        last batch): applied now to a running filter, else when the first update seeds it. Names that
+        are not biases of this filter are refused (ValueError)."""
+        biases = {b.name for b in self.tuning.biases}
+        unknown = sorted(set(prior) - biases)
+        if unknown:
+            raise ValueError(f"prior: {unknown} are not parameter biases of this filter ({sorted(biases)})")
+        self._prior = dict(prior)
+        if self.filter is not None:
+            self.filter.set_states(self._prior)
+            self._log.info("furnace_ekf_primed", **{k: round(v, 4) for k, (v, _) in self._prior.items()})
+
     def update(self, t_s: float, inputs: Mapping[str, ValidatedInput], applied: Mapping[str, float]) -> Estimate:
         """Predict to ``t_s`` with the MVs in force, then fuse this cycle's valid measurements."""
         self._raw = {n: _value(inputs.get(n)) for n in self.measurements}
@@ -185,6 +199,8 @@ class FurnaceEkf:
         if self.filter is None:
             self.filter = self._seeded_filter(t_s, u, d)
             self._t_last = t_s
+            if self._prior:
+                self.filter.set_states(self._prior)
         else:
             dt = t_s - (self._t_last if self._t_last is not None else t_s)
             self._t_last = t_s

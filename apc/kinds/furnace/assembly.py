@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
 from apc.assembly import AssemblyError
+from apc.batch_learning import OutcomeConfig
 from apc.curve_preview import CurvePreview
 from apc.kinds.furnace.kpi import FurnaceKpiConfig
 from apc.kinds.furnace.recipe import FurnaceRecipe
@@ -47,6 +48,12 @@ class _MeasuredHealth:
     def reset(self) -> None:
         """Forget all history."""
         self.inner.reset()
+
+    def prime(self, prior: Mapping[str, tuple[float, float]]) -> None:
+        """Pass a parameter prior on to the filter (see :meth:`FurnaceEkf.prime`)."""
+        prime = getattr(self.inner, "prime", None)
+        if prime is not None:
+            prime(prior)
 
 
 def build_furnace_estimator(recipe: FurnaceRecipe, controller_kind: str, tuning: FurnaceFilterTuning) -> Estimator:
@@ -108,3 +115,32 @@ def furnace_kpi_config(recipe: FurnaceRecipe) -> FurnaceKpiConfig:
         pressure_limit_Pa=curve.pressure_limit_Pa,
         core_surface_dT_max_K=curve.core_surface_dT_max_K,
     )
+
+
+def curve_transform(recipe: FurnaceRecipe, kind: str) -> Callable[[CurveSection, BatchSection],
+                                                                   tuple[CurveSection, BatchSection]]:
+    """What :func:`batch_for` does to the recipe's curve, for any curve (a per-batch one too)."""
+    b = recipe.batch
+    pid = recipe.controller.pid
+    if kind != "baseline" or pid is None or b is None:
+        return lambda c, s: (c, s)
+    signal = b.baseline_soak_signal or pid.measurement
+    extension = b.baseline_soak_extension_min
+    return lambda c, s: (replace(c, controlled=signal),
+                         replace(s, soak_signal=signal, soak_extension_min=extension))
+
+
+def outcome_config(recipe: FurnaceRecipe, kind: str) -> OutcomeConfig:
+    """Signals a batch's measured outcome is computed from (power readbacks, gauge, estimates)."""
+    curve, b = recipe.curve, recipe.batch
+    assert curve is not None and b is not None
+    run_curve, _ = batch_for(recipe, kind)
+    pressure = next((n for n, s in recipe.io.inputs.items() if s.model_output == "chamber_pressure_Pa"), None)
+    return OutcomeConfig(
+        controlled=run_curve.controlled,
+        power_mvs=tuple(n for n, mv in recipe.io.mvs.items() if mv.model_input.endswith("_kW")),
+        pressure_signal=pressure, pressure_limit_Pa=curve.pressure_limit_Pa,
+        dT_signal="core_surface_dT_K" if curve.core_surface_dT_max_K is not None else None,
+        dT_max_K=curve.core_surface_dT_max_K,
+        core_signal=curve.controlled, core_margin_sigmas=b.soak_margin_sigmas,
+        soak_time_s=sum(s.time_s for s in curve.segments if s.kind == "soak"))

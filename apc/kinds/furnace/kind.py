@@ -5,6 +5,7 @@ tunings and simulator files."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from apc.alarms.rules import AlarmRule
 from apc.audit import null_logger
 from apc.batch import Batch
+from apc.batch_history import BatchHistory
 from apc.compute import Parts, PreviewHolder
 from apc.curve_preview import BatchState, CurvePreview
 from apc.cycle_record import CycleRecord
@@ -24,16 +26,20 @@ from apc.kinds.furnace.assembly import (
     batch_for,
     build_furnace_controller,
     build_furnace_estimator,
+    curve_transform,
     furnace_kpi_config,
     furnace_signal_names,
+    outcome_config,
 )
 from apc.kinds.furnace.kpi import FurnaceKpiAccumulator, FurnaceKpiConfig
+from apc.kinds.furnace.learning_batch import LearningBatch
 from apc.kinds.furnace.plant_kpi import FurnacePlantKpis, furnace_plant_config
 from apc.kinds.furnace.recipe import FurnaceRecipe
 from apc.plant_kpi import PlantKpiSink
 from apc.protocols import BatchRunner, Clock, KpiSink
 from apc.provenance import baseline_sha256, tree_sha256
-from apc.recipe.curve_schema import check_against_model
+from apc.recipe.curve_file import load_curve_file, load_plan
+from apc.recipe.curve_schema import CurveSection, check_against_model
 from apc.recipe.loader import LoadedRecipe
 from apc.recipe.schema import Recipe
 from apc.trend_layout import TrendLayout
@@ -53,6 +59,14 @@ COMMON_SIMULATOR_FILES = ("sim/models/base.py", "sim/furnace_plant.py", "sim/sce
                           "sim/plant_events.py", "plant_io/sim_adapter.py", "plant_io/sim_furnace.py")
 """Simulator sources every furnace kind runs on (besides its model)."""
 BASELINE_FILES = ("controllers/furnace_pid.py",)
+
+
+def _resolve(loaded: LoadedRecipe, name: str) -> Path:
+    """A curve or plan: a path (relative to the recipe's folder), or a name in its ``curves`` folder."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path if path.is_absolute() else loaded.path.parent / path
+    return loaded.path.parent / "curves" / f"{name}.yaml"
 
 
 def _furnace(recipe: Recipe) -> FurnaceRecipe:
@@ -184,14 +198,32 @@ class FurnaceKind:
         curve, section = batch_for(recipe, controller_kind)
         state_path = None if state_dir is None else state_dir / section.state_file
         bound = audit or null_logger()
+        if recipe.learning is not None:
+            assert recipe.curve is not None and recipe.batch is not None
+            history = None if state_path is None else BatchHistory(state_path.parent / recipe.learning.history_file)
+            return LearningBatch(recipe.curve, recipe.batch, recipe.learning, state_path, history, bound,
+                                 furnace=recipe.name, controller=controller_kind,
+                                 outcome=outcome_config(recipe, controller_kind),
+                                 biases=tuple(b.name for b in self.tuning(recipe).biases),
+                                 transform=curve_transform(recipe, controller_kind), utc=time.time, t_s=now_s,
+                                 curves=lambda name: self.load_curve(loaded, name),
+                                 plans=lambda file: load_plan(_resolve(loaded, file), recipe,
+                                                              frozenset(self.signal_names(recipe))))
         if state_path is not None and state_path.exists():
             return Batch.restore(curve, section, state_path, bound, now_s)
         return Batch(curve, section, state_path, bound)
 
+    def load_curve(self, loaded: LoadedRecipe, name: str) -> tuple[str, CurveSection]:
+        """A per-batch curve by name (``curves/NAME.yaml`` beside the recipe) or file, validated like
+        the recipe's curve (RecipeError naming file and line)."""
+        return load_curve_file(_resolve(loaded, name), loaded.recipe, frozenset(self.signal_names(loaded.recipe)))
+
     def reload_refusal(self, old: Recipe, new: Recipe) -> str:
         a, b = _furnace(old), _furnace(new)
-        if b.controller.kind != a.controller.kind or b.curve != a.curve or b.batch != a.batch:
-            return "furnace controller kind, curve or batch section changed: the batch in progress is kept; restart"
+        if (b.controller.kind != a.controller.kind or b.curve != a.curve or b.batch != a.batch
+                or b.learning != a.learning):
+            return ("furnace controller kind, curve, batch or learning section changed: the batch in progress is kept; "
+                    "restart (a per-batch curve needs no restart: docs/heating_curves.md)")
         return ""
 
     # ------------------------------------------------------------------ simulation

@@ -8,6 +8,7 @@ from typing import Literal
 
 from apc.recipe.curve_schema import BatchSection, CurveSection
 from apc.recipe.furnace_tuning import FurnaceMpcSection, FurnacePidSection
+from apc.recipe.learning_schema import LearningSection
 from apc.recipe.schema import ControllerSection, EstimatorSection, Recipe
 
 
@@ -39,3 +40,5 @@ class FurnaceRecipe(Recipe):
     """The heating curve (see ``docs/heating_curves.md``); required."""
     batch: BatchSection | None = None
     """How a batch runs the curve (state file, restart, soak extension, preview); required."""
+    learning: LearningSection | None = None
+    """Learning across batches (see ``docs/batch_learning.md``); None: none."""
