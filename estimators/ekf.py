@@ -44,6 +44,7 @@ import numpy as np
 from filterpy.kalman import ExtendedKalmanFilter
 
 from sim.models.base import ProcessModel, rk4
+from sim.models.buffered import BufferedFunction
 
 _SPD_JITTER_REL = 1e-9
 """Diagonal inflation (relative to the mean variance) tried first when P is not SPD."""
@@ -249,9 +250,9 @@ class ModelEkf:
         self._d0 = np.zeros(nd) if d0 is None else np.asarray(d0, dtype=float).copy()
         self._t0 = float(t0_s)
         self._max_events = int(max_events)
-        self._step_fn = self._build_step()
-        self._meas_fns: dict[str, ca.Function] = {}
-        self._aux_fn: ca.Function | None = None
+        self._step_fn = BufferedFunction(self._build_step())
+        self._meas_fns: dict[str, BufferedFunction] = {}
+        self._aux_fn: BufferedFunction | None = None
         self.reset()
 
     # ------------------------------------------------------------------ build
@@ -273,7 +274,7 @@ class ModelEkf:
         return xa, u, d, p, self._effective_parameters(p, xa[nx:])
 
     def _build_step(self) -> ca.Function:
-        """F(xa, u, d, p, dt) -> (x_next, A = ∂x_next/∂xa), one classical RK4 step."""
+        """F(xa, u, d, p, dt) -> (x_next, A = ∂x_next/∂xa), one classical RK4 step (A dense)."""
         xa, u, d, p, pe = self._symbols()
         dt = ca.SX.sym("dt")
         nx = len(self.model.states)
@@ -282,11 +283,11 @@ class ModelEkf:
         f = self.model.f
         decay = [ca.exp(-dt / c.tau_s) * xa[nb + j] for j, c in enumerate(self.noise_states)]  # b⁺ = e^(−dt/τ) b
         x_next = ca.vertcat(rk4(lambda z: f(z, u, d, pe), x, dt)[-1], xa[nx:nb], *decay)  # biases: b⁺ = b
-        A = ca.jacobian(x_next, xa)
+        A = ca.densify(ca.jacobian(x_next, xa))
         return ca.Function("ekf_step", [xa, u, d, p, dt], [x_next, A], {"cse": True})
 
-    def _measurement_fn(self, *names: str) -> ca.Function:
-        """h(xa, u, d, p) -> (y, H) for outputs, aux signals or states called ``names``."""
+    def _measurement_fn(self, *names: str) -> BufferedFunction:
+        """h(xa, u, d, p) -> (y, H) for outputs, aux signals or states called ``names`` (H dense)."""
         key = ",".join(names)
         fn = self._meas_fns.get(key)
         if fn is not None:
@@ -310,7 +311,8 @@ class ModelEkf:
                 if c.measurement == name:
                     ys[j] = ys[j] + xa[self.names.index(c.name)]  # y = h(x) + b
         y = ca.vertcat(*ys)
-        fn = ca.Function(f"ekf_h_{len(self._meas_fns)}", [xa, u, d, p], [y, ca.jacobian(y, xa)], {"cse": True})
+        fn = BufferedFunction(ca.Function(f"ekf_h_{len(self._meas_fns)}", [xa, u, d, p],
+                                          [y, ca.densify(ca.jacobian(y, xa))], {"cse": True}))
         self._meas_fns[key] = fn
         return fn
 
@@ -391,8 +393,7 @@ class ModelEkf:
         xk = x
         for _ in range(n_sub):
             x_next, A = self._step_fn(xk, u, d, self.p, h)
-            xk = np.asarray(x_next).reshape(-1)
-            A = np.asarray(A)
+            xk = x_next.reshape(-1)
             F = A @ F
             # Q = A Q A' + diag(q²·h): the noise of every sub-step, carried to the end
             Q = A @ Q @ A.T + Qh
@@ -457,7 +458,7 @@ class ModelEkf:
 
     def _eval_h(self, name: str, u: np.ndarray, d: np.ndarray) -> tuple[float, np.ndarray]:
         y, H = self._measurement_fn(name)(self.x, u, d, self.p)
-        return float(y), np.asarray(H).reshape(1, -1)
+        return float(y[0, 0]), H
 
 
     def _apply(self, name: str, z: float, R: float, u: np.ndarray, d: np.ndarray,
@@ -600,17 +601,17 @@ class ModelEkf:
         u = self._u_last if u is None else u
         d = self._d_last if d is None else d
         y, H = self._measurement_fn(*names)(self.x, u, d, self.p)
-        H = np.asarray(H)
         var = np.einsum("ij,jk,ik->i", H, self.P, H)
-        return np.asarray(y).reshape(-1), np.sqrt(np.maximum(var, 0.0))
+        return y.reshape(-1), np.sqrt(np.maximum(var, 0.0))
 
     def aux(self, u: np.ndarray | None = None, d: np.ndarray | None = None) -> dict[str, float]:
         """All aux signals at the current estimate (biases applied to the parameters)."""
         if self._aux_fn is None:
             xa, uu, dd, p, pe = self._symbols()
             nx = len(self.model.states)
-            self._aux_fn = ca.Function("ekf_aux", [xa, uu, dd, p], [self.model.aux(xa[:nx], uu, dd, pe)])
+            self._aux_fn = BufferedFunction(
+                ca.Function("ekf_aux", [xa, uu, dd, p], [self.model.aux(xa[:nx], uu, dd, pe)]))
         u = self._u_last if u is None else u
         d = self._d_last if d is None else d
-        a = np.asarray(self._aux_fn(self.x, u, d, self.p)).reshape(-1)
+        a = self._aux_fn(self.x, u, d, self.p)[0].reshape(-1)
         return dict(zip(self.model.aux_names, (float(v) for v in a)))
