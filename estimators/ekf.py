@@ -251,6 +251,8 @@ class ModelEkf:
         self._t0 = float(t0_s)
         self._max_events = int(max_events)
         self._step_fn = BufferedFunction(self._build_step())
+        self._q_step: dict[float, np.ndarray] = {}
+        """diag(q²·h) by sub-step length h."""
         self._meas_fns: dict[str, BufferedFunction] = {}
         self._aux_fn: BufferedFunction | None = None
         self.reset()
@@ -385,19 +387,21 @@ class ModelEkf:
         """x⁺, F and Q over ``dt`` (split into steps of at most ``max_step_s``)."""
         n_sub = max(1, math.ceil(dt / self.max_step_s - 1e-9))
         h = dt / n_sub
-        q = self._q_var_per_s * h
-        q[self._noise_idx] = self._noise_var * (1.0 - np.exp(-2.0 * h / self._noise_tau))
-        Qh = np.diag(q)
-        F = np.eye(self.n)
-        Q = np.zeros((self.n, self.n))
-        xk = x
-        for _ in range(n_sub):
-            x_next, A = self._step_fn(xk, u, d, self.p, h)
-            xk = x_next.reshape(-1)
+        Qh = self._q_step.get(h)
+        if Qh is None:
+            q = self._q_var_per_s * h
+            q[self._noise_idx] = self._noise_var * (1.0 - np.exp(-2.0 * h / self._noise_tau))
+            Qh = np.diag(q)
+            if len(self._q_step) < 8:  # the cycle's few step lengths
+                self._q_step[h] = Qh
+        x_next, F = self._step_fn(x, u, d, self.p, h)
+        Q = Qh.copy()  # first sub-step: F = A, Q = diag(q²·h)
+        for _ in range(n_sub - 1):
+            x_next, A = self._step_fn(x_next, u, d, self.p, h)
             F = A @ F
             # Q = A Q A' + diag(q²·h): the noise of every sub-step, carried to the end
             Q = A @ Q @ A.T + Qh
-        return xk, F, Q
+        return x_next.reshape(-1), F, Q
 
     def _predict_kf(self, dt: float, u: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         kf = self._kf

@@ -62,7 +62,7 @@ class BufferedFunction:
         if len(args) != len(self._args):
             raise TypeError(f"{self.function.name()} takes {len(self._args)} arguments, got {len(args)}")
         for a, v in zip(self._args, args):
-            a[:] = np.ravel(v, order="F")
+            a[:] = np.ravel(v, order="F") if getattr(v, "ndim", 1) > 1 else v
         self._trigger()
         # CasADi stores matrices column-major.
         return tuple(r.reshape(s, order="F").copy() for r, s in zip(self._res, self._shapes))
