@@ -12,6 +12,7 @@ bit-identical to a plain call.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import casadi as ca
 import numpy as np
@@ -20,13 +21,13 @@ __all__ = ["BufferedFunction"]
 
 
 def _densified(fn: ca.Function) -> ca.Function:
-    """``fn`` with every output dense (structural zeros stored), same inputs."""
+    """``fn`` with every output dense (structural zeros stored), same inputs; MX functions expanded to SX."""
     if all(fn.sparsity_out(i).is_dense() for i in range(fn.n_out())):
         return fn
-    args = fn.sx_in() if fn.is_a("SXFunction") else fn.mx_in()
-    outs = fn.call(args)
-    return ca.Function(fn.name(), args, [ca.densify(o) for o in outs],
-                       fn.name_in(), fn.name_out(), {"cse": True} if fn.is_a("SXFunction") else {})
+    sx = fn if fn.is_a("SXFunction") else fn.expand()
+    args = sx.sx_in()
+    outs: list[ca.SX] = [ca.densify(o) for o in sx.call(args)]
+    return ca.Function(fn.name(), args, outs, fn.name_in(), fn.name_out(), {"cse": True})
 
 
 class BufferedFunction:
@@ -51,11 +52,13 @@ class BufferedFunction:
         self._args = [np.zeros(f.nnz_in(i)) for i in range(f.n_in())]
         self._res = [np.zeros(f.nnz_out(i)) for i in range(f.n_out())]
         self._shapes: list[tuple[int, int]] = [f.size_out(i) for i in range(f.n_out())]
-        self._buf, self._trigger = f.buffer()
+        buf, self._trigger = f.buffer()
+        # CasADi's stubs list a size argument; its Python binding takes the size from the buffer.
+        self._buf: Any = cast(Any, buf)
         for i, a in enumerate(self._args):
-            self._buf.set_arg(i, memoryview(a))
+            self._buf.set_arg(i, a.data)
         for i, r in enumerate(self._res):
-            self._buf.set_res(i, memoryview(r))
+            self._buf.set_res(i, r.data)
 
     def __call__(self, *args: Sequence[float] | np.ndarray | float) -> tuple[np.ndarray, ...]:
         """Evaluate at ``args`` (one value per input, any shape holding its entries column-major)."""
