@@ -34,6 +34,8 @@ class SimResult:
     sim_s: float
     overruns: int
     errors: int
+    cpu_s: float = 0.0
+    """CPU seconds of this process over the same span as ``wall_s`` (the cycles, not the build)."""
 
     @property
     def speedup(self) -> float:
@@ -79,17 +81,18 @@ async def simulate(
         if driver.after_cycle(record, clock.monotonic()):
             done.set()
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         stats = await run_on(unit, clock, run_h, who="apc sim", where="command line", after_cycle=after_cycle,
                              stop=done)
     finally:
         unit.recorder.close()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert unit.kpi is not None
     meta.update(driver.meta())
     period = loaded.recipe.period_s
-    return SimResult(dict(unit.kpi.result()), meta, wall, stats.cycles * period, stats.overruns, stats.errors)
+    return SimResult(dict(unit.kpi.result()), meta, wall, stats.cycles * period, stats.overruns, stats.errors,
+                     cpu)
 
 
 async def run_on(unit: Unit, clock: VirtualClock, hours: float, *, who: str, where: str,

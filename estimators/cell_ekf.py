@@ -456,8 +456,8 @@ class CellEkf:
         return Estimate(
             names=self.names,
             units=self.units,
-            x=tuple(float(v) for v in x[:n]),
-            P=tuple(tuple(float(v) for v in row[:n]) for row in P[:n]),
+            x=tuple(x[:n].tolist()),
+            P=tuple(map(tuple, P[:n, :n].tolist())),
             health=self._health(t_s, repaired),
             extras=extras,
         )

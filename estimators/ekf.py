@@ -44,6 +44,7 @@ import numpy as np
 from filterpy.kalman import ExtendedKalmanFilter
 
 from sim.models.base import ProcessModel, rk4
+from sim.models.buffered import BufferedFunction
 
 _SPD_JITTER_REL = 1e-9
 """Diagonal inflation (relative to the mean variance) tried first when P is not SPD."""
@@ -249,9 +250,11 @@ class ModelEkf:
         self._d0 = np.zeros(nd) if d0 is None else np.asarray(d0, dtype=float).copy()
         self._t0 = float(t0_s)
         self._max_events = int(max_events)
-        self._step_fn = self._build_step()
-        self._meas_fns: dict[str, ca.Function] = {}
-        self._aux_fn: ca.Function | None = None
+        self._step_fn = BufferedFunction(self._build_step())
+        self._q_step: dict[float, np.ndarray] = {}
+        """diag(q²·h) by sub-step length h."""
+        self._meas_fns: dict[str, BufferedFunction] = {}
+        self._aux_fn: BufferedFunction | None = None
         self.reset()
 
     # ------------------------------------------------------------------ build
@@ -279,7 +282,7 @@ class ModelEkf:
         return xa, u, d, p, self._effective_parameters(p, xa[nx:])
 
     def _build_step(self) -> ca.Function:
-        """F(xa, u, d, p, dt) -> (x_next, A = ∂x_next/∂xa), one classical RK4 step."""
+        """F(xa, u, d, p, dt) -> (x_next, A = ∂x_next/∂xa), one classical RK4 step (A dense)."""
         xa, u, d, p, pe = self._symbols()
         dt = ca.SX.sym("dt")
         nx = len(self.model.states)
@@ -288,11 +291,11 @@ class ModelEkf:
         f = self.model.f
         decay = [ca.exp(-dt / c.tau_s) * xa[nb + j] for j, c in enumerate(self.noise_states)]  # b⁺ = e^(−dt/τ) b
         x_next = ca.vertcat(rk4(lambda z: f(z, u, d, pe), x, dt)[-1], xa[nx:nb], *decay)  # biases: b⁺ = b
-        A = ca.jacobian(x_next, xa)
+        A = ca.densify(ca.jacobian(x_next, xa))
         return ca.Function("ekf_step", [xa, u, d, p, dt], [x_next, A], {"cse": True})
 
-    def _measurement_fn(self, *names: str) -> ca.Function:
-        """h(xa, u, d, p) -> (y, H) for outputs, aux signals or states called ``names``."""
+    def _measurement_fn(self, *names: str) -> BufferedFunction:
+        """h(xa, u, d, p) -> (y, H) for outputs, aux signals or states called ``names`` (H dense)."""
         key = ",".join(names)
         fn = self._meas_fns.get(key)
         if fn is not None:
@@ -316,7 +319,8 @@ class ModelEkf:
                 if c.measurement == name:
                     ys[j] = ys[j] + xa[self.names.index(c.name)]  # y = h(x) + b
         y = ca.vertcat(*ys)
-        fn = ca.Function(f"ekf_h_{len(self._meas_fns)}", [xa, u, d, p], [y, ca.jacobian(y, xa)], {"cse": True})
+        fn = BufferedFunction(ca.Function(f"ekf_h_{len(self._meas_fns)}", [xa, u, d, p],
+                                          [y, ca.densify(ca.jacobian(y, xa))], {"cse": True}))
         self._meas_fns[key] = fn
         return fn
 
@@ -406,20 +410,21 @@ class ModelEkf:
         """x⁺, F and Q over ``dt`` (split into steps of at most ``max_step_s``)."""
         n_sub = max(1, math.ceil(dt / self.max_step_s - 1e-9))
         h = dt / n_sub
-        q = self._q_var_per_s * h
-        q[self._noise_idx] = self._noise_var * (1.0 - np.exp(-2.0 * h / self._noise_tau))
-        Qh = np.diag(q)
-        F = np.eye(self.n)
-        Q = np.zeros((self.n, self.n))
-        xk = x
-        for _ in range(n_sub):
-            x_next, A = self._step_fn(xk, u, d, self.p, h)
-            xk = np.asarray(x_next).reshape(-1)
-            A = np.asarray(A)
+        Qh = self._q_step.get(h)
+        if Qh is None:
+            q = self._q_var_per_s * h
+            q[self._noise_idx] = self._noise_var * (1.0 - np.exp(-2.0 * h / self._noise_tau))
+            Qh = np.diag(q)
+            if len(self._q_step) < 8:  # the cycle's few step lengths
+                self._q_step[h] = Qh
+        x_next, F = self._step_fn(x, u, d, self.p, h)
+        Q = Qh.copy()  # first sub-step: F = A, Q = diag(q²·h)
+        for _ in range(n_sub - 1):
+            x_next, A = self._step_fn(x_next, u, d, self.p, h)
             F = A @ F
             # Q = A Q A' + diag(q²·h): the noise of every sub-step, carried to the end
             Q = A @ Q @ A.T + Qh
-        return xk, F, Q
+        return x_next.reshape(-1), F, Q
 
     def _predict_kf(self, dt: float, u: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         kf = self._kf
@@ -480,7 +485,7 @@ class ModelEkf:
 
     def _eval_h(self, name: str, u: np.ndarray, d: np.ndarray) -> tuple[float, np.ndarray]:
         y, H = self._measurement_fn(name)(self.x, u, d, self.p)
-        return float(y), np.asarray(H).reshape(1, -1)
+        return float(y[0, 0]), H
 
 
     def _apply(self, name: str, z: float, R: float, u: np.ndarray, d: np.ndarray,
@@ -623,17 +628,17 @@ class ModelEkf:
         u = self._u_last if u is None else u
         d = self._d_last if d is None else d
         y, H = self._measurement_fn(*names)(self.x, u, d, self.p)
-        H = np.asarray(H)
         var = np.einsum("ij,jk,ik->i", H, self.P, H)
-        return np.asarray(y).reshape(-1), np.sqrt(np.maximum(var, 0.0))
+        return y.reshape(-1), np.sqrt(np.maximum(var, 0.0))
 
     def aux(self, u: np.ndarray | None = None, d: np.ndarray | None = None) -> dict[str, float]:
         """All aux signals at the current estimate (biases applied to the parameters)."""
         if self._aux_fn is None:
             xa, uu, dd, p, pe = self._symbols()
             nx = len(self.model.states)
-            self._aux_fn = ca.Function("ekf_aux", [xa, uu, dd, p], [self.model.aux(xa[:nx], uu, dd, pe)])
+            self._aux_fn = BufferedFunction(
+                ca.Function("ekf_aux", [xa, uu, dd, p], [self.model.aux(xa[:nx], uu, dd, pe)]))
         u = self._u_last if u is None else u
         d = self._d_last if d is None else d
-        a = np.asarray(self._aux_fn(self.x, u, d, self.p)).reshape(-1)
+        a = self._aux_fn(self.x, u, d, self.p)[0].reshape(-1)
         return dict(zip(self.model.aux_names, (float(v) for v in a)))

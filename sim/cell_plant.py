@@ -18,6 +18,7 @@ import numpy as np
 
 from sim.models import get_model
 from sim.models.base import ProcessModel, rk4
+from sim.models.buffered import BufferedFunction
 from sim.models.nd_cell import F_C_PER_MOL, M_ND_KG_PER_MOL
 from sim.plant_events import Reading, ScenarioEvents, draw_parameters
 from sim.scenario import Event, Scenario
@@ -84,7 +85,8 @@ class CellPlant:
                                       scenario.name)
         self._p = np.array([self.params[n] for n in self.model.parameter_names])
         self._dt = scenario.plant_dt_s
-        self._step = _plant_step_function(self.model, self._dt)
+        self._step = BufferedFunction(_plant_step_function(self.model, self._dt))
+        self._aux_fn = BufferedFunction(self.model.aux)
         r_total = self.params["heat_loss_resistance_K_kW"]
         share = scenario.wall_resistance_share
         self._wall = np.array([r_total * share, r_total * (1.0 - share), scenario.wall_heat_capacity_kJ_K])
@@ -150,9 +152,8 @@ class CellPlant:
     def _eval_aux(self) -> np.ndarray:
         nx = len(self.model.states)
         x = self._x[:nx]
-        p = self._p.copy()
-        d = np.array([self._x[nx], 0.0, 1.0 if self.anode_effect else 0.0])
-        return np.asarray(self.model.aux(x, [self.current_kA, 0.0, 0.0], d, p)).ravel()
+        d = (self._x[nx], 0.0, 1.0 if self.anode_effect else 0.0)
+        return self._aux_fn(x, (self.current_kA, 0.0, 0.0), d, self._p)[0].reshape(-1)
 
     def _events_due(self) -> None:
         for ev in self._events.due(self.t_s, self._dt):
@@ -203,7 +204,7 @@ class CellPlant:
             self._next_tap_t += sc.tap_interval_h * 3600.0
         u = [self.current_kA, feed_kg_h, move_cm_h]
         d = [self._ambient, tap_kg_h, 1.0 if self.anode_effect else 0.0]
-        self._x = np.asarray(self._step(self._x, u, d, self._p, self._wall)).ravel()
+        self._x = self._step(self._x, u, d, self._p, self._wall)[0].reshape(-1)
         self.t_s += dt
         self._aux = self._eval_aux()
         self._measure(dt)

@@ -26,8 +26,9 @@ from plant_io.sim_plant import SimulatedCellIO
 from sim.cell_plant import CellPlant
 from sim.scenario import Scenario, load_scenario
 
-SIMULATOR_FILES = ("sim/models/base.py", "sim/models/nd_cell.py", "sim/cell_plant.py", "sim/scenario.py",
-                   "sim/scenario_loader.py", "sim/plant_events.py", "plant_io/sim_adapter.py", "plant_io/sim_plant.py")
+SIMULATOR_FILES = ("sim/models/base.py", "sim/models/buffered.py", "sim/models/nd_cell.py", "sim/cell_plant.py",
+                   "sim/scenario.py", "sim/scenario_loader.py", "sim/plant_events.py", "plant_io/sim_adapter.py",
+                   "plant_io/sim_plant.py")
 SIMULATOR_DIRS = ("sim/scenarios",)
 BASELINE_FILES = ("controllers/tracking_feed.py", "estimators/filtered.py")
 
