@@ -131,8 +131,11 @@ class _Cmd(enum.Enum):
 _REQUIRED_ROLE = {_Cmd.MODE: Role.OPERATOR, _Cmd.GROUP_MODE: Role.OPERATOR, _Cmd.ENABLED: Role.OPERATOR,
                   _Cmd.OPERATOR_LOW: Role.OPERATOR, _Cmd.OPERATOR_HIGH: Role.OPERATOR,
                   _Cmd.RELOAD: Role.ENGINEER, _Cmd.BATCH: Role.OPERATOR}
-BATCH_COMMANDS = ("start", "hold", "resume", "abort")
 """Least role allowed to write each command node."""
+BATCH_COMMANDS = ("start", "hold", "resume", "abort")
+BATCH_ENGINEER_COMMANDS = ("curve", "plan", "reset_learning")
+"""Batch commands that change what the next batches run or forget what was learned: engineer only,
+as is a ``start`` naming a curve (``start curve=...``)."""
 
 
 @dataclass(frozen=True)
@@ -740,6 +743,11 @@ class HmiServer:
                     limits.setdefault((cmd.unit, cmd.mv), []).append((i, cmd.cmd, float(value), raw))
                 elif cmd.cmd is _Cmd.RELOAD:
                     codes[i] = await self._request_reload(hmi_user, where, nid, raw, cmd.unit)
+                elif cmd.cmd is _Cmd.BATCH and _batch_needs_engineer(str(value)) and \
+                        not hmi_user.hmi_role.at_least(Role.ENGINEER):
+                    codes[i] = self._refuse(user, where, nid, raw, ua.StatusCodes.BadUserAccessDenied,
+                                            f"role {hmi_user.hmi_role.value} may not {str(value).split()[0]} "
+                                            "(curves, plans and learning need engineer)")
                 elif cmd.cmd is _Cmd.BATCH:
                     codes[i] = await self._batch_command(hmi_user, where, nid, raw, cmd.unit, str(value))
                 elif cmd.cmd is _Cmd.GROUP_MODE:
@@ -835,8 +843,10 @@ def _decode(cmd: _Cmd, dv: ua.DataValue | None) -> tuple[Any, int, str]:
     if cmd is _Cmd.BATCH:
         if vtype is not _VT.String or not isinstance(value, str):
             return None, ua.StatusCodes.BadTypeMismatch, f"Command must be a String, got {_vt_name(vtype)}"
-        if value not in BATCH_COMMANDS:
-            return None, ua.StatusCodes.BadOutOfRange, f"Command must be one of {', '.join(BATCH_COMMANDS)}"
+        words = value.split()
+        if not words or words[0] not in BATCH_COMMANDS + BATCH_ENGINEER_COMMANDS:
+            return None, ua.StatusCodes.BadOutOfRange, \
+                f"Command must start with one of {', '.join(BATCH_COMMANDS + BATCH_ENGINEER_COMMANDS)}"
         return value, 0, ""
     if cmd is _Cmd.RELOAD:
         if vtype is not _VT.Boolean or not isinstance(value, bool):
@@ -849,6 +859,13 @@ def _decode(cmd: _Cmd, dv: ua.DataValue | None) -> tuple[Any, int, str]:
     if not math.isfinite(value):
         return None, ua.StatusCodes.BadOutOfRange, "limit must be finite"
     return float(value), 0, ""
+
+
+def _batch_needs_engineer(command: str) -> bool:
+    """A batch command only an engineer may give (:data:`BATCH_ENGINEER_COMMANDS`, or a start naming a curve)."""
+    words = command.split()
+    return bool(words) and (words[0] in BATCH_ENGINEER_COMMANDS
+                            or (words[0] == "start" and any(w.startswith("curve=") for w in words[1:])))
 
 
 def _vt_name(vtype: ua.VariantType | None) -> str:

@@ -62,11 +62,18 @@ BASELINE_FILES = ("controllers/furnace_pid.py",)
 
 
 def _resolve(loaded: LoadedRecipe, name: str) -> Path:
-    """A curve or plan: a path (relative to the recipe's folder), or a name in its ``curves`` folder."""
+    """A curve or plan: a path relative to the recipe's folder, or a name in its ``curves`` folder.
+    Commands come from the HMI: a path outside the recipe's folder (absolute, or through ``..``) is
+    refused (``ValueError``), so a session cannot make the runtime read other files."""
+    base = loaded.path.parent.resolve()
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
-        return path if path.is_absolute() else loaded.path.parent / path
-    return loaded.path.parent / "curves" / f"{name}.yaml"
+        target = (base / path).resolve()
+    else:
+        target = (base / "curves" / f"{name}.yaml").resolve()
+    if path.is_absolute() or not target.is_relative_to(base):
+        raise ValueError(f"{name!r}: curves and plans are files in the recipe's folder ({base}), given relative to it")
+    return target
 
 
 def _furnace(recipe: Recipe) -> FurnaceRecipe:

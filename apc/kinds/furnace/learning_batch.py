@@ -269,7 +269,7 @@ class LearningBatch:
                 return self._refused(t_s, who, "plan", "this batch cannot load production plans")
             try:
                 self._plan = list(self._plans(rest[0]))
-            except RecipeError as exc:
+            except (RecipeError, ValueError) as exc:
                 return self._refused(t_s, who, "plan", str(exc) or f"plan {rest[0]!r} is refused")
             self.audit.info("batch_plan_loaded", t_s=t_s, who=who, plan=rest[0],
                             batches=[e.batch_id for e, _ in self._plan])
@@ -290,7 +290,7 @@ class LearningBatch:
             return "this batch cannot load curves"
         try:
             curve_name, curve = self._curves(name)
-        except RecipeError as exc:
+        except (RecipeError, ValueError) as exc:
             return str(exc) or f"curve {name!r} is refused"
         return self.use_curve(curve_name, curve)
 
