@@ -264,11 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reach the site's simulated units over OPC UA / Modbus through the binding files "
                         "DIR/<unit>.yaml written by 'apc plant-sim --bindings-out DIR'")
     u.set_defaults(func=_cmd_run)
+    from apc.curve_opt_cli import add_subcommand as add_curve_opt
     from apc.hmi.cli import add_subcommands
     from apc.plant_sim_cli import add_subcommand as add_plant_sim
 
     add_subcommands(sub)
     add_plant_sim(sub)
+    add_curve_opt(sub)
     return p
 
 
