@@ -148,7 +148,12 @@ def apply_terms(curve: CurveSection, terms: Sequence[Term], values: Sequence[flo
     """``curve`` with each term set to its value (validated by :class:`CurveSection`)."""
     segs = list(curve.segments)
     for t, v in zip(terms, values, strict=True):
-        segs[t.segment] = replace(segs[t.segment], **{t.field: float(v)})
+        if t.field == "rate_degC_min":
+            segs[t.segment] = replace(segs[t.segment], rate_degC_min=float(v))
+        elif t.field == "power_kW":
+            segs[t.segment] = replace(segs[t.segment], power_kW=float(v))
+        else:
+            raise CurveOptError(f"--terms {t}: {t.field} is not adjustable")
     return replace(curve, segments=tuple(segs))
 
 

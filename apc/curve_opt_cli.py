@@ -95,13 +95,16 @@ def run_command(args: argparse.Namespace) -> int:
         result = optimise(curve, terms, seeds, evaluate, objective, method=args.method, max_evals=args.max_evals,
                           grid_points=args.grid_points, log=log)
         held_runs = [(s, evaluate(curve, s), evaluate(result.curve, s)) for s in held]
-        header = [f"Curve proposed by apc curve-opt for {loaded.recipe.name} ({Path(args.recipe).name}, "
-                  f"sha256 {loaded.sha256[:12]})",
-                  f"terms {' '.join(str(t) for t in terms)}; method {args.method}; controller "
-                  f"{args.controller or loaded.recipe.controller.kind}; training seeds {seeds}",
-                  f"cost (time_weight {args.time_weight:g}/min, energy_weight {args.energy_weight:g}/kWh) "
-                  f"{result.start_cost:.2f} -> {result.best_cost:.2f} over {result.evaluations} candidates",
-                  "Use as the recipe's curve: section (or a batch's curve file)."]
+        controller = args.controller or loaded.recipe.controller.kind
+        header = [
+            (f"Curve proposed by apc curve-opt for {loaded.recipe.name} ({Path(args.recipe).name}, "
+             f"sha256 {loaded.sha256[:12]})"),
+            (f"terms {' '.join(str(t) for t in terms)}; method {args.method}; controller {controller}; "
+             f"training seeds {seeds}"),
+            (f"cost (time_weight {args.time_weight:g}/min, energy_weight {args.energy_weight:g}/kWh) "
+             f"{result.start_cost:.2f} -> {result.best_cost:.2f} over {result.evaluations} candidates"),
+            "Use as the recipe's curve: section (or a batch's curve file).",
+        ]
         if args.out:
             write_curve_file(Path(args.out), result, header)
     except (CurveOptError, RecipeError, ScenarioError) as exc:
@@ -117,7 +120,7 @@ def run_command(args: argparse.Namespace) -> int:
             "curve": curve_to_mapping(result.curve), "out": args.out,
         }, sort_keys=True, indent=2))
         return 0
-    print(f"best: " + ", ".join(f"{t.segment}.{t.field} {a:g} -> {b:g}" for t, a, b in
+    print("best: " + ", ".join(f"{t.segment}.{t.field} {a:g} -> {b:g}" for t, a, b in
                                 zip(terms, result.start_values, result.best_values))
           + f"; cost {result.start_cost:.2f} -> {result.best_cost:.2f} ({result.evaluations} candidates)")
     if held_runs:
