@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "DIR/<unit>.yaml written by 'apc plant-sim --bindings-out DIR'")
     u.set_defaults(func=_cmd_run)
     from apc.batch_cli import add_subcommand as add_batches
+    from apc.curve_opt_cli import add_subcommand as add_curve_opt
     from apc.hmi.cli import add_subcommands
     from apc.plant_sim_cli import add_subcommand as add_plant_sim
     from apc.replay_cli import add_subcommand as add_replay
@@ -273,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plant_sim(sub)
     add_replay(sub)
     add_batches(sub)
+    add_curve_opt(sub)
     return p
 
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 from apc.assembly import AssemblyError
 from apc.batch_learning import OutcomeConfig
 from apc.curve_preview import CurvePreview
-from apc.kinds.furnace.kpi import FurnaceKpiConfig
+from apc.kinds.furnace.kpi import FurnaceKpiConfig, KpiSegment
 from apc.kinds.furnace.recipe import FurnaceRecipe
 from apc.protocols import Controller, Estimator
 from apc.recipe.curve_schema import BatchSection, CurveSection
@@ -105,8 +105,9 @@ def batch_for(recipe: FurnaceRecipe, kind: str) -> tuple[CurveSection, BatchSect
 
 
 def furnace_kpi_config(recipe: FurnaceRecipe) -> FurnaceKpiConfig:
-    """KPI judgement: the curve's controlled signal, soaks and process limits (the same for both
-    controllers, whatever margins a controller keeps)."""
+    """KPI judgement: the curve's controlled signal, soaks, process limits and the common reference
+    (the recipe's curve re-timed on the truth: the same for both controllers, whatever signal a
+    controller's batch waits on and whatever margins it keeps)."""
     curve = recipe.curve
     assert curve is not None
     return FurnaceKpiConfig(
@@ -114,6 +115,8 @@ def furnace_kpi_config(recipe: FurnaceRecipe) -> FurnaceKpiConfig:
         soak_required_s=tuple(s.time_s for s in curve.segments if s.kind == "soak"),
         pressure_limit_Pa=curve.pressure_limit_Pa,
         core_surface_dT_max_K=curve.core_surface_dT_max_K,
+        segments=tuple(KpiSegment(s.kind, s.rate_degC_min, s.target_degC) for s in curve.segments),
+        ramp_lag_limit_degC=curve.ramp_lag_limit_degC,
     )
 
 

@@ -8,7 +8,7 @@ by ``apc report``: the same values through the same arithmetic.
 Keys (fixed; benchmarks and users rely on them):
 
 ==============================  ==================================================
-``tracking_rmse_degC``          RMS of true controlled − curve target while RUNNING
+``tracking_rmse_degC``          RMS of true controlled − common reference while RUNNING (below)
 ``overshoot_max_degC``          largest true controlled − upper limit (0 if never above)
 ``time_to_soak_min``            batch start → true controlled first inside a soak band
 ``batch_time_min``              batch start → COMPLETE (NaN when not completed)
@@ -17,6 +17,23 @@ Keys (fixed; benchmarks and users rely on them):
 ``core_surface_dT_violations``  excursions of the true |surface − core| above the limit
 ``soak_complete``               1 when the true controlled was in band for every soak's full time
 ==============================  ==================================================
+
+The common reference. Each controller's batch times its ramps on the signal it
+controls (the guaranteed ramp waits while *that* signal lags by more than
+``ramp_lag_limit_degC``): the PID baseline's on its thermocouple, the MPC's on
+its estimate. Judged against those, two controllers would be held to different
+curves (a thermocouple lagging the charge by 6–9 K makes the PID's reference
+wait sooner, so its charge is judged against a reference that never runs far
+ahead of it). ``tracking_rmse_degC`` therefore judges every controller against
+one reference, the curve's ramps re-timed on the *true* controlled temperature:
+a ramp or cool starts from the true value (at the batch start, on a resume,
+after a melt), else continues from the previous reference, moves at the
+segment's rate while the true value lags it by at most the curve's
+``ramp_lag_limit_degC`` and stops at the target; soaks and hold_untils keep the
+batch's reference, melts have none. Segment changes are the batch's own (they
+follow plant conditions and the soak clock). A config without segments (a
+flight record written before this reference) judges against the batch's
+target, as recorded.
 """
 
 from __future__ import annotations
@@ -34,6 +51,19 @@ FURNACE_KPI_KEYS = ("tracking_rmse_degC", "overshoot_max_degC", "time_to_soak_mi
 
 
 @dataclass(frozen=True)
+class KpiSegment:
+    """What the common reference needs of one curve segment."""
+
+    kind: str
+    rate_degC_min: float | None = None
+    target_degC: float | None = None
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Plain form for the flight-record header."""
+        return {"kind": self.kind, "rate_degC_min": self.rate_degC_min, "target_degC": self.target_degC}
+
+
+@dataclass(frozen=True)
 class FurnaceKpiConfig:
     """What the furnace KPIs judge."""
 
@@ -43,17 +73,58 @@ class FurnaceKpiConfig:
     """Required soak time of each soak segment, in curve order."""
     pressure_limit_Pa: float | None = None
     core_surface_dT_max_K: float | None = None
+    segments: tuple[KpiSegment, ...] = ()
+    """The curve's segments, for the common reference (empty: judge against the batch's target)."""
+    ramp_lag_limit_degC: float | None = None
+    """The curve's guaranteed-ramp lag, applied to the true controlled temperature."""
 
     def to_mapping(self) -> dict[str, Any]:
         """Plain form for the flight-record header."""
         return {"controlled": self.controlled, "soak_required_s": list(self.soak_required_s),
-                "pressure_limit_Pa": self.pressure_limit_Pa, "core_surface_dT_max_K": self.core_surface_dT_max_K}
+                "pressure_limit_Pa": self.pressure_limit_Pa, "core_surface_dT_max_K": self.core_surface_dT_max_K,
+                "segments": [g.to_mapping() for g in self.segments],
+                "ramp_lag_limit_degC": self.ramp_lag_limit_degC}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> FurnaceKpiConfig:
-        """Inverse of :meth:`to_mapping`."""
+        """Inverse of :meth:`to_mapping` (a header without segments: judged against the batch's target)."""
+        segments = tuple(KpiSegment(str(g["kind"]), g.get("rate_degC_min"), g.get("target_degC"))
+                         for g in data.get("segments") or ())
         return cls(str(data["controlled"]), tuple(float(v) for v in data["soak_required_s"]),
-                   data.get("pressure_limit_Pa"), data.get("core_surface_dT_max_K"))
+                   data.get("pressure_limit_Pa"), data.get("core_surface_dT_max_K"), segments,
+                   data.get("ramp_lag_limit_degC"))
+
+
+class CommonReference:
+    """The curve's ramps re-timed on the true controlled temperature (see the module docstring)."""
+
+    def __init__(self, segments: tuple[KpiSegment, ...], ramp_lag_limit_degC: float | None) -> None:
+        self.segments = segments
+        self.lag_limit = ramp_lag_limit_degC
+        self._last: tuple[int, float] | None = None  # (segment, reference) of the last RUNNING cycle
+
+    def update(self, batch: BatchRecord, y: float, dt: float) -> float:
+        """This cycle's reference, given the batch's record, the true controlled ``y`` and the time step."""
+        k = batch.segment
+        if batch.state != "running" or not self.segments or not 0 <= k < len(self.segments):
+            self._last = None  # held, or no curve known: the next RUNNING cycle starts afresh
+            return batch.target_degC
+        seg, last = self.segments[k], self._last
+        if seg.kind not in ("ramp", "cool") or seg.rate_degC_min is None or seg.target_degC is None:
+            ref = batch.target_degC
+        else:
+            sign = 1.0 if seg.kind == "ramp" else -1.0
+            clamp = min if sign > 0 else max
+            if (last is None or not math.isfinite(last[1])
+                    or (last[0] != k and self.segments[last[0]].kind == "melt")):
+                ref = clamp(y, seg.target_degC) if math.isfinite(y) else batch.target_degC
+            else:
+                ref = last[1]
+                lag = sign * (ref - y) if math.isfinite(y) else math.inf
+                if self.lag_limit is None or lag <= self.lag_limit:
+                    ref = clamp(ref + sign * seg.rate_degC_min * dt / 60.0, seg.target_degC)
+        self._last = (k, ref)
+        return ref
 
 
 class FurnaceKpiAccumulator:
@@ -75,6 +146,7 @@ class FurnaceKpiAccumulator:
         self._soak_order: list[int] = []
         self._last_t: float | None = None
         self._clamps = self._sheds = self._cycles = 0
+        self._reference = CommonReference(config.segments, config.ramp_lag_limit_degC)
 
     def add(self, record: CycleRecord) -> None:
         """One cycle's record (simulated: it carries the truth)."""
@@ -105,7 +177,8 @@ class FurnaceKpiAccumulator:
                 self._complete_s = t_s
             return
         y = float(truth[cfg.controlled])
-        target, upper, lower = batch.target_degC, batch.upper_degC, batch.lower_degC
+        target = self._reference.update(batch, y, dt)
+        upper, lower = batch.upper_degC, batch.lower_degC
         if state == "running" and math.isfinite(target):
             self._sq += (y - target) ** 2
             self._n += 1
