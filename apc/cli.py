@@ -40,10 +40,9 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from apc.audit import make_logger
     from apc.kinds import kind_of
     from apc.kpi import format_kpis
+    from apc.recipe.overrides import parse_overrides
     from apc.simulate import simulate
     from sim.scenario_loader import ScenarioError
-
-    from apc.recipe.overrides import parse_overrides
 
     try:
         loaded = load(args.recipe, parse_overrides(args.set))
@@ -273,9 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(func=_cmd_run)
     from apc.hmi.cli import add_subcommands
     from apc.plant_sim_cli import add_subcommand as add_plant_sim
+    from apc.sweep.cli import add_subcommands as add_workbench
 
     add_subcommands(sub)
     add_plant_sim(sub)
+    add_workbench(sub)
     return p
 
 

@@ -47,6 +47,8 @@ def _last_end(node: Node) -> int:
 
 def _splice_one(text: str, ov: Override) -> str:
     root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is None:
+        raise OverrideTextError("the file is empty")
     node: Node = root
     for depth, key in enumerate(ov.keys):
         if isinstance(key, int):

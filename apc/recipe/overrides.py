@@ -73,8 +73,9 @@ def parse_override(text: str, source: str = "") -> Override:
     path = path.strip()
     keys = _split_path(path) if eq else None
     if not keys:
-        raise RecipeError([Problem(f"{source}: {text}" if source else f"--set {text}", None, "",
-                                   "expected PATH=VALUE, PATH a dotted field path such as controller.mpc.horizon_steps")])
+        where = f"{source}: {text}" if source else f"--set {text}"
+        raise RecipeError([Problem(where, None, "", "expected PATH=VALUE, PATH a dotted field path such as "
+                                                    "controller.mpc.horizon_steps")])
     return Override(path, keys, value.strip(), source)
 
 
@@ -93,7 +94,7 @@ def parse_overrides(texts: Iterable[str] | None) -> tuple[Override, ...]:
 
 
 def _mark(i: int) -> Mark:
-    return Mark("--set", 0, _LINE_BASE + i, 0, None, None)
+    return Mark("--set", 0, _LINE_BASE + i, 0, None, 0)
 
 
 def _stamp(node: Node, i: int) -> None:
