@@ -18,7 +18,7 @@ from apc.recipe.override_text import recipe_diff, recipe_with_overrides
 from apc.recipe.overrides import parse_overrides
 from apc.sweep.expr import KpiExprError, parse_kpi_expr
 from apc.sweep.results import format_table, summarise
-from apc.sweep.runner import PoolBackend, Progress, RayBackend, RunJob, run_all
+from apc.sweep.runner import PoolBackend, Progress, RayBackend, RunJob, RunResult, run_all
 from apc.sweep.spec import load_sweep_spec
 from apc.sweep.sweep import run_sweep
 from apc.sweep.tune import run_tune
@@ -182,24 +182,45 @@ def test_comparison_counts_per_seed_wins_against_the_reference() -> None:
     assert "1/2" in format_table(lines, "ref").splitlines()[2]
 
 
-def test_pool_and_ray_give_the_same_numbers() -> None:
-    """The same jobs on the process pool and on a local Ray give identical KPIs."""
-    jobs = [RunJob(str(ND_RECIPE), ("kpi_warmup_h=0",), "baseline", None, seed, TINY_H, tag="shipped")
-            for seed in (1, 2)]
+def test_pool_and_ray_give_the_same_numbers(tmp_path: Path) -> None:
+    """One sweep (1 variant × 2 seeds × 0.5 h) on the process pool and on a local Ray gives identical rows and table."""
+    spec = load_sweep_spec(_write(tmp_path, "tiny.yaml", SWEEP))
     pool = PoolBackend(2)
     try:
-        on_pool = run_all(pool, jobs)
+        on_pool = run_sweep(spec, pool, tmp_path / "pool", report=False)
     finally:
         pool.close()
     ray_backend = RayBackend("local", num_cpus=1)
     try:
-        on_ray = run_all(ray_backend, jobs)
+        on_ray = run_sweep(spec, ray_backend, tmp_path / "ray", report=False)
     finally:
         ray_backend.close()
-    assert [r.job for r in on_ray] == jobs
-    assert all(same_kpis(a.kpis, b.kpis) for a, b in zip(on_pool, on_ray))
-    assert not math.isnan(float(on_ray[0].kpis["bath_temp_std_degC"]))
-    assert on_pool[0].kpis != on_pool[1].kpis  # the seeds differ: equality above is not trivial
+    without_wall = [[{k: v for k, v in r.items() if k != "wall_s"} for r in o.rows] for o in (on_pool, on_ray)]
+    assert [r["seed"] for r in without_wall[1]] == [1, 2]
+    assert all(same_kpis(a, b) for a, b in zip(*without_wall))
+    assert on_pool.table == on_ray.table
+    assert not math.isnan(float(on_ray.rows[0]["bath_temp_std_degC"]))
+    assert on_pool.rows[0]["bath_temp_std_degC"] != on_pool.rows[1]["bath_temp_std_degC"]  # seeds differ
+
+
+def test_run_all_keeps_job_order_and_runs_a_repeated_job_once() -> None:
+    """Results come back in the order of the jobs, one per job, a job listed twice run once."""
+    job = RunJob(str(ND_RECIPE), ("kpi_warmup_h=0",), "baseline", None, 3, 0.1, tag="x")
+    ran: list[RunJob] = []
+
+    class Counting:
+        name = "counting"
+
+        def run(self, jobs: list[RunJob]) -> list[RunResult]:
+            ran.extend(jobs)
+            return [RunResult(j, "baseline", "nominal", 0.1, {"k": j.seed}) for j in reversed(jobs)]
+
+        def close(self) -> None:
+            pass
+
+    other = RunJob(str(ND_RECIPE), (), None, None, 4, 0.1, tag="y")
+    results = run_all(Counting(), [job, other, job])
+    assert [r.job for r in results] == [job, other, job] and ran == [job, other]
 
 
 TUNE = """\
