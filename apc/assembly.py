@@ -7,7 +7,7 @@ protocols.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -15,6 +15,7 @@ from apc.kinds import get_kind, kind_of
 from apc.plant_kpi import PLANT_KPI_HEADER_KEY
 from apc.protocols import Clock
 from apc.recipe.loader import LoadedRecipe, LoadedSite, load_recipe, load_site
+from apc.recipe.overrides import Override
 from apc.recipe.schema import Recipe
 from apc.recorder import FlightRecorder, NullRecorder, Recorder
 from apc.unit import Unit
@@ -45,9 +46,9 @@ def recipe_file_problems(recipe: Recipe, recipe_dir: Path) -> list[tuple[str, st
     return list(kind_of(recipe).file_problems(recipe, recipe_dir))
 
 
-def load(path: str | Path) -> LoadedRecipe:
-    """Load and fully validate one recipe (with every file it names)."""
-    return load_recipe(path, provider=recipe_signal_names, files=recipe_file_problems)
+def load(path: str | Path, overrides: Sequence[Override] = ()) -> LoadedRecipe:
+    """Load and fully validate one recipe (with every file it names), ``overrides`` applied first."""
+    return load_recipe(path, provider=recipe_signal_names, files=recipe_file_problems, overrides=overrides)
 
 
 def load_site_file(path: str | Path) -> LoadedSite:

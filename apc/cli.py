@@ -40,11 +40,12 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from apc.audit import make_logger
     from apc.kinds import kind_of
     from apc.kpi import format_kpis
+    from apc.recipe.overrides import parse_overrides
     from apc.simulate import simulate
     from sim.scenario_loader import ScenarioError
 
     try:
-        loaded = load(args.recipe)
+        loaded = load(args.recipe, parse_overrides(args.set))
         scenario = kind_of(loaded.recipe).load_scenario(args.scenario)
     except (RecipeError, ScenarioError) as exc:
         print(exc, file=sys.stderr)
@@ -71,6 +72,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         m = result.meta
         print(f"{m['recipe']} · scenario {m['scenario']} · seed {m['seed']} · {m['hours']:g} h · "
               f"controller {m['controller']}")
+        if m.get("overrides"):
+            print("overrides: " + ", ".join(m["overrides"]))
         print(format_kpis(result.kpis, kind_of(loaded.recipe).kpi_labels))
         if args.timings:
             print(f"wall {result.wall_s:.2f} s for {result.sim_s / 3600:g} simulated h "
@@ -216,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timings", action="store_true", help="also print wall-clock figures")
     s.add_argument("--record", help="write the flight record to this file")
     s.add_argument("--audit", help="append audit events (JSON lines) to this file")
+    s.add_argument("--set", action="append", default=None, metavar="PATH=VALUE",
+                   help="override a recipe field before it is checked, e.g. controller.mpc.horizon_steps=24 "
+                        "(repeatable; VALUE is YAML; see docs/tuning.md)")
     s.set_defaults(func=_cmd_sim)
 
     r = sub.add_parser("report", help="KPIs from flight records: plant KPIs of every record, and the simulator's "
@@ -269,12 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     from apc.hmi.cli import add_subcommands
     from apc.plant_sim_cli import add_subcommand as add_plant_sim
     from apc.replay_cli import add_subcommand as add_replay
+    from apc.sweep.cli import add_subcommands as add_workbench
 
     add_subcommands(sub)
     add_plant_sim(sub)
     add_replay(sub)
     add_batches(sub)
     add_curve_opt(sub)
+    add_workbench(sub)
     return p
 
 

@@ -70,6 +70,8 @@ async def simulate(
         "simulator_sha256": kind.simulator_sha256(),
         "baseline_sha256": kind.baseline_sha256(loaded.recipe),
     }
+    if loaded.overrides:
+        meta["overrides"] = list(loaded.overrides)
     unit, _ = build_sim_unit(
         "sim", loaded, scenario, seed, clock, audit=audit, controller_kind=controller,
         record_path=record_path, header_extra={"simulator_sha256": meta["simulator_sha256"]},

@@ -29,6 +29,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from apc.recipe.errors import Problem, RecipeError
 from apc.recipe.group_schema import group_problems
+from apc.recipe.overrides import Override, apply_overrides, attribute_problems, override_suffix
 from apc.recipe.permissive import PermissiveSyntaxError, parse_permissive
 from apc.recipe.schema import IoSection, Recipe, Site
 from apc.types import MvKind
@@ -74,11 +75,13 @@ _BAD: Any = _Invalid()
 
 @dataclass(frozen=True)
 class LoadedRecipe:
-    """A recipe with the file it came from and the SHA-256 of its bytes."""
+    """A recipe with the file it came from and the SHA-256 of its bytes (and, with overrides, of
+    their text too); ``overrides``: the ``PATH=VALUE`` applied over the file, if any."""
 
     recipe: Recipe
     path: Path
     sha256: str
+    overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -659,16 +662,30 @@ def load_recipe(
     extra_names: frozenset[str] = frozenset(),
     provider: SignalNamesProvider | None = None,
     files: FileCheck | None = None,
+    overrides: Sequence[Override] = (),
 ) -> LoadedRecipe:
     """Load and check one recipe file; raises :class:`RecipeError` listing every problem.
 
     Permissive names are checked against ``signal_names_for(recipe, provider) | extra_names``.
+    ``overrides`` replace fields of the composed file before any check (:mod:`apc.recipe.overrides`);
+    their problems name the override instead of a line.
     """
     problems: list[Problem] = []
-    loaded = _recipe_from(Path(path), problems, extra_names, provider, files=files)
-    if loaded is None:
+    if not overrides:
+        loaded = _recipe_from(Path(path), problems, extra_names, provider, files=files)
+        if loaded is None:
+            raise RecipeError(problems)
+        return loaded
+    data, root = _compose(Path(path), problems)
+    if root is not None:
+        problems.extend(apply_overrides(typing.cast(MappingNode, root), overrides))
+    if root is None or problems:
         raise RecipeError(problems)
-    return loaded
+    loaded = _recipe_from(Path(path), problems, extra_names, provider, (data + override_suffix(overrides), root),
+                          files)
+    if loaded is None:
+        raise RecipeError(attribute_problems(problems, overrides))
+    return dataclasses.replace(loaded, overrides=tuple(f"{ov.path}={ov.value_text}" for ov in overrides))
 
 
 def load_site(
