@@ -4,7 +4,10 @@ On top of :mod:`sim.models.nd_cell` the plant adds a wall node between bath
 and ambient, sludge settling into a permanent pool, shot feeding with a dead
 time, a rectifier that ramps, bubble (coloured) voltage noise, latched anode
 effects with hysteresis, thermocouple dips with lag, delayed oxide lab
-samples, metal tapping and timed scenario events. Its parameters are drawn
+samples, metal tapping (with per-seed time and heel jitter) and timed scenario events (also drawn per
+seed from the scenario's event series): current orders, ambient steps, anode changes (gap jump, instant
+3 K drop and the cold anode's heat drawn over time), feeder bias and blockages, feed oxide quality and
+thermocouple drift. Its parameters are drawn
 per seed around the nominal ones. Everything is seeded and reproducible.
 """
 
@@ -20,7 +23,7 @@ from sim.models import get_model
 from sim.models.base import ProcessModel, rk4
 from sim.models.buffered import BufferedFunction
 from sim.models.nd_cell import F_C_PER_MOL, M_ND_KG_PER_MOL
-from sim.plant_events import Reading, ScenarioEvents, draw_parameters
+from sim.plant_events import Reading, ScenarioEvents, draw_parameters, expand_series
 from sim.scenario import Event, Scenario
 
 MODEL_NAME = "nd_electrolysis_cell"
@@ -104,6 +107,8 @@ class CellPlant:
         self.anode_position_cm = 0.0
         self.anode_effect = False
         self.metal_tapped_kg = 0.0
+        self.oxide_fed_kg = 0.0
+        """Oxide that reached the bath (what the feeder delivered, times its oxide content)."""
         self._ambient = scenario.ambient_temp_degC
         # Measurements.
         self._bubble_V = 0.0
@@ -112,8 +117,13 @@ class CellPlant:
         self._lab_queue: deque[tuple[float, float, float]] = deque()  # (report_t, sample_t, value)
         self._next_dip_t = scenario.dip_interval_h * 3600.0
         self._next_lab_t = scenario.lab_interval_h * 3600.0
-        self._next_tap_t = scenario.tap_interval_h * 3600.0
-        self._events = ScenarioEvents(scenario.events)
+        self._tap_rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
+        self._taps = 1  # the next tap's number: due at taps x interval (+ jitter)
+        self._next_tap_t = scenario.tap_interval_h * 3600.0 + self._tap_jitter_s()
+        self._cold_anodes: list[tuple[float, float]] = []  # (heat still to draw kJ, time constant s)
+        series = expand_series(scenario.event_series, seed, scenario.current_kA, self._dt) \
+            if scenario.event_series else ()
+        self._events = ScenarioEvents(scenario.events + series)
         self._aux = self._eval_aux()
         self._voltage_meas = self._aux[self._aux_index["cell_voltage_V"]]
 
@@ -159,11 +169,43 @@ class CellPlant:
         for ev in self._events.due(self.t_s, self._dt):
             if ev.kind == "current_order":
                 self.current_sp_kA = ev.value
+            elif ev.kind == "current_step":
+                self.current_sp_kA += ev.value
             elif ev.kind == "ambient_step":
                 self._ambient = ev.value
             elif ev.kind == "anode_change":
                 self._x[self.model.state_names.index("acd_cm")] += ev.value
                 self._x[self.model.state_names.index("bath_temp_degC")] -= 3.0
+                if ev.heat_kJ > 0.0:
+                    self._cold_anodes.append((ev.heat_kJ, max(ev.duration_h * 3600.0, self._dt)))
+        if self._cold_anodes:
+            self._cold_anode_heat()
+
+    def _cold_anode_heat(self) -> None:
+        """Each new anode draws its heat from the bath, first order over its time constant."""
+        drawn = 0.0
+        left = []
+        for heat_kJ, tau_s in self._cold_anodes:
+            q = heat_kJ * (1.0 - math.exp(-self._dt / tau_s))
+            drawn += q
+            if heat_kJ - q > 1.0:
+                left.append((heat_kJ - q, tau_s))
+        self._cold_anodes = left
+        self._x[self.model.state_names.index("bath_temp_degC")] -= drawn / self.params["bath_heat_capacity_kJ_K"]
+
+    def _tap_jitter_s(self) -> float:
+        j = self.scenario.tap_time_jitter_h
+        return j * 3600.0 * float(self._tap_rng.uniform(-1.0, 1.0)) if j > 0.0 else 0.0
+
+    def _tap_heel_kg(self) -> float:
+        j = self.scenario.tap_heel_jitter_kg
+        return self.scenario.tap_heel_kg + (j * float(self._tap_rng.uniform(-1.0, 1.0)) if j > 0.0 else 0.0)
+
+    def _feeder_factor(self) -> float:
+        """What the feeder delivers per kg commanded now (bias, 0 while blocked)."""
+        if self._events.active("feeder_blocked", self.t_s):
+            return 0.0
+        return self._events.factor("feeder_bias", self.t_s)
 
     def active_events(self, kind: str) -> list[Event]:
         """Events of ``kind`` in force now (for the DCS side and measurements)."""
@@ -177,7 +219,7 @@ class CellPlant:
         step = sc.current_ramp_kA_s * dt
         self.current_kA += min(max(self.current_sp_kA - self.current_kA, -step), step)
         # Feeder: accumulate, drop shots, deliver after the dead time.
-        self._feed_acc_kg += self.feed_sp_kg_h * dt / 3600.0
+        self._feed_acc_kg += self.feed_sp_kg_h * self._feeder_factor() * dt / 3600.0
         while self._feed_acc_kg >= sc.feeder_shot_kg:
             self._feed_acc_kg -= sc.feeder_shot_kg
             self._shots.append(self.t_s + sc.feeder_dead_time_s)
@@ -185,7 +227,8 @@ class CellPlant:
         while self._shots and self._shots[0] < self.t_s + dt:
             self._shots.popleft()
             landed += sc.feeder_shot_kg
-        feed_kg_h = landed * 3600.0 / dt
+        feed_kg_h = landed * self._events.factor("oxide_quality", self.t_s) * 3600.0 / dt
+        self.oxide_fed_kg += feed_kg_h * dt / 3600.0
         move_cm_h = self._pending_move_cm * 3600.0 / dt
         self.anode_position_cm += self._pending_move_cm
         self._pending_move_cm = 0.0
@@ -198,10 +241,11 @@ class CellPlant:
         tap_kg_h = 0.0
         if self.t_s + dt > self._next_tap_t:
             pool = self._x[self.model.state_names.index("metal_pool_kg")]
-            tapped = max(0.0, pool - sc.tap_heel_kg)
+            tapped = max(0.0, pool - self._tap_heel_kg())
             tap_kg_h = tapped * 3600.0 / dt
             self.metal_tapped_kg += tapped
-            self._next_tap_t += sc.tap_interval_h * 3600.0
+            self._taps += 1
+            self._next_tap_t = self._taps * sc.tap_interval_h * 3600.0 + self._tap_jitter_s()
         u = [self.current_kA, feed_kg_h, move_cm_h]
         d = [self._ambient, tap_kg_h, 1.0 if self.anode_effect else 0.0]
         self._x = self._step(self._x, u, d, self._p, self._wall)[0].reshape(-1)
@@ -224,7 +268,8 @@ class CellPlant:
         if self.t_s >= self._next_dip_t + sc.dip_duration_s:
             # Thermocouple from ambient, first-order lag over the dip, plus noise.
             lag = (t_b - sc.ambient_temp_degC) * math.exp(-sc.dip_duration_s / sc.dip_tau_s)
-            value = t_b - lag + sc.dip_noise_degC * rng.standard_normal()
+            value = (t_b - lag + sc.dip_noise_degC * rng.standard_normal()
+                     + self._events.drift("thermocouple_drift", self.t_s))
             self._dip = Reading(value, "good", self._next_dip_t)
             self._next_dip_t += sc.dip_interval_h * 3600.0
         if self.t_s >= self._next_lab_t:

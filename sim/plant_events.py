@@ -10,7 +10,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from sim.models.base import ProcessModel
-from sim.scenario_loader import Event, ScenarioError
+from sim.scenario_loader import Event, EventSeries, ScenarioError
+
+SERIES_HORIZON_H = 24.0 * 366.0
+"""How far ahead a scenario's event series are drawn (a year of plant time)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,49 @@ def draw_parameters(model: ProcessModel, plant_parameters: Mapping[str, float], 
         if sigma:
             out[name] = nominal[name] * (1.0 + sigma * float(np.clip(rng.standard_normal(), -3.0, 3.0)))
     return out
+
+
+def _rectifier_order(s: EventSeries, at_h: float, value_kA: float, duration_h: float, line_current_kA: float,
+                     step_s: float) -> list[Event]:
+    """A grid order as the rectifier carries it out: caps ramping down to the order, held to its end,
+    then setpoint steps back up to the line current (see ``SERIES_KINDS`` in :mod:`sim.scenario`)."""
+    step_kA = s.ramp_kA_s * step_s
+    end_h = at_h + duration_h
+    out = []
+    n_down = max(1, math.ceil((s.cap_from_kA - value_kA) / step_kA))
+    for k in range(1, n_down + 1):
+        t_h = at_h + (k - 1) * step_s / 3600.0
+        cap = max(value_kA, s.cap_from_kA - k * step_kA)
+        out.append(Event(t_h, "output_limit", duration_h=max(0.0, end_h - t_h), signal="current", value=cap))
+    n_up = max(1, math.ceil((line_current_kA - value_kA) / step_kA))
+    up_kA = (line_current_kA - value_kA) / n_up
+    out += [Event(end_h + k * step_s / 3600.0, "current_step", value=up_kA) for k in range(n_up)]
+    return out
+
+
+def expand_series(series: Mapping[str, EventSeries], seed: int, line_current_kA: float, step_s: float,
+                  horizon_h: float = SERIES_HORIZON_H) -> tuple[Event, ...]:
+    """The timed events of ``series`` for ``seed`` (each series from its own stream, in name order, so
+    adding one leaves the others' draws alone); a ``rectifier_order`` becomes its ramped caps and the
+    setpoint steps back to ``line_current_kA``, one per ``step_s``."""
+    out: list[Event] = []
+    for index, name in enumerate(sorted(series)):
+        s = series[name]
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 3, index]))
+        t_h = s.first_h + s.first_spread_h * float(rng.uniform())
+        n = 0
+        while t_h < horizon_h and (s.count <= 0 or n < s.count):
+            at_h = max(0.0, t_h + s.jitter_h * float(rng.uniform(-1.0, 1.0)))
+            value = s.value + s.value_spread * float(rng.uniform(-1.0, 1.0))
+            duration_h = max(0.0, s.duration_h + s.duration_spread_h * float(rng.uniform(-1.0, 1.0)))
+            if s.kind == "rectifier_order":
+                out += _rectifier_order(s, at_h, value, duration_h, line_current_kA, step_s)
+            else:
+                out.append(Event(at_h, s.kind, duration_h=duration_h, signal=s.signal, fault=s.fault, value=value,
+                                 heat_kJ=s.heat_kJ))
+            t_h += s.every_h
+            n += 1
+    return tuple(sorted(out, key=lambda e: e.at_h))
 
 
 class ScenarioEvents:
@@ -74,6 +120,17 @@ class ScenarioEvents:
     def active(self, kind: str, t_s: float) -> list[Event]:
         """Events of ``kind`` in force at plant time ``t_s``."""
         return [ev for end, ev in self._active if ev.kind == kind and end > t_s]
+
+    def factor(self, kind: str, t_s: float) -> float:
+        """Product of ``1 + value`` over the events of ``kind`` in force (1.0 with none)."""
+        out = 1.0
+        for ev in self.active(kind, t_s):
+            out *= 1.0 + ev.value
+        return out
+
+    def drift(self, kind: str, t_s: float) -> float:
+        """Sum of ``value`` x hours since each event of ``kind`` in force began (0.0 with none)."""
+        return sum(ev.value * (t_s / 3600.0 - ev.at_h) for ev in self.active(kind, t_s))
 
     def reading(self, signal: str, reading: Reading, t_s: float) -> Reading:
         """``reading`` of ``signal`` as the faulted instrument reports it at plant time ``t_s``."""

@@ -42,9 +42,43 @@ class Event:
     in range, at ``at_h``) | ``stale`` (the value keeps updating, its source timestamp stops)."""
     value: float = 0.0
     """current_order: kA; ambient_step: degC; anode_change: gap jump in cm; output_limit: the
-    loop's high limit (current kA, feed kg/h, anode position cm); input_fault spike: the outlier."""
+    loop's high limit (current kA, feed kg/h, anode position cm); input_fault spike: the outlier;
+    feeder_bias: relative delivery error (delivered = commanded x (1 + value)); oxide_quality: relative
+    change of the oxide content of the feed; thermocouple_drift: degC per hour the dip reading drifts."""
     duration_s: float = 0.0
     """compute_stall: how long the computation does not answer (plant seconds)."""
+    heat_kJ: float = 0.0
+    """anode_change: heat the cold anode draws from the bath, first order with time constant
+    ``duration_h`` (on top of the change's instant 3 K drop)."""
+
+
+@dataclass(frozen=True)
+class EventSeries:
+    """Events of one kind recurring at random times, drawn per seed (``event_series`` of a scenario).
+
+    The first occurrence is at ``first_h`` plus a uniform draw in [0, ``first_spread_h``], the next ones
+    ``every_h`` apart, each shifted by a uniform draw in ±``jitter_h``, at most ``count`` of them (0: no
+    limit). Each draws its ``value`` and ``duration_h`` uniformly within ± their spreads (the duration
+    never below zero); the other fields are copied into the :class:`Event`."""
+
+    kind: str
+    every_h: float = 24.0
+    first_h: float = 0.0
+    first_spread_h: float = 0.0
+    jitter_h: float = 0.0
+    count: int = 0
+    value: float = 0.0
+    value_spread: float = 0.0
+    duration_h: float = 0.0
+    duration_spread_h: float = 0.0
+    signal: str = ""
+    fault: str = "bad"
+    heat_kJ: float = 0.0
+    ramp_kA_s: float = 0.0012
+    """rectifier_order: how fast the order moves the rectifier (slower than an APC's own current rate,
+    so a unit that owns the rectifier can follow it without its guard holding)."""
+    cap_from_kA: float = 6.5
+    """rectifier_order: the cap ramps down from here (the highest current any cell may run at)."""
 
 
 def check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
