@@ -268,18 +268,20 @@ def test_shipped_recipes_declare_learning_and_errors_name_the_line(tmp_path: Pat
 
 def test_curve_files_and_plans_validate_like_the_recipe(tmp_path: Path) -> None:
     """A plan's curve is checked like the recipe's (an impossible ramp names its file and line)."""
-    loaded = load(ROOT / "recipes" / "vim_furnace.yaml")
+    recipe = tmp_path / "vim_furnace.yaml"  # curve files lie in the recipe's folder
+    recipe.write_text((ROOT / "recipes" / "vim_furnace.yaml").read_text())
+    loaded = load(recipe)
     kind = kind_of(loaded.recipe)
     good = tmp_path / "fast_melt.yaml"
     good.write_text((ROOT / "recipes" / "vim_furnace.yaml").read_text().split("curve:\n", 1)[1]
                     .split("\nbatch:", 1)[0].join(["name: fast\ncurve:\n", "\n"]).replace("power_kW: 70", "power_kW: 90"))
-    name, curve = kind.load_curve(loaded, str(good))  # type: ignore[attr-defined]
+    name, curve = kind.load_curve(loaded, good.name)  # type: ignore[attr-defined]
     assert name == "fast" and curve.segments[3].power_kW == 90.0
     bad = tmp_path / "bad_curve.yaml"
     bad.write_text(good.read_text().replace("rate_degC_min: 10, target_degC: 1005", "rate_degC_min: 10, "
                                             "target_degC: 1005, colour: red"))
     with pytest.raises(RecipeError, match=r"bad_curve.yaml:\d+: curve.segments\[2\]"):
-        kind.load_curve(loaded, str(bad))  # type: ignore[attr-defined]
+        kind.load_curve(loaded, bad.name)  # type: ignore[attr-defined]
     plan = tmp_path / "plan.yaml"
     plan.write_text("batches:\n  - {batch_id: P1, lot: L1, curve: fast_melt.yaml, charge_kg: 150}\n"
                     "  - {batch_id: P2, lot: L1}\n")
