@@ -69,6 +69,7 @@ BIAS_PARAMETERS = (
     ("conductivity_bias", "conductivity_S_cm", "log"),
     ("saturation_bias", "oxide_saturation_wtpct", "add"),
     ("wear_bias", "anode_wear_cm_kAh", "log"),
+    ("feed_bias", "feed_delivery_factor", "log"),
 )
 """Estimator biases applied to the nominal parameters as the cell filter applies them
 (``log``: p·exp(b), ``add``: p + b). A bias missing from the estimate is taken as 0."""

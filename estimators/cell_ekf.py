@@ -46,6 +46,7 @@ INTERNAL_BIASES = (
     BiasState("saturation_bias", "oxide_saturation_wtpct", "add", "wt%"),
     BiasState("wear_bias", "anode_wear_cm_kAh", "log", "1"),
     BiasState("dissolution_bias", "dissolution_rate_1_s", "log", "1"),
+    BiasState("feed_bias", "feed_delivery_factor", "log", "1"),
 )
 """Biases carried by the filter but reported only in ``extras`` (value and ``*_std``).
 
@@ -59,6 +60,10 @@ INTERNAL_BIASES = (
 * ``wear_bias``: anode consumption rate, the drift of the gap between moves.
 * ``dissolution_bias``: dissolution rate of fed oxide; sets how much oxide is
   still undissolved and how fast a feed change reaches the dissolved oxide.
+* ``feed_bias``: the feeder's delivery against its setting (volumetric shots of a
+  powder whose bulk density varies; checked weekly). Without it a feeder that
+  under-delivers by 10 % leaves the oxide estimate above the truth between labs:
+  each lab pulls the state down and the nominal delivery pushes it back up.
 """
 
 
@@ -86,6 +91,7 @@ DEFAULT_INITIAL_STD = {
     "saturation_bias": 0.2,
     "wear_bias": 0.15,
     "dissolution_bias": 0.2,
+    "feed_bias": 0.1,  # ±10 % calibration error (weekly check)
 }
 """Initial standard deviation for names missing from ``EkfSection.initial_std``."""
 
@@ -102,6 +108,7 @@ DEFAULT_PROCESS_STD_PER_SQRT_H = {
     "saturation_bias": 0.001,
     "wear_bias": 0.0,
     "dissolution_bias": 0.0,
+    "feed_bias": 0.01,
 }
 """Process noise for names missing from ``EkfSection.process_std_per_sqrt_h``.
 
@@ -128,12 +135,15 @@ BOUNDS = {
     "saturation_bias": (-2.0, 2.0),
     "wear_bias": (-2.0, 2.0),
     "dissolution_bias": (-2.0, 2.0),
+    "feed_bias": (-0.3, 0.3),
 }
 
 _CRITICAL_NEWTON_STEPS = 4
 """Newton steps for the critical oxide (exact after one for a margin linear in √c)."""
 
 _HEALTH_GAP_PERIODS = 12
+_AE_CONFIRM_CYCLES = 2
+"""Voltages in a row above the anode-effect threshold that make an onset (fused as margin 0)."""
 """Cycles without a usable voltage (or current) before health reports it."""
 
 
@@ -223,6 +233,7 @@ class CellEkf:
             "saturation_bias": 0.0,
             "wear_bias": 0.0,
             "dissolution_bias": 0.0,
+            "feed_bias": 0.0,
         }
         x0.update(cfg.initial)
         self._u0 = np.array([op["current_kA"], 0.0, 0.0])
@@ -297,6 +308,9 @@ class CellEkf:
                        "covariance_repairs": 0, "samples_fused": 0}
         self._last_innov_V = math.nan
         self._voltage_gated = 0
+        self._ae_since: float | None = None
+        self._ae_cycles = 0
+        self._after_ae = False
 
     # ----------------------------------------------------------------- inputs
     def _rate(self, value: float, prev: float | None, dt: float) -> tuple[float, float | None]:
@@ -365,10 +379,28 @@ class CellEkf:
             f.predict(dt, u, d)
         # Voltage: every cycle unless in anode effect (then its noise is several times larger).
         self._last_innov_V = math.nan
+        if in_ae:
+            self._ae_cycles += 1
+            if self._ae_since is None:
+                self._ae_since = t_s
+            # Fused once, on the second voltage in a row above the threshold (one spike is no onset).
+            if self._ae_cycles == _AE_CONFIRM_CYCLES and cfg.anode_effect_margin_std_A_cm2 > 0.0:
+                res = f.update("ae_margin_A_cm2", 0.0, cfg.anode_effect_margin_std_A_cm2**2, gate=False)
+                self.counts["samples_fused"] += res.accepted
+        elif math.isfinite(voltage):
+            if self._ae_since is not None:
+                # The anode effect is over: the states moved unobserved, so the next voltage is fused
+                # ungated, and the health gap counts from here.
+                self._voltage_gated, self._after_ae = _HEALTH_GAP_PERIODS, True
+                self._t_voltage = t_s
+            self._ae_since, self._ae_cycles = None, 0
         if math.isfinite(voltage) and not in_ae:
             # After a run of gated voltages the next one is fused ungated: a real step
             # (anode change, sudden gap change) is then learnt instead of locked out.
             relearn = self._voltage_gated >= _HEALTH_GAP_PERIODS
+            if relearn and not self._after_ae and cfg.voltage_step_gap_std_cm > 0.0:
+                f.inflate("acd_cm", cfg.voltage_step_gap_std_cm)
+            self._after_ae = False
             res = f.update("cell_voltage_V", voltage, self._voltage_R, gate=not relearn)
             self._last_innov_V = res.innovation
             if res.accepted:
@@ -425,7 +457,10 @@ class CellEkf:
         if self._t_current is None or t_s - self._t_current > gap:
             return "no valid line current"
         if self._t_voltage is None or t_s - self._t_voltage > gap:
-            return "no voltage fused"
+            if self._ae_since is not None and t_s - self._ae_since <= self.cfg.anode_effect_max_s:
+                return "ok"  # in anode effect: the voltage is not fused, by design
+            return ("no voltage fused" if self._ae_since is None
+                    else f"anode effect for more than {self.cfg.anode_effect_max_s:g} s")
         return "ok"
 
     def _estimate(self, t_s: float) -> Estimate:

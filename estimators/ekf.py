@@ -381,6 +381,22 @@ class ModelEkf:
         self._kf.P = P
         self._hist = deque([_Step(self.t_s, 0.0, self._u_last.copy(), self._d_last.copy(), x.copy(), P.copy())])
 
+    def inflate(self, name: str, std: float) -> None:
+        """Widen a state's variance by ``std²`` now (a step of that state the model does not know
+        of); it joins this step's process noise, so a late sample's re-filter keeps it."""
+        i, v = self.names.index(name), float(std) ** 2
+        if not (math.isfinite(v) and v > 0.0):
+            return
+        P = self.P.copy()
+        P[i, i] += v
+        self._kf.P = P
+        step = self._hist[-1]
+        step.P_prior = step.P_prior.copy()
+        step.P_prior[i, i] += v
+        if step.Q is not None:
+            step.Q = step.Q.copy()
+            step.Q[i, i] += v
+
     def _event(self, ev: FilterEvent) -> None:
         self.events.append(ev)
         if len(self.events) > self._max_events:

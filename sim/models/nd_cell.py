@@ -125,6 +125,8 @@ PARAMETERS = (
     Parameter("cathode_loss_resistance_K_kW", "K/kW", 335.0, "metal-to-ambient thermal resistance",
               "assumption (3 kW at 1035 degC)"),
     Parameter("metal_melting_degC", "degC", 1021.0, "melting point of the metal (Nd)", "reference §1"),
+    Parameter("feed_delivery_factor", "1", 1.0, "oxide delivered per oxide commanded (feeder calibration)",
+              "1 by definition; the filter's feed_bias estimates it"),
 )
 
 
@@ -190,7 +192,7 @@ def build() -> ProcessModel:
     pfc_co2e_kg_s = cf4_kg_s * (GWP_CF4 + P["c2f6_to_cf4_mass_ratio"] * GWP_C2F6)
 
     # Oxide balance with saturation-limited dissolution and sludge settling.
-    feed_kg_s = feed_kg_h / 3600.0
+    feed_kg_s = feed_kg_h * P["feed_delivery_factor"] / 3600.0
     k_d = P["dissolution_rate_1_s"] * ca.exp(P["dissolution_temp_coeff_K"] * dT)
     dissolving = k_d * m_u * smooth_pos(1.0 - c / c_sat, 0.01)
     # The share that dissolves at once cannot dissolve into a saturated bath either:

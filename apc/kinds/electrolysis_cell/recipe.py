@@ -82,6 +82,19 @@ class EkfSection:
     anode_effect_voltage_V: float = 15.0
     """Above this cell voltage the cell is taken to be in anode effect: the
     voltage is not fused and the model runs with its anode-effect input on."""
+    voltage_step_gap_std_cm: float = 0.5
+    """A voltage step the gate rejected 12 cycles in a row is taken as a step of the gap (an anode
+    change, a move the filter was not told of): before that voltage is fused ungated the gap's
+    variance is widened by this std, so the step goes to the gap and not to the oxide or the
+    temperature; 0 = no widening."""
+    anode_effect_max_s: float = 600.0
+    """How long an anode effect may keep the voltage unfused before the filter
+    reports itself unhealthy (the MPC sheds). Shorter anode effects are a process
+    event the filter models, not a fault: the MPC stays on and answers them."""
+    anode_effect_margin_std_A_cm2: float = 0.05
+    """At an anode effect's onset the anode current density has just reached the
+    critical one: the model's anode-effect margin is fused as 0 with this std
+    (ungated), which corrects an oxide estimate that ran above the truth; 0 = off."""
 
 
 @dataclass(frozen=True)
