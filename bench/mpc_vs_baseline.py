@@ -78,6 +78,7 @@ from apc.audit import null_logger
 from apc.clock import VirtualClock
 from apc.kinds import kind_of
 from apc.recipe.group_schema import line_current_mv
+from apc.recipe.overrides import parse_overrides
 from apc.simulate import run_on
 from sim.models import get_model
 from sim.plant_events import expand_series
@@ -130,8 +131,15 @@ def orders_as_limits(sc: Scenario, seed: int) -> tuple[Scenario, list[tuple[floa
     return replace(sc, events=tuple(sorted(sc.events + rest, key=lambda e: e.at_h)), event_series={}), orders
 
 
-async def _run(seed: int, controller: str, hours: float, scenario_name: str) -> Run:
-    loaded = load(RECIPE)
+def read_set_file(path: Path) -> tuple[str, ...]:
+    """The ``PATH=VALUE`` lines of a set file (``#`` comments and blank lines skipped)."""
+    lines = (ln.strip() for ln in path.read_text().splitlines())
+    return tuple(ln for ln in lines if ln and not ln.startswith("#"))
+
+
+async def _run(seed: int, controller: str, hours: float, scenario_name: str,
+               baseline_set: tuple[str, ...] = ()) -> Run:
+    loaded = load(RECIPE, parse_overrides(baseline_set) if controller == "baseline" else ())
     clock = VirtualClock()
     scenario = load_scenario(scenario_name)
     orders: list[tuple[float, float, float]] = []
@@ -182,7 +190,7 @@ async def _run(seed: int, controller: str, hours: float, scenario_name: str) -> 
                stats["median_s"], stats["p99_s"], int(stats["n"]), wall, hours / 24.0, scenario_name)
 
 
-def _job(args: tuple[int, str, float, str]) -> Run:
+def _job(args: tuple[int, str, float, str, tuple[str, ...]]) -> Run:
     return asyncio.run(_run(*args))
 
 
@@ -290,7 +298,10 @@ def main() -> None:
     ap.add_argument("--controllers", default=",".join(CONTROLLERS))
     ap.add_argument("--results", type=Path, default=None, help="JSON lines file the runs are appended to")
     ap.add_argument("--report-only", action="store_true", help="print the comparison from --results, run nothing")
+    ap.add_argument("--baseline-set", type=Path, default=None,
+                    help="file of PATH=VALUE overrides applied to the baseline runs only (a re-tuning)")
     args = ap.parse_args()
+    baseline_set = read_set_file(args.baseline_set) if args.baseline_set is not None else ()
     seeds = _seeds(args.seeds)
     controllers = [c for c in args.controllers.split(",") if c]
     unknown = sorted(set(controllers) - set(CONTROLLERS))
@@ -305,6 +316,10 @@ def main() -> None:
           f"simulator_sha256 {kind_of(loaded.recipe).simulator_sha256()}\n"
           f"baseline_sha256  {kind_of(loaded.recipe).baseline_sha256(loaded.recipe)}",
           flush=True)
+    if baseline_set:
+        tuned = load(RECIPE, parse_overrides(baseline_set))
+        print(f"baseline runs with {len(baseline_set)} overrides from {args.baseline_set} "
+              f"(recipe sha256 {tuned.sha256[:12]}): " + " ".join(baseline_set), flush=True)
     runs: dict[tuple[int, str], Run] = {}
     if args.results is not None and args.results.is_file():
         for line in args.results.read_text().splitlines():
@@ -312,7 +327,7 @@ def main() -> None:
             if r.scenario == args.scenario and r.days == args.days and r.seed in seeds:
                 runs[(r.seed, r.controller)] = r
     if not args.report_only:
-        jobs = [(s, c, args.days * 24.0, args.scenario) for s in seeds for c in controllers if (s, c) not in runs]
+        jobs = [(s, c, args.days * 24.0, args.scenario, baseline_set) for s in seeds for c in controllers if (s, c) not in runs]
         with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
             for fut in as_completed([pool.submit(_job, j) for j in jobs]):
                 r = fut.result()

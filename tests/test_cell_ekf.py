@@ -16,6 +16,7 @@ from estimators.cell_ekf import CellEkf, EkfBindings
 from sim.cell_plant import CellPlant
 from sim.models import get_model
 from sim.scenario import load_scenario
+from sim.scenario_loader import Event
 
 SEED = 11
 PERIOD_S = 5.0
@@ -42,12 +43,13 @@ class Run:
 
 
 def drive(hours: float, *, seed: int = SEED, labs: bool = True, tamper: Tamper | None = None,
-          cfg: EkfSection = CFG, taps: bool = False) -> Run:
+          cfg: EkfSection = CFG, taps: bool = False, events: tuple[Event, ...] = ()) -> Run:
     """Run CellEkf against CellPlant at constant current and feed, building ValidatedInputs as validation would.
 
-    ``taps``: also bind the cumulative tapped-metal counter.
+    ``taps``: also bind the cumulative tapped-metal counter; ``events``: added to the nominal scenario's.
     """
-    plant = CellPlant(load_scenario("nominal"), seed)
+    scenario = load_scenario("nominal")
+    plant = CellPlant(dataclasses.replace(scenario, events=scenario.events + events), seed)
     plant.set_feed_rate(FEED_KG_H)
     model = get_model("nd_electrolysis_cell")
     bath_kg = model.parameter_vector()[model.parameter_names.index("bath_mass_kg")]
@@ -265,3 +267,84 @@ def test_tapped_metal_counter_keeps_the_metal_pool_estimate_through_taps() -> No
     with_taps, without = pool_error_kg(drive(10.0, taps=True)), pool_error_kg(drive(10.0, taps=False))
     assert with_taps < 5.0
     assert without > 3.0 * with_taps
+
+
+def _oxide_error_wtpct(run: Run, from_h: float) -> float:
+    """Mean (estimate − truth) of the dissolved oxide from ``from_h`` on."""
+    idx = _after(run, from_h)
+    return float(np.mean([run.estimates[i].extras["dissolved_oxide_wtpct"] - run.truth[i]["dissolved_oxide_wtpct"]
+                          for i in idx]))
+
+
+@pytest.mark.slow
+def test_feeder_under_delivery_is_learnt_as_feed_bias() -> None:
+    """A feeder delivering 12 % less than commanded is learnt as a negative feed_bias, and the oxide
+    estimate's mean error over the last 6 h is smaller than with the feed bias frozen at 0."""
+    under = (Event(at_h=0.0, kind="feeder_bias", value=-0.12, duration_h=1000.0),)
+    frozen = dataclasses.replace(CFG, initial_std={"feed_bias": 1e-6}, process_std_per_sqrt_h={"feed_bias": 0.0})
+    learnt, fixed = drive(16.0, events=under), drive(16.0, events=under, cfg=frozen)
+    bias = learnt.estimates[-1].extras["feed_bias"]
+    assert -0.25 < bias < -0.05, bias  # log(0.88) = -0.128
+    assert abs(fixed.estimates[-1].extras["feed_bias"]) < 1e-3
+    assert abs(_oxide_error_wtpct(learnt, 10.0)) < abs(_oxide_error_wtpct(fixed, 10.0))
+
+
+def _anode_effect(start_k: int, cycles: int) -> Tamper:
+    """The measured voltage 20 V up for ``cycles`` cycles from ``start_k`` (an anode effect's signature)."""
+
+    def tamper(k: int, inputs: dict[str, ValidatedInput], applied: dict[str, float]) -> None:
+        if start_k <= k < start_k + cycles:
+            s = inputs["cell_voltage"].sample
+            assert s is not None
+            inputs["cell_voltage"] = ValidatedInput("cell_voltage", Sample(s.value + 20.0, s.quality, s.source_ts,
+                                                                           s.receive_ts), Verdict.OK)
+    return tamper
+
+
+def test_anode_effect_is_a_process_event_not_an_estimator_fault() -> None:
+    """Through a 3-minute anode effect (voltage unfused for 36 cycles) the health stays ok; the onset is
+    fused as margin 0, pulling the anode-effect margin toward 0; after it the voltage is fused again."""
+    start, n = 400, 36
+    run = drive(0.8, tamper=_anode_effect(start, n))
+    assert all(est.health == "ok" for est in run.estimates[720:])  # after warm-up of the filter's checks
+    assert all(est.health == "ok" for est in run.estimates[start:start + n + 30])
+    before, onset = run.estimates[start], run.estimates[start + 1]
+    assert before.extras["ae_margin_A_cm2"] > 0.3
+    assert abs(onset.extras["ae_margin_A_cm2"]) < 0.5 * before.extras["ae_margin_A_cm2"]
+    assert math.isfinite(run.estimates[start + n + 1].extras["voltage_innovation_V"])
+
+
+def test_anode_effect_longer_than_its_limit_makes_the_estimator_unhealthy() -> None:
+    """An anode effect lasting past ``anode_effect_max_s`` (60 s here) reports it as the health, so the MPC sheds."""
+    start, n = 400, 40
+    run = drive(0.6, tamper=_anode_effect(start, n), cfg=dataclasses.replace(CFG, anode_effect_max_s=60.0))
+    healths = [est.health for est in run.estimates[start:start + n]]
+    assert healths[5] == "ok"
+    assert healths[-1] == "anode effect for more than 60 s"
+
+
+def test_a_one_sample_voltage_spike_above_the_anode_effect_threshold_is_not_an_onset() -> None:
+    """One voltage sample above the anode-effect threshold is not fused as an onset (margin unchanged)."""
+    start = 400
+    run = drive(0.6, tamper=_anode_effect(start, 1))
+    before, after = run.estimates[start - 1], run.estimates[start + 1]
+    assert abs(after.extras["ae_margin_A_cm2"] - before.extras["ae_margin_A_cm2"]) < 0.05
+
+
+def test_anode_change_step_goes_to_the_gap() -> None:
+    """An anode change the filter is not told of (gap −0.7 cm, cold anode) is learnt as a gap step within
+    a minute: 30 min later the gap and bath temperature estimates are close, the voltage is no longer gated,
+    and without the gap widening on a voltage step they are not."""
+    change = (Event(at_h=1.0, kind="anode_change", value=-0.7, heat_kJ=10000.0, duration_h=1.0),)
+    widened = drive(1.5, events=change)
+    plain = drive(1.5, events=change, cfg=dataclasses.replace(CFG, voltage_step_gap_std_cm=0.0))
+    k = len(widened.estimates) - 1  # 30 min after the change
+
+    def errors(run: Run) -> tuple[float, float]:
+        est, tr = run.estimates[k], run.truth[k]
+        return abs(est.value("acd_cm") - tr["acd_cm"]), abs(est.value("bath_temp_degC") - tr["bath_temp_degC"])
+
+    (gap_w, temp_w), (gap_p, temp_p) = errors(widened), errors(plain)
+    assert gap_w < 0.15 and temp_w < 5.0, (gap_w, temp_w)
+    assert gap_p > 3 * gap_w and temp_p > 3 * temp_w, (gap_p, temp_p)
+    assert widened.ekf.counts["rejected_outliers"] <= 12 < plain.ekf.counts["rejected_outliers"]
