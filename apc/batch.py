@@ -21,7 +21,9 @@ Semantics chosen here:
 * Soak: the reference is the soak's reference temperature; the clock adds a
   cycle's time only when the soak signal is inside the band at both ends of
   the cycle and the batch is RUNNING (held time does not count); NaN or
-  missing stops it. The soak ends after ``time_min + soak_extension_min``.
+  missing stops it. The soak ends after ``time_min + soak_extension_min``;
+  with ``soak_confirm_signal`` set, also not before that signal has run its
+  own clock (same rules, by ``soak_margin_sigmas``) for ``time_min``.
 * hold_until: the reference stays; the timeout counts RUNNING time from the
   segment start (restarted by a resume); on timeout the batch goes HELD
   with the reason.
@@ -140,6 +142,8 @@ class Batch:
         self._seg_start_ref = math.nan
         self._soak_done_s = 0.0
         self._soak_saved_s = 0.0
+        self._confirm_done_s = 0.0
+        self._confirm_in_band = False
         self._wait_s = 0.0
         self._in_band = False
         self._reasons: list[str] = []
@@ -271,7 +275,7 @@ class Batch:
             self._ref = clamp(self._ctrl, seg.target_degC)
         elif seg.kind in CONDITION_KINDS:
             self._wait_s = 0.0
-        self._in_band = False
+        self._in_band = self._confirm_in_band = False
         self._state = BatchState.RUNNING
         self._reasons = []
         self._hold_degC = None
@@ -393,6 +397,8 @@ class Batch:
         start_ref = _field(state_path, data, "segment_start_ref_degC", float, optional=True)
         batch._segment = k
         batch._soak_done_s = batch._soak_saved_s = soak
+        confirm = _field(state_path, data, "confirm_done_s", float, optional=True) if "confirm_done_s" in data else None
+        batch._confirm_done_s = 0.0 if confirm is None else max(0.0, confirm)
         batch._wait_s = _field(state_path, data, "wait_s", float)
         batch._ref = math.nan if ref is None else ref
         batch._seg_start_ref = math.nan if start_ref is None else start_ref
@@ -419,6 +425,7 @@ class Batch:
             "segment_start_ref_degC": _json_float(self._seg_start_ref),
             "ref_degC": _json_float(self._ref),
             "soak_done_s": self._soak_done_s,
+            "confirm_done_s": self._confirm_done_s,
             "wait_s": self._wait_s,
             "reasons": list(self._reasons),
             **({} if self.extra_state is None else {"learning": dict(self.extra_state())}),
@@ -477,12 +484,14 @@ class Batch:
         self._hold_degC = self._ctrl if self._ctrl is not None else _finite(self._ref)
         self._auto_resume_at = None
 
-    def _in_band_now(self, seg: Segment, values: Mapping[str, float]) -> tuple[bool, float | None]:
-        """Whether the soak signal is in the band, by ``soak_margin_sigmas`` of its estimated standard
-        deviation (``<signal>_std``, 0 when not reported) inside either edge."""
+    def _in_band_now(self, seg: Segment, values: Mapping[str, float],
+                     signal: str | None = None) -> tuple[bool, float | None]:
+        """Whether the soak signal (or ``signal``) is in the band, by ``soak_margin_sigmas`` of its
+        estimated standard deviation (``<signal>_std``, 0 when not reported) inside either edge."""
         assert seg.band_degC is not None
-        v = _finite(values.get(self.soak_signal))
-        margin = self.section.soak_margin_sigmas * (_finite(values.get(f"{self.soak_signal}_std")) or 0.0)
+        signal = signal or self.soak_signal
+        v = _finite(values.get(signal))
+        margin = self.section.soak_margin_sigmas * (_finite(values.get(f"{signal}_std")) or 0.0)
         return v is not None and seg.band_degC[0] + margin <= v <= seg.band_degC[1] - margin, v
 
     def _enter(self, k: int, values: Mapping[str, float]) -> None:
@@ -490,11 +499,14 @@ class Batch:
         self._segment = k
         self._seg_start_ref = self._ref
         self._soak_done_s = 0.0
+        self._confirm_done_s = 0.0
         self._wait_s = 0.0
         self._note = ""
         if seg.kind == "soak":
             self._ref = float(seg.reference_degC)  # type: ignore[arg-type]
             self._in_band = self._in_band_now(seg, values)[0]
+            confirm = self.section.soak_confirm_signal
+            self._confirm_in_band = confirm is not None and self._in_band_now(seg, values, confirm)[0]
         elif seg.kind == "melt":
             self._ref = math.nan
 
@@ -532,6 +544,16 @@ class Batch:
                     f"soak clock stopped: {self.soak_signal} "
                     f"{'missing' if v is None else f'{v:.1f} °C'} outside the band")
                 done = self._soak_done_s >= self.soak_required_s()
+                confirm = self.section.soak_confirm_signal
+                if confirm is not None:
+                    c_in, c_v = self._in_band_now(seg, values, confirm)
+                    if c_in and self._confirm_in_band:
+                        self._confirm_done_s += dt
+                    self._confirm_in_band = c_in
+                    if done and self._confirm_done_s < seg.time_s:
+                        done = False
+                        self._note = (f"soak waits: {confirm} has soaked {self._confirm_done_s / 60.0:.0f} of "
+                                      f"{seg.time_s / 60.0:.0f} min inside the band")
                 if not done and self._soak_done_s - self._soak_saved_s >= self.persist_every_s:
                     self._persist()
             else:

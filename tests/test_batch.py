@@ -404,6 +404,45 @@ def test_soak_margin_counts_only_an_estimate_well_inside_the_band() -> None:
     assert batch.status()["soak_done_s"] == pytest.approx(80.0)
 
 
+def test_confirm_signal_lengthens_a_soak_its_clock_would_end_too_early() -> None:
+    """With soak_confirm_signal, a soak whose clock signal has done 5 min does not end until the
+    (lagging) confirm signal has been in the band, by its margin, for 5 min; the note says why."""
+    batch, _ = make(soak_confirm_signal="core_degC", soak_margin_sigmas=2.0)
+    t = run_to_soak(batch)
+    for _ in range(31):  # 5 min on the clock signal while the core is still 2 K inside with σ 1.5 K
+        t += 10.0
+        batch.update(t, {T: 100.0, "core_degC": 97.0, "core_degC_std": 1.5, "door": 0.0})
+    assert batch.segment == 1 and batch.soak_done_s >= 300.0
+    assert "soak waits: core_degC has soaked 0 of 5 min" in batch.status()["note"]
+    n = 0
+    while batch.segment == 1:
+        t += 10.0
+        n += 1
+        batch.update(t, {T: 100.0, "core_degC": 99.0, "core_degC_std": 1.5, "door": 0.0})
+    assert n == 31  # the first interval in band starts the confirm clock
+
+
+def test_confirm_signal_progress_survives_a_restart(tmp_path: Path) -> None:
+    """The confirm signal's own soak time is kept in the state file and restored: after a restart the
+    soak needs what is left of the confirm clock (240 s), not all of it and not the clock signal's."""
+    sec = section(soak_confirm_signal="core_degC")
+    batch = Batch(curve(), sec, tmp_path / "b.json", Audit())
+    t = run_to_soak(batch)
+    for i in range(13):  # clock signal in band 120 s; the core only in the last 60 s
+        t += 10.0
+        batch.update(t, {T: 100.0, "core_degC": 100.0 if i >= 6 else 90.0})
+    batch.hold(t, "op", "test")
+    assert json.loads((tmp_path / "b.json").read_text())["confirm_done_s"] == pytest.approx(60.0)
+    again = Batch.restore(curve(), sec, tmp_path / "b.json", Audit(), t_s=5.0)
+    assert again.resume(6.0, "op")
+    t, n = 6.0, 0
+    while again.segment == 1:
+        t += 10.0
+        n += 1
+        again.update(t, {T: 100.0, "core_degC": 100.0, "door": 0.0})
+    assert n == 25  # 240 s left on the confirm clock; the first interval after resume is not counted
+
+
 # ---------------------------------------------------------------- power stage (melt)
 
 

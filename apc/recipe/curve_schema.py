@@ -266,6 +266,11 @@ class BatchSection:
     soak_margin_sigmas: float = 0.0
     """Guaranteed soak on an estimate: the soak clock runs only while the signal is this many of its
     standard deviations (``<signal>_std``, where the estimator reports one) inside the band."""
+    soak_confirm_signal: str | None = None
+    """Guaranteed soak on an estimate beside the soak clock: when set, a soak also needs this signal
+    to have been in the band (by ``soak_margin_sigmas`` of its std) for the soak's own time before it
+    ends, whatever the clock's extension. The PID baseline's batch sets it to the curve's controlled
+    (estimated) signal when learning shortens its extension (``learning.guarantee_soak``)."""
     baseline_soak_signal: str | None = None
     """The PID baseline's batch: the measured signal its soak clock (and ramp wait) runs on (plants
     cannot see the core); default ``soak_signal``."""
@@ -284,8 +289,10 @@ class BatchSection:
             raise ValueError("state_file must not leave the state directory ('..')")
         if self.auto_resume_after_s is not None and not self.auto_resume_after_s >= 0:
             raise ValueError("auto_resume_after_s must be >= 0 (or null: an operator resumes)")
-        if self.soak_signal is not None and not self.soak_signal.strip():
-            raise ValueError("soak_signal must name a signal (or be left out)")
+        for key in ("soak_signal", "soak_confirm_signal"):
+            name = getattr(self, key)
+            if name is not None and not name.strip():
+                raise ValueError(f"{key} must name a signal (or be left out)")
         if not self.soak_extension_min >= 0:
             raise ValueError("soak_extension_min must be >= 0")
         if not self.soak_margin_sigmas >= 0:

@@ -71,6 +71,10 @@ class LearningSection:
     """Run-to-run terms by name (:data:`ADJUSTABLE_TERMS`)."""
     apply: Literal["auto", "propose"] = "propose"
     """``auto``: the next batch runs with the adjusted terms; ``propose``: they are shown only."""
+    guarantee_soak: bool = True
+    """With learning enabled, the PID baseline's soaks also wait for the estimated controlled signal
+    (the core) to complete the soak time inside the band by ``batch.soak_margin_sigmas``: a learnt
+    extension that proves too short for a new lot lengthens that batch's soak instead of missing it."""
 
     def __post_init__(self) -> None:
         if not (self.inflate_factor >= 1.0 and math.isfinite(self.inflate_factor)):

@@ -96,12 +96,7 @@ def batch_for(recipe: FurnaceRecipe, kind: str) -> tuple[CurveSection, BatchSect
     """Curve and batch settings for ``kind``: the MPC runs the recipe's as written; the PID
     baseline runs them as plants do, on its measured signal with the fixed soak extension."""
     assert recipe.curve is not None and recipe.batch is not None
-    b = recipe.batch
-    if kind != "baseline" or recipe.controller.pid is None:
-        return recipe.curve, b
-    signal = b.baseline_soak_signal or recipe.controller.pid.measurement
-    return (replace(recipe.curve, controlled=signal),
-            replace(b, soak_signal=signal, soak_extension_min=b.baseline_soak_extension_min))
+    return curve_transform(recipe, kind)(recipe.curve, recipe.batch)
 
 
 def furnace_kpi_config(recipe: FurnaceRecipe) -> FurnaceKpiConfig:
@@ -122,15 +117,19 @@ def furnace_kpi_config(recipe: FurnaceRecipe) -> FurnaceKpiConfig:
 
 def curve_transform(recipe: FurnaceRecipe, kind: str) -> Callable[[CurveSection, BatchSection],
                                                                    tuple[CurveSection, BatchSection]]:
-    """What :func:`batch_for` does to the recipe's curve, for any curve (a per-batch one too)."""
+    """What the controller kind makes of a curve (the recipe's or a per-batch one): the MPC runs it
+    as written; the PID baseline soaks on its measured signal with the fixed extension, and, with
+    learning enabled and ``guarantee_soak``, also waits for the estimated controlled signal's soak."""
     b = recipe.batch
     pid = recipe.controller.pid
     if kind != "baseline" or pid is None or b is None:
         return lambda c, s: (c, s)
     signal = b.baseline_soak_signal or pid.measurement
     extension = b.baseline_soak_extension_min
+    guarantee = recipe.learning is not None and recipe.learning.enabled and recipe.learning.guarantee_soak
     return lambda c, s: (replace(c, controlled=signal),
-                         replace(s, soak_signal=signal, soak_extension_min=extension))
+                         replace(s, soak_signal=signal, soak_extension_min=extension,
+                                 soak_confirm_signal=c.controlled if guarantee else s.soak_confirm_signal))
 
 
 def outcome_config(recipe: FurnaceRecipe, kind: str) -> OutcomeConfig:

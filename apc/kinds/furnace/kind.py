@@ -144,7 +144,7 @@ class FurnaceKind:
             for unknown in sorted(curve.signal_names() - known):
                 checks.unknown_signal(("curve",), "curve", unknown, key_line=True)
         if known is not None and batch is not None:
-            for key in ("soak_signal", "baseline_soak_signal"):
+            for key in ("soak_signal", "soak_confirm_signal", "baseline_soak_signal"):
                 name = getattr(batch, key)
                 if name is not None and name not in known:
                     checks.unknown_signal(("batch", key), f"batch.{key}", name)
