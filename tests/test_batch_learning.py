@@ -341,3 +341,22 @@ def test_apc_batches_lists_the_history_and_resets(tmp_path: Path, capsys: pytest
     assert "batch_learning_reset" in (tmp_path / "a.jsonl").read_text()
     assert BatchHistory(tmp_path / "h.sqlite").last() is None
     assert main(["batches", str(tmp_path / "missing.sqlite")]) == 2
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_learning_guarantees_the_baseline_soak_on_the_estimated_core(enabled: bool) -> None:
+    """With learning enabled the PID baseline's batch soaks on its thermocouple and also waits for the
+    estimated core (the recipe curve's controlled signal); without learning it soaks as plants do."""
+    from apc.kinds.furnace.assembly import batch_for
+    from apc.recipe.overrides import parse_overrides
+
+    loaded = load(ROOT / "recipes" / "annealing_furnace.yaml",
+                  parse_overrides([f"learning.enabled={'true' if enabled else 'false'}"]))
+    recipe = loaded.recipe
+    curve, section = batch_for(recipe, "baseline")  # type: ignore[arg-type]
+    assert section.soak_signal == recipe.batch.baseline_soak_signal  # type: ignore[attr-defined]
+    assert curve.controlled == section.soak_signal
+    expected = recipe.curve.controlled if enabled else None  # type: ignore[attr-defined]
+    assert section.soak_confirm_signal == expected
+    _, mpc_section = batch_for(recipe, "mpc")  # type: ignore[arg-type]
+    assert mpc_section.soak_confirm_signal is None
