@@ -142,9 +142,9 @@ _CRITICAL_NEWTON_STEPS = 4
 """Newton steps for the critical oxide (exact after one for a margin linear in √c)."""
 
 _HEALTH_GAP_PERIODS = 12
+"""Cycles without a usable voltage (or current) before health reports it."""
 _AE_CONFIRM_CYCLES = 2
 """Voltages in a row above the anode-effect threshold that make an onset (fused as margin 0)."""
-"""Cycles without a usable voltage (or current) before health reports it."""
 
 
 @dataclass(frozen=True)
