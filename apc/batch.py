@@ -546,7 +546,7 @@ class Batch:
                 done = self._soak_done_s >= self.soak_required_s()
                 confirm = self.section.soak_confirm_signal
                 if confirm is not None:
-                    c_in, c_v = self._in_band_now(seg, values, confirm)
+                    c_in = self._in_band_now(seg, values, confirm)[0]
                     if c_in and self._confirm_in_band:
                         self._confirm_done_s += dt
                     self._confirm_in_band = c_in

@@ -334,7 +334,8 @@ def main() -> None:
             if r.scenario == args.scenario and r.days == args.days and r.seed in seeds:
                 runs[(r.seed, r.controller)] = r
     if not args.report_only:
-        jobs = [(s, c, args.days * 24.0, args.scenario, baseline_set) for s in seeds for c in controllers if (s, c) not in runs]
+        jobs = [(s, c, args.days * 24.0, args.scenario, baseline_set)
+                for s in seeds for c in controllers if (s, c) not in runs]
         with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
             for fut in as_completed([pool.submit(_job, j) for j in jobs]):
                 r = fut.result()
