@@ -55,6 +55,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"vim": ROOT / "recipes" / "vim_furnace.yaml", "annealing": ROOT / "recipes" / "annealing_furnace.yaml"}
 CONTROLLER = {"vim": "baseline", "annealing": "baseline"}
 LOT_SIZE = 4
+MAX_BATCH_H = 120.0
+"""Virtual time a batch may take (the annealing curve with its worst-case soak extension takes ≈ 73 h)."""
 KEYS = ("batch_time_min", "energy_kWh", "tracking_rmse_degC", "soak_complete", "pressure_violations",
         "core_surface_dT_violations")
 
@@ -110,11 +112,16 @@ async def _one_batch(loaded: LoadedRecipe, furnace: str, scenario: FurnaceScenar
             tried = True
             batch.start(clock.monotonic(), "bench", record.estimate.values().get(batch.curve.controlled),
                         batch_id, lot=lot)
+        elif tried and state is BatchState.HELD:
+            # A hold here is a timeout (nobody resumes it): the crew aborts the batch, it counts as not
+            # complete, and the next batch starts fresh instead of being restored held.
+            batch.abort(clock.monotonic(), "bench", f"held: {'; '.join(batch.batch.reasons)}")
+            done.set()
         elif tried and state in (BatchState.COMPLETE, BatchState.ABORTED):
             done.set()
 
     try:
-        await run_on(unit, clock, 72.0, who="bench", where="bench", after_cycle=after, stop=done)
+        await run_on(unit, clock, MAX_BATCH_H, who="bench", where="bench", after_cycle=after, stop=done)
     finally:
         unit.recorder.close()
     assert unit.kpi is not None
