@@ -14,7 +14,7 @@ from typing import Any
 from apc.batch_history import BatchRecord
 from apc.curve_preview import BatchState
 from apc.recipe.curve_schema import BatchSection, CurveSection
-from apc.recipe.learning_schema import LearningSection
+from apc.recipe.learning_schema import AdjustableTerm, LearningSection
 
 __all__ = ["OutcomeConfig", "OutcomeTracker", "apply_terms", "carried_prior", "propose_terms", "terms_in_force"]
 
@@ -71,15 +71,20 @@ def apply_terms(curve: CurveSection, batch: BatchSection, terms: Mapping[str, fl
 
 
 def propose_terms(section: LearningSection, ran: Mapping[str, float], kpis: Mapping[str, Any],
-                  pressure_limit_Pa: float | None) -> dict[str, float]:
+                  pressure_limit_Pa: float | None, melt_timeout_min: float | None = None) -> dict[str, float]:
     """Run-to-run step of each adjustable term from the batch that ran with ``ran``.
 
     ``melt_power_kW`` / ``ramp_rate_degC_min``: relative step ``gain·(target − peak)/target`` of the
-    melt's / ramp's measured peak pressure against ``target``·``pressure_limit_Pa``;
+    melt's / ramp's measured peak pressure against ``target``·``pressure_limit_Pa``; a measured
+    pressure violation during the melt / that ramp steps down by ``max_step`` (one elsewhere in the
+    batch is not the term's doing). ``melt_power_kW`` also answers the melt's time: a
+    melt that timed out (within the pressure limit) steps up by ``max_step``; with ``time_target``,
+    a melt longer than ``time_target``·``melt_timeout_min`` is not stepped down on its pressure and
+    steps up by ``gain·(time − goal)/goal`` when the pressure step is not negative.
     ``soak_extension_min``: ``−gain·(excess − target)`` of the estimated core's soak time beyond the
     required time. Each step is clipped to ±``max_step``, the result to [low, high]. A term whose
-    measure is missing (or any pressure / ΔT violation for the pressure terms: then it steps down
-    by ``max_step``) keeps its value. A batch that did not complete changes nothing."""
+    measure is missing keeps its value; so does every term of a batch that did not complete, except
+    the melt power after a melt timeout or a pressure violation."""
     out: dict[str, float] = {}
     complete = bool(kpis.get("soak_complete"))
     for name, term in section.adjust.items():
@@ -87,14 +92,16 @@ def propose_terms(section: LearningSection, ran: Mapping[str, float], kpis: Mapp
             continue
         x = ran[name]
         step = 0.0
-        if complete and name in ("melt_power_kW", "ramp_rate_degC_min") and pressure_limit_Pa:
-            key = "melt_peak_pressure_Pa" if name == "melt_power_kW" else "ramp_peak_pressure_Pa"
-            peak = kpis.get(key)
-            if (kpis.get("pressure_violations") or 0) > 0:
+        if name in ("melt_power_kW", "ramp_rate_degC_min") and pressure_limit_Pa:
+            phase = "melt" if name == "melt_power_kW" else "ramp"
+            if (kpis.get(f"{phase}_pressure_violations") or 0) > 0:
                 step = -term.max_step
-            elif isinstance(peak, (int, float)) and math.isfinite(peak) and peak > 0:
-                goal = term.target * pressure_limit_Pa
-                step = term.gain * x * (goal - peak) / goal
+            elif name == "melt_power_kW" and kpis.get("melt_timed_out"):
+                step = term.max_step
+            elif complete:
+                step = _pressure_step(term, x, kpis.get(f"{phase}_peak_pressure_Pa"), pressure_limit_Pa)
+                if name == "melt_power_kW":
+                    step = _melt_time_step(term, x, step, kpis.get("melt_time_min"), melt_timeout_min)
         elif complete and name == "soak_extension_min":
             excess = kpis.get("core_soak_excess_min")
             if isinstance(excess, (int, float)) and math.isfinite(excess):
@@ -102,6 +109,27 @@ def propose_terms(section: LearningSection, ran: Mapping[str, float], kpis: Mapp
         step = max(-term.max_step, min(term.max_step, step))
         out[name] = round(max(term.low, min(term.high, x + step)), 6)
     return out
+
+
+def _pressure_step(term: AdjustableTerm, x: float, peak: Any, pressure_limit_Pa: float) -> float:
+    if not (isinstance(peak, (int, float)) and math.isfinite(peak) and peak > 0):
+        return 0.0
+    goal = term.target * pressure_limit_Pa
+    return term.gain * x * (goal - peak) / goal
+
+
+def _melt_time_step(term: AdjustableTerm, x: float, pressure_step: float, melt_min: Any,
+                    timeout_min: float | None) -> float:
+    """The melt power's step once its duration is weighed: a melt slower than the time goal is held
+    (not stepped down) and pushed up when the pressure leaves room."""
+    if term.time_target is None or not timeout_min or not isinstance(melt_min, (int, float)):
+        return pressure_step
+    goal = term.time_target * timeout_min
+    if not (math.isfinite(melt_min) and melt_min > goal):
+        return pressure_step
+    if pressure_step < 0:
+        return 0.0
+    return max(pressure_step, term.gain * x * (melt_min - goal) / goal)
 
 
 @dataclass(frozen=True)
@@ -140,6 +168,10 @@ class OutcomeTracker:
         self.melt_peak_Pa = math.nan
         self.ramp_peak_Pa = math.nan
         self.core_soak_s = 0.0
+        self.melt_s = 0.0
+        self.melt_timed_out = False
+        self.melt_violations = 0
+        self.ramp_violations = 0
         self._t_last: float | None = None
 
     def to_mapping(self) -> dict[str, float | int | None]:
@@ -147,19 +179,22 @@ class OutcomeTracker:
         return {"elapsed_s": self.elapsed_s, "energy_kWh": self.energy_kWh, "sq_err": self.sq_err,
                 "n_err": self.n_err, "pressure_violations": self.pressure_violations,
                 "dT_violations": self.dT_violations, "melt_peak_Pa": _num(self.melt_peak_Pa),
-                "ramp_peak_Pa": _num(self.ramp_peak_Pa), "core_soak_s": self.core_soak_s}
+                "ramp_peak_Pa": _num(self.ramp_peak_Pa), "core_soak_s": self.core_soak_s,
+                "melt_s": self.melt_s, "melt_timed_out": int(self.melt_timed_out),
+                "melt_violations": self.melt_violations, "ramp_violations": self.ramp_violations}
 
     @classmethod
     def from_mapping(cls, config: OutcomeConfig, data: Mapping[str, Any]) -> OutcomeTracker:
         """The tracker recorded in a state file (missing entries count from zero)."""
         t = cls(config)
-        for key in ("elapsed_s", "energy_kWh", "sq_err", "core_soak_s"):
+        for key in ("elapsed_s", "energy_kWh", "sq_err", "core_soak_s", "melt_s"):
             setattr(t, key, float(data.get(key) or 0.0))
-        for key in ("n_err", "pressure_violations", "dT_violations"):
+        for key in ("n_err", "pressure_violations", "dT_violations", "melt_violations", "ramp_violations"):
             setattr(t, key, int(data.get(key) or 0))
         for key in ("melt_peak_Pa", "ramp_peak_Pa"):
             v = data.get(key)
             setattr(t, key, math.nan if v is None else float(v))
+        t.melt_timed_out = bool(data.get("melt_timed_out"))
         return t
 
     def add(self, t_s: float, values: Mapping[str, float], status: Mapping[str, Any], *,
@@ -173,19 +208,26 @@ class OutcomeTracker:
         if math.isfinite(power):
             self.energy_kWh += power * dt / 3600.0
         if status.get("state") != BatchState.RUNNING.value:
+            if status.get("kind") == "melt" and any(str(r).startswith("melt timeout")
+                                                     for r in status.get("reasons") or ()):
+                self.melt_timed_out = True
             return
+        if status.get("kind") == "melt":
+            self.melt_s += dt
         ref, y = status.get("reference_degC"), _get(values, c.controlled)
         if isinstance(ref, (int, float)) and math.isfinite(ref) and math.isfinite(y):
             self.sq_err += (y - ref) ** 2
             self.n_err += 1
         p = _get(values, c.pressure_signal)
         if math.isfinite(p):
-            if c.pressure_limit_Pa is not None and p > c.pressure_limit_Pa:
-                self.pressure_violations += 1
+            over = c.pressure_limit_Pa is not None and p > c.pressure_limit_Pa
+            self.pressure_violations += over
             if status.get("kind") == "melt":
                 self.melt_peak_Pa = p if not math.isfinite(self.melt_peak_Pa) else max(self.melt_peak_Pa, p)
+                self.melt_violations += over
             if ramp_segment is not None and status.get("segment") == ramp_segment:
                 self.ramp_peak_Pa = p if not math.isfinite(self.ramp_peak_Pa) else max(self.ramp_peak_Pa, p)
+                self.ramp_violations += over
         d = _get(values, c.dT_signal)
         if c.dT_max_K is not None and math.isfinite(d) and abs(d) > c.dT_max_K:
             self.dT_violations += 1
@@ -207,7 +249,11 @@ class OutcomeTracker:
             "pressure_violations": float(self.pressure_violations),
             "core_surface_dT_violations": float(self.dT_violations),
             "melt_peak_pressure_Pa": _num(self.melt_peak_Pa),
+            "melt_pressure_violations": float(self.melt_violations),
+            "ramp_pressure_violations": float(self.ramp_violations),
             "ramp_peak_pressure_Pa": _num(self.ramp_peak_Pa),
+            "melt_time_min": self.melt_s / 60.0 if self.melt_s > 0 else None,
+            "melt_timed_out": 1.0 if self.melt_timed_out else 0.0,
             "core_soak_excess_min": ((self.core_soak_s - self.config.soak_time_s) / 60.0
                                      if self.config.core_signal and complete else None),
         }

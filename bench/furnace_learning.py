@@ -128,6 +128,8 @@ async def _one_batch(loaded: LoadedRecipe, furnace: str, scenario: FurnaceScenar
     kpis = dict(unit.kpi.result())
     kpis["terms"] = dict(batch.status()["learning"]["terms"])
     kpis["learned"] = batch.status()["learning"]["learned"]
+    measured = batch.status()["learning"]["last_kpis"]  # what the unit saw (the learning's input)
+    kpis["measured"] = dict(measured)
     return kpis
 
 
@@ -177,9 +179,13 @@ def main() -> None:
         on, off = results[(f, True)], results[(f, False)]
         print(f"\n{f} ({RECIPES[f].name}, controller {CONTROLLER[f]}): per batch, learning on | off")
         print(f"{'n':>3s} " + " ".join(f"{k[:12]:>12s}" for k in KEYS) + " | "
-              + " ".join(f"{k[:12]:>12s}" for k in KEYS) + "  terms (on)")
+              + " ".join(f"{k[:12]:>12s}" for k in KEYS) + "  terms (on), its measured melt")
         for n, (a, b) in enumerate(zip(on, off)):
             terms = ", ".join(f"{k}={v:g}" for k, v in a["terms"].items())
+            melt = a["measured"].get("melt_time_min")
+            if melt is not None:  # what the run-to-run rule saw of the melt (measured, not the truth)
+                terms += (f" (melt {melt:.1f} min{', timed out' if a['measured'].get('melt_timed_out') else ''},"
+                          f" peak {_f(a['measured'].get('melt_peak_pressure_Pa')):.2f} Pa)")
             print(f"{n:3d} " + " ".join(f"{_f(a[k]):12.2f}" for k in KEYS) + " | "
                   + " ".join(f"{_f(b[k]):12.2f}" for k in KEYS) + f"  {terms}")
         last = slice(max(0, len(on) - 10), len(on))

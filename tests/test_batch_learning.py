@@ -155,13 +155,16 @@ def test_carried_prior_inflates_and_adds_the_random_walk() -> None:
 
 
 def test_run_to_run_steps_toward_target_within_bounds_and_step() -> None:
-    """Low peak pressure raises the melt power by at most max_step; a violation lowers it; bounds hold."""
+    """Low peak pressure raises the melt power by at most max_step; a violation in the melt lowers it; bounds hold."""
     sec = learning()
     up = propose_terms(sec, {"melt_power_kW": 70.0}, {"soak_complete": 1, "melt_peak_pressure_Pa": 1.0}, 5.0)
     assert up["melt_power_kW"] == 80.0
     down = propose_terms(sec, {"melt_power_kW": 70.0}, {"soak_complete": 1, "melt_peak_pressure_Pa": 4.5,
-                                                         "pressure_violations": 2}, 5.0)
+                                                         "melt_pressure_violations": 2}, 5.0)
     assert down["melt_power_kW"] == 60.0
+    elsewhere = propose_terms(sec, {"melt_power_kW": 70.0}, {"soak_complete": 1, "melt_peak_pressure_Pa": 1.0,
+                                                              "pressure_violations": 1}, 5.0)
+    assert elsewhere["melt_power_kW"] == 80.0  # a violation outside the melt is not the melt power's doing
     high = propose_terms(sec, {"melt_power_kW": 98.0}, {"soak_complete": 1, "melt_peak_pressure_Pa": 1.0}, 5.0)
     assert high["melt_power_kW"] == 100.0
     same = propose_terms(sec, {"melt_power_kW": 70.0}, {"soak_complete": 0, "melt_peak_pressure_Pa": 1.0}, 5.0)
@@ -169,6 +172,42 @@ def test_run_to_run_steps_toward_target_within_bounds_and_step() -> None:
     soak = learning(adjust={"soak_extension_min": AdjustableTerm(0.0, 1200.0, 120.0, 30.0, gain=1.0)})
     assert propose_terms(soak, {"soak_extension_min": 1140.0}, {"soak_complete": 1, "core_soak_excess_min": 900.0},
                          None)["soak_extension_min"] == 1020.0
+
+
+def test_melt_power_answers_the_melt_time_as_well_as_its_pressure() -> None:
+    """A timed-out melt steps up; a slow pressure-limited melt is held; a slow melt with room steps up."""
+    sec = learning(adjust={"melt_power_kW": AdjustableTerm(50.0, 100.0, 10.0, 0.8, time_target=0.5)})
+    ran = {"melt_power_kW": 70.0}
+    timed_out = {"soak_complete": 0, "melt_timed_out": 1, "melt_peak_pressure_Pa": 2.0, "melt_time_min": 40.0}
+    assert propose_terms(sec, ran, timed_out, 5.0, 40.0)["melt_power_kW"] == 80.0
+    assert propose_terms(sec, ran, {**timed_out, "melt_pressure_violations": 1}, 5.0, 40.0)["melt_power_kW"] == 60.0
+    limited = {"soak_complete": 1, "melt_peak_pressure_Pa": 4.6, "melt_time_min": 30.0}
+    assert propose_terms(sec, ran, limited, 5.0, 40.0)["melt_power_kW"] == 70.0
+    assert propose_terms(sec, ran, {**limited, "melt_time_min": 15.0}, 5.0, 40.0)["melt_power_kW"] < 70.0
+    room = {"soak_complete": 1, "melt_peak_pressure_Pa": 3.9, "melt_time_min": 24.0}  # pressure +0.9 kW, time +7 kW
+    assert propose_terms(sec, ran, room, 5.0, 40.0)["melt_power_kW"] == pytest.approx(77.0)
+    plain = learning()  # no time_target: the pressure alone
+    assert propose_terms(plain, ran, limited, 5.0, 40.0)["melt_power_kW"] < 70.0
+    with pytest.raises(ValueError, match="time_target"):
+        AdjustableTerm(50.0, 100.0, 10.0, 0.8, time_target=1.5)
+    with pytest.raises(ValueError, match="melt_power_kW only"):
+        learning(adjust={"soak_extension_min": AdjustableTerm(0.0, 100.0, 10.0, 5.0, time_target=0.5)})
+
+
+def test_a_melt_timeout_is_recorded_and_raises_the_next_melt_power(tmp_path: Path) -> None:
+    """A melt that times out (HELD, then aborted) is stored as timed out and the next melt gets more power."""
+    b, _ = make_batch(tmp_path)
+    assert b.start(0.0, "op", 20.0, "B1", lot="L1")
+    t = 0.0
+    while b.batch.state is BatchState.RUNNING and t < 3600.0:
+        t += 5.0
+        b.update(t, {T: min(100.0, 20.0 + t / 6.0), "tc": -1.0, "power_sp": 70.0, "gauge": 2.0})
+    assert b.batch.state is BatchState.HELD and any("melt timeout" in r for r in b.batch.reasons)
+    b.update(t + 5.0, {T: 100.0, "tc": -1.0, "power_sp": 70.0, "gauge": 2.0})
+    assert b.abort(t + 10.0, "op", "melt timed out")
+    last = b.history.records()[-1]  # type: ignore[union-attr]
+    assert last.kpis["melt_timed_out"] == 1.0 and last.kpis["melt_time_min"] == pytest.approx(5.0, abs=0.1)
+    assert last.proposal["melt_power_kW"] == 80.0
 
 
 def test_terms_apply_to_the_curve_and_are_validated() -> None:

@@ -39,6 +39,11 @@ class AdjustableTerm:
     """Share of the computed correction applied per batch (0–1]."""
     segment: int | None = None
     """``ramp_rate_degC_min``: index of the ramp it sets (required there)."""
+    time_target: float | None = None
+    """``melt_power_kW`` only: the melt's duration to stay under, as a fraction of its timeout
+    (0–1]. A slower melt is not stepped down on its pressure (the melt is pressure-limited: the
+    in-batch pressure limit holds the vessel, less power only brings the timeout nearer) and steps up
+    on its time when the pressure allows; None: the pressure alone decides."""
 
     def __post_init__(self) -> None:
         for name in ("low", "high", "max_step", "target", "gain"):
@@ -50,6 +55,8 @@ class AdjustableTerm:
             raise ValueError("max_step must be > 0")
         if not 0 < self.gain <= 1:
             raise ValueError("gain must be in (0, 1]")
+        if self.time_target is not None and not (math.isfinite(self.time_target) and 0 < self.time_target <= 1):
+            raise ValueError("time_target is a fraction of the melt's timeout, in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,8 @@ class LearningSection:
                 raise ValueError("adjust ramp_rate_degC_min needs segment (the index of its ramp)")
             if name in ("melt_power_kW", "ramp_rate_degC_min") and not 0 < term.target <= 1:
                 raise ValueError(f"adjust {name}: target is a fraction of the pressure limit, in (0, 1]")
+            if term.time_target is not None and name != "melt_power_kW":
+                raise ValueError(f"adjust {name}: time_target applies to melt_power_kW only")
             if name == "soak_extension_min" and term.low < 0:
                 raise ValueError("adjust soak_extension_min: low must be >= 0")
         text = self.history_file.strip()

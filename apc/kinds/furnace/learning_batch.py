@@ -175,6 +175,7 @@ class LearningBatch:
                 "last_lot": None if last is None else last.lot,
                 "last_parameters": {} if last is None else {k: list(v) for k, v in last.parameters.items()},
                 "proposal": {} if last is None else dict(last.proposal),
+                "last_kpis": {} if last is None else dict(last.kpis),
             },
         })
         return out
@@ -334,7 +335,8 @@ class LearningBatch:
     def _finish(self, t_s: float, final: BatchState) -> None:
         complete = final is BatchState.COMPLETE
         kpis = self._tracker.kpis(complete)
-        proposal = propose_terms(self.learning, self._terms, kpis, self.batch.curve.pressure_limit_Pa)
+        melt_timeout = next((s.timeout_min for s in self.batch.curve.segments if s.kind == "melt"), None)
+        proposal = propose_terms(self.learning, self._terms, kpis, self.batch.curve.pressure_limit_Pa, melt_timeout)
         record = BatchRecord(
             batch_id=str(self.batch.batch_id), lot=self._lot, furnace=self.furnace, final_state=final.value,
             started_s=self._started_s, ended_s=t_s, ended_utc=self.utc(), curve_name=self._curve_name,
