@@ -31,7 +31,8 @@ prediction grid):
   tightened by ``backoff_sigmas`` standard deviations of the estimate where it reports one
   (``charge_temp_degC_std``, ``core_surface_dT_K_std``). The pressure limit is tightened per point
   by ``backoff_sigmas`` standard deviations of the predicted pressure, from the estimate's own and
-  from the filter's parameter biases propagated along the last plan (:meth:`_pressure_backoff`),
+  from the filter's parameter biases propagated along the last plan and combined with the filter's
+  correlations (:meth:`_pressure_backoff`),
   and by the filtered excess of the measured over the estimated pressure (a DMC-style bias
   correction of the prediction, upward only).
 
@@ -506,9 +507,13 @@ class FurnaceMpc(MpcSkeleton):
         """Back-off of the pressure limit per prediction point: ``backoff_sigmas`` standard deviations of
         the predicted pressure, from the estimate's own (``chamber_pressure_Pa_std``) and from each of the
         filter's parameter biases (``<bias>_std``), propagated along the last plan (or the inputs held)
-        by re-simulating it with the bias moved by one standard deviation. While the filter has not
-        learned a gas load (a batch's first minutes, the start of a melt) the limit is far off; as the
-        biases settle it comes back to the estimate's own uncertainty."""
+        by re-simulating it with the bias moved by one standard deviation. The contributions are
+        combined with the filter's correlations between the pressure and the biases (``estimate.P``;
+        independent when it has none): the measured pressure ties the gas biases together, so one
+        that is high is known to go with another that is low, and adding their variances alone would
+        count the same uncertainty twice. While the filter has not learned a gas load (a batch's
+        first minutes, the start of a melt) the limit is far off; as the biases settle it comes back
+        to the estimate's own uncertainty."""
         N, i_p, off = self.N, self.model.state_names.index(PRESSURE), self._p_offset
         npar = len(self.model.parameters)
         if self._sol is not None:
@@ -516,7 +521,8 @@ class FurnaceMpc(MpcSkeleton):
         else:
             U = np.repeat(u_now[:, None], N, axis=1)
         base = x0[i_p] + xs[i_p] * np.asarray(self._sim(U, P))[i_p]
-        var = np.full(N, self._std(estimate, PRESSURE) ** 2)
+        names = [PRESSURE]
+        rows = [np.full(N, self._std(estimate, PRESSURE))]
         values = estimate.as_dict()
         for bias in self.biases:
             sigma = self._std(estimate, bias.name)
@@ -526,7 +532,10 @@ class FurnaceMpc(MpcSkeleton):
             moved[off:off + npar] = biased_parameters(self.model, self.p_nominal,
                                                       {**values, bias.name: values[bias.name] + sigma}, self.biases)
             traj = x0[i_p] + xs[i_p] * np.asarray(self._sim(U, moved))[i_p]
-            var += np.nan_to_num(traj - base, nan=0.0) ** 2
+            names.append(bias.name)
+            rows.append(np.nan_to_num(traj - base, nan=0.0))
+        D = np.vstack(rows)
+        var = np.maximum(np.einsum("in,ij,jn->n", D, _correlation(estimate, names), D), 0.0)
         backoff: np.ndarray = self.cfg.backoff_sigmas * np.sqrt(var)
         return backoff
 
@@ -557,3 +566,23 @@ class FurnaceMpc(MpcSkeleton):
         active = [f"{n} {S[r].max():.2g}" for r, n in enumerate(self._slack_names) if S[r].max() > 1e-3]
         reason = f"ok ({how}, {iters} it)" + (f"; soft: {', '.join(active)}" if active else "")
         return Solution(t_s, x0, xs, w, np.array(U), predicted), iters, elapsed, reason
+
+
+def _correlation(estimate: Estimate, names: Sequence[str]) -> np.ndarray:
+    """Correlation matrix of ``names`` from the estimate's covariance; the identity where it has none
+    (no covariance, a name not among its states, a non-finite or non-positive variance)."""
+    n = len(names)
+    R = np.eye(n)
+    if estimate.P is None:
+        return R
+    idx = [estimate.names.index(m) if m in estimate.names else -1 for m in names]
+    cov = np.asarray(estimate.P, dtype=float)
+    for a in range(n):
+        for b in range(a + 1, n):
+            i, j = idx[a], idx[b]
+            if i < 0 or j < 0:
+                continue
+            vi, vj, c = cov[i, i], cov[j, j], cov[i, j]
+            if vi > 0 and vj > 0 and math.isfinite(c) and math.isfinite(vi * vj):
+                R[a, b] = R[b, a] = max(-1.0, min(1.0, c / math.sqrt(vi * vj)))
+    return R

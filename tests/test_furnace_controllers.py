@@ -220,7 +220,7 @@ VIM_PID = FurnacePidSection(kp=1.48, ti_s=169.0, measurement="charge_tc", mv="po
 """SIMC tuning of bench/results_furnace_step_test.txt; override 0.5 Pa below the vessel limit."""
 ANN_PID = FurnacePidSection(kp=7.5, ti_s=2053.0, measurement="gas_tc", mv="heater", fixed_mvs={"fan": 1.0})
 VIM_MPC = FurnaceMpcSection(controlled="charge_temp_degC", horizon_steps=30, step_multiple=2,
-                            pressure_limit_Pa=PRESSURE_SETTING_PA,
+                            pressure_limit_Pa=PRESSURE_SETTING_PA, max_iter=100,  # as the recipe
                             disturbance_values={"cooling_water_temp_degC": 25.0, "leak_rate_Pa_m3_s": 1.0e-3})
 ANN_MPC = FurnaceMpcSection(controlled="core_temp_degC", horizon_steps=18, step_multiple=10,
                             core_surface_dT_max_K=DT_MAX_K, band_signals=("surface_temp_degC",),
@@ -426,6 +426,32 @@ def test_mpc_backs_the_pressure_limit_off_by_the_filters_unlearned_gas_biases() 
     assert plans["fresh"][0] < 0.5 * plans["settled"][0]
     assert plans["fresh"][1] < plans["settled"][1] - 1.0
     assert plans["settled"][1] <= PRESSURE_SETTING_PA + 0.05
+
+
+def test_mpc_pressure_backoff_counts_the_filters_correlations() -> None:
+    """Two gas biases the gauge ties together (correlation −0.9) back the pressure limit off less than the
+    same deviations taken as independent, so the MPC plans more power and a higher pressure."""
+    est = vim_ekf().update(0.0, {"charge_tc": vi("charge_tc", 500.0), "gauge": vi("gauge", 1.5)}, {"power": 40.0})
+    assert est.P is not None
+    i, j = est.names.index("outgassing_bias"), est.names.index("base_outgassing_bias")
+    P = np.array(est.P)
+    P[i, :] = P[:, i] = P[j, :] = P[:, j] = 0.0
+    P[i, i], P[j, j] = est.extras["outgassing_bias_std"] ** 2, est.extras["base_outgassing_bias_std"] ** 2
+    P[i, j] = P[j, i] = -0.9 * math.sqrt(P[i, i] * P[j, j])
+    tied = dataclasses.replace(est, P=tuple(tuple(float(v) for v in row) for row in P))
+    independent = dataclasses.replace(tied, P=None)
+    fast = Curve(500.0, [Ramp(950.0, 40.0)], Soak(950.0, 600.0, 10.0))
+    plans = {}
+    for name, e in (("tied", tied), ("independent", independent)):
+        mpc = vim_mpc()
+        mpc.preview_source = lambda: fast.preview(0.0, 40, 10.0)
+        plan = mpc.step(0.0, e, {"power": 40.0}, {"power": True}, {}, constraints(VIM_LIMITS))
+        assert plan.status is SolverStatus.OK
+        p_plan = plan.predicted["chamber_pressure_Pa"][1:]
+        plans[name] = (sum(mpc.planned("power")), sum(p_plan) / len(p_plan), max(p_plan))
+    assert plans["tied"][0] > plans["independent"][0] * 1.02
+    assert plans["tied"][1] > plans["independent"][1] + 0.02
+    assert plans["tied"][2] <= PRESSURE_SETTING_PA + 0.05
 
 
 def test_mpc_never_raises_power_while_the_pressure_is_at_its_limit() -> None:
