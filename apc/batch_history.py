@@ -11,12 +11,13 @@ own; batches before the last reset are kept but no longer learned from.
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from apc.json_safe import finite_json
 
 __all__ = ["HISTORY_SCHEMA_VERSION", "BatchHistory", "BatchHistoryError", "BatchRecord", "LearningReset"]
 
@@ -56,19 +57,8 @@ class BatchHistoryError(Exception):
     """The history file cannot be opened or is not a batch history."""
 
 
-def _clean(v: Any) -> Any:
-    """JSON-safe: NaN/inf become None."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Mapping):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
-
-
 def _dumps(v: Any) -> str:
-    return json.dumps(_clean(v), sort_keys=True, allow_nan=False)
+    return json.dumps(finite_json(v), sort_keys=True, allow_nan=False)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import yaml
 from apc.curve_opt import CurveOptError, Objective, OptResult, Term, curve_to_mapping, optimise, simulated_kpis
 from apc.recipe.curve_schema import CurveSection
 from apc.recipe.errors import RecipeError
+from apc.seeds import parse_seeds as seed_list
 
 REPORT_KEYS = ("batch_time_min", "energy_kWh", "tracking_rmse_degC", "pressure_violations",
                "core_surface_dT_violations", "soak_complete")
@@ -32,16 +33,9 @@ REPORT_KEYS = ("batch_time_min", "energy_kWh", "tracking_rmse_degC", "pressure_v
 def parse_seeds(text: str, flag: str) -> list[int]:
     """``41-46`` or ``0,1,2``; raises :class:`CurveOptError` naming the flag."""
     try:
-        if "-" in text.strip().lstrip("-"):
-            lo, hi = (int(v) for v in text.split("-"))
-            seeds = list(range(lo, hi + 1))
-        else:
-            seeds = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise CurveOptError(f"{flag} {text!r}: expected seeds as 41-46 or 0,1,2") from None
-    if not seeds:
-        raise CurveOptError(f"{flag} {text!r}: names no seed")
-    return seeds
+        return seed_list(text)
+    except ValueError as exc:
+        raise CurveOptError(f"{flag} {exc}") from None
 
 
 def load_curve_file(path: Path) -> CurveSection:

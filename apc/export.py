@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
+from apc.json_safe import finite_json
 from apc.record_table import RecordTable
 
 ExportFormat = Literal["csv", "parquet"]
@@ -62,16 +63,6 @@ def write_csv(table: RecordTable, out: Path) -> None:
             w.writerow([_csv_cell(c[i]) for c in cols])
 
 
-def _strict(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    return obj
-
-
 def write_parquet(table: RecordTable, out: Path) -> None:
     """Write ``table`` to ``out`` as Parquet (needs pyarrow)."""
     pa = require("pyarrow", "export")
@@ -81,7 +72,7 @@ def write_parquet(table: RecordTable, out: Path) -> None:
     for c in table.columns:
         fields.append(pa.field(c.name, types[c.type], nullable=True, metadata={"unit": c.unit}))
         arrays.append(pa.array(c.values, type=types[c.type]))
-    schema = pa.schema(fields, metadata={"apc_header": json.dumps(_strict(table.header), allow_nan=False)})
+    schema = pa.schema(fields, metadata={"apc_header": json.dumps(finite_json(table.header), allow_nan=False)})
     pq.write_table(pa.Table.from_arrays(arrays, schema=schema), out)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from apc.cycle_record import CycleRecord
 from apc.interventions import INTERVENTION_KEYS, Intervention, audit_files_beside, read_interventions
+from apc.json_safe import finite_json
 from apc.kinds import UnknownKindError, get_kind, kind_names
 from apc.plant_kpi import PlantKpis, header_period_s
 from apc.protocols import KpiSink
@@ -261,16 +262,6 @@ def _iso(utc: float) -> str | None:
     return dt.datetime.fromtimestamp(utc, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Mapping):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
-
-
 def _period_json(p: PeriodFigures) -> dict[str, Any]:
     return {"period": p.label, "from_utc": _iso(p.from_utc), "to_utc": _iso(p.to_utc), "kpis": dict(p.values),
             "not_computable": dict(p.not_computable)}
@@ -294,7 +285,7 @@ def report_json(reports: Sequence[UnitReport]) -> str:
         out["units"][r.unit] = unit
     if len(reports) == 1 and reports[0].sim_kpis is not None:
         out["kpis"] = dict(reports[0].sim_kpis)
-    return json.dumps(_clean(out), sort_keys=True, indent=2, allow_nan=False)
+    return json.dumps(finite_json(out), sort_keys=True, indent=2, allow_nan=False)
 
 
 def _fmt(key: str, value: float | int) -> str:

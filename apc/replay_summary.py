@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from apc.cycle_record import DecisionRecord, EstimateRecord
+from apc.json_safe import finite_json
 from apc.kinds import kind_of
 from apc.record_table import with_unit
 from apc.replay import Replay, ReplayCycle
@@ -92,18 +93,8 @@ class ReplaySummary:
 
     def to_json(self) -> dict[str, Any]:
         """Plain form (``--json``): non-finite figures are null."""
-        out: dict[str, Any] = _strict(asdict(self))
+        out: dict[str, Any] = finite_json(asdict(self))
         return out
-
-
-def _strict(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    return obj
 
 
 def _mean(xs: Sequence[float]) -> float | None:

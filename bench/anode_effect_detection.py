@@ -37,6 +37,7 @@ from apc.kinds import kind_of
 from apc.kinds.electrolysis_cell.anode_effect import AnodeEffectConfig, AnodeEffectDetector, AnodeEffectEvent
 from apc.kinds.electrolysis_cell.kpi import KpiConfig
 from apc.kinds.electrolysis_cell.recipe import CellRecipe
+from apc.seeds import parse_seeds
 from apc.simulate import run_on
 from estimators.filtered import AE_DETECTED
 from sim.scenario import load_scenario
@@ -124,13 +125,6 @@ def _job(args: tuple[int, str, float, str]) -> Run:
     return asyncio.run(_run(*args))
 
 
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = (int(v) for v in text.split("-"))
-        return list(range(lo, hi + 1))
-    return [int(v) for v in text.split(",")]
-
-
 @dataclass(frozen=True)
 class Score:
     """Detector against truth for a set of runs."""
@@ -190,7 +184,7 @@ def main() -> None:
     ap.add_argument("--scenario", default=str(SCENARIO))
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
-    seeds = _seeds(args.seeds)
+    seeds = parse_seeds(args.seeds)
     loaded = load(RECIPE)
     recipe = loaded.recipe
     assert isinstance(recipe, CellRecipe)

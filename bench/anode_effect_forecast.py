@@ -54,6 +54,7 @@ from apc.cycle_record import CycleRecord
 from apc.kinds.electrolysis_cell.anode_effect_forecast import AeForecastConfig, oxide_probabilities
 from apc.kinds.electrolysis_cell.kpi import KpiConfig
 from apc.kinds.electrolysis_cell.recipe import CellRecipe
+from apc.seeds import parse_seeds
 from apc.simulate import run_on
 from estimators.ae_forecast import AE_FORECAST_LEAD, AE_FORECAST_PROBABILITY, OXIDE_INPUTS, SLOPE
 from estimators.filtered import AE_DETECTED
@@ -111,13 +112,6 @@ async def _run(seed: int, controller: str, hours: float, scenario_path: str) -> 
 
 def _job(args: tuple[int, str, float, str]) -> Trace:
     return asyncio.run(_run(*args))
-
-
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = (int(v) for v in text.split("-"))
-        return list(range(lo, hi + 1))
-    return [int(v) for v in text.split(",")]
 
 
 # ------------------------------------------------------------------ replays
@@ -254,7 +248,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--cache", default="", help="pickle of the runs: read when it exists, else written")
     args = ap.parse_args()
-    tune_seeds, eval_seeds = _seeds(args.tune_seeds), _seeds(args.seeds)
+    tune_seeds, eval_seeds = parse_seeds(args.tune_seeds), parse_seeds(args.seeds)
     if set(tune_seeds) & set(eval_seeds):
         raise SystemExit("tuning and evaluation seeds must differ")
     loaded = load(RECIPE)

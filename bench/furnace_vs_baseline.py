@@ -39,6 +39,7 @@ import structlog
 from apc.assembly import load
 from apc.kinds import kind_of
 from apc.kinds.furnace.kpi import FURNACE_KPI_KEYS
+from apc.seeds import parse_seeds
 from apc.simulate import SimResult, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,13 +54,6 @@ def _job(args: tuple[str, int, str]) -> tuple[str, int, str, dict[str, Any], flo
     scenario = kind_of(loaded.recipe).load_scenario(None)
     res: SimResult = asyncio.run(simulate(loaded, scenario, seed=seed, controller=controller))  # type: ignore[arg-type]
     return furnace, seed, controller, res.kpis, res.wall_s
-
-
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = (int(v) for v in text.split("-"))
-        return list(range(lo, hi + 1))
-    return [int(v) for v in text.split(",")]
 
 
 def _checks(b: dict[str, Any], m: dict[str, Any]) -> dict[str, bool | None]:
@@ -106,7 +100,7 @@ def main() -> None:
     ap.add_argument("--furnace", choices=("vim", "annealing", "both"), default="both")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    seeds = _seeds(args.seeds)
+    seeds = parse_seeds(args.seeds)
     furnaces = list(RECIPES) if args.furnace == "both" else [args.furnace]
     hashes = "\n".join(f"{f} simulator_sha256 {kind_of(load(RECIPES[f]).recipe).simulator_sha256()}" for f in furnaces)
     print(f"Furnace MPC vs PID baseline, seeds {seeds}\n{hashes}", flush=True)

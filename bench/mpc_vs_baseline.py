@@ -86,6 +86,7 @@ from apc.clock import VirtualClock
 from apc.kinds import kind_of
 from apc.recipe.group_schema import line_current_mv
 from apc.recipe.overrides import parse_overrides
+from apc.seeds import parse_seeds
 from apc.simulate import run_on
 from sim.models import get_model
 from sim.plant_events import expand_series
@@ -201,13 +202,6 @@ def _job(args: tuple[int, str, float, str, tuple[str, ...]]) -> Run:
     return asyncio.run(_run(*args))
 
 
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = (int(v) for v in text.split("-"))
-        return list(range(lo, hi + 1))
-    return [int(v) for v in text.split(",")]
-
-
 def _checks(b: Run, m: Run, melting_degC: float) -> dict[str, bool]:
     kb, km = b.kpis, m.kpis
     return {
@@ -309,7 +303,7 @@ def main() -> None:
                     help="file of PATH=VALUE overrides applied to the baseline runs only (a re-tuning)")
     args = ap.parse_args()
     baseline_set = read_set_file(args.baseline_set) if args.baseline_set is not None else ()
-    seeds = _seeds(args.seeds)
+    seeds = parse_seeds(args.seeds)
     controllers = [c for c in args.controllers.split(",") if c]
     unknown = sorted(set(controllers) - set(CONTROLLERS))
     if unknown:

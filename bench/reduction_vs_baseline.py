@@ -26,14 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from furnace_vs_baseline import (  # same targets, seed syntax and table as the other furnaces (bench/ is on sys.path)
-    _seeds,
-    print_seed_rows,
-)
+from furnace_vs_baseline import print_seed_rows  # same targets and table as the other furnaces (bench/ is on sys.path)
 
 from apc.assembly import load
 from apc.kinds import kind_of
 from apc.kinds.furnace.kpi import FURNACE_KPI_KEYS
+from apc.seeds import parse_seeds
 from apc.simulate import SimResult, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +56,7 @@ def main() -> None:
     ap.add_argument("--scenario", default="reduction_nominal")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    seeds = _seeds(args.seeds)
+    seeds = parse_seeds(args.seeds)
     used = sorted(set(seeds) & set(TUNING_SEEDS))
     loaded = load(RECIPE)
     print(f"Reduction furnace MPC vs PID baseline, scenario {args.scenario}, seeds {seeds}"
