@@ -84,7 +84,7 @@ def propose_terms(section: LearningSection, ran: Mapping[str, float], kpis: Mapp
     ``soak_extension_min``: ``−gain·(excess − target)`` of the estimated core's soak time beyond the
     required time. Each step is clipped to ±``max_step``, the result to [low, high]. A term whose
     measure is missing keeps its value; so does every term of a batch that did not complete, except
-    the melt power after a melt timeout or a pressure violation."""
+    the melt power after a melt timeout or a pressure violation in the melt."""
     out: dict[str, float] = {}
     complete = bool(kpis.get("soak_complete"))
     for name, term in section.adjust.items():

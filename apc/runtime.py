@@ -355,6 +355,8 @@ def _learning_status(status: Mapping[str, Any]) -> dict[str, Any]:
         "Learned": bool(learning.get("learned")),
         "Proposal": ", ".join(f"{k}={v:g}" for k, v in sorted((learning.get("proposal") or {}).items())),
         "ProposalApply": str(learning.get("apply") or ""),
+        "LastOutcome": ", ".join(f"{k}={'-' if v is None else f'{v:g}'}"
+                                 for k, v in sorted((learning.get("last_kpis") or {}).items())),
     }
 
 

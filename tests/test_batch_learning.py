@@ -352,7 +352,7 @@ def test_filter_prime_sets_the_biases_before_and_after_seeding() -> None:
 
 
 def test_hmi_batch_values_show_lot_and_learned_parameters(tmp_path: Path) -> None:
-    """The HMI Batch values of a learning batch carry the last batch id, lot and learned parameters."""
+    """The HMI Batch values of a learning batch carry the last batch id, lot, learned parameters and outcome."""
     from apc.runtime import hmi_batch_status
 
     b, _ = make_batch(tmp_path)
@@ -361,6 +361,7 @@ def test_hmi_batch_values_show_lot_and_learned_parameters(tmp_path: Path) -> Non
     assert values["LastBatchId"] == b.history.records()[0].batch_id  # type: ignore[union-attr]
     assert values["LastLot"] == "L1" and "coupling_bias=+0.3000" in values["LearnedParameters"]
     assert values["Proposal"] == "melt_power_kW=80" and values["ProposalApply"] == "auto"
+    assert "melt_timed_out=0" in values["LastOutcome"] and "soak_complete=1" in values["LastOutcome"]
     assert "LastBatchId" not in hmi_batch_status({"state": "idle"})
 
 
