@@ -16,10 +16,11 @@ energy, tracking RMSE, soak complete on the true core / charge, pressure and ΔT
 terms the batch ran with; then the mean over the last 10 batches and the targets (with learning:
 batch time and energy below those without, zero violations, every soak complete).
 
-Controllers (CPU): both furnaces with the PID baseline (2–10 s per batch); the curve MPCs take
-20–60 s per batch, too much for 80 batches on a shared machine.
+Controllers (CPU): by default both furnaces with the PID baseline (2–10 s per batch);
+``--controller mpc`` runs the curve MPCs instead (20–60 s per batch).
 
-    python bench/furnace_learning.py [--batches 20] [--furnace vim|annealing|both] [--workers 2]
+    python bench/furnace_learning.py [--batches 20] [--furnace vim|annealing|both] [--controller baseline|mpc]
+        [--workers 2]
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ from sim.models import get_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"vim": ROOT / "recipes" / "vim_furnace.yaml", "annealing": ROOT / "recipes" / "annealing_furnace.yaml"}
-CONTROLLER = {"vim": "baseline", "annealing": "baseline"}
 LOT_SIZE = 4
 MAX_BATCH_H = 120.0
 """Virtual time a batch may take (the annealing curve with its worst-case soak extension takes ≈ 73 h)."""
@@ -95,11 +95,11 @@ def _loaded(furnace: str, learn: bool) -> LoadedRecipe:
     return dataclasses.replace(loaded, recipe=dataclasses.replace(loaded.recipe, learning=learning))
 
 
-async def _one_batch(loaded: LoadedRecipe, furnace: str, scenario: FurnaceScenario, seed: int, state_dir: Path,
+async def _one_batch(loaded: LoadedRecipe, controller: str, scenario: FurnaceScenario, seed: int, state_dir: Path,
                      batch_id: str, lot: str) -> dict[str, Any]:
     clock = VirtualClock()
     unit, _ = build_sim_unit("bench", loaded, scenario, seed, clock, audit=null_logger(),
-                             controller_kind=CONTROLLER[furnace], state_dir=state_dir)  # type: ignore[arg-type]
+                             controller_kind=controller, state_dir=state_dir)  # type: ignore[arg-type]
     batch = unit.batch
     assert isinstance(batch, LearningBatch)
     done = asyncio.Event()
@@ -133,9 +133,9 @@ async def _one_batch(loaded: LoadedRecipe, furnace: str, scenario: FurnaceScenar
     return kpis
 
 
-def run_sequence(args: tuple[str, bool, int, int]) -> tuple[str, bool, list[dict[str, Any]], float]:
+def run_sequence(args: tuple[str, bool, int, int, str]) -> tuple[str, bool, list[dict[str, Any]], float]:
     """All batches of one furnace with learning on or off, in one history."""
-    furnace, learn, batches, seed = args
+    furnace, learn, batches, seed, controller = args
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     loaded = _loaded(furnace, learn)
     base = kind_of(loaded.recipe).load_scenario(None)
@@ -144,7 +144,7 @@ def run_sequence(args: tuple[str, bool, int, int]) -> tuple[str, bool, list[dict
     with tempfile.TemporaryDirectory() as tmp:
         for n in range(batches):
             sc = drifted(base, furnace, n, seed)
-            rows.append(asyncio.run(_one_batch(loaded, furnace, sc, seed + n, Path(tmp), f"B{n:02d}",
+            rows.append(asyncio.run(_one_batch(loaded, controller, sc, seed + n, Path(tmp), f"B{n:02d}",
                                                f"L{n // LOT_SIZE:02d}")))
             print(f"{furnace} learning={'on' if learn else 'off'} batch {n:2d} done", flush=True)
     return furnace, learn, rows, time.perf_counter() - t0
@@ -164,12 +164,14 @@ def main() -> None:
     ap.add_argument("--furnace", choices=("vim", "annealing", "both"), default="both")
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--controller", choices=("baseline", "mpc"), default="baseline",
+                    help="the furnaces' controller (the MPCs cost 20-60 s per batch)")
     args = ap.parse_args()
     furnaces = list(RECIPES) if args.furnace == "both" else [args.furnace]
     print(f"Furnace learning across {args.batches} batches, seed {args.seed}, lots of {LOT_SIZE}")
     for f in furnaces:
-        print(f"{f}: controller {CONTROLLER[f]}, drift (per batch, per lot std): {DRIFT[f]}")
-    jobs = [(f, learn, args.batches, args.seed) for f in furnaces for learn in (True, False)]
+        print(f"{f}: controller {args.controller}, drift (per batch, per lot std): {DRIFT[f]}")
+    jobs = [(f, learn, args.batches, args.seed, args.controller) for f in furnaces for learn in (True, False)]
     results: dict[tuple[str, bool], list[dict[str, Any]]] = {}
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
         for furnace, learn, rows, wall in pool.map(run_sequence, jobs):
@@ -177,7 +179,7 @@ def main() -> None:
             print(f"done {furnace} learning={'on' if learn else 'off'} in {wall:.0f} s", flush=True)
     for f in furnaces:
         on, off = results[(f, True)], results[(f, False)]
-        print(f"\n{f} ({RECIPES[f].name}, controller {CONTROLLER[f]}): per batch, learning on | off")
+        print(f"\n{f} ({RECIPES[f].name}, controller {args.controller}): per batch, learning on | off")
         print(f"{'n':>3s} " + " ".join(f"{k[:12]:>12s}" for k in KEYS) + " | "
               + " ".join(f"{k[:12]:>12s}" for k in KEYS) + "  terms (on), its measured melt")
         for n, (a, b) in enumerate(zip(on, off)):
