@@ -19,18 +19,22 @@ from apc.recipe.learning_schema import AdjustableTerm, LearningSection
 __all__ = ["OutcomeConfig", "OutcomeTracker", "apply_terms", "carried_prior", "propose_terms", "terms_in_force"]
 
 
-def carried_prior(section: LearningSection, last: BatchRecord | None) -> dict[str, tuple[float, float]]:
+def carried_prior(section: LearningSection, last: BatchRecord | None,
+                  lot: str | None = None) -> dict[str, tuple[float, float]]:
     """Bias name → (value, std) the next batch's filter starts from: the last batch's identified
-    value; variance ``inflate_factor``·std² + ``random_walk_std``² (its drift over one batch).
-    Empty when nothing is carried (disabled, no history, or nothing identified)."""
+    value; variance ``inflate_factor``·std² + ``random_walk_std``² (its drift over one batch), plus
+    ``lot_change_std``² when the next batch's ``lot`` is not the last batch's (None: not known to
+    differ). Empty when nothing is carried (disabled, no history, or nothing identified)."""
     if not (section.enabled and section.carry_parameters) or last is None:
         return {}
+    new_lot = lot is not None and lot != last.lot
     out: dict[str, tuple[float, float]] = {}
     for name, (v, std) in last.parameters.items():
         if not (math.isfinite(v) and math.isfinite(std)):
             continue
         rw = section.random_walk_std.get(name, 0.0)
-        out[name] = (v, math.sqrt(section.inflate_factor * std * std + rw * rw))
+        jump = section.lot_change_std.get(name, 0.0) if new_lot else 0.0
+        out[name] = (v, math.sqrt(section.inflate_factor * std * std + rw * rw + jump * jump))
     return out
 
 

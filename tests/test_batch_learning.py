@@ -146,10 +146,14 @@ def test_history_survives_sigkill_mid_run(tmp_path: Path) -> None:
 
 
 def test_carried_prior_inflates_and_adds_the_random_walk() -> None:
-    """The prior keeps the value; variance = inflate·std² + random-walk²; nothing when disabled."""
+    """The prior keeps the value; variance = inflate·std² + random-walk² (+ the lot spread² on a new lot)."""
     prior = carried_prior(learning(inflate_factor=4.0), record())
     assert prior["coupling_bias"][0] == 0.2
     assert prior["coupling_bias"][1] == pytest.approx(np.sqrt(4 * 0.05**2 + 0.1**2))
+    lots = learning(inflate_factor=4.0, lot_change_std={"coupling_bias": 0.3})
+    assert carried_prior(lots, record(), "L1")["coupling_bias"][1] == pytest.approx(np.sqrt(4 * 0.05**2 + 0.1**2))
+    assert carried_prior(lots, record(), "L2")["coupling_bias"][1] == pytest.approx(
+        np.sqrt(4 * 0.05**2 + 0.1**2 + 0.3**2))  # another material lot: the lot's spread joins
     assert carried_prior(learning(enabled=False), record()) == {}
     assert carried_prior(learning(), None) == {}
 

@@ -4,7 +4,8 @@ Two things are learned (see ``docs/batch_learning.md``):
 
 * the filter's parameter biases (``carry_parameters``): the next batch's filter starts from the
   last batch's identified biases, their covariance multiplied by ``inflate_factor`` and widened by a
-  random walk of ``random_walk_std[name]`` per batch (drift between batches);
+  random walk of ``random_walk_std[name]`` per batch (drift between batches) and, when the batch
+  is of another material lot than the last, by ``lot_change_std[name]``;
 * the curve's adjustable terms (``adjust``): a run-to-run step on each term from the last batch's
   measured outcome, inside [low, high] and by at most ``max_step`` per batch. ``apply: auto`` runs
   the next batch with it; ``apply: propose`` only shows it to the engineer.
@@ -74,6 +75,10 @@ class LearningSection:
     random_walk_std: dict[str, float] = field(default_factory=dict)
     """Per bias name: standard deviation of its drift from one batch to the next (process noise
     per batch); missing names drift by 0."""
+    lot_change_std: dict[str, float] = field(default_factory=dict)
+    """Per bias name: standard deviation of its change when the batch's material lot differs from the
+    last batch's (another charge: its outgassing, mass, resistance); added to the carried variance
+    on a new lot, so a filter primed by the last lot is not sure of what the new one does."""
     adjust: dict[str, AdjustableTerm] = field(default_factory=dict)
     """Run-to-run terms by name (:data:`ADJUSTABLE_TERMS`)."""
     apply: Literal["auto", "propose"] = "propose"
@@ -86,9 +91,10 @@ class LearningSection:
     def __post_init__(self) -> None:
         if not (self.inflate_factor >= 1.0 and math.isfinite(self.inflate_factor)):
             raise ValueError("inflate_factor must be a finite number >= 1")
-        for name, std in self.random_walk_std.items():
-            if not (std >= 0 and math.isfinite(std)):
-                raise ValueError(f"random_walk_std {name!r} must be a finite number >= 0")
+        for field_name in ("random_walk_std", "lot_change_std"):
+            for name, std in getattr(self, field_name).items():
+                if not (std >= 0 and math.isfinite(std)):
+                    raise ValueError(f"{field_name} {name!r} must be a finite number >= 0")
         for name, term in self.adjust.items():
             if name not in ADJUSTABLE_TERMS:
                 raise ValueError(f"adjust {name!r} is not adjustable (known: {', '.join(ADJUSTABLE_TERMS)})")

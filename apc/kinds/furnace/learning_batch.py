@@ -204,7 +204,7 @@ class LearningBatch:
         if not result:
             return result
         self._curve_name, self._lot, self._terms = name, lot, terms
-        self._prior = carried_prior(self.learning, last)
+        self._prior = carried_prior(self.learning, last, lot)
         self._learned = bool(self._prior) or applied
         self._tracker = OutcomeTracker(dataclasses.replace(self.outcome, controlled=run_curve.controlled))
         self._started_s = t_s
