@@ -570,7 +570,9 @@ class FurnaceMpc(MpcSkeleton):
 
 def _correlation(estimate: Estimate, names: Sequence[str]) -> np.ndarray:
     """Correlation matrix of ``names`` from the estimate's covariance; the identity where it has none
-    (no covariance, a name not among its states, a non-finite or non-positive variance)."""
+    (no covariance, a name not among its states, a non-finite or non-positive variance), and the
+    identity altogether when the pieces do not make a positive semi-definite matrix (a back-off
+    must never come out of a negative variance)."""
     n = len(names)
     R = np.eye(n)
     if estimate.P is None:
@@ -585,4 +587,6 @@ def _correlation(estimate: Estimate, names: Sequence[str]) -> np.ndarray:
             vi, vj, c = cov[i, i], cov[j, j], cov[i, j]
             if vi > 0 and vj > 0 and math.isfinite(c) and math.isfinite(vi * vj):
                 R[a, b] = R[b, a] = max(-1.0, min(1.0, c / math.sqrt(vi * vj)))
+    if float(np.linalg.eigvalsh(R).min()) < -1e-9:
+        return np.eye(n)
     return R

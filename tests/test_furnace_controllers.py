@@ -454,6 +454,18 @@ def test_mpc_pressure_backoff_counts_the_filters_correlations() -> None:
     assert plans["tied"][2] <= PRESSURE_SETTING_PA + 0.05
 
 
+def test_backoff_correlations_fall_back_to_independent_when_not_a_covariance() -> None:
+    """Correlations come from the estimate's covariance; pieces that are no covariance together give the identity."""
+    from controllers.furnace_mpc import _correlation
+
+    P = ((1.0, -0.5, 0.0), (-0.5, 4.0, 0.0), (0.0, 0.0, 1.0))
+    est = Estimate(("p", "a", "b"), ("Pa", "1", "1"), (0.0, 0.0, 0.0), P, "ok", {})
+    assert _correlation(est, ["p", "a", "c"]) == pytest.approx(np.array([[1, -0.25, 0], [-0.25, 1, 0], [0, 0, 1]]))
+    bad = ((1.0, 0.9, -0.9), (0.9, 1.0, 0.9), (-0.9, 0.9, 1.0))  # not positive semi-definite
+    assert np.array_equal(_correlation(dataclasses.replace(est, P=bad), ["p", "a", "b"]), np.eye(3))
+    assert np.array_equal(_correlation(dataclasses.replace(est, P=None), ["p", "a"]), np.eye(2))
+
+
 def test_mpc_never_raises_power_while_the_pressure_is_at_its_limit() -> None:
     """With the estimated pressure at its (backed-off) limit the MPC may lower the power but never raise it,
     though the power stage asks for more; below the limit it raises it."""
